@@ -1,0 +1,130 @@
+"""Dataclass configs: every key declared once, settable by YAML file, flag or ``key=value``.
+
+Pure Python; runs on the driver. A config class is a dataclass whose fields carry
+``metadata={"help": ...}``; :func:`add_config_arguments` turns each field into a ``--flag``, and
+:func:`resolve_config` applies, in order, the defaults, a ``--config`` YAML file, the flags given
+and the ``key=value`` overrides, type-checking each value against the field and rejecting unknown
+keys (nanoGPT's configurator, timm's YAML-then-command-line order).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _base_type(tp) -> tuple[Any, bool]:
+    """(underlying type, optional?) for ``X``, ``X | None`` and ``Optional[X]``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def coerce(value: Any, tp, key: str) -> Any:
+    """Convert a string (from a flag or key=value) or YAML value to the field's type."""
+    base, optional = _base_type(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ValueError(f"{key}: None is not allowed")
+    origin = typing.get_origin(base)
+    if origin in (tuple, list):
+        (item,) = set(typing.get_args(base)) - {Ellipsis} or {str}
+        items = value.split(",") if isinstance(value, str) else list(value)
+        items = [coerce(v.strip() if isinstance(v, str) else v, item, key) for v in items
+                 if not (isinstance(v, str) and not v.strip())]
+        return tuple(items) if origin is tuple else items
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key}: expected a boolean, got {value!r}")
+    try:
+        if base is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return base(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}: expected {getattr(base, '__name__', base)}, got {value!r}") from None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """Add ``--config``, one ``--flag`` per field, and positional ``key=value`` overrides."""
+    parser.add_argument("--config", type=Path, help="YAML file of config keys (flags and key=value win)")
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        base, _ = _base_type(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if base is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=f"{help_text} (default {default})")
+        else:
+            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(),
+                                help=f"{help_text} (default {default})")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def resolve_config(cls: type[C], args: argparse.Namespace | None = None,
+                   overrides: dict[str, Any] | None = None) -> C:
+    """Build ``cls`` from defaults < ``args.config`` YAML < flags in ``args`` < ``key=value``."""
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+
+    def put(key: str, value: Any, source: str) -> None:
+        key = key.replace("-", "_")
+        if key not in names:
+            raise ValueError(f"unknown config key {key!r} (from {source}); known: {sorted(names)}")
+        values[key] = coerce(value, hints[key], key)
+
+    if args is not None and getattr(args, "config", None):
+        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{args.config}: expected a mapping of config keys")
+        for k, v in loaded.items():
+            put(k, v, str(args.config))
+    if args is not None:
+        for k in names:
+            if k in vars(args):
+                put(k, getattr(args, k), f"--{k.replace('_', '-')}")
+        for item in getattr(args, "overrides", None) or []:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not key=value")
+            k, v = item.split("=", 1)
+            put(k.strip(), v.strip(), item)
+    for k, v in (overrides or {}).items():
+        put(k, v, "code")
+    return cls(**values)
+
+
+def config_to_dict(cfg) -> dict[str, Any]:
+    out = {}
+    for k, v in dataclasses.asdict(cfg).items():
+        out[k] = list(v) if isinstance(v, tuple) else (str(v) if isinstance(v, Path) else v)
+    return out
+
+
+def save_config(cfg, path: str | Path) -> Path:
+    """Write the resolved config as YAML (reloadable with ``--config``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return path

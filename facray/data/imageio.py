@@ -1,0 +1,124 @@
+"""Decode image bytes into 8-bit BGR arrays, or say exactly why not.
+
+Pure numpy/OpenCV; runs wherever images are decoded (driver for ``data check``, Ray Data actors for
+``prepare`` and ``label``). Every failure is an :class:`ImageError` whose message names the file
+and the problem, so callers can turn it into an error row instead of losing the job.
+
+What is handled rather than refused: grayscale and 16-bit images (converted to 8-bit BGR), RGBA
+(alpha dropped after compositing on white), CMYK JPEGs (OpenCV converts), EXIF orientation
+(OpenCV's ``IMREAD_COLOR`` applies it). What is refused: empty files, files that are not images,
+truncated JPEG/PNG, images smaller than ``min_side`` and images over ``max_pixels`` (checked from
+the header before the pixels are decoded, so a decompression bomb costs nothing).
+"""
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+
+MAX_PIXELS = 50_000_000  # 50 MP: larger than any face photo, small enough to bound memory
+MIN_SIDE = 16
+
+_MAGIC = {
+    b"\xff\xd8\xff": "jpeg", b"\x89PNG\r\n\x1a\n": "png", b"BM": "bmp",
+    b"RIFF": "webp", b"GIF8": "gif", b"II*\x00": "tiff", b"MM\x00*": "tiff",
+}
+
+
+class ImageError(ValueError):
+    """An image could not be used; ``kind`` is a short machine-readable reason."""
+
+    def __init__(self, path: str, kind: str, detail: str):
+        self.path, self.kind, self.detail = path, kind, detail
+        super().__init__(f"{path}: {detail}")
+
+
+def sniff_format(data: bytes) -> str | None:
+    for magic, fmt in _MAGIC.items():
+        if data.startswith(magic):
+            if fmt == "webp" and data[8:12] != b"WEBP":
+                continue
+            return fmt
+    return None
+
+
+def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """(width, height) from the header without decoding pixels; None if not found."""
+    try:
+        if fmt == "png" and len(data) >= 24:
+            return struct.unpack(">II", data[16:24])
+        if fmt == "jpeg":
+            i = 2
+            while i + 9 < len(data):
+                if data[i] != 0xFF:
+                    i += 1
+                    continue
+                marker = data[i + 1]
+                if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                    i += 1 if marker == 0xFF else 2
+                    continue
+                seg_len = struct.unpack(">H", data[i + 2:i + 4])[0]
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                    h, w = struct.unpack(">HH", data[i + 5:i + 9])
+                    return w, h
+                i += 2 + seg_len
+        if fmt == "bmp" and len(data) >= 26:
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+    except struct.error:
+        return None
+    return None
+
+
+def decode_image(data: bytes, path: str = "<bytes>", max_pixels: int = MAX_PIXELS,
+                 min_side: int = MIN_SIDE) -> np.ndarray:
+    """Decode ``data`` to an (H, W, 3) uint8 BGR array or raise :class:`ImageError`."""
+    if len(data) == 0:
+        raise ImageError(path, "empty", "empty file (0 bytes)")
+    fmt = sniff_format(data[:16])
+    if fmt is None:
+        raise ImageError(path, "not_an_image", "not an image (unrecognised file header)")
+    size = header_size(data, fmt)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageError(path, "too_large", f"image is {size[0]}x{size[1]} = "
+                         f"{size[0] * size[1] / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP cap")
+    if fmt == "jpeg" and data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        # libjpeg fills a truncated JPEG with grey and only warns; refuse it instead.
+        raise ImageError(path, "truncated", "truncated JPEG (no end-of-image marker)")
+    if fmt == "png" and b"IEND" not in data[-16:]:
+        raise ImageError(path, "truncated", "truncated PNG (no IEND chunk)")
+    buf = np.frombuffer(data, np.uint8)
+    if fmt == "jpeg":
+        # IMREAD_COLOR applies EXIF orientation and converts grey/CMYK JPEGs to BGR in one pass.
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    else:
+        # UNCHANGED keeps alpha and 16-bit depth so they can be converted deliberately below.
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageError(path, "corrupt", f"corrupt {fmt.upper()} (OpenCV could not decode it)")
+    if img.ndim == 3 and img.shape[2] == 4:
+        alpha = img[..., 3:4].astype(np.float32) / np.iinfo(img.dtype).max
+        img = (img[..., :3] * alpha + np.iinfo(img.dtype).max * (1 - alpha)).astype(img.dtype)
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 2 or img.shape[2] == 1:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    h, w = img.shape[:2]
+    if h * w > max_pixels:
+        raise ImageError(path, "too_large", f"image is {w}x{h}, over the {max_pixels / 1e6:.0f} MP cap")
+    if min(h, w) < min_side:
+        raise ImageError(path, "too_small", f"image is {w}x{h}, smaller than {min_side} px on a side")
+    return np.ascontiguousarray(img)
+
+
+def read_image(path: str, **kwargs) -> np.ndarray:
+    """Read and decode a file; a missing or unreadable file is an :class:`ImageError` too."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageError(path, "unreadable", f"cannot read file ({e.strerror or e})") from e
+    return decode_image(data, path, **kwargs)

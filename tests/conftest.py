@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny generated CelebA and one session-scoped local Ray."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from facray.data.synth import write_synthetic_celeba
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """120 generated faces in the official CelebA layout (read-only: copy before editing)."""
+    return write_synthetic_celeba(tmp_path_factory.mktemp("synth") / "celeba", n=120, seed=1)
+
+
+@pytest.fixture
+def synth_copy(synth_root, tmp_path) -> Path:
+    """A private copy of ``synth_root`` a test may break."""
+    dst = tmp_path / "celeba"
+    shutil.copytree(synth_root, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session: 2 CPUs, no dashboard (tests ask for fractions)."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,43 @@
+"""``facray data check``: counts and exit codes, through the real CLI entry point."""
+from __future__ import annotations
+
+from facray.cli import main
+
+
+def test_check_prints_counts_and_balance(synth_root, capsys):
+    assert main(["data", "check", str(synth_root)]) == 0
+    out = capsys.readouterr().out
+    assert "images (labelled): 120" in out
+    assert "unreadable images: 0" in out
+    assert "Eyeglasses" in out and "identities: 15" in out
+
+
+def test_broken_layout_exits_non_zero_naming_the_line(synth_copy, capsys):
+    p = synth_copy / "list_attr_celeba.txt"
+    lines = p.read_text().splitlines()
+    lines[3] = lines[3].replace("-1", "2", 1)
+    p.write_text("\n".join(lines))
+    assert main(["data", "check", str(synth_copy)]) == 2
+    assert "list_attr_celeba.txt:4: 000002.jpg:" in capsys.readouterr().err
+
+
+def test_unreadable_image_is_reported_and_fails(synth_copy, capsys):
+    (synth_copy / "img_align_celeba" / "000003.jpg").write_bytes(b"")
+    (synth_copy / "img_align_celeba" / "000004.jpg").write_bytes(b"this is text, not a jpeg")
+    assert main(["data", "check", str(synth_copy)]) == 1
+    out = capsys.readouterr().out
+    assert "unreadable images: 2" in out
+    assert "000003.jpg: empty file" in out and "000004.jpg: not an image" in out
+
+
+def test_skip_missing_reports_how_many(synth_copy, capsys):
+    (synth_copy / "img_align_celeba" / "000005.jpg").unlink()
+    assert main(["data", "check", str(synth_copy)]) == 2
+    assert main(["data", "check", "--skip-missing", str(synth_copy)]) == 0
+    assert "skipped (missing_image): 1" in capsys.readouterr().out
+
+
+def test_synth_command_writes_a_readable_layout(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--n", "10"]) == 0
+    assert main(["data", "check", str(tmp_path / "s")]) == 0
+    assert "images (labelled): 10" in capsys.readouterr().out
