@@ -51,6 +51,34 @@ def run_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_prepare(p: argparse.ArgumentParser) -> None:
+    from facray.config import add_config_arguments
+    from facray.data.pipeline import PrepareConfig
+    add_config_arguments(p, PrepareConfig)
+    p.add_argument("--smoke-test", action="store_true",
+                   help="generate 40 faces into OUT/smoke_data and prepare them (seconds)")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from facray.config import resolve_config
+    from facray.data.pipeline import PrepareConfig, prepare
+
+    smoke = {}
+    if args.smoke_test:
+        from facray.data.synth import write_synthetic_celeba
+        out = Path(getattr(args, "out", "prepared"))
+        smoke = {"dataset": "celeba", "root": str(write_synthetic_celeba(out / "smoke_data", n=40)),
+                 "size": 64, "augment": 3, "masks": True}
+    cfg = resolve_config(PrepareConfig, args, overrides=None)
+    if smoke:
+        from dataclasses import replace
+        cfg = replace(cfg, **smoke)
+    if not cfg.root:
+        raise ValueError("--root is required (or --smoke-test)")
+    print(prepare(cfg).format())
+    return 0
+
+
 def _build_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="working folder")
     p.add_argument("--n", type=int, default=600, help="generated images")
@@ -70,6 +98,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
                    _build_data_check, run_data_check),
     "data synth": ("write a generated CelebA (official layout) or an unlabelled StyleGAN-like folder",
                    _build_data_synth, run_data_synth),
+    "prepare": ("face-crop, sketch, augment (and mask) a dataset on Ray Data into Parquet shards",
+                _build_prepare, run_prepare),
     "demo": ("run the whole pipeline on generated data with local Ray and MLflow",
              _build_demo, run_demo_command),
 }

@@ -1,0 +1,56 @@
+"""List unlabelled images: a folder (recursive), a glob, or a text file of paths. Pure Python.
+
+Every file that looks like an image by its extension is listed, readable or not: decode errors are
+found later and reported as error rows, so no input goes missing.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from facray.data.errors import DatasetError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def list_images(source: str | Path) -> list[str]:
+    """Absolute paths, sorted, for a folder (recursive), a glob pattern or a ``.txt`` list."""
+    text = str(source)
+    p = Path(text).expanduser()
+    if p.is_dir():
+        paths = [os.path.join(d, f) for d, _, files in os.walk(p) for f in files
+                 if f.lower().endswith(IMAGE_SUFFIXES)]
+    elif p.is_file() and p.suffix.lower() in (".txt", ".lst"):
+        lines = p.read_text(encoding="utf-8").splitlines()
+        paths = []
+        for i, line in enumerate(lines, 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                q = Path(line).expanduser()
+                paths.append(str(q if q.is_absolute() else p.parent / q))
+    elif p.is_file():
+        paths = [str(p)]
+    elif any(ch in text for ch in "*?["):
+        paths = [q for q in glob.glob(os.path.expanduser(text), recursive=True)
+                 if q.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(q)]
+    else:
+        raise DatasetError(f"{source}: no such folder, file or glob match")
+    return sorted(str(Path(q).resolve()) for q in paths)
+
+
+def read_image_folder(source: str | Path, split: str = "unlabelled") -> pd.DataFrame:
+    """A metadata table (``image_id``, ``path``, ``split``) for unlabelled images."""
+    paths = list_images(source)
+    if not paths:
+        raise DatasetError(f"{source}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    root = Path(source).expanduser()
+    base = root if root.is_dir() else Path(os.path.commonpath(paths)).parent if len(paths) > 1 else Path(paths[0]).parent
+    ids = [os.path.relpath(q, base.resolve()) for q in paths]
+    table = pd.DataFrame({"image_id": ids, "path": paths, "split": split})
+    table["identity"] = np.int64(-1)
+    table.attrs.update(image_kind="wild", root=str(base), warnings=[], skipped={})
+    return table

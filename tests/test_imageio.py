@@ -1,0 +1,73 @@
+"""Every bad image named in the preprocessing issue gives a clear error or a correct decode."""
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+
+from facray.data.imageio import ImageError, decode_image, read_image
+
+
+def _jpeg(img, quality=90) -> bytes:
+    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+FACE = np.random.default_rng(0).integers(0, 255, (60, 40, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("data, kind, text", [
+    (b"", "empty", "empty file (0 bytes)"),
+    (b"hello, I am a text file\n", "not_an_image", "not an image"),
+    (_jpeg(FACE)[:300], "truncated", "truncated JPEG"),
+    (cv2.imencode(".png", FACE)[1].tobytes()[:-30], "truncated", "truncated PNG"),
+    (_jpeg(np.zeros((8, 8, 3), np.uint8)), "too_small", "8x8"),
+    (b"\xff\xd8\xff\xe0" + b"\x00" * 200 + b"\xff\xd9", "corrupt", "corrupt JPEG"),
+])
+def test_bad_bytes_name_the_file_and_the_problem(data, kind, text):
+    with pytest.raises(ImageError) as e:
+        decode_image(data, "faces/x.jpg")
+    assert e.value.kind == kind and text in str(e.value) and str(e.value).startswith("faces/x.jpg: ")
+
+
+def test_enormous_image_is_refused_from_the_header():
+    png = bytearray(cv2.imencode(".png", FACE)[1].tobytes())
+    png[16:24] = (20000).to_bytes(4, "big") + (20000).to_bytes(4, "big")  # claims 400 MP
+    with pytest.raises(ImageError, match="20000x20000 = 400 MP, over the 50 MP cap") as e:
+        decode_image(bytes(png), "big.png")
+    assert e.value.kind == "too_large"
+    with pytest.raises(ImageError, match="over the 0 MP cap"):
+        decode_image(_jpeg(FACE), "cap.jpg", max_pixels=1000)  # the JPEG header path
+
+
+def test_missing_file_is_an_image_error(tmp_path):
+    with pytest.raises(ImageError, match="cannot read file") as e:
+        read_image(str(tmp_path / "nope.jpg"))
+    assert e.value.kind == "unreadable"
+
+
+def test_grayscale_rgba_and_16bit_become_8bit_bgr():
+    grey = decode_image(cv2.imencode(".png", FACE[..., 0])[1].tobytes())
+    assert grey.shape == (60, 40, 3) and (grey[..., 0] == FACE[..., 0]).all()
+    rgba = np.dstack([FACE, np.full(FACE.shape[:2], 255, np.uint8)])
+    assert (decode_image(cv2.imencode(".png", rgba)[1].tobytes()) == FACE).all()
+    transparent = np.dstack([FACE, np.zeros(FACE.shape[:2], np.uint8)])
+    assert (decode_image(cv2.imencode(".png", transparent)[1].tobytes()) == 255).all()  # on white
+    deep = FACE.astype(np.uint16) * 257
+    assert (decode_image(cv2.imencode(".png", deep)[1].tobytes()) == FACE).all()
+    assert decode_image(_jpeg(FACE[..., 0])).shape == (60, 40, 3)
+
+
+def test_cmyk_jpeg_and_exif_rotation():
+    Image = pytest.importorskip("PIL.Image")
+    rgb = Image.fromarray(np.full((60, 40, 3), (200, 30, 30), np.uint8))
+    buf = io.BytesIO()
+    rgb.convert("CMYK").save(buf, "JPEG", quality=95)
+    out = decode_image(buf.getvalue(), "cmyk.jpg")
+    assert out.shape == (60, 40, 3) and out[..., 2].mean() > 150 and out[..., 0].mean() < 90  # still red
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    rgb.save(buf, "JPEG", exif=exif)
+    assert decode_image(buf.getvalue(), "rot.jpg").shape == (40, 60, 3)

@@ -1,0 +1,55 @@
+"""The batch ops on plain dicts (what Ray Data actors run), without Ray."""
+from __future__ import annotations
+
+import numpy as np
+
+from facray.attributes import ATTRIBUTES
+from facray.data import ops
+from facray.data.celeba import read_celeba
+from facray.data.pipeline import PrepareConfig, preprocessing_chain
+from facray.data.prepared import LANDMARK_FIELDS
+
+
+def _batch(table):
+    return {c: table[c].astype(str).to_numpy(dtype=object) if table[c].dtype == object or c == "split"
+            else table[c].to_numpy() for c in table.columns}
+
+
+def test_chain_crops_augments_train_only_and_keeps_error_rows(synth_copy):
+    (synth_copy / "img_align_celeba" / "000002.jpg").write_bytes(b"not a jpeg")
+    table = read_celeba(synth_copy).iloc[:12]
+    cfg = PrepareConfig(size=64, augment=3, masks=True, mask_size=16)
+    out = preprocessing_chain(cfg, "aligned")(_batch(table))
+    n_train = int((table.split == "train").sum())
+    assert len(out["image"]) == 3 * n_train + (12 - n_train) - 2  # the broken train row is not augmented
+    assert set(np.unique(out["variant"][out["split"] != "train"])) == {"original"}
+    bad = out["path"] == table.path.iloc[1]
+    assert bad.sum() == 1 and out["error_kind"][bad][0] == "not_an_image"
+    assert "000002.jpg: not an image" in out["error"][bad][0]
+    assert out["crop_method"][bad][0] == "error" and not out["face_found"][bad][0]
+    good = ~bad
+    assert (out["crop_method"][good] == "landmarks").all() and out["face_found"][good].all()
+    assert len(out["image"][0]) == 64 * 64 * 3  # raw bytes of a 64x64x3 crop
+    for a in ATTRIBUTES[:3]:
+        assert set(np.unique(out[a])) <= {0, 1}
+    assert all(f in out for f in LANDMARK_FIELDS) and len(out["masks"][0]) == 40 * 16 * 16 // 8
+
+
+def test_label_packer_marks_missing_attributes():
+    batch = {"path": np.array(["a", "b"], dtype=object), "Male": np.array([1, 0])}
+    labels = ops.LabelPacker()(batch)["labels"]
+    assert labels.shape == (2, 40) and labels[0, ATTRIBUTES.index("Male")] == 1
+    assert (np.delete(labels, ATTRIBUTES.index("Male"), axis=1) == -1).all()
+
+
+def test_unreadable_path_becomes_an_error_row(tmp_path):
+    batch = {"path": np.array([str(tmp_path / "gone.jpg")], dtype=object)}
+    out = ops.ImageDecoder()(batch)
+    assert out["image"][0] is None and out["error_kind"][0] == "unreadable"
+    assert "gone.jpg: cannot read file" in out["error"][0]
+
+
+def test_stable_seed_depends_on_id_not_order():
+    assert ops.stable_seed("000001.jpg", 0) == ops.stable_seed("000001.jpg", 0)
+    assert ops.stable_seed("000001.jpg", 0) != ops.stable_seed("000002.jpg", 0)
+    assert ops.stable_seed("000001.jpg", 0) != ops.stable_seed("000001.jpg", 1)

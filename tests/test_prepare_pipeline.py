@@ -1,0 +1,91 @@
+"""``facray prepare`` end to end on Ray Data with generated data and every bad-input case."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from facray.attributes import ATTRIBUTES
+from facray.cli import main
+from facray.data.prepared import read_metadata, read_prepared
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def _write_bad_images(folder):
+    """The preprocessing issue's list of bad inputs, written over images of the dataset."""
+    good = cv2.imread(str(folder / "000001.jpg"))
+    jpeg = cv2.imencode(".jpg", good)[1].tobytes()
+    bad = {
+        "000002.jpg": b"",                                      # zero bytes
+        "000003.jpg": jpeg[: len(jpeg) // 2],                   # truncated JPEG
+        "000004.jpg": b"just some text\n",                      # text named .jpg
+        "000005.jpg": cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes(),  # tiny
+    }
+    png = bytearray(cv2.imencode(".png", good)[1].tobytes())
+    png[16:24] = (9000).to_bytes(4, "big") * 2                  # enormous (81 MP header)
+    bad["000006.jpg"] = bytes(png)
+    ok_but_odd = {
+        "000007.jpg": cv2.imencode(".png", cv2.cvtColor(good, cv2.COLOR_BGR2GRAY))[1].tobytes(),  # grayscale
+        "000008.jpg": cv2.imencode(".png", np.dstack([good, np.full(good.shape[:2], 255, np.uint8)]))[1].tobytes(),
+        "000009.jpg": cv2.imencode(".png", good.astype(np.uint16) * 257)[1].tobytes(),  # 16-bit
+    }
+    try:
+        from PIL import Image
+        buf = io.BytesIO()
+        Image.fromarray(good[..., ::-1]).convert("CMYK").save(buf, "JPEG")
+        ok_but_odd["000010.jpg"] = buf.getvalue()
+    except ImportError:
+        pass
+    for name, data in {**bad, **ok_but_odd}.items():
+        (folder / name).write_bytes(data)
+    return bad, ok_but_odd
+
+
+def test_prepare_writes_every_row_with_splits_columns_and_errors(ray_session, synth_copy, tmp_path, capsys):
+    bad, odd = _write_bad_images(synth_copy / "img_align_celeba")
+    out = tmp_path / "prepared"
+    assert main(["prepare", "--root", str(synth_copy), "--out", str(out), "--size", "48",
+                 "--augment", "3", "--masks", "--mask-size", "12", "--limit", "40",
+                 "--num-actors", "2", "--batch-size", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "prepared 40 images" in printed and "errors: " in printed
+
+    rows = read_prepared(out, include_errors=True, columns=("image", "sketch", "masks"))
+    originals = rows["variant"] == "original"
+    assert originals.sum() == 40 and len(set(rows["image_id"])) == 40  # every input is there once
+    n_train_ok = (originals & (rows["split"] == "train") & (rows["error"] == "")).sum()
+    assert n_train_ok > 10 and len(rows["image_id"]) == 40 + 2 * n_train_ok  # 3 variants per good train image
+    assert rows["image"].shape[1:] == (48, 48, 3) and rows["sketch"].shape[1:] == (48, 48)
+    assert rows["masks"].shape[1:] == (40, 12, 12) and rows["labels"].shape[1] == len(ATTRIBUTES)
+
+    errors = pd.read_csv(out / "errors.csv")
+    assert sorted(errors.path.map(lambda p: p.rsplit("/", 1)[1])) == sorted(bad)
+    assert set(errors.error_kind) == {"empty", "truncated", "not_an_image", "too_small", "too_large"}
+    assert all(p.rsplit("/", 1)[1] in m for p, m in zip(errors.path, errors.error))
+    odd_rows = np.isin(rows["image_id"], list(odd)) & originals
+    assert odd_rows.sum() == len(odd) and (rows["error"][odd_rows] == "").all()
+    summary = read_metadata(out)
+    assert summary["size"] == 48 and summary["mask_size"] == 12
+    clean = read_prepared(out, splits=("train",))
+    assert (clean["error"] == "").all() and (clean["split"] == "train").all()
+
+
+def test_prepare_smoke_test_job(ray_session, tmp_path, capsys):
+    import runpy
+    import sys
+    argv = sys.argv
+    sys.argv = ["jobs/prepare.py", "--smoke-test", "--out", str(tmp_path / "smoke")]
+    try:
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(str(JOBS / "prepare.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert e.value.code == 0
+    assert "prepared 40 images" in capsys.readouterr().out
+    assert read_prepared(tmp_path / "smoke")["image"].shape[1:] == (64, 64, 3)
