@@ -79,6 +79,86 @@ def run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_train_binary(p: argparse.ArgumentParser) -> None:
+    from facray.config import add_config_arguments
+    from facray.training.ray_binary import TrainBinaryConfig
+    add_config_arguments(p, TrainBinaryConfig)
+    p.add_argument("--smoke-test", action="store_true",
+                   help="prepare 40 generated faces and train 2 attributes x 2 modalities for 2 epochs")
+
+
+def run_train_binary(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from facray.config import resolve_config
+    from facray.training.ray_binary import TrainBinaryConfig, train_binary_models
+
+    cfg = resolve_config(TrainBinaryConfig, args)
+    if args.smoke_test:
+        cfg = replace(cfg, prepared=str(_smoke_prepared(Path(cfg.out))), attributes="Eyeglasses,Smiling",
+                      epochs=2, image_size=32, batch_size=16, cpus_per_worker=0.5)
+    table = train_binary_models(cfg)
+    cols = [c for c in ("job", "best_epoch", "val_accuracy", "test_accuracy", "test_precision", "test_recall")
+            if c in table]
+    print(table[cols].round(3).to_string(index=False))
+    print(f"jobs in {Path(cfg.out).resolve() / 'jobs'}; MLflow: {_tracking_hint(cfg.tracking_uri, cfg.out)}")
+    return 0
+
+
+def _smoke_prepared(out: Path) -> Path:
+    """A tiny prepared dataset under ``out`` for --smoke-test runs (made once)."""
+    from facray.data.pipeline import PrepareConfig, prepare
+    from facray.data.synth import write_synthetic_celeba
+    prepared = out / "smoke_prepared"
+    if not (prepared / "prepared.json").is_file():
+        root = write_synthetic_celeba(out / "smoke_data", n=60, seed=0)
+        prepare(PrepareConfig(root=str(root), out=str(prepared), size=40, augment=1))
+    return prepared
+
+
+def _tracking_hint(uri: str | None, out) -> str:
+    from facray.tracking import resolve_tracking_uri
+    uri = resolve_tracking_uri(uri, out)
+    return f"{uri}  (view: mlflow ui --backend-store-uri {uri})"
+
+
+def _build_combine(p: argparse.ArgumentParser) -> None:
+    from facray.config import add_config_arguments
+    from facray.training.combine import CombineConfig
+    add_config_arguments(p, CombineConfig)
+
+
+def run_combine(args: argparse.Namespace) -> int:
+    from facray.config import resolve_config
+    from facray.training.combine import CombineConfig, combine
+
+    cfg = resolve_config(CombineConfig, args)
+    dest, uri = combine(cfg)
+    choices = __import__("pandas").read_csv(dest / "choices.csv")
+    print(choices[["attribute", "modality", "real_val_accuracy", "sketch_val_accuracy"]].round(3).to_string(index=False))
+    print(f"combined predictor: {dest}" + (f"\nregistered: {uri}" if uri else ""))
+    return 0
+
+
+def _build_evaluate(p: argparse.ArgumentParser) -> None:
+    from facray.config import add_config_arguments
+    from facray.reports import EvaluateConfig
+    add_config_arguments(p, EvaluateConfig)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from facray.config import resolve_config
+    from facray.reports import EvaluateConfig, evaluate_run
+
+    cfg = resolve_config(EvaluateConfig, args)
+    table, out = evaluate_run(cfg)
+    cols = ["attribute", "real_test_accuracy", "sketch_test_accuracy", "chosen", "combined_test_accuracy",
+            "majority_accuracy", "paper_table2_accuracy"]
+    print(table[cols].round(3).to_string(index=False))
+    print(f"report: {out}")
+    return 0
+
+
 def _build_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="working folder")
     p.add_argument("--n", type=int, default=600, help="generated images")
@@ -100,6 +180,12 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
                    _build_data_synth, run_data_synth),
     "prepare": ("face-crop, sketch, augment (and mask) a dataset on Ray Data into Parquet shards",
                 _build_prepare, run_prepare),
+    "train-binary": ("train the binary ABM-CNN jobs (attribute x modality) on Ray Train",
+                     _build_train_binary, run_train_binary),
+    "combine": ("keep the better modality per attribute; write and register the combined predictor",
+                _build_combine, run_combine),
+    "evaluate": ("per-attribute report (real, sketch, combined, majority, paper) with a plot, logged to MLflow",
+                 _build_evaluate, run_evaluate),
     "demo": ("run the whole pipeline on generated data with local Ray and MLflow",
              _build_demo, run_demo_command),
 }
@@ -120,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                 groups[words[0]] = g.add_subparsers(dest="subcommand", required=True)
             p = groups[words[0]].add_parser(words[1], help=help_text, description=help_text)
         build(p)
-        p.set_defaults(run=run)
+        p.set_defaults(handler_=run)
     return parser
 
 
@@ -130,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.run(args)
+        return args.handler_(args)
     except (DatasetError, ValueError, FileNotFoundError) as e:
         print(f"facray: error: {e}", file=sys.stderr)
         return 2

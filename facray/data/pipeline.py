@@ -155,7 +155,8 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
                         batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor,
                         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors))
     ds.write_parquet(str(shard_dir(out)))
-    write_metadata(out, size=cfg.size, image_format=cfg.image_format, sketch_channels=cfg.sketch_channels,
+    write_metadata(out, size=cfg.size, margin=cfg.margin, image_format=cfg.image_format,
+                   sketch_channels=cfg.sketch_channels,
                    mask_size=cfg.mask_size if cfg.masks else None, augment=cfg.augment,
                    dataset=cfg.dataset, root=str(cfg.root), image_kind=image_kind)
     return summarise(out, len(table), time.perf_counter() - start)

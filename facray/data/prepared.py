@@ -97,6 +97,18 @@ def decode_masks(values, n_masks: int, mask_size: int) -> np.ndarray:
                      for v in values]) if len(values) else np.zeros((0, n_masks, mask_size, mask_size), np.uint8)
 
 
+def batch_arrays(batch: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
+    """A batch of prepared rows (as Ray Data yields them) -> ``image``/``sketch``/``labels`` arrays."""
+    size = meta["size"]
+    out = {ops.LABELS: np.stack([np.asarray(batch[a], np.int8) for a in ATTRIBUTES], 1)}
+    if ops.IMAGE in batch:
+        out[ops.IMAGE] = decode_column(batch[ops.IMAGE], (size, size, 3), meta["image_format"])
+    if ops.SKETCH in batch:
+        shape = (size, size) if meta["sketch_channels"] == 1 else (size, size, 3)
+        out[ops.SKETCH] = decode_column(batch[ops.SKETCH], shape, meta["image_format"])
+    return out
+
+
 def read_prepared(out: str | Path, splits: tuple[str, ...] | None = None,
                   columns: tuple[str, ...] = ("image", "sketch"), include_errors: bool = False,
                   variants: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:

@@ -231,7 +231,10 @@ def write_synthetic_celeba(out: str | Path, n: int = 1000, seed: int = 0,
     rng = np.random.default_rng(seed)
     n_ids = max(1, -(-n // photos_per_identity))
     identities = [sample_identity(rng) for _ in range(n_ids)]
-    id_partition = np.searchsorted(np.cumsum(partition_fractions), rng.random(n_ids), side="right")
+    # Exact partition sizes by identity, at least one identity each once there are three.
+    n_val = max(int(n_ids >= 3), int(round(partition_fractions[1] * n_ids)))
+    n_train = max(1, int(round(partition_fractions[0] * n_ids)) - (n_val if n_ids < 10 else 0))
+    id_partition = rng.permutation(np.repeat([0, 1, 2], [n_train, n_val, max(0, n_ids - n_train - n_val)]))
     attr_rows, part_rows, id_rows, bbox_rows, lm_rows = [], [], [], [], []
     for i in range(n):
         k = i % n_ids

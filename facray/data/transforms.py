@@ -75,9 +75,13 @@ class FaceDetector:
     what a 320 px one does); the largest face wins.
     """
 
-    def __init__(self, yunet_model: str | None = None, max_side: int = 320,
-                 scale_factor: float = 1.1, min_neighbors: int = 5):
+    # Defaults measured on real faces (CelebA, CelebA-HQ, in-the-wild, StyleGAN; 2-core machine):
+    # scale 1.2 / 4 neighbours / faces >= 20% of the short side found 140/150 HQ, 130/150 in the
+    # wild, 67/70 StyleGAN in 6-12 ms, vs 142/136/68 in 16-26 ms for OpenCV's usual 1.1 / 5 / 12%.
+    def __init__(self, yunet_model: str | None = None, max_side: int = 320, scale_factor: float = 1.2,
+                 min_neighbors: int = 4, min_face: float = 0.2):
         self.max_side, self.scale_factor, self.min_neighbors = max_side, scale_factor, min_neighbors
+        self.min_face = min_face
         self.yunet = None
         if yunet_model:
             self.yunet = cv2.FaceDetectorYN.create(yunet_model, "", (320, 320))
@@ -98,7 +102,7 @@ class FaceDetector:
             landmarks = best[4:14].reshape(5, 2)[[0, 1, 2, 3, 4]] / scale
             return face_box_from_landmarks(landmarks)
         grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
-        min_size = max(16, int(0.12 * min(grey.shape)))
+        min_size = max(16, int(self.min_face * min(grey.shape)))
         faces = self.cascade.detectMultiScale(grey, self.scale_factor, self.min_neighbors,
                                               minSize=(min_size, min_size))
         if len(faces) == 0:

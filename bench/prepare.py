@@ -1,0 +1,154 @@
+"""Benchmark: facray's Ray Data preprocessing vs a plain single-process OpenCV loop.
+
+Both run the same decode + face crop (+ detection where the dataset needs it) + sketch + resize on
+the same images, in one run, and report images/s, the ratio per CPU core, and the memory growth
+of the driver and every Ray worker (sampled RSS of the whole process tree).
+
+    python bench/prepare.py                         # ../shared/data/celebahq_dev, else generated
+    python bench/prepare.py --root DIR --n 5000 --repeat 1
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+
+from facray.data.pipeline import PrepareConfig, PreprocessActor, preprocessing_chain, read_table
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "celebahq_dev"
+
+
+class TreeMemory:
+    """Peak RSS of this process and all its descendants (Ray's raylet and workers included)."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    @staticmethod
+    def current() -> int:
+        """Sum of RSS over this process tree, from /proc (Linux)."""
+        parents: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except OSError:
+                    pass
+        tree, frontier = {os.getpid()}, [os.getpid()]
+        while frontier:
+            pid = frontier.pop()
+            kids = [c for c, p in parents.items() if p == pid and c not in tree]
+            tree.update(kids)
+            frontier += kids
+        total = 0
+        for pid in tree:
+            try:
+                with open(f"/proc/{pid}/statm") as f:
+                    total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except OSError:
+                pass
+        return total
+
+    def __enter__(self):
+        self.baseline = self.peak = self.current()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.current())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current())
+
+    @property
+    def growth_gb(self) -> float:
+        return (self.peak - self.baseline) / 1e9
+
+
+def plain_loop(table, cfg: PrepareConfig, image_kind: str, batch_size: int = 128) -> float:
+    """The alternative: one process, the same pure ops, no Ray. Returns images/s."""
+    import cv2
+    cv2.setNumThreads(1)
+    chain = preprocessing_chain(cfg, image_kind)
+    cols = {c: table[c].to_numpy() for c in table.columns}
+    start = time.perf_counter()
+    for i in range(0, len(table), batch_size):
+        chain({c: v[i:i + batch_size] for c, v in cols.items()})
+    return len(table) / (time.perf_counter() - start)
+
+
+def ray_pipeline(table, cfg: PrepareConfig, image_kind: str, write_to: str | None) -> float:
+    """facray's pipeline on Ray Data (start-up of the actors included). Returns images/s."""
+    import ray
+    from facray.data.datasets import build_image_dataset
+
+    start = time.perf_counter()
+    rows_per_block = max(1, min(cfg.rows_per_block, -(-len(table) // (4 * cfg.num_actors))))
+    ds = build_image_dataset(table, rows_per_block, read_bytes=False)
+    ds = ds.map_batches(PreprocessActor, fn_constructor_args=(cfg, image_kind), batch_format="numpy",
+                        batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor,
+                        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors))
+    if write_to:
+        ds.write_parquet(write_to)
+    else:
+        for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            pass
+    return len(table) / (time.perf_counter() - start)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", type=Path, default=SHARED if SHARED.is_dir() else None)
+    p.add_argument("--n", type=int, default=5000, help="images (the dataset is repeated to reach it)")
+    p.add_argument("--size", type=int, default=180)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-actors", type=int, default=2)
+    p.add_argument("--cpus-per-actor", type=float, default=0.5)
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="facray-bench-"))
+    if args.root is None:
+        from facray.data.synth import write_synthetic_celeba
+        args.root = write_synthetic_celeba(tmp / "synth", n=2000, seed=0)
+        print(f"../shared/data/celebahq_dev not found: using {args.root} (generated)")
+    cfg = PrepareConfig(root=str(args.root), size=args.size, augment=1, batch_size=args.batch_size,
+                        num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor)
+    table = read_table(cfg)
+    image_kind = table.attrs["image_kind"]
+    reps = -(-args.n // len(table))
+    import pandas as pd
+    table = pd.concat([table] * reps, ignore_index=True).iloc[:args.n]
+    table["image_id"] = [f"{i:07d}_{x}" for i, x in enumerate(table.image_id)]
+    cores = os.cpu_count()
+    print(f"{len(table)} images from {args.root} ({image_kind}), crop {args.size}px, "
+          f"batch {args.batch_size}, {args.num_actors} actors x {args.cpus_per_actor} CPU, {cores} cores")
+
+    plain = plain_loop(table, cfg, image_kind)
+    print(f"plain loop (1 process, cv2 1 thread):  {plain:8.1f} img/s")
+
+    from facray.runtime import init_ray
+    init_ray()
+    ray_pipeline(table.iloc[:256], cfg, image_kind, None)  # warm the workers' imports once
+    with TreeMemory() as mem:
+        ray_iter = ray_pipeline(table, cfg, image_kind, None)
+    print(f"facray Ray Data (iterate):             {ray_iter:8.1f} img/s   memory growth {mem.growth_gb:.2f} GB")
+    with TreeMemory() as mem_w:
+        ray_write = ray_pipeline(table, cfg, image_kind, str(tmp / "shards"))
+    print(f"facray Ray Data (write Parquet):       {ray_write:8.1f} img/s   memory growth {mem_w.growth_gb:.2f} GB")
+    for name, v in (("iterate", ray_iter), ("write", ray_write)):
+        print(f"ratio {name}: {v / plain:.2f}x the plain loop overall, "
+              f"{v / cores / plain:.2f}x per core ({cores} cores vs 1)")
+
+
+if __name__ == "__main__":
+    main()

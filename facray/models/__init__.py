@@ -1,0 +1,1 @@
+"""Pure-torch models (no Ray)."""

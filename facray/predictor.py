@@ -1,0 +1,178 @@
+"""The combined 40-attribute predictor: write it, check it, load it, run it. Pure torch.
+
+A predictor is a directory:
+
+- ``manifest.json``: format and version, the crop it expects (size, margin), the model input size,
+  sketch channels, and per attribute its modality, threshold, validation and test accuracy;
+  plus the SHA-256 of the weights file and the shape of every tensor, so a manifest that does
+  not match its weights fails at load time, before any image is read;
+- ``weights.pt``: ``{"<attribute>__<modality>": ABMCNN state dict}``.
+
+:func:`load_predictor` takes that directory, or an MLflow model URI (``models:/name@alias``,
+``models:/name/3``, ``runs:/<id>/model``) whose artifacts hold it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facray.attributes import ATTRIBUTES, MODALITIES
+from facray.models.abm import ABMCNN, build_stack, default_stack_kind
+from facray.training.binary import to_input
+
+FORMAT = "facray-abm-combined"
+VERSION = 1
+MANIFEST, WEIGHTS = "manifest.json", "weights.pt"
+
+
+class PredictorError(ValueError):
+    """A predictor is missing, incomplete or inconsistent."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_predictor(dest: str | Path, choices: list[dict], weights: dict[str, dict[str, torch.Tensor]],
+                    crop: dict, image_size: int, sketch_channels: int, extra: dict | None = None) -> Path:
+    """Write ``manifest.json`` + ``weights.pt``. ``choices``: one dict per attribute with
+    ``attribute``, ``modality``, ``threshold``, ``val_accuracy``, ``test_accuracy``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    torch.save(weights, dest / WEIGHTS)
+    manifest = {
+        "format": FORMAT, "version": VERSION, "crop": crop, "image_size": image_size,
+        "sketch_channels": sketch_channels, "attributes": choices,
+        "weights_sha256": sha256(dest / WEIGHTS),
+        "tensor_shapes": {k: {n: list(t.shape) for n, t in sd.items()} for k, sd in weights.items()},
+        **(extra or {}),
+    }
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return dest
+
+
+@dataclass
+class CombinedPredictor:
+    """Maps a batch of cropped images (+ sketches) to 40 probabilities (NaN for attributes the
+    predictor does not cover)."""
+    manifest: dict
+    models: dict[str, ABMCNN]  # key -> model
+    device: torch.device
+
+    def __post_init__(self):
+        self.choices = self.manifest["attributes"]
+        self.image_size = self.manifest["image_size"]
+        self.crop = self.manifest["crop"]
+        self.sketch_channels = self.manifest["sketch_channels"]
+        self.columns = np.array([ATTRIBUTES.index(c["attribute"]) for c in self.choices])
+        self.thresholds = np.full(len(ATTRIBUTES), np.nan)
+        self.thresholds[self.columns] = [c.get("threshold", 0.5) for c in self.choices]
+        # One stack per modality: all of a modality's models run in one call.
+        kind = default_stack_kind(self.device)
+        self.stacks, self.stack_columns = {}, {}
+        for m in MODALITIES:
+            picked = [(i, c) for i, c in zip(self.columns, self.choices) if c["modality"] == m]
+            if picked:
+                keys = [f"{c['attribute']}__{m}" for _, c in picked]
+                first = self.models[keys[0]]
+                stack = build_stack(kind, [0] * len(keys), first.in_channels, first.image_size, first.p)
+                for k, key in enumerate(keys):
+                    stack.load(k, self.models[key].state_dict())
+                self.stacks[m] = stack.to(self.device).eval()
+                self.stack_columns[m] = np.array([i for i, _ in picked])
+
+    @property
+    def needs_sketch(self) -> bool:
+        return "sketch" in self.stacks
+
+    @property
+    def attributes(self) -> list[str]:
+        return [c["attribute"] for c in self.choices]
+
+    @torch.no_grad()
+    def predict_proba(self, images: np.ndarray, sketches: np.ndarray | None = None) -> np.ndarray:
+        """(B, S, S, 3) uint8 crops [+ (B, S, S[, 3]) sketches] -> (B, 40) float32 P(attribute)."""
+        n = len(images)
+        out = np.full((n, len(ATTRIBUTES)), np.nan, np.float32)
+        if n == 0:
+            return out
+        cuda = self.device.type == "cuda"
+        for m, stack in self.stacks.items():
+            pixels = images if m == "real" else sketches
+            if pixels is None:
+                raise ValueError("this predictor uses sketches for some attributes: pass sketches")
+            x = to_input(pixels, self.image_size, self.device, channels_last=cuda)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                logits = stack(x).float()  # (B, K, 2)
+            out[:, self.stack_columns[m]] = torch.softmax(logits, -1)[..., 1].cpu().numpy()
+        return out
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """1/0 per attribute at each attribute's threshold; -1 where not covered."""
+        d = (probs >= self.thresholds).astype(np.int8)
+        d[:, np.isnan(self.thresholds)] = -1
+        return d
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name") or f"{FORMAT}:{self.manifest['weights_sha256'][:12]}"
+
+
+def _resolve_uri(uri: str) -> Path:
+    """An MLflow model URI -> local directory holding ``manifest.json``."""
+    import mlflow
+    if uri.startswith("models:/") and uri.endswith("@latest"):
+        uri = uri[: -len("@latest")] + "/latest"  # MLflow reserves 'latest' as an alias name
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except Exception as e:  # noqa: BLE001 - MLflow raises several types for a bad URI
+        raise PredictorError(f"{uri}: cannot fetch the model from MLflow "
+                             f"(tracking URI {mlflow.get_tracking_uri()}): {e}") from e
+    found = sorted(local.rglob(MANIFEST))
+    if not found:
+        raise PredictorError(f"{uri}: no {MANIFEST} in the model's artifacts (not a facray predictor)")
+    return found[0].parent
+
+
+def load_predictor(uri_or_path: str | Path, device: str | torch.device = "cpu") -> CombinedPredictor:
+    """Load and verify a predictor directory or MLflow model URI (see module docstring)."""
+    text = str(uri_or_path)
+    path = _resolve_uri(text) if ":/" in text and not Path(text).exists() else Path(text)
+    if path.is_file() and path.name == MANIFEST:
+        path = path.parent
+    if not (path / MANIFEST).is_file():
+        raise PredictorError(f"{path}: no {MANIFEST} (expected a directory written by `facray combine`)")
+    manifest = json.loads((path / MANIFEST).read_text())
+    if manifest.get("format") != FORMAT:
+        raise PredictorError(f"{path / MANIFEST}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    if not (path / WEIGHTS).is_file():
+        raise PredictorError(f"{path}: {WEIGHTS} is missing")
+    digest = sha256(path / WEIGHTS)
+    if digest != manifest["weights_sha256"]:
+        raise PredictorError(f"{path / WEIGHTS}: SHA-256 {digest[:12]}... does not match the manifest's "
+                             f"{manifest['weights_sha256'][:12]}... (weights replaced or corrupted)")
+    weights = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+    models = {}
+    for c in manifest["attributes"]:
+        if c["attribute"] not in ATTRIBUTES or c["modality"] not in MODALITIES:
+            raise PredictorError(f"{path / MANIFEST}: unknown attribute/modality {c['attribute']}/{c['modality']}")
+        key = f"{c['attribute']}__{c['modality']}"
+        if key not in weights:
+            raise PredictorError(f"{path / WEIGHTS}: no weights for {key} named in the manifest")
+        shapes = {n: list(t.shape) for n, t in weights[key].items()}
+        if shapes != manifest["tensor_shapes"].get(key):
+            raise PredictorError(f"{path / WEIGHTS}: tensor shapes of {key} differ from the manifest")
+        in_ch = shapes["features.0.weight"][1]
+        model = ABMCNN(in_ch, manifest["image_size"])
+        model.load_state_dict(weights[key])
+        models[key] = model.eval()
+    return CombinedPredictor(manifest, models, torch.device(device))

@@ -1,0 +1,1 @@
+"""Training loops: pure torch (binary.py) and their Ray Train wrappers."""

@@ -1,0 +1,375 @@
+"""Train K binary ABM-CNN jobs in one pass over the data. Pure torch: runs inside a Ray Train
+worker, or on its own (a GPU box without Ray, a notebook, a test).
+
+A *job* is one (attribute, modality) pair: modality ``real`` reads the cropped photo, ``sketch``
+its pencil sketch. All jobs of a modality share one stack (:mod:`facray.models.abm`) and one Adam
+(elementwise, so per model it is that model's own Adam). Each job has its own early stopping on
+validation loss (patience, best weights kept) and its own epoch budget; a stopped job's model is
+taken out of the stack, so it costs nothing afterwards and cannot change again.
+
+Data comes as an iterable of batches, ``dict`` with ``image`` (B, S, S, 3) uint8, ``sketch``
+(B, S, S[, 3]) uint8 and ``labels`` (B, 40) int8 (-1 = unknown, ignored in the loss), as numpy
+arrays or tensors: :func:`array_batches` makes them from memory; Ray Data's ``iter_torch_batches``
+makes them from a stream.
+"""
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from facray.attributes import ATTRIBUTE_INDEX, MODALITIES
+from facray.models.abm import ABMCNN, build_stack, default_stack_kind
+
+
+@dataclass(frozen=True)
+class BinaryJob:
+    attribute: str
+    modality: str
+    max_epochs: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.attribute}__{self.modality}"
+
+
+@dataclass
+class TrainerConfig:
+    """Hyperparameters of the binary jobs (ABM-CNN's values as defaults)."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    dropout: float = 0.5
+    patience: int = 3
+    image_size: int = 180  # model input; prepared crops of another size are resized on the fly
+    sketch_channels: int = 1
+    seed: int = 0
+    stack: str = "auto"  # auto | loop | grouped
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    online_flip: bool = False  # random horizontal flips at train time (cheap online augmentation)
+
+
+def job_seed(key: str, seed: int) -> int:
+    """A model's initial weights depend on its job and the run seed only."""
+    return (zlib.crc32(key.encode()) * 7919 + seed) % (2 ** 31 - 1)
+
+
+# ---- metrics ----------------------------------------------------------------------------------
+
+def confusion_metrics(tp, fp, fn, tn) -> dict[str, np.ndarray]:
+    """Accuracy, precision, recall and F1 from confusion counts (arrays of K; 0 where undefined)."""
+    tp, fp, fn, tn = (np.asarray(v, np.float64) for v in (tp, fp, fn, tn))
+    total = tp + fp + fn + tn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        accuracy = np.where(total > 0, (tp + tn) / total, 0.0)
+    return {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1}
+
+
+@dataclass
+class PassStats:
+    """Per-model sums over one pass: loss, confusion counts, number of labelled samples."""
+    loss: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    tn: np.ndarray
+
+    @classmethod
+    def zeros(cls, k: int) -> "PassStats":
+        return cls(*(np.zeros(k) for _ in range(5)))
+
+    @property
+    def count(self) -> np.ndarray:
+        return self.tp + self.fp + self.fn + self.tn
+
+    def summary(self, prefix: str = "") -> dict[str, np.ndarray]:
+        m = confusion_metrics(self.tp, self.fp, self.fn, self.tn)
+        m["loss"] = np.where(self.count > 0, self.loss / np.maximum(self.count, 1), np.nan)
+        return {prefix + k: v for k, v in m.items()}
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+def array_batches(data: dict[str, np.ndarray], batch_size: int, shuffle: bool = False,
+                  seed: int = 0, epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Batches from in-memory arrays; the shuffle depends on (seed, epoch) only, so every mode and
+    every worker sees the same order."""
+    n = len(data["labels"])
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    keys = [k for k in ("image", "sketch", "labels") if k in data]
+    for i in range(0, n, batch_size):
+        idx = np.sort(order[i:i + batch_size]) if not shuffle else order[i:i + batch_size]
+        yield {k: data[k][idx] for k in keys}
+
+
+def to_input(pixels, image_size: int, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (B, H, W[, C]) -> float (B, C, image_size, image_size) in [0, 1] (the paper's /255)."""
+    x = torch.as_tensor(pixels)
+    if x.ndim == 3:
+        x = x.unsqueeze(-1)
+    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    if x.shape[-1] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="area" if x.shape[-1] > image_size else "bilinear")
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+# ---- the trainer ------------------------------------------------------------------------------
+
+@dataclass
+class JobState:
+    job: BinaryJob
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    epochs_done: int = 0
+    stopped: str = ""  # "", "early_stopping" or "max_epochs"
+    history: list[dict] = field(default_factory=list)
+
+
+class FusedBinaryTrainer:
+    """Trains ``jobs`` together; see the module docstring. ``epoch`` counts finished epochs."""
+
+    def __init__(self, jobs: list[BinaryJob], cfg: TrainerConfig, device: torch.device | str = "cpu"):
+        self.cfg, self.device = cfg, torch.device(device)
+        self.kind = default_stack_kind(self.device) if cfg.stack == "auto" else cfg.stack
+        self.states = {j.key: JobState(j) for j in jobs}
+        self.best: dict[str, dict[str, torch.Tensor]] = {}
+        self.epoch = 0
+        # Per modality: the stack of active models, their job keys (stack order), their optimiser.
+        self.active: dict[str, list[str]] = {}
+        self.stacks: dict[str, torch.nn.Module] = {}
+        self.optims: dict[str, torch.optim.Optimizer] = {}
+        for modality in MODALITIES:
+            keys = [j.key for j in jobs if j.modality == modality]
+            if keys:
+                self._build(modality, keys)
+
+    def _in_channels(self, modality: str) -> int:
+        return 3 if modality == "real" else self.cfg.sketch_channels
+
+    def _build(self, modality: str, keys: list[str]) -> None:
+        seeds = [job_seed(k, self.cfg.seed) for k in keys]
+        stack = build_stack(self.kind, seeds, self._in_channels(modality), self.cfg.image_size,
+                            self.cfg.dropout).to(self.device)
+        self.stacks[modality], self.active[modality] = stack, keys
+        self.optims[modality] = torch.optim.Adam(stack.parameters(), lr=self.cfg.lr)
+
+    @property
+    def running(self) -> list[str]:
+        return [k for keys in self.active.values() for k in keys]
+
+    def _targets(self, labels, keys: list[str]) -> torch.Tensor:
+        cols = [ATTRIBUTE_INDEX[self.states[k].job.attribute] for k in keys]
+        return torch.as_tensor(np.asarray(labels)[:, cols] if isinstance(labels, np.ndarray)
+                               else labels[:, cols]).to(self.device).long()
+
+    def _step(self, modality: str, batch: dict, train: bool, stats: PassStats) -> None:
+        keys, stack = self.active[modality], self.stacks[modality]
+        pixels = batch["image"] if modality == "real" else batch["sketch"]
+        cuda = self.device.type == "cuda"
+        x = to_input(pixels, self.cfg.image_size, self.device, channels_last=cuda)
+        if train and self.cfg.online_flip:
+            flip = torch.rand(x.shape[0], generator=self._flip_gen(), device="cpu") < 0.5
+            x[flip.to(x.device)] = x[flip.to(x.device)].flip(-1)
+        y = self._targets(batch["labels"], keys)  # (B, K), -1 = unknown
+        valid = y >= 0
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and self.cfg.amp):
+            logits = stack(x)  # (B, K, 2)
+        logits = logits.float()
+        per_sample = F.cross_entropy(logits.permute(0, 2, 1), y.clamp(min=0), reduction="none") * valid
+        n_valid = valid.sum(0)
+        if train:
+            # Each model's loss is the mean over its own labelled samples; summing them keeps
+            # every model's gradient its own.
+            loss = (per_sample.sum(0) / n_valid.clamp(min=1)).sum()
+            self.optims[modality].zero_grad(set_to_none=True)
+            loss.backward()
+            self.optims[modality].step()
+        with torch.no_grad():
+            pred = logits.argmax(-1)
+            pos, neg = (y == 1) & valid, (y == 0) & valid
+            stats.loss += per_sample.sum(0).detach().cpu().numpy()
+            stats.tp += ((pred == 1) & pos).sum(0).cpu().numpy()
+            stats.fp += ((pred == 1) & neg).sum(0).cpu().numpy()
+            stats.fn += ((pred == 0) & pos).sum(0).cpu().numpy()
+            stats.tn += ((pred == 0) & neg).sum(0).cpu().numpy()
+
+    def _flip_gen(self) -> torch.Generator:
+        if not hasattr(self, "_flips"):
+            self._flips = torch.Generator().manual_seed(self.cfg.seed + 17)
+        return self._flips
+
+    def run_pass(self, batches: Iterable[dict], train: bool) -> dict[str, PassStats]:
+        """One pass over ``batches`` for every active model; per-modality stats in stack order."""
+        stats = {m: PassStats.zeros(len(keys)) for m, keys in self.active.items() if keys}
+        for stack in self.stacks.values():
+            stack.train(train)
+        with torch.set_grad_enabled(train):
+            for batch in batches:
+                for modality in stats:
+                    self._step(modality, batch, train, stats[modality])
+        return stats
+
+    def fit_epoch(self, train_batches: Iterable[dict], val_batches: Iterable[dict]) -> dict[str, dict]:
+        """Train one epoch, validate, apply early stopping. Returns this epoch's record per job."""
+        train_stats = self.run_pass(train_batches, train=True)
+        val_stats = self.run_pass(val_batches, train=False)
+        self.epoch += 1
+        records, stopped = {}, {}
+        for modality, keys in self.active.items():
+            if not keys:
+                continue
+            tr, va = train_stats[modality].summary(), val_stats[modality].summary("val_")
+            for i, key in enumerate(keys):
+                st = self.states[key]
+                rec = {"epoch": self.epoch, **{k: float(v[i]) for k, v in {**tr, **va}.items()}}
+                st.history.append(rec)
+                st.epochs_done += 1
+                val_loss = rec["val_loss"]
+                if val_loss < st.best_val_loss - 1e-6 or (math.isnan(st.best_val_loss) and not math.isnan(val_loss)):
+                    st.best_val_loss, st.best_epoch, st.bad_epochs = val_loss, self.epoch, 0
+                    self.best[key] = self.stacks[modality].export(i)
+                else:
+                    st.bad_epochs += 1
+                if key not in self.best:  # no labelled validation data: keep the latest
+                    self.best[key] = self.stacks[modality].export(i)
+                if st.bad_epochs >= self.cfg.patience:
+                    st.stopped = "early_stopping"
+                elif st.epochs_done >= st.job.max_epochs:
+                    st.stopped = "max_epochs"
+                if st.stopped:
+                    stopped.setdefault(modality, []).append(i)
+                records[key] = rec
+        for modality, idx in stopped.items():
+            self._drop(modality, idx)
+        return records
+
+    def _drop(self, modality: str, indices: list[int]) -> None:
+        """Take stopped models out of the stack, keeping the others' weights and Adam state."""
+        keys, stack, opt = self.active[modality], self.stacks[modality], self.optims[modality]
+        keep = [i for i in range(len(keys)) if i not in set(indices)]
+        self.active[modality] = [keys[i] for i in keep]
+        if not keep:
+            del self.stacks[modality], self.optims[modality]
+            return
+        new = stack.select(keep)
+        new_opt = torch.optim.Adam(new.parameters(), lr=self.cfg.lr)
+        index = torch.tensor(keep, device=self.device)
+        for (_, old_p), (_, new_p) in zip(stack.named_parameters(), new.named_parameters()):
+            state = opt.state.get(old_p)
+            if not state:
+                continue
+            if old_p is new_p:  # loop stack: the same parameter objects carry over
+                new_opt.state[new_p] = state
+            else:  # grouped stack: slice the model dimension
+                new_opt.state[new_p] = {k: (v.index_select(0, index).clone() if v.ndim and v.shape[0] == len(keys) else v.clone())
+                                        for k, v in state.items()}
+        self.stacks[modality], self.optims[modality] = new, new_opt
+
+    # ---- results ----
+
+    def best_model(self, key: str) -> ABMCNN:
+        job = self.states[key].job
+        model = ABMCNN(self._in_channels(job.modality), self.cfg.image_size, self.cfg.dropout)
+        model.load_state_dict(self.best[key])
+        return model.to(self.device).eval()
+
+    @torch.no_grad()
+    def evaluate_best(self, batches: Iterable[dict], keys: list[str] | None = None) -> dict[str, dict]:
+        """Test metrics of every job's best weights (one pass, all models)."""
+        keys = keys or list(self.states)
+        by_mod = {m: [k for k in keys if self.states[k].job.modality == m] for m in MODALITIES}
+        stacks = {}
+        for m, ks in by_mod.items():
+            if ks:
+                s = build_stack(self.kind, [0] * len(ks), self._in_channels(m), self.cfg.image_size,
+                                self.cfg.dropout).to(self.device)
+                for i, k in enumerate(ks):
+                    s.load(i, {n: t.to(self.device) for n, t in self.best[k].items()})
+                stacks[m] = s.eval()
+        saved = (self.active, self.stacks)
+        self.active, self.stacks = {m: ks for m, ks in by_mod.items() if ks}, stacks
+        try:
+            stats = self.run_pass(batches, train=False)
+        finally:
+            self.active, self.stacks = saved
+        out = {}
+        for m, ks in by_mod.items():
+            if not ks:
+                continue
+            summ = stats[m].summary("test_")
+            for i, k in enumerate(ks):
+                out[k] = {n: float(v[i]) for n, v in summ.items()}
+                out[k]["confusion"] = [[int(stats[m].tn[i]), int(stats[m].fp[i])],
+                                       [int(stats[m].fn[i]), int(stats[m].tp[i])]]
+                out[k]["test_count"] = int(stats[m].count[i])
+        return out
+
+    def job_record(self, key: str, test: dict | None = None) -> dict:
+        st = self.states[key]
+        best = next((h for h in st.history if h["epoch"] == st.best_epoch), st.history[-1] if st.history else {})
+        return {"attribute": st.job.attribute, "modality": st.job.modality, "status": "finished",
+                "epochs": st.epochs_done, "best_epoch": st.best_epoch, "stopped": st.stopped or "max_epochs",
+                "best": best, "history": st.history, "test": test or {}, "config": asdict(self.cfg)}
+
+    # ---- checkpoints ----
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch, "kind": self.kind,
+            "states": {k: asdict(s) for k, s in self.states.items()},
+            "best": self.best, "active": self.active,
+            "stacks": {m: s.state_dict() for m, s in self.stacks.items()},
+            "optims": {m: o.state_dict() for m, o in self.optims.items()},
+            "generators": {m: [g.get_state() for g in (s.generators or [])] for m, s in self.stacks.items()},
+            "dropout_seeds": {m: list(s.dropout_seeds) for m, s in self.stacks.items()},
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.epoch, self.kind, self.best = sd["epoch"], sd["kind"], sd["best"]
+        for k, s in sd["states"].items():
+            s = dict(s)
+            self.states[k] = JobState(BinaryJob(**s.pop("job")), **s)
+        self.stacks, self.optims, self.active = {}, {}, {}
+        for m, keys in sd["active"].items():
+            if not keys:
+                self.active[m] = []
+                continue
+            self._build(m, keys)
+            self.stacks[m].load_state_dict(sd["stacks"][m])
+            self.stacks[m].dropout_seeds = sd["dropout_seeds"][m]
+            self.optims[m].load_state_dict(sd["optims"][m])
+            gens = sd["generators"].get(m) or []
+            if gens:
+                from facray.models.abm import make_generators
+                self.stacks[m].generators = make_generators(self.stacks[m].dropout_seeds, self.device)
+                for g, state in zip(self.stacks[m].generators, gens):
+                    g.set_state(state)
+
+
+def write_job_output(folder: str | Path, trainer: FusedBinaryTrainer, key: str, test: dict) -> Path:
+    """``<folder>/<key>/model.pt`` (an ABMCNN state dict with its shape) and ``metrics.json``."""
+    d = Path(folder) / key
+    d.mkdir(parents=True, exist_ok=True)
+    job = trainer.states[key].job
+    torch.save({"state_dict": trainer.best[key], "in_channels": trainer._in_channels(job.modality),
+                "image_size": trainer.cfg.image_size, "dropout": trainer.cfg.dropout,
+                "attribute": job.attribute, "modality": job.modality}, d / "model.pt")
+    (d / "metrics.json").write_text(json.dumps(trainer.job_record(key, test), indent=1))
+    return d
+
+
+def load_job_model(folder: str | Path) -> tuple[ABMCNN, dict]:
+    blob = torch.load(Path(folder) / "model.pt", map_location="cpu", weights_only=True)
+    model = ABMCNN(blob["in_channels"], blob["image_size"], blob["dropout"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), {k: v for k, v in blob.items() if k != "state_dict"}

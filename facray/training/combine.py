@@ -1,0 +1,126 @@
+"""``facray combine``: ABM-CNN's sixth phase. Runs on the driver.
+
+Per attribute keep the modality (real photo or sketch) whose model has the better validation
+accuracy (ties go to the photo, which needs no sketching at labelling time), write one combined
+predictor (:mod:`facray.predictor`), log it to MLflow as a pyfunc model and register it as
+``facray-abm-combined`` with the alias ``newest`` on the new version.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from facray.predictor import write_predictor
+
+REGISTERED_NAME = "facray-abm-combined"
+ALIAS = "newest"
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class CombineConfig:
+    run: str = field(default="runs/abm", metadata=_help("the train-binary output folder"))
+    out: str = field(default="", metadata=_help("predictor folder (default <run>/combined)"))
+    register: bool = field(default=True, metadata=_help("log to MLflow and register the model"))
+    registered_name: str = field(default=REGISTERED_NAME, metadata=_help("MLflow registered model name"))
+    tracking_uri: str | None = field(default=None, metadata=_help("MLflow URI (default sqlite under run)"))
+    experiment: str = field(default="facray-abm", metadata=_help("MLflow experiment"))
+
+
+def read_job_records(run: Path) -> list[dict]:
+    records = []
+    for f in sorted((run / "jobs").glob("*/metrics.json")):
+        rec = json.loads(f.read_text())
+        rec["dir"] = str(f.parent)
+        records.append(rec)
+    if not records:
+        raise FileNotFoundError(f"{run / 'jobs'}: no finished jobs (run `facray train-binary` first)")
+    return records
+
+
+def choose_modalities(records: list[dict]) -> pd.DataFrame:
+    """One row per attribute: the chosen modality and both modalities' validation/test accuracy."""
+    rows = {}
+    for r in records:
+        row = rows.setdefault(r["attribute"], {"attribute": r["attribute"]})
+        row[f"{r['modality']}_val_accuracy"] = r["best"].get("val_accuracy", float("nan"))
+        row[f"{r['modality']}_test_accuracy"] = r["test"].get("test_accuracy", float("nan"))
+        row[f"{r['modality']}_dir"] = r["dir"]
+    table = pd.DataFrame(rows.values())
+    for m in ("real", "sketch"):
+        if f"{m}_val_accuracy" not in table:
+            table[f"{m}_val_accuracy"] = float("nan")
+            table[f"{m}_test_accuracy"] = float("nan")
+    sketch_better = table["sketch_val_accuracy"].fillna(-1) > table["real_val_accuracy"].fillna(-1)
+    table["modality"] = ["sketch" if s else "real" for s in sketch_better]
+    table["val_accuracy"] = [r[f"{m}_val_accuracy"] for m, (_, r) in zip(table.modality, table.iterrows())]
+    table["test_accuracy"] = [r[f"{m}_test_accuracy"] for m, (_, r) in zip(table.modality, table.iterrows())]
+    from facray.attributes import ATTRIBUTES
+    table["order"] = table.attribute.map(ATTRIBUTES.index)
+    return table.sort_values("order").drop(columns="order").reset_index(drop=True)
+
+
+def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
+    """Write the combined predictor; register it when asked. Returns (folder, model URI or None)."""
+    run = Path(cfg.run).resolve()
+    dest = Path(cfg.out).resolve() if cfg.out else run / "combined"
+    table = choose_modalities(read_job_records(run))
+    run_config = _run_config(run)
+    prepared_meta = json.loads((Path(run_config["prepared"]) / "prepared.json").read_text())
+    weights, choices, image_size = {}, [], None
+    for _, row in table.iterrows():
+        blob = torch.load(Path(row[f"{row.modality}_dir"]) / "model.pt", map_location="cpu", weights_only=True)
+        image_size = blob["image_size"]
+        weights[f"{row.attribute}__{row.modality}"] = blob["state_dict"]
+        choices.append({"attribute": row.attribute, "modality": row.modality, "threshold": 0.5,
+                        "val_accuracy": _num(row.val_accuracy), "test_accuracy": _num(row.test_accuracy),
+                        "real_val_accuracy": _num(row.real_val_accuracy),
+                        "sketch_val_accuracy": _num(row.sketch_val_accuracy)})
+    crop = {"size": prepared_meta["size"], "margin": prepared_meta.get("margin", 0.35)}
+    write_predictor(dest, choices, weights, crop, image_size, prepared_meta["sketch_channels"],
+                    extra={"source_run": str(run)})
+    table.drop(columns=[c for c in table if c.endswith("_dir")]).to_csv(dest / "choices.csv", index=False)
+    uri = register_predictor(dest, cfg, run) if cfg.register else None
+    return dest, uri
+
+
+def _num(v) -> float | None:
+    return None if pd.isna(v) else float(v)
+
+
+def _run_config(run: Path) -> dict:
+    import yaml
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
+def register_predictor(dest: Path, cfg: CombineConfig, run: Path) -> str:
+    """Log ``dest`` as a pyfunc model, register a new version, point the alias at it."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    import facray.predictor_mlflow as model_code
+    from facray.tracking import setup_mlflow
+
+    setup_mlflow(cfg.tracking_uri, run, cfg.experiment)
+    parent = (run / "parent_run_id").read_text().strip() if (run / "parent_run_id").is_file() else None
+    tags = {"mlflow.parentRunId": parent} if parent else {}
+    with mlflow.start_run(run_name="combine", tags=tags):
+        mlflow.log_artifact(str(dest / "choices.csv"))
+        manifest = json.loads((dest / "manifest.json").read_text())
+        mlflow.log_metric("mean_val_accuracy", float(pd.Series([c["val_accuracy"] for c in manifest["attributes"]],
+                                                                  dtype=float).mean()))
+        info = mlflow.pyfunc.log_model(name="model", python_model=model_code.__file__,
+                                       artifacts={"predictor": str(dest)},
+                                       pip_requirements=["facray"],  # no dependency inference: offline-safe
+                                       registered_model_name=cfg.registered_name)
+    client = MlflowClient()
+    version = info.registered_model_version
+    client.set_registered_model_alias(cfg.registered_name, ALIAS, version)
+    return f"models:/{cfg.registered_name}@{ALIAS}"

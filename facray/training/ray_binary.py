@@ -1,0 +1,379 @@
+"""``facray train-binary``: the 80 binary ABM-CNN jobs on Ray Train. Runs on the driver; the
+training runs in Ray Train workers (:func:`train_jobs_per_worker`), the math in the pure
+:mod:`facray.training.binary`.
+
+Modes:
+- ``fused`` (default): the jobs are spread round-robin over ``num_workers`` Ray Train workers; each
+  worker trains its share in one pass over the data (see :class:`FusedBinaryTrainer`).
+- ``separate``: one Ray Train run per job, several at once as Ray Tune trials over the job grid
+  (fractional CPU/GPU per trial), for comparison and for clusters with many small GPUs.
+
+Every epoch each worker checkpoints its trainer (``rank<r>.pt``; Ray merges the workers' files);
+``FailureConfig(max_failures)`` restarts from the latest checkpoint. Finished jobs land in
+``<out>/jobs/<attribute>__<modality>/`` (weights + metrics) and are skipped by a re-run.
+MLflow is written by the driver after training: a parent run and one child run per job.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from facray.attributes import MODALITIES, resolve_attributes
+from facray.config import config_to_dict, save_config
+from facray.training.binary import (BinaryJob, FusedBinaryTrainer, TrainerConfig, array_batches,
+                                    write_job_output)
+
+PAPER_TABLE = Path(__file__).resolve().parents[1] / "reference" / "abm_cnn_paper.csv"
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class TrainBinaryConfig:
+    prepared: str = field(default="prepared", metadata=_help("folder written by `facray prepare`"))
+    out: str = field(default="runs/abm", metadata=_help("output folder (jobs, checkpoints, MLflow store)"))
+    attributes: str = field(default="all", metadata=_help("comma list, or all / identity / abm / rendered"))
+    modalities: tuple[str, ...] = field(default=MODALITIES, metadata=_help("real,sketch"))
+    epochs: int = field(default=20, metadata=_help("epoch budget per job (paper: 15 or 20)"))
+    paper_epochs: bool = field(default=False, metadata=_help("use Table 1's per-attribute epochs where reported"))
+    batch_size: int = field(default=32, metadata=_help("images per step (paper: 32)"))
+    lr: float = field(default=1e-3, metadata=_help("Adam learning rate"))
+    image_size: int = field(default=0, metadata=_help("model input side; 0 = the prepared crop size"))
+    dropout: float = field(default=0.5, metadata=_help("dropout before the dense layers"))
+    patience: int = field(default=3, metadata=_help("early stopping patience on validation loss"))
+    seed: int = field(default=0, metadata=_help("seed of weights, shuffling and dropout"))
+    mode: str = field(default="fused", metadata=_help("fused | separate"))
+    num_workers: int = field(default=1, metadata=_help("Ray Train workers (fused: jobs spread over them)"))
+    gpus_per_worker: float = field(default=0.0, metadata=_help("GPUs per worker (fractions allowed)"))
+    cpus_per_worker: float = field(default=1.0, metadata=_help("CPUs per worker (use < 1 on small machines)"))
+    max_concurrent: int = field(default=2, metadata=_help("separate mode: runs at once"))
+    stack: str = field(default="auto", metadata=_help("auto (grouped on GPU, loop on CPU) | grouped | loop"))
+    data: str = field(default="memory", metadata=_help("memory (each worker loads the prepared shards) | "
+                                                       "stream (Ray Data feeds the workers)"))
+    train_split: str = field(default="train", metadata=_help("split to train on"))
+    val_split: str = field(default="val", metadata=_help("split for early stopping, or 'holdout'"))
+    test_split: str = field(default="test", metadata=_help("split for the final metrics"))
+    holdout: float = field(default=0.1, metadata=_help("with val_split=holdout: fraction of train images "
+                                                       "(all their variants) used for validation"))
+    online_flip: bool = field(default=False, metadata=_help("random horizontal flips while training"))
+    torch_threads: int = field(default=0, metadata=_help("torch CPU threads per worker (0 = default)"))
+    max_failures: int = field(default=1, metadata=_help("worker failures tolerated (resume from checkpoint)"))
+    fail_at_epoch: int = field(default=0, metadata=_help("testing: raise once at the start of this epoch"))
+    tracking_uri: str | None = field(default=None, metadata=_help("MLflow URI (default sqlite under out)"))
+    experiment: str = field(default="facray-abm", metadata=_help("MLflow experiment"))
+
+
+def paper_epochs() -> dict[tuple[str, str], int]:
+    table = pd.read_csv(PAPER_TABLE, comment="#")
+    out = {}
+    for _, r in table.iterrows():
+        for m in MODALITIES:
+            out[(r.attribute, m)] = int(r[f"{m}_epochs"])
+    return out
+
+
+def make_jobs(cfg: TrainBinaryConfig) -> list[BinaryJob]:
+    for m in cfg.modalities:
+        if m not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {m!r}")
+    table = paper_epochs() if cfg.paper_epochs else {}
+    return [BinaryJob(a, m, table.get((a, m), cfg.epochs))
+            for a in resolve_attributes(cfg.attributes) for m in cfg.modalities]
+
+
+def finished_jobs(out: Path) -> set[str]:
+    done = set()
+    for f in (out / "jobs").glob("*/metrics.json"):
+        try:
+            if json.loads(f.read_text()).get("status") == "finished" and (f.parent / "model.pt").is_file():
+                done.add(f.parent.name)
+        except (OSError, json.JSONDecodeError):
+            pass
+    return done
+
+
+def trainer_config(cfg: TrainBinaryConfig, prepared_meta: dict) -> TrainerConfig:
+    return TrainerConfig(batch_size=cfg.batch_size, lr=cfg.lr, dropout=cfg.dropout, patience=cfg.patience,
+                         image_size=cfg.image_size or prepared_meta["size"],
+                         sketch_channels=prepared_meta["sketch_channels"], seed=cfg.seed, stack=cfg.stack,
+                         online_flip=cfg.online_flip)
+
+
+def holdout_mask(image_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """True for the images held out for validation: by a hash of the id, so every augmented
+    variant of an image falls on the same side."""
+    h = np.array([zlib.crc32(f"{seed}:{i}".encode()) for i in image_ids], np.uint64)
+    return (h % 10_000) < fraction * 10_000
+
+
+def load_split_arrays(cfg: TrainBinaryConfig) -> dict[str, dict[str, np.ndarray]]:
+    """The train / val / test arrays for memory mode (pure reader: no Ray needed)."""
+    from facray.data.prepared import read_prepared
+    columns = tuple(c for c, m in (("image", "real"), ("sketch", "sketch")) if m in cfg.modalities)
+    data = {"train": read_prepared(cfg.prepared, (cfg.train_split,), columns)}
+    if cfg.val_split == "holdout":
+        held = holdout_mask(data["train"]["image_id"], cfg.holdout, cfg.seed)
+        full = data["train"]
+        data["train"] = {k: v[~held] for k, v in full.items()}
+        data["val"] = {k: v[held & (full["variant"] == "original")] for k, v in full.items()}
+    else:
+        data["val"] = read_prepared(cfg.prepared, (cfg.val_split,), columns, variants=("original",))
+    data["test"] = read_prepared(cfg.prepared, (cfg.test_split,), columns, variants=("original",))
+    return data
+
+
+def check_splits(cfg: TrainBinaryConfig) -> dict[str, int]:
+    """Count usable rows per split on the driver, so a wrong split name fails before Ray starts."""
+    import pyarrow.dataset as pads
+    from facray.data.prepared import read_metadata, shard_dir
+    read_metadata(cfg.prepared)
+    t = pads.dataset(str(shard_dir(cfg.prepared)), format="parquet").to_table(
+        columns=["split", "variant", "error"]).to_pandas()
+    t = t[t.error == ""]
+    counts = {"train": int((t.split == cfg.train_split).sum()),
+              "test": int(((t.split == cfg.test_split) & (t.variant == "original")).sum())}
+    counts["val"] = (int(counts["train"] * cfg.holdout) if cfg.val_split == "holdout"
+                     else int(((t.split == cfg.val_split) & (t.variant == "original")).sum()))
+    for name in ("train", "val"):
+        if counts[name] == 0:
+            raise ValueError(f"{cfg.prepared}: no rows for the {name} split "
+                             f"({getattr(cfg, name + '_split')!r}); splits present: "
+                             f"{sorted(t.split.unique())} (for data with no val split: --val-split holdout)")
+    return counts
+
+
+def _stream_batches(shard, batch_size: int, meta: dict, shuffle_seed: int | None):
+    """Batches from a Ray Data shard, bytes decoded in the worker (pure decode)."""
+    from facray.data.prepared import batch_arrays
+    kw = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": shuffle_seed} if shuffle_seed is not None else {}
+    for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", **kw):
+        yield batch_arrays(b, meta)
+
+
+def _maybe_fail(cfg: TrainBinaryConfig, epoch: int) -> None:
+    """Testing aid: raise once (a marker file remembers) at the start of ``cfg.fail_at_epoch``."""
+    if cfg.fail_at_epoch and epoch == cfg.fail_at_epoch:
+        marker = Path(cfg.out) / ".injected_failure"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"failed at epoch {epoch}\n")
+            raise RuntimeError(f"injected failure at the start of epoch {epoch} (fail_at_epoch)")
+
+
+def train_jobs_per_worker(config: dict) -> None:
+    """Ray Train worker loop: train this rank's share of the jobs, checkpoint every epoch."""
+    import torch
+    import ray.train
+    import ray.train.torch
+    from facray.data.prepared import read_metadata
+
+    cfg = TrainBinaryConfig(**config["cfg"])
+    rank = ray.train.get_context().get_world_rank()
+    jobs = [BinaryJob(**j) for j in config["assignments"][rank]]
+    total_epochs = config["total_epochs"]
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    meta = read_metadata(cfg.prepared)
+    tcfg = trainer_config(cfg, meta)
+    device = ray.train.torch.get_device()
+    trainer = FusedBinaryTrainer(jobs, tcfg, device)
+    resumed_from = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = Path(d) / f"rank{rank}.pt"
+            if state.is_file():
+                trainer.load_state_dict(torch.load(state, map_location=device, weights_only=False))
+                resumed_from = trainer.epoch
+
+    if cfg.data == "stream":
+        shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val", "test")}
+        train_batches = lambda e: _stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e)  # noqa: E731
+        val_batches = lambda: _stream_batches(shards["val"], 256, meta, None)  # noqa: E731
+        test_batches = lambda: _stream_batches(shards["test"], 256, meta, None)  # noqa: E731
+    else:
+        data = load_split_arrays(cfg)
+        train_batches = lambda e: array_batches(data["train"], cfg.batch_size, True, cfg.seed, e)  # noqa: E731
+        val_batches = lambda: array_batches(data["val"], 256)  # noqa: E731
+        test_batches = lambda: array_batches(data["test"], 256)  # noqa: E731
+
+    for epoch in range(trainer.epoch, total_epochs):
+        _maybe_fail(cfg, epoch + 1)
+        start = time.perf_counter()
+        records = trainer.fit_epoch(train_batches(epoch), val_batches()) if trainer.running else {}
+        trainer.epoch = epoch + 1  # workers whose jobs all stopped still count epochs (same reports)
+        last = epoch + 1 == total_epochs
+        metrics = {"epoch": epoch + 1, "running": len(trainer.running), "epoch_seconds": time.perf_counter() - start,
+                   "resumed_from_epoch": resumed_from}
+        if records:
+            metrics["mean_val_accuracy"] = float(np.mean([r["val_accuracy"] for r in records.values()]))
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(trainer.state_dict(), Path(d) / f"rank{rank}.pt")
+            if last:
+                test = trainer.evaluate_best(test_batches()) if trainer.states else {}
+                for key in trainer.states:
+                    write_job_output(Path(d) / "jobs", trainer, key, test.get(key))
+                    rec_path = Path(d) / "jobs" / key / "metrics.json"
+                    rec = json.loads(rec_path.read_text())
+                    rec["resumed_from_epoch"] = resumed_from
+                    rec_path.write_text(json.dumps(rec, indent=1))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _scaling(cfg: TrainBinaryConfig, num_workers: int):
+    from ray.train import ScalingConfig
+    resources = {"CPU": cfg.cpus_per_worker}
+    if cfg.gpus_per_worker:
+        resources["GPU"] = cfg.gpus_per_worker
+    return ScalingConfig(num_workers=num_workers, use_gpu=cfg.gpus_per_worker > 0, resources_per_worker=resources)
+
+
+def _datasets(cfg: TrainBinaryConfig):
+    """Ray Datasets for stream mode (every worker gets the whole dataset: jobs differ, data not)."""
+    import ray
+    from facray.data.prepared import shard_dir
+    if cfg.data != "stream":
+        return None, None
+    from ray.train import DataConfig
+    ds = ray.data.read_parquet(str(shard_dir(cfg.prepared)))
+    if cfg.val_split == "holdout":
+        raise ValueError("val_split=holdout needs data=memory")
+    def pick(split: str, originals: bool):
+        expr = f"split == '{split}' and error == ''" + (" and variant == 'original'" if originals else "")
+        return ds.filter(expr=expr)  # an Arrow expression: no Python call per row
+    datasets = {"train": pick(cfg.train_split, False), "val": pick(cfg.val_split, True),
+                "test": pick(cfg.test_split, True)}
+    return datasets, DataConfig(datasets_to_split=[])
+
+
+def _run_trainer(cfg: TrainBinaryConfig, assignments: list[list[dict]], name: str, callbacks=None):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    total_epochs = max((j["max_epochs"] for a in assignments for j in a), default=0)
+    datasets, data_config = _datasets(cfg)
+    kwargs = {"datasets": datasets, "dataset_config": data_config} if datasets else {}
+    trainer = TorchTrainer(
+        train_jobs_per_worker,
+        train_loop_config={"cfg": config_to_dict(cfg), "assignments": assignments, "total_epochs": total_epochs},
+        scaling_config=_scaling(cfg, len(assignments)),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(Path(cfg.out).resolve() / "ray_results"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or []),
+        **kwargs)
+    return trainer.fit()
+
+
+def _collect(result_checkpoint, out: Path) -> list[str]:
+    """Copy the job outputs of a finished run's checkpoint into ``<out>/jobs``."""
+    keys = []
+    with result_checkpoint.as_directory() as d:
+        for job_dir in sorted((Path(d) / "jobs").glob("*")):
+            dst = out / "jobs" / job_dir.name
+            if dst.exists():
+                shutil.rmtree(dst)
+            shutil.copytree(job_dir, dst)
+            keys.append(job_dir.name)
+    return keys
+
+
+def _separate_trial(config: dict) -> None:
+    """A Tune trial: one Ray Train run for one job; metrics flow to Tune through the callback."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+    cfg = TrainBinaryConfig(**config["cfg"])
+    job = config["job"]
+    result = _run_trainer(cfg, [[job]], f"job-{job['attribute']}__{job['modality']}",
+                          callbacks=[TuneReportCallback()])
+    _collect(result.checkpoint, Path(cfg.out))
+
+
+def run_fused(cfg: TrainBinaryConfig, jobs: list[BinaryJob]) -> None:
+    n = max(1, min(cfg.num_workers, len(jobs)))
+    # Round-robin keeps each worker's mix of real/sketch and long/short jobs alike.
+    assignments = [[asdict(j) for j in jobs[r::n]] for r in range(n)]
+    result = _run_trainer(cfg, assignments, f"fused-{int(time.time())}")
+    _collect(result.checkpoint, Path(cfg.out))
+
+
+def run_separate(cfg: TrainBinaryConfig, jobs: list[BinaryJob]) -> None:
+    from ray import tune
+    tuner = tune.Tuner(
+        tune.with_resources(_separate_trial, {"CPU": 0.01}),
+        param_space={"cfg": config_to_dict(cfg), "job": tune.grid_search([asdict(j) for j in jobs])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent),
+        run_config=tune.RunConfig(name=f"separate-{int(time.time())}",
+                                  storage_path=str(Path(cfg.out).resolve() / "ray_results"),
+                                  verbose=0))
+    grid = tuner.fit()
+    errors = [str(r.error) for r in grid if r.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} separate job(s) failed: {errors[:3]}")
+
+
+def log_to_mlflow(cfg: TrainBinaryConfig, keys: list[str]) -> str:
+    """Parent run for the set, a child run per job with per-epoch metrics. Returns the parent id."""
+    import mlflow
+    from facray.tracking import flat_params, setup_mlflow
+    out = Path(cfg.out)
+    setup_mlflow(cfg.tracking_uri, out, cfg.experiment)
+    with mlflow.start_run(run_name=f"train-binary-{cfg.mode}") as parent:
+        mlflow.log_params(flat_params(config_to_dict(cfg)))
+        mlflow.log_artifact(str(out / "config.yaml"))
+        rows = []
+        for key in keys:
+            rec = json.loads((out / "jobs" / key / "metrics.json").read_text())
+            with mlflow.start_run(run_name=key, nested=True):
+                mlflow.log_params({"attribute": rec["attribute"], "modality": rec["modality"],
+                                   "max_epochs": len(rec["history"]), "best_epoch": rec["best_epoch"],
+                                   "stopped": rec["stopped"]})
+                for h in rec["history"]:
+                    mlflow.log_metrics({k: v for k, v in h.items() if k != "epoch" and np.isfinite(v)},
+                                       step=h["epoch"])
+                mlflow.log_metrics({k: v for k, v in rec["test"].items()
+                                    if isinstance(v, (int, float)) and np.isfinite(v)})
+                mlflow.log_artifact(str(out / "jobs" / key / "metrics.json"))
+            rows.append({"job": key, "attribute": rec["attribute"], "modality": rec["modality"],
+                         "best_epoch": rec["best_epoch"], "val_accuracy": rec["best"].get("val_accuracy"),
+                         **{k: v for k, v in rec["test"].items() if k != "confusion"}})
+        table = pd.DataFrame(rows)
+        table.to_csv(out / "jobs_summary.csv", index=False)
+        mlflow.log_artifact(str(out / "jobs_summary.csv"))
+        if "test_accuracy" in table:
+            mlflow.log_metric("mean_test_accuracy", float(table["test_accuracy"].mean()))
+        return parent.info.run_id
+
+
+def train_binary_models(cfg: TrainBinaryConfig) -> pd.DataFrame:
+    """Run the jobs not already finished under ``cfg.out``; log them; return the per-job table."""
+    from facray.runtime import init_ray
+
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    jobs = make_jobs(cfg)
+    counts = check_splits(cfg)
+    done = finished_jobs(out)
+    todo = [j for j in jobs if j.key not in done]
+    print(f"{len(jobs)} jobs: {len(done & {j.key for j in jobs})} already finished, {len(todo)} to run "
+          f"({cfg.mode} mode, {cfg.num_workers} worker(s)); rows: " +
+          ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
+    if cfg.mode not in ("fused", "separate"):
+        raise ValueError(f"mode must be fused or separate, got {cfg.mode!r}")
+    if todo:
+        init_ray()
+        (run_fused if cfg.mode == "fused" else run_separate)(cfg, todo)
+    if todo or not (out / "parent_run_id").is_file():  # a no-op re-run logs nothing twice
+        parent = log_to_mlflow(cfg, [j.key for j in jobs])
+        (out / "parent_run_id").write_text(parent)
+    return pd.read_csv(out / "jobs_summary.csv")

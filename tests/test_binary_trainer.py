@@ -1,0 +1,121 @@
+"""The pure-torch fused trainer: independence of the stacked models, early stopping, checkpoints."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facray.attributes import ATTRIBUTE_INDEX
+from facray.training.binary import (BinaryJob, FusedBinaryTrainer, TrainerConfig, array_batches,
+                                    confusion_metrics)
+
+A, B, C = "Eyeglasses", "Smiling", "Wearing_Hat"
+
+
+def _data(n=48, seed=0, size=16):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, (n, 40)).astype(np.int8)
+    image = rng.integers(0, 60, (n, size, size, 3)).astype(np.uint8)
+    image[labels[:, ATTRIBUTE_INDEX[A]] == 1, :4] += 150  # a learnable cue for A
+    return {"image": image, "sketch": image[..., 0].copy(), "labels": labels}
+
+
+def _train(jobs, data, val, epochs, kind="loop", patience=5, mutate=None):
+    cfg = TrainerConfig(batch_size=8, image_size=16, patience=patience, stack=kind, seed=1)
+    t = FusedBinaryTrainer(jobs, cfg)
+    for e in range(epochs):
+        if not t.running:
+            break
+        t.fit_epoch(array_batches(data, 8, True, 1, e), array_batches(val, 32))
+    return t
+
+
+def _weights(t, key):
+    return t.best[key] if key not in t.running else t.stacks[t.states[key].job.modality].export(
+        t.active[t.states[key].job.modality].index(key))
+
+
+@pytest.mark.parametrize("kind", ["loop", "grouped"])
+def test_fused_equals_alone(kind):
+    data, val = _data(), _data(seed=1)
+    jobs = [BinaryJob(a, m, 3) for a in (A, B, C) for m in ("real", "sketch")]
+    fused = _train(jobs, data, val, 3, kind)
+    alone = _train([BinaryJob(A, "real", 3)], data, val, 3, kind)
+    for name, w in alone.best[f"{A}__real"].items():
+        torch.testing.assert_close(fused.best[f"{A}__real"][name], w, atol=2e-5, rtol=1e-4)
+
+
+def test_changing_another_models_labels_does_not_change_a_model():
+    data, val = _data(), _data(seed=1)
+    jobs = [BinaryJob(A, "real", 2), BinaryJob(B, "real", 2)]
+    base = _train(jobs, data, val, 2)
+    flipped = {**data, "labels": data["labels"].copy()}
+    flipped["labels"][:, ATTRIBUTE_INDEX[B]] ^= 1
+    other = _train(jobs, flipped, val, 2)
+    for name, w in base.best[f"{A}__real"].items():
+        assert torch.equal(other.best[f"{A}__real"][name], w)
+    assert any(not torch.equal(other.best[f"{B}__real"][n], w) for n, w in base.best[f"{B}__real"].items())
+
+
+def test_stopping_a_model_does_not_change_the_others_and_frees_it():
+    data, val = _data(), _data(seed=1)
+    short = BinaryJob(B, "real", 1)  # stops after epoch 1 (its own budget)
+    both = _train([BinaryJob(A, "real", 3), short], data, val, 3)
+    alone = _train([BinaryJob(A, "real", 3)], data, val, 3)
+    assert both.states[short.key].stopped == "max_epochs" and both.states[short.key].epochs_done == 1
+    assert both.running == [] and both.states[f"{A}__real"].epochs_done == 3
+    for name, w in alone.best[f"{A}__real"].items():
+        assert torch.equal(both.best[f"{A}__real"][name], w)
+
+
+def test_early_stopping_restores_the_best_epoch():
+    data = _data(n=64)
+    val = {**data, "labels": 1 - data["labels"]}  # learning the train labels makes val worse
+    cfg = TrainerConfig(batch_size=8, image_size=16, patience=2, lr=3e-3, seed=1)
+    t = FusedBinaryTrainer([BinaryJob(A, "real", 10)], cfg)
+    losses, snapshots = [], []
+    for e in range(10):
+        if not t.running:
+            break
+        rec = t.fit_epoch(array_batches(data, 8, True, 1, e), array_batches(val, 32))
+        losses.append(rec[f"{A}__real"]["val_loss"])
+        snapshots.append(t.stacks["real"].export(0) if t.running else None)
+    st = t.states[f"{A}__real"]
+    assert st.stopped == "early_stopping" and len(losses) == st.best_epoch + 2
+    assert st.best_epoch == int(np.argmin(losses)) + 1
+    best = snapshots[st.best_epoch - 1]
+    for name, w in best.items():
+        assert torch.equal(t.best[f"{A}__real"][name], w)
+    history = [h["val_loss"] for h in st.history]
+    assert history == losses and {"accuracy", "loss", "val_accuracy", "val_precision", "f1"} <= set(st.history[0])
+
+
+def test_checkpoint_round_trip_continues_identically():
+    data, val = _data(), _data(seed=1)
+    jobs = [BinaryJob(A, "real", 3), BinaryJob(B, "sketch", 3)]
+    straight = _train(jobs, data, val, 3, kind="grouped")
+    cfg = TrainerConfig(batch_size=8, image_size=16, patience=5, stack="grouped", seed=1)
+    first = FusedBinaryTrainer(jobs, cfg)
+    first.fit_epoch(array_batches(data, 8, True, 1, 0), array_batches(val, 32))
+    resumed = FusedBinaryTrainer(jobs, cfg)
+    resumed.load_state_dict(first.state_dict())
+    for e in (1, 2):
+        resumed.fit_epoch(array_batches(data, 8, True, 1, e), array_batches(val, 32))
+    for key in straight.best:
+        for name, w in straight.best[key].items():
+            torch.testing.assert_close(resumed.best[key][name], w)
+
+
+def test_evaluate_best_gives_test_metrics_and_confusion():
+    data, val = _data(), _data(seed=1)
+    t = _train([BinaryJob(A, "real", 2)], data, val, 2)
+    res = t.evaluate_best(array_batches(val, 16))[f"{A}__real"]
+    (tn, fp), (fn, tp) = res["confusion"]
+    assert tn + fp + fn + tp == 48 == res["test_count"]
+    assert res["test_accuracy"] == pytest.approx((tp + tn) / 48)
+
+
+def test_confusion_metrics_handle_empty_classes():
+    m = confusion_metrics([0, 5], [0, 5], [0, 0], [10, 0])
+    assert m["precision"].tolist() == [0.0, 0.5] and m["recall"].tolist() == [0.0, 1.0]
+    assert m["accuracy"].tolist() == [1.0, 0.5]

@@ -1,0 +1,123 @@
+"""train-binary on Ray Train (fused and separate), fault tolerance, MLflow, combine, evaluate."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import mlflow
+import pandas as pd
+import pytest
+
+from facray.predictor import PredictorError, load_predictor
+from facray.training.combine import CombineConfig, choose_modalities, combine
+from facray.training.ray_binary import TrainBinaryConfig, train_binary_models
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+
+
+def _cfg(prepared, out, **kw):
+    base = TrainBinaryConfig(prepared=str(prepared), out=str(out), attributes="Eyeglasses,Smiling",
+                             epochs=2, batch_size=16, image_size=32, cpus_per_worker=0.5, num_workers=2)
+    return replace(base, **kw)
+
+
+def _runs(out):
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["facray-abm"])
+
+
+def test_fused_two_workers_mlflow_rerun_combine_evaluate(ray_session, prepared_small, tmp_path):
+    out = tmp_path / "run"
+    table = train_binary_models(_cfg(prepared_small, out))
+    assert sorted(table.job) == ["Eyeglasses__real", "Eyeglasses__sketch", "Smiling__real", "Smiling__sketch"]
+    assert table.test_accuracy.between(0, 1).all()
+    rec = json.loads((out / "jobs/Smiling__sketch/metrics.json").read_text())
+    assert [h["epoch"] for h in rec["history"]] == [1, 2] and rec["status"] == "finished"
+    assert {"accuracy", "loss", "val_accuracy", "val_loss", "precision", "recall", "f1"} <= set(rec["history"][0])
+    assert len(rec["test"]["confusion"]) == 2 and (out / "config.yaml").is_file()
+
+    runs = _runs(out)
+    parent = runs[runs["tags.mlflow.runName"] == "train-binary-fused"]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent.run_id.iloc[0]]
+    assert len(parent) == 1 and sorted(children["tags.mlflow.runName"]) == sorted(table.job)
+    assert parent["params.epochs"].iloc[0] == "2"
+    history = mlflow.tracking.MlflowClient().get_metric_history(children.run_id.iloc[0], "val_loss")
+    assert [m.step for m in history] == [1, 2]
+
+    # An interrupted or repeated run skips finished jobs and adds only what is missing.
+    (out / "jobs/Smiling__sketch/metrics.json").unlink()
+    again = train_binary_models(_cfg(prepared_small, out))
+    assert len(again) == 4 and (out / "jobs/Smiling__sketch/metrics.json").is_file()
+
+    dest, uri = combine(CombineConfig(run=str(out)))
+    assert uri == "models:/facray-abm-combined@newest"
+    predictor = load_predictor(uri)
+    assert predictor.attributes == ["Eyeglasses", "Smiling"] and predictor.crop["size"] == 32
+    local = load_predictor(dest)
+    assert local.manifest["weights_sha256"] == predictor.manifest["weights_sha256"]
+
+    import numpy as np
+    from facray.data.prepared import read_prepared
+    test = read_prepared(prepared_small, ("test",))
+    probs = predictor.predict_proba(test["image"], test["sketch"])
+    assert probs.shape == (len(test["image"]), 40)
+    covered = [i for i in range(40) if not np.isnan(probs[0, i])]
+    assert len(covered) == 2 and ((probs[:, covered] >= 0) & (probs[:, covered] <= 1)).all()
+
+    from facray.reports import EvaluateConfig, evaluate_run
+    report, folder = evaluate_run(EvaluateConfig(run=str(out)))
+    assert (folder / "accuracy_per_attribute.png").stat().st_size > 1000
+    row = report.set_index("attribute").loc["Eyeglasses"]
+    assert row.combined_test_accuracy == row[f"{row.chosen}_test_accuracy"]
+    assert 0 < row.majority_accuracy <= 1 and row.paper_table2_accuracy == pytest.approx(0.996)
+    assert "evaluate" in set(_runs(out)["tags.mlflow.runName"])
+
+
+def test_injected_failure_resumes_from_the_last_checkpoint(ray_session, prepared_small, tmp_path):
+    out = tmp_path / "ft"
+    train_binary_models(_cfg(prepared_small, out, attributes="Eyeglasses", modalities=("real",),
+                             epochs=3, num_workers=1, fail_at_epoch=2, max_failures=1))
+    assert (out / ".injected_failure").read_text().startswith("failed at epoch 2")
+    rec = json.loads((out / "jobs/Eyeglasses__real/metrics.json").read_text())
+    assert rec["resumed_from_epoch"] == 1  # restarted after epoch 1's checkpoint, not from 0
+    assert [h["epoch"] for h in rec["history"]] == [1, 2, 3]
+
+
+def test_separate_mode_runs_one_trainer_per_job(ray_session, prepared_small, tmp_path):
+    out = tmp_path / "sep"
+    table = train_binary_models(_cfg(prepared_small, out, mode="separate", modalities=("real",),
+                                     epochs=1, num_workers=1, max_concurrent=2))
+    assert sorted(table.job) == ["Eyeglasses__real", "Smiling__real"]
+    assert len(list((out / "ray_results").glob("job-*"))) == 2
+
+
+def test_stream_mode_feeds_workers_from_ray_data(ray_session, prepared_small, tmp_path):
+    out = tmp_path / "stream"
+    table = train_binary_models(_cfg(prepared_small, out, data="stream", attributes="Smiling",
+                                     epochs=1, num_workers=1))
+    assert list(table.job) == ["Smiling__real", "Smiling__sketch"] and table.test_accuracy.notna().all()
+
+
+def test_choose_modalities_prefers_better_validation_then_real():
+    def rec(a, m, val):
+        return {"attribute": a, "modality": m, "best": {"val_accuracy": val}, "test": {"test_accuracy": 0.5}, "dir": ""}
+    table = choose_modalities([rec("Bald", "real", 0.90), rec("Bald", "sketch", 0.95),
+                               rec("Male", "real", 0.80), rec("Male", "sketch", 0.80),
+                               rec("Young", "sketch", 0.7)])
+    assert dict(zip(table.attribute, table.modality)) == {"Bald": "sketch", "Male": "real", "Young": "sketch"}
+
+
+def test_tampered_or_incomplete_predictor_fails_before_any_image(tmp_path):
+    import torch
+    from facray.models.abm import ABMCNN
+    from facray.predictor import write_predictor
+    sd = ABMCNN(3, 32).state_dict()
+    dest = write_predictor(tmp_path / "p", [{"attribute": "Male", "modality": "real", "threshold": 0.5,
+                                             "val_accuracy": 0.9, "test_accuracy": 0.9}],
+                           {"Male__real": sd}, {"size": 32, "margin": 0.35}, 32, 1)
+    assert load_predictor(dest).attributes == ["Male"]
+    torch.save({"Male__real": ABMCNN(3, 40).state_dict()}, dest / "weights.pt")
+    with pytest.raises(PredictorError, match="does not match the manifest"):
+        load_predictor(dest)
+    with pytest.raises(PredictorError, match="no manifest.json"):
+        load_predictor(tmp_path)
