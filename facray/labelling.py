@@ -48,4 +48,7 @@ def label_batch(batch: dict[str, np.ndarray], predictor) -> dict[str, np.ndarray
     for j, a in enumerate(ATTRIBUTES):
         out[a] = decisions[:, j]  # float so "empty" survives (NaN -> empty cell in the CSV)
     out["model"] = np.full(n, predictor.name, dtype=object)
+    for key in ("size", "mtime_ns"):  # resume keys of the labelling job ride along
+        if key in batch:
+            out[key] = np.asarray(batch[key])
     return out

@@ -1,8 +1,8 @@
 """Start or join Ray: the one place facray calls ``ray.init``.
 
 Runs on the driver. Under ``ray job submit`` (``RAY_ADDRESS`` set) it joins the cluster; otherwise
-it starts a local Ray sized to this machine with no dashboard, so the same command works on a
-laptop and on a cluster.
+it starts a local Ray sized to this machine, its dashboard bound to 127.0.0.1, so the same
+command works on a laptop and on a cluster.
 """
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = dict(log_to_driver=not quiet, logging_level=logging.WARNING if quiet else logging.INFO)
+    # Worker output (per-epoch progress lines) reaches the driver; Ray's own INFO logs do not.
+    kwargs = dict(log_to_driver=True, logging_level=logging.WARNING if quiet else logging.INFO)
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # The dashboard (127.0.0.1 only) also serves the State API that Ray Train polls.
+        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
     ctx = ray.data.DataContext.get_current()
     # Progress bars want a terminal; under CI/jobs Ray logs a progress line instead.
     ctx.enable_progress_bars = bool(os.environ.get("FACRAY_PROGRESS", "")) or os.isatty(2)

@@ -7,6 +7,8 @@ import sys
 PURE_MODULES = [
     "facray.attributes", "facray.config", "facray.data.celeba", "facray.data.mtfl",
     "facray.data.synth", "facray.data.imageio", "facray.data.ops", "facray.data.check", "facray.cli",
+    "facray.data.pipeline", "facray.data.prepared", "facray.models.abm", "facray.training.binary",
+    "facray.training.ray_binary", "facray.predictor", "facray.labelling", "facray.labelling_ray",
 ]
 
 

@@ -39,7 +39,21 @@ def list_images(source: str | Path) -> list[str]:
                  if q.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(q)]
     else:
         raise DatasetError(f"{source}: no such folder, file or glob match")
-    return sorted(str(Path(q).resolve()) for q in paths)
+    # abspath, not resolve: a folder of symlinks keeps its own names (one row per link).
+    return sorted(os.path.abspath(q) for q in paths)
+
+
+def list_uri_images(uri: str) -> list[str]:
+    """Image files under a pyarrow-readable URI (s3://bucket/prefix, gs://..., file:///...)."""
+    import pyarrow.fs
+    fs, inner = pyarrow.fs.FileSystem.from_uri(uri)
+    info = fs.get_file_info(inner)
+    if info.type == pyarrow.fs.FileType.File:
+        return [uri]
+    scheme = uri.split("://", 1)[0]
+    entries = fs.get_file_info(pyarrow.fs.FileSelector(inner, recursive=True))
+    return sorted(f"{scheme}://{e.path}" for e in entries
+                  if e.type == pyarrow.fs.FileType.File and e.path.lower().endswith(IMAGE_SUFFIXES))
 
 
 def read_image_folder(source: str | Path, split: str = "unlabelled") -> pd.DataFrame:
@@ -49,7 +63,7 @@ def read_image_folder(source: str | Path, split: str = "unlabelled") -> pd.DataF
         raise DatasetError(f"{source}: no images found ({', '.join(IMAGE_SUFFIXES)})")
     root = Path(source).expanduser()
     base = root if root.is_dir() else Path(os.path.commonpath(paths)).parent if len(paths) > 1 else Path(paths[0]).parent
-    ids = [os.path.relpath(q, base.resolve()) for q in paths]
+    ids = [os.path.relpath(q, os.path.abspath(base)) for q in paths]
     table = pd.DataFrame({"image_id": ids, "path": paths, "split": split})
     table["identity"] = np.int64(-1)
     table.attrs.update(image_kind="wild", root=str(base), warnings=[], skipped={})

@@ -114,11 +114,21 @@ def decode_image(data: bytes, path: str = "<bytes>", max_pixels: int = MAX_PIXEL
     return np.ascontiguousarray(img)
 
 
+def read_bytes(path: str) -> bytes:
+    """A local path, or any URI pyarrow reads (s3://, gs://, hdfs://, file://)."""
+    if "://" in path:
+        import pyarrow.fs
+        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+        with fs.open_input_stream(inner) as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def read_image(path: str, **kwargs) -> np.ndarray:
     """Read and decode a file; a missing or unreadable file is an :class:`ImageError` too."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_bytes(path)
     except OSError as e:
-        raise ImageError(path, "unreadable", f"cannot read file ({e.strerror or e})") from e
+        raise ImageError(path, "unreadable", f"cannot read file ({getattr(e, 'strerror', None) or e})") from e
     return decode_image(data, path, **kwargs)

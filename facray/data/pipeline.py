@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.dataset as pads
-import ray
 
 from facray.config import save_config
 from facray.data import ops
 from facray.data.celeba import read_celeba
-from facray.data.datasets import build_image_dataset
 from facray.data.folder import read_image_folder
 from facray.data.mtfl import read_mtfl
 from facray.data.prepared import Serializer, shard_dir, write_metadata
@@ -136,6 +134,9 @@ def summarise(out: Path, rows_in: int, seconds: float) -> PrepareSummary:
 
 def prepare(cfg: PrepareConfig) -> PrepareSummary:
     """Run the preprocessing pipeline on Ray Data and write ``cfg.out`` (see module docstring)."""
+    import ray
+
+    from facray.data.datasets import build_image_dataset
     from facray.runtime import init_ray
 
     start = time.perf_counter()

@@ -142,8 +142,11 @@ def check_splits(cfg: TrainBinaryConfig) -> dict[str, int]:
     t = t[t.error == ""]
     counts = {"train": int((t.split == cfg.train_split).sum()),
               "test": int(((t.split == cfg.test_split) & (t.variant == "original")).sum())}
-    counts["val"] = (int(counts["train"] * cfg.holdout) if cfg.val_split == "holdout"
-                     else int(((t.split == cfg.val_split) & (t.variant == "original")).sum()))
+    if cfg.val_split == "holdout":  # approximate: the hash split is by image, not by row
+        counts["val"] = int(round(counts["train"] * cfg.holdout))
+        counts["train"] -= counts["val"]
+    else:
+        counts["val"] = int(((t.split == cfg.val_split) & (t.variant == "original")).sum())
     for name in ("train", "val"):
         if counts[name] == 0:
             raise ValueError(f"{cfg.prepared}: no rows for the {name} split "
@@ -217,6 +220,9 @@ def train_jobs_per_worker(config: dict) -> None:
                    "resumed_from_epoch": resumed_from}
         if records:
             metrics["mean_val_accuracy"] = float(np.mean([r["val_accuracy"] for r in records.values()]))
+        print(f"[rank {rank}] epoch {epoch + 1}/{total_epochs}: {len(records)} job(s) trained, "
+              f"{metrics['running']} still running, mean val accuracy "
+              f"{metrics.get('mean_val_accuracy', float('nan')):.4f}, {metrics['epoch_seconds']:.0f}s", flush=True)
         with tempfile.TemporaryDirectory() as d:
             torch.save(trainer.state_dict(), Path(d) / f"rank{rank}.pt")
             if last:
@@ -293,16 +299,26 @@ def _separate_trial(config: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
     cfg = TrainBinaryConfig(**config["cfg"])
     job = config["job"]
-    result = _run_trainer(cfg, [[job]], f"job-{job['attribute']}__{job['modality']}",
+    result = _run_trainer(cfg, [[job]], run_name(f"job-{job['attribute']}__{job['modality']}", cfg,
+                                                 [BinaryJob(**job)]),
                           callbacks=[TuneReportCallback()])
     _collect(result.checkpoint, Path(cfg.out))
+
+
+def run_name(prefix: str, cfg: TrainBinaryConfig, jobs: list[BinaryJob]) -> str:
+    """A name fixed by the jobs and the training config: re-running an interrupted command finds
+    the same Ray Train run folder and resumes from its latest checkpoint (Train V2 restores it)."""
+    settings = {k: v for k, v in config_to_dict(cfg).items()
+                if k not in ("out", "tracking_uri", "experiment", "fail_at_epoch", "max_failures")}
+    text = json.dumps([settings, sorted(j.key for j in jobs)], sort_keys=True, default=str)
+    return f"{prefix}-{zlib.crc32(text.encode()):08x}"
 
 
 def run_fused(cfg: TrainBinaryConfig, jobs: list[BinaryJob]) -> None:
     n = max(1, min(cfg.num_workers, len(jobs)))
     # Round-robin keeps each worker's mix of real/sketch and long/short jobs alike.
     assignments = [[asdict(j) for j in jobs[r::n]] for r in range(n)]
-    result = _run_trainer(cfg, assignments, f"fused-{int(time.time())}")
+    result = _run_trainer(cfg, assignments, run_name("fused", cfg, jobs))
     _collect(result.checkpoint, Path(cfg.out))
 
 

@@ -1,0 +1,167 @@
+"""facray label on Ray Data: one row per input, errors, thresholds, resume, paths, generator."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from facray.attributes import ATTRIBUTES
+from facray.data.synth import write_unlabelled_faces
+from facray.labelling import OUTPUT_COLUMNS
+from facray.labelling_ray import LabelConfig, label_images, smoke_model
+from facray.predictor import PredictorError, load_predictor
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return smoke_model(tmp_path_factory.mktemp("model") / "predictor", crop_size=32)
+
+
+def _images(folder, n=4, seed=0):
+    return write_unlabelled_faces(folder, n=n, seed=seed, sizes=(128, 96))
+
+
+def _label(images, model, out, **kw):
+    return label_images(LabelConfig(images=str(images), model=str(model), out=str(out), batch_size=4,
+                                    num_actors=1, **kw))
+
+
+def _read(out):
+    return pd.read_csv(out, keep_default_na=False, na_values=[""])
+
+
+def test_one_row_per_input_with_errors_probabilities_and_thresholds(ray_session, model, tmp_path):
+    folder = tmp_path / "imgs"
+    _images(folder)
+    good = cv2.imread(str(sorted(folder.glob("*.png"))[0]))
+    jpeg = cv2.imencode(".jpg", good)[1].tobytes()
+    bad = {"zero.jpg": b"", "trunc.jpg": jpeg[: len(jpeg) // 3], "text.jpg": b"hello",
+           "tiny.png": cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()}
+    for name, data in bad.items():
+        (folder / name).write_bytes(data)
+    (folder / "sub").mkdir()
+    cv2.imwrite(str(folder / "sub" / "grey.png"), cv2.cvtColor(good, cv2.COLOR_BGR2GRAY))
+    out = tmp_path / "new_dir" / "labels.csv"  # a missing folder is created
+    summary = _label(folder, model, out)
+    rows = _read(out)
+    assert list(rows.columns) == OUTPUT_COLUMNS and len(rows) == 9 == summary.inputs
+    assert rows.path.tolist() == sorted(rows.path)
+    errs = rows.set_index(rows.path.map(os.path.basename))
+    for name in bad:
+        assert name in errs.loc[name, "error"] and errs.loc[name, [f"{a}_prob" for a in ATTRIBUTES]].isna().all()
+        assert errs.loc[name, list(ATTRIBUTES)].isna().all()
+    ok = rows[rows.error.isna()]
+    assert len(ok) == 5  # 4 generated + the grey one in a subfolder
+    probs = ok[[f"{a}_prob" for a in ATTRIBUTES]].to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all()
+    thresholds = np.array([c["threshold"] for c in load_predictor(model).choices])
+    assert (ok[list(ATTRIBUTES)].to_numpy() == (probs >= thresholds)).all()
+    assert (rows.model == "smoke-untrained").all()
+    assert not (tmp_path / "new_dir" / "labels.csv.parts").exists()
+
+
+def test_resume_labels_only_new_or_changed_images(ray_session, model, tmp_path):
+    folder, out = tmp_path / "imgs", tmp_path / "labels.csv"
+    _images(folder, n=4)
+    assert _label(folder, model, out).labelled == 4
+    first = _read(out)
+    _images(tmp_path / "more", n=2, seed=50)
+    for p in (tmp_path / "more").iterdir():
+        shutil.move(str(p), folder / f"new_{p.name}")
+    second = _label(folder, model, out)
+    assert (second.labelled, second.reused) == (2, 4)
+    rows = _read(out)
+    assert len(rows) == 6 and rows.path.is_unique
+    pd.testing.assert_frame_equal(rows[rows.path.isin(first.path)].reset_index(drop=True), first)
+    target = sorted(folder.glob("seed*"))[0]
+    os.utime(target, ns=(1, 1))  # changed mtime: labelled again
+    assert _label(folder, model, out).labelled == 1
+    assert _label(folder, model, out, overwrite=True).labelled == 6
+
+
+def test_interrupted_run_reuses_finished_parts_and_leaves_no_half_file(ray_session, model, tmp_path):
+    folder, out = tmp_path / "imgs", tmp_path / "labels.csv"
+    _images(folder, n=4)
+    _label(folder, model, out)
+    done = _read(out)
+    keys = pd.read_parquet(tmp_path / "labels.csv.index.parquet")
+    # Simulate a run killed after writing one part: no final file, a part with 2 rows.
+    part = tmp_path / "labels.csv.parts" / "run-1"
+    part.mkdir(parents=True)
+    done.iloc[:2].merge(keys[["path", "size", "mtime_ns"]], on="path").to_parquet(part / "a.parquet")
+    (part / "b.parquet").write_bytes(b"PAR1 cut off")
+    out.unlink()
+    summary = _label(folder, model, out)
+    assert (summary.reused, summary.labelled) == (2, 2) and len(_read(out)) == 4
+
+
+def test_paths_with_commas_quotes_and_non_ascii_survive(ray_session, model, tmp_path):
+    folder = tmp_path / "imgs"
+    paths = _images(folder, n=3)
+    names = ['a,comma.png', 'quote"d \'x.png', "évé_日本.png"]
+    for p, name in zip(paths, names):
+        p.rename(folder / name)
+    out = tmp_path / "labels.csv"
+    _label(folder, model, out)
+    assert sorted(_read(out).path) == sorted(str(folder / n) for n in names)
+
+
+def test_parquet_output(ray_session, model, tmp_path):
+    folder = tmp_path / "imgs"
+    _images(folder, n=2)
+    _label(folder, model, tmp_path / "labels.parquet", format="parquet")
+    assert list(pd.read_parquet(tmp_path / "labels.parquet").columns) == OUTPUT_COLUMNS
+
+
+def test_bad_model_fails_before_reading_images(tmp_path, model):
+    folder = tmp_path / "imgs"
+    _images(folder, n=1)
+    with pytest.raises(PredictorError, match="no manifest.json"):
+        _label(folder, tmp_path / "nowhere", tmp_path / "x.csv")
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    (broken / "weights.pt").write_bytes((broken / "weights.pt").read_bytes()[:-10])
+    with pytest.raises(PredictorError, match="SHA-256"):
+        _label(folder, broken, tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.csv.parts").exists()
+
+
+class TinyGenerator(torch.nn.Module):
+    """z (B, 8) -> RGB image in [-1, 1] (B, 3, 96, 96): a blob whose colour depends on z."""
+
+    def __init__(self):
+        super().__init__()
+        self.z_dim = 8
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, z):
+        colour = torch.tanh(self.fc(z))[:, :, None, None]
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, 96), torch.linspace(-1, 1, 96), indexing="ij")
+        blob = ((xx ** 2 + yy ** 2) < 0.5).float()[None, None]
+        return colour * blob - (1 - blob) * 0.2
+
+
+def test_torchscript_generator_as_the_image_source(ray_session, model, tmp_path):
+    gen = tmp_path / "gen.pt"
+    torch.jit.script(TinyGenerator()).save(str(gen))
+    out = tmp_path / "gen_labels.csv"
+    summary = label_images(LabelConfig(generator=str(gen), num=5, seed=100, model=str(model), out=str(out),
+                                       batch_size=2, num_actors=1))
+    rows = _read(out)
+    assert summary.inputs == 5 and len(rows) == 5
+    assert [os.path.basename(p) for p in rows.path] == [f"seed{s:08d}.png" for s in range(100, 105)]
+    img = cv2.imread(rows.path[0])
+    assert img.shape == (96, 96, 3) and (tmp_path / "gen_labels_generated").is_dir()
+    # The picture is what the generator drew for that seed: centre colour from z, border grey.
+    z = torch.randn(8, generator=torch.Generator().manual_seed(100))
+    colour = torch.tanh(torch.jit.load(str(gen)).fc(z[None]))[0].detach()
+    expected = ((colour.flip(0) + 1) * 127.5).round().numpy()  # RGB -> BGR as OpenCV reads it
+    assert np.abs(img[48, 48].astype(float) - expected).max() <= 1
+    assert np.abs(img[2, 2].astype(float) - (1 - 0.2) * 127.5).max() <= 1
