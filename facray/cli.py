@@ -200,12 +200,13 @@ def run_label(args: argparse.Namespace) -> int:
 def _build_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="working folder")
     p.add_argument("--n", type=int, default=600, help="generated images")
+    p.add_argument("--epochs", type=int, default=4, help="training epochs per job")
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
     from facray.demo import run_demo
 
-    run_demo(args.out, n=args.n)
+    run_demo(args.out, n=args.n, epochs=args.epochs)
     return 0
 
 

@@ -67,7 +67,7 @@ class TrainBinaryConfig:
                                                        "(all their variants) used for validation"))
     online_flip: bool = field(default=False, metadata=_help("random horizontal flips while training"))
     torch_threads: int = field(default=0, metadata=_help("torch CPU threads per worker (0 = default)"))
-    max_failures: int = field(default=1, metadata=_help("worker failures tolerated (resume from checkpoint)"))
+    max_failures: int = field(default=3, metadata=_help("worker failures tolerated (resume from checkpoint)"))
     fail_at_epoch: int = field(default=0, metadata=_help("testing: raise once at the start of this epoch"))
     tracking_uri: str | None = field(default=None, metadata=_help("MLflow URI (default sqlite under out)"))
     experiment: str = field(default="facray-abm", metadata=_help("MLflow experiment"))
