@@ -51,14 +51,6 @@ def run_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_prepare(p: argparse.ArgumentParser) -> None:
-    from facray.config import add_config_arguments
-    from facray.data.pipeline import PrepareConfig
-    add_config_arguments(p, PrepareConfig)
-    p.add_argument("--smoke-test", action="store_true",
-                   help="generate 40 faces into OUT/smoke_data and prepare them (seconds)")
-
-
 def run_prepare(args: argparse.Namespace) -> int:
     from facray.config import resolve_config
     from facray.data.pipeline import PrepareConfig, prepare
@@ -77,14 +69,6 @@ def run_prepare(args: argparse.Namespace) -> int:
         raise ValueError("--root is required (or --smoke-test)")
     print(prepare(cfg).format())
     return 0
-
-
-def _build_train_binary(p: argparse.ArgumentParser) -> None:
-    from facray.config import add_config_arguments
-    from facray.training.ray_binary import TrainBinaryConfig
-    add_config_arguments(p, TrainBinaryConfig)
-    p.add_argument("--smoke-test", action="store_true",
-                   help="prepare 40 generated faces and train 2 attributes x 2 modalities for 2 epochs")
 
 
 def run_train_binary(args: argparse.Namespace) -> int:
@@ -122,12 +106,6 @@ def _tracking_hint(uri: str | None, out) -> str:
     return f"{uri}  (view: mlflow ui --backend-store-uri {uri})"
 
 
-def _build_combine(p: argparse.ArgumentParser) -> None:
-    from facray.config import add_config_arguments
-    from facray.training.combine import CombineConfig
-    add_config_arguments(p, CombineConfig)
-
-
 def run_combine(args: argparse.Namespace) -> int:
     from facray.config import resolve_config
     from facray.training.combine import CombineConfig, combine
@@ -138,12 +116,6 @@ def run_combine(args: argparse.Namespace) -> int:
     print(choices[["attribute", "modality", "real_val_accuracy", "sketch_val_accuracy"]].round(3).to_string(index=False))
     print(f"combined predictor: {dest}" + (f"\nregistered: {uri}" if uri else ""))
     return 0
-
-
-def _build_evaluate(p: argparse.ArgumentParser) -> None:
-    from facray.config import add_config_arguments
-    from facray.reports import EvaluateConfig
-    add_config_arguments(p, EvaluateConfig)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -157,14 +129,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(table[cols].round(3).to_string(index=False))
     print(f"report: {out}")
     return 0
-
-
-def _build_label(p: argparse.ArgumentParser) -> None:
-    from facray.config import add_config_arguments
-    from facray.labelling_ray import LabelConfig
-    add_config_arguments(p, LabelConfig)
-    p.add_argument("--smoke-test", action="store_true",
-                   help="label 8 generated faces (2 of them broken) with an untrained predictor")
 
 
 def run_label(args: argparse.Namespace) -> int:
@@ -210,6 +174,19 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_arguments(module: str, config: str, smoke_test: str | None = None):
+    """An argument builder for a config dataclass (imported only when the parser is built), plus
+    ``--smoke-test`` when the command has one."""
+    def build(p: argparse.ArgumentParser) -> None:
+        import importlib
+
+        from facray.config import add_config_arguments
+        add_config_arguments(p, getattr(importlib.import_module(module), config))
+        if smoke_test:
+            p.add_argument("--smoke-test", action="store_true", help=smoke_test)
+    return build
+
+
 # name -> (help, add arguments, run returning the exit code). Library imports stay inside the run
 # functions so ``facray --help`` does not import torch or Ray.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
@@ -218,15 +195,21 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "data synth": ("write a generated CelebA (official layout) or an unlabelled StyleGAN-like folder",
                    _build_data_synth, run_data_synth),
     "prepare": ("face-crop, sketch, augment (and mask) a dataset on Ray Data into Parquet shards",
-                _build_prepare, run_prepare),
+                config_arguments("facray.data.pipeline", "PrepareConfig",
+                                 "generate 40 faces into OUT/smoke_data and prepare them (seconds)"),
+                run_prepare),
     "train-binary": ("train the binary ABM-CNN jobs (attribute x modality) on Ray Train",
-                     _build_train_binary, run_train_binary),
+                     config_arguments("facray.training.ray_binary", "TrainBinaryConfig",
+                                      "prepare 60 generated faces, train 2 attributes x 2 modalities, 2 epochs"),
+                     run_train_binary),
     "combine": ("keep the better modality per attribute; write and register the combined predictor",
-                _build_combine, run_combine),
+                config_arguments("facray.training.combine", "CombineConfig"), run_combine),
     "evaluate": ("per-attribute report (real, sketch, combined, majority, paper) with a plot, logged to MLflow",
-                 _build_evaluate, run_evaluate),
+                 config_arguments("facray.reports", "EvaluateConfig"), run_evaluate),
     "label": ("label images (folder, glob, list, URI or a generator) into one CSV on Ray Data",
-              _build_label, run_label),
+              config_arguments("facray.labelling_ray", "LabelConfig",
+                               "label 8 generated faces (2 of them broken) with an untrained predictor"),
+              run_label),
     "demo": ("run the whole pipeline on generated data with local Ray and MLflow",
              _build_demo, run_demo_command),
 }

@@ -20,6 +20,11 @@ import yaml
 C = TypeVar("C")
 
 
+def option(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's keyword
+    """A config field with its help text (the one place a key is declared and documented)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def _field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from facray.attributes import ATTRIBUTES
+from facray.config import option
 from facray.data.errors import DatasetError
 from facray.labelling import OUTPUT_COLUMNS, PROB_COLUMNS, label_batch, preprocessing_for
 from facray.predictor import load_predictor
@@ -31,31 +32,27 @@ from facray.predictor import load_predictor
 KEY_COLUMNS = ["path", "size", "mtime_ns", "model"]
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class LabelConfig:
-    images: str = field(default="", metadata=_help("folder (recursive), glob, .txt list of paths, or URI"))
-    model: str = field(default="", metadata=_help("predictor folder or MLflow URI (models:/name@alias, runs:/...)"))
-    out: str = field(default="labels.csv", metadata=_help("output file (.csv, or .parquet with --format parquet)"))
-    format: str = field(default="csv", metadata=_help("csv | parquet"))
-    overwrite: bool = field(default=False, metadata=_help("relabel everything instead of resuming"))
-    batch_size: int = field(default=64, metadata=_help("images per batch"))
-    num_actors: int = field(default=2, metadata=_help("actors (CPU: decode+predict fused; GPU: predictors)"))
-    cpus_per_actor: float = field(default=0.5, metadata=_help("CPUs reserved per actor"))
-    gpus: float = field(default=0.0, metadata=_help("GPUs per predict actor (0 = CPU)"))
-    preprocess_actors: int = field(default=2, metadata=_help("with GPUs: CPU actors decoding and cropping"))
-    crop: str = field(default="detect", metadata=_help("detect | full | auto (see facray prepare)"))
-    yunet_model: str | None = field(default=None, metadata=_help("YuNet .onnx detector instead of Haar"))
-    max_pixels: int = field(default=50_000_000, metadata=_help("refuse larger images"))
-    generator: str | None = field(default=None, metadata=_help("TorchScript generator file: z -> image"))
-    num: int = field(default=0, metadata=_help("with --generator: images to generate"))
-    seed: int = field(default=0, metadata=_help("with --generator: first seed (one seed per image)"))
-    z_dim: int = field(default=0, metadata=_help("with --generator: latent size (0 = the module's z_dim)"))
-    tracking_uri: str | None = field(default=None, metadata=_help("MLflow URI for models:/ and runs:/ models"))
-    torch_threads: int = field(default=1, metadata=_help("torch threads per CPU actor"))
+    images: str = option("", "folder (recursive), glob, .txt list of paths, or URI")
+    model: str = option("", "predictor folder or MLflow URI (models:/name@alias, runs:/...)")
+    out: str = option("labels.csv", "output file (.csv, or .parquet with --format parquet)")
+    format: str = option("csv", "csv | parquet")
+    overwrite: bool = option(False, "relabel everything instead of resuming")
+    batch_size: int = option(64, "images per batch")
+    num_actors: int = option(2, "actors (CPU: decode+predict fused; GPU: predictors)")
+    cpus_per_actor: float = option(0.5, "CPUs reserved per actor")
+    gpus: float = option(0.0, "GPUs per predict actor (0 = CPU)")
+    preprocess_actors: int = option(2, "with GPUs: CPU actors decoding and cropping")
+    crop: str = option("detect", "detect | full | auto (see facray prepare)")
+    yunet_model: str | None = option(None, "YuNet .onnx detector instead of Haar")
+    max_pixels: int = option(50_000_000, "refuse larger images")
+    generator: str | None = option(None, "TorchScript generator file: z -> image")
+    num: int = option(0, "with --generator: images to generate")
+    seed: int = option(0, "with --generator: first seed (one seed per image)")
+    z_dim: int = option(0, "with --generator: latent size (0 = the module's z_dim)")
+    tracking_uri: str | None = option(None, "MLflow URI for models:/ and runs:/ models")
+    torch_threads: int = option(1, "torch threads per CPU actor")
 
 
 # ---- inputs and previous results (driver, pure) -------------------------------------------------

@@ -10,7 +10,7 @@ the style of the paper's Figure 3, and logs all three to MLflow.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +18,18 @@ import pandas as pd
 import yaml
 
 from facray.attributes import ATTRIBUTES
+from facray.config import option
 from facray.training.combine import choose_modalities, read_job_records
 from facray.training.ray_binary import PAPER_TABLE
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class EvaluateConfig:
-    run: str = field(default="runs/abm", metadata=_help("the train-binary output folder"))
-    out: str = field(default="", metadata=_help("report folder (default <run>/report)"))
-    log_mlflow: bool = field(default=True, metadata=_help("log the report to MLflow"))
-    tracking_uri: str | None = field(default=None, metadata=_help("MLflow URI (default sqlite under run)"))
-    experiment: str = field(default="facray-abm", metadata=_help("MLflow experiment"))
+    run: str = option("runs/abm", "the train-binary output folder")
+    out: str = option("", "report folder (default <run>/report)")
+    log_mlflow: bool = option(True, "log the report to MLflow")
+    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)")
+    experiment: str = option("facray-abm", "MLflow experiment")
 
 
 def majority_baseline(prepared: str, train_split: str, test_split: str) -> pd.Series:

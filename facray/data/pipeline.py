@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.dataset as pads
 
-from facray.config import save_config
+from facray.config import option, save_config
 from facray.data import ops
 from facray.data.celeba import read_celeba
 from facray.data.folder import read_image_folder
@@ -23,35 +23,31 @@ from facray.data.mtfl import read_mtfl
 from facray.data.prepared import Serializer, shard_dir, write_metadata
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class PrepareConfig:
-    dataset: str = field(default="celeba", metadata=_help("celeba | mtfl | folder"))
-    root: str = field(default="", metadata=_help("dataset folder (folder: also a glob or .txt list)"))
-    out: str = field(default="prepared", metadata=_help("output folder"))
-    size: int = field(default=180, metadata=_help("crop side in pixels (ABM-CNN: 180)"))
-    margin: float = field(default=0.35, metadata=_help("crop margin around the face box, per side"))
-    crop: str = field(default="auto", metadata=_help("auto | landmarks | bbox | aligned | detect | full"))
-    augment: int = field(default=9, metadata=_help("variants per train image (ABM-CNN: 9; 1 = none)"))
-    masks: bool = field(default=False, metadata=_help("also write AttParseNet weak masks"))
-    mask_size: int = field(default=48, metadata=_help("side of the weak masks"))
-    sketch_channels: int = field(default=1, metadata=_help("pencil sketch channels: 1 or 3"))
-    split: str = field(default="official", metadata=_help("official | abm (70/15/15 seeded)"))
-    seed: int = field(default=0, metadata=_help("seed of the ABM split and the augmentations"))
-    limit: int = field(default=0, metadata=_help("use only the first N images (0 = all)"))
-    skip_missing: bool = field(default=False, metadata=_help("go on without missing images (counted)"))
-    image_format: str = field(default="raw", metadata=_help("raw (no decode at train time) | png"))
-    num_actors: int = field(default=2, metadata=_help("preprocessing actors"))
-    cpus_per_actor: float = field(default=0.5, metadata=_help("CPUs reserved per actor (fractions "
-                                                               "leave room for reads on small machines)"))
-    batch_size: int = field(default=128, metadata=_help("images per batch"))
-    rows_per_block: int = field(default=512, metadata=_help("metadata rows per input block"))
-    yunet_model: str | None = field(default=None, metadata=_help("YuNet .onnx file to detect with "
-                                                                 "instead of the Haar cascade"))
-    max_pixels: int = field(default=50_000_000, metadata=_help("refuse larger images (decompression bombs)"))
+    dataset: str = option("celeba", "celeba | mtfl | folder")
+    root: str = option("", "dataset folder (folder: also a glob or .txt list)")
+    out: str = option("prepared", "output folder")
+    size: int = option(180, "crop side in pixels (ABM-CNN: 180)")
+    margin: float = option(0.35, "crop margin around the face box, per side")
+    crop: str = option("auto", "auto | landmarks | bbox | aligned | detect | full")
+    augment: int = option(9, "variants per train image (ABM-CNN: 9; 1 = none)")
+    masks: bool = option(False, "also write AttParseNet weak masks")
+    mask_size: int = option(48, "side of the weak masks")
+    sketch_channels: int = option(1, "pencil sketch channels: 1 or 3")
+    split: str = option("official", "official | abm (70/15/15 seeded)")
+    seed: int = option(0, "seed of the ABM split and the augmentations")
+    limit: int = option(0, "use only the first N images (0 = all)")
+    skip_missing: bool = option(False, "go on without missing images (counted)")
+    image_format: str = option("raw", "raw (no decode at train time) | png")
+    num_actors: int = option(2, "preprocessing actors")
+    cpus_per_actor: float = option(0.5, "CPUs reserved per actor (fractions "
+                                                               "leave room for reads on small machines)")
+    batch_size: int = option(128, "images per batch")
+    rows_per_block: int = option(512, "metadata rows per input block")
+    yunet_model: str | None = option(None, "YuNet .onnx file to detect with "
+                                                                 "instead of the Haar cascade")
+    max_pixels: int = option(50_000_000, "refuse larger images (decompression bombs)")
 
 
 def read_table(cfg: PrepareConfig) -> pd.DataFrame:

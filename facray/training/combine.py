@@ -8,30 +8,27 @@ predictor (:mod:`facray.predictor`), log it to MLflow as a pyfunc model and regi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from facray.config import option
 from facray.predictor import write_predictor
 
 REGISTERED_NAME = "facray-abm-combined"
 ALIAS = "newest"
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class CombineConfig:
-    run: str = field(default="runs/abm", metadata=_help("the train-binary output folder"))
-    out: str = field(default="", metadata=_help("predictor folder (default <run>/combined)"))
-    register: bool = field(default=True, metadata=_help("log to MLflow and register the model"))
-    registered_name: str = field(default=REGISTERED_NAME, metadata=_help("MLflow registered model name"))
-    tracking_uri: str | None = field(default=None, metadata=_help("MLflow URI (default sqlite under run)"))
-    experiment: str = field(default="facray-abm", metadata=_help("MLflow experiment"))
+    run: str = option("runs/abm", "the train-binary output folder")
+    out: str = option("", "predictor folder (default <run>/combined)")
+    register: bool = option(True, "log to MLflow and register the model")
+    registered_name: str = option(REGISTERED_NAME, "MLflow registered model name")
+    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)")
+    experiment: str = option("facray-abm", "MLflow experiment")
 
 
 def read_job_records(run: Path) -> list[dict]:

@@ -20,57 +20,53 @@ import shutil
 import tempfile
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from facray.attributes import MODALITIES, resolve_attributes
-from facray.config import config_to_dict, save_config
+from facray.config import config_to_dict, option, save_config
 from facray.training.binary import (BinaryJob, FusedBinaryTrainer, TrainerConfig, array_batches,
                                     write_job_output)
 
 PAPER_TABLE = Path(__file__).resolve().parents[1] / "reference" / "abm_cnn_paper.csv"
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class TrainBinaryConfig:
-    prepared: str = field(default="prepared", metadata=_help("folder written by `facray prepare`"))
-    out: str = field(default="runs/abm", metadata=_help("output folder (jobs, checkpoints, MLflow store)"))
-    attributes: str = field(default="all", metadata=_help("comma list, or all / identity / abm / rendered"))
-    modalities: tuple[str, ...] = field(default=MODALITIES, metadata=_help("real,sketch"))
-    epochs: int = field(default=20, metadata=_help("epoch budget per job (paper: 15 or 20)"))
-    paper_epochs: bool = field(default=False, metadata=_help("use Table 1's per-attribute epochs where reported"))
-    batch_size: int = field(default=32, metadata=_help("images per step (paper: 32)"))
-    lr: float = field(default=1e-3, metadata=_help("Adam learning rate"))
-    image_size: int = field(default=0, metadata=_help("model input side; 0 = the prepared crop size"))
-    dropout: float = field(default=0.5, metadata=_help("dropout before the dense layers"))
-    patience: int = field(default=3, metadata=_help("early stopping patience on validation loss"))
-    seed: int = field(default=0, metadata=_help("seed of weights, shuffling and dropout"))
-    mode: str = field(default="fused", metadata=_help("fused | separate"))
-    num_workers: int = field(default=1, metadata=_help("Ray Train workers (fused: jobs spread over them)"))
-    gpus_per_worker: float = field(default=0.0, metadata=_help("GPUs per worker (fractions allowed)"))
-    cpus_per_worker: float = field(default=1.0, metadata=_help("CPUs per worker (use < 1 on small machines)"))
-    max_concurrent: int = field(default=2, metadata=_help("separate mode: runs at once"))
-    stack: str = field(default="auto", metadata=_help("auto (grouped on GPU, loop on CPU) | grouped | loop"))
-    data: str = field(default="memory", metadata=_help("memory (each worker loads the prepared shards) | "
-                                                       "stream (Ray Data feeds the workers)"))
-    train_split: str = field(default="train", metadata=_help("split to train on"))
-    val_split: str = field(default="val", metadata=_help("split for early stopping, or 'holdout'"))
-    test_split: str = field(default="test", metadata=_help("split for the final metrics"))
-    holdout: float = field(default=0.1, metadata=_help("with val_split=holdout: fraction of train images "
-                                                       "(all their variants) used for validation"))
-    online_flip: bool = field(default=False, metadata=_help("random horizontal flips while training"))
-    torch_threads: int = field(default=0, metadata=_help("torch CPU threads per worker (0 = default)"))
-    max_failures: int = field(default=3, metadata=_help("worker failures tolerated (resume from checkpoint)"))
-    fail_at_epoch: int = field(default=0, metadata=_help("testing: raise once at the start of this epoch"))
-    tracking_uri: str | None = field(default=None, metadata=_help("MLflow URI (default sqlite under out)"))
-    experiment: str = field(default="facray-abm", metadata=_help("MLflow experiment"))
+    prepared: str = option("prepared", "folder written by `facray prepare`")
+    out: str = option("runs/abm", "output folder (jobs, checkpoints, MLflow store)")
+    attributes: str = option("all", "comma list, or all / identity / abm / rendered")
+    modalities: tuple[str, ...] = option(MODALITIES, "real,sketch")
+    epochs: int = option(20, "epoch budget per job (paper: 15 or 20)")
+    paper_epochs: bool = option(False, "use Table 1's per-attribute epochs where reported")
+    batch_size: int = option(32, "images per step (paper: 32)")
+    lr: float = option(1e-3, "Adam learning rate")
+    image_size: int = option(0, "model input side; 0 = the prepared crop size")
+    dropout: float = option(0.5, "dropout before the dense layers")
+    patience: int = option(3, "early stopping patience on validation loss")
+    seed: int = option(0, "seed of weights, shuffling and dropout")
+    mode: str = option("fused", "fused | separate")
+    num_workers: int = option(1, "Ray Train workers (fused: jobs spread over them)")
+    gpus_per_worker: float = option(0.0, "GPUs per worker (fractions allowed)")
+    cpus_per_worker: float = option(1.0, "CPUs per worker (use < 1 on small machines)")
+    max_concurrent: int = option(2, "separate mode: runs at once")
+    stack: str = option("auto", "auto (grouped on GPU, loop on CPU) | grouped | loop")
+    data: str = option("memory", "memory (each worker loads the prepared shards) | "
+                                                       "stream (Ray Data feeds the workers)")
+    train_split: str = option("train", "split to train on")
+    val_split: str = option("val", "split for early stopping, or 'holdout'")
+    test_split: str = option("test", "split for the final metrics")
+    holdout: float = option(0.1, "with val_split=holdout: fraction of train images "
+                                                       "(all their variants) used for validation")
+    online_flip: bool = option(False, "random horizontal flips while training")
+    torch_threads: int = option(0, "torch CPU threads per worker (0 = default)")
+    max_failures: int = option(3, "worker failures tolerated (resume from checkpoint)")
+    fail_at_epoch: int = option(0, "testing: raise once at the start of this epoch")
+    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)")
+    experiment: str = option("facray-abm", "MLflow experiment")
 
 
 def paper_epochs() -> dict[tuple[str, str], int]:
