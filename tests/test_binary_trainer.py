@@ -119,3 +119,19 @@ def test_confusion_metrics_handle_empty_classes():
     m = confusion_metrics([0, 5], [0, 5], [0, 0], [10, 0])
     assert m["precision"].tolist() == [0.0, 0.5] and m["recall"].tolist() == [0.0, 1.0]
     assert m["accuracy"].tolist() == [1.0, 0.5]
+
+
+@pytest.mark.parametrize("kind", ["loop", "grouped"])
+def test_stopping_the_first_of_many_keeps_every_others_adam_state(kind):
+    """Regression: a stopped model that is not last in the stack used to shift the others' Adam
+    moments by one (and crashed when the model count equalled a tensor dimension, 16 here)."""
+    from facray.attributes import ATTRIBUTES
+    data, val = _data(), _data(seed=1)
+    first = BinaryJob(ATTRIBUTES[0], "real", 1)
+    rest = [BinaryJob(a, "real", 3) for a in ATTRIBUTES[1:16]]
+    together = _train([first, *rest], data, val, 3, kind)
+    assert together.states[first.key].stopped == "max_epochs"
+    for job in (rest[0], rest[7], rest[-1]):
+        alone = _train([job], data, val, 3, kind)
+        for name, w in alone.best[job.key].items():
+            torch.testing.assert_close(together.best[job.key][name], w, atol=2e-5, rtol=1e-4)

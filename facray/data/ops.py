@@ -102,12 +102,12 @@ class FaceCropper:
     """
 
     def __init__(self, size: int = 180, margin: float = 0.35, method: str = "auto",
-                 image_kind: str = "wild", yunet_model: str | None = None):
+                 image_kind: str = "wild", yunet_model: str | None = None, min_face: float = 0.2):
         if method not in CROP_METHODS:
             raise ValueError(f"crop method must be one of {CROP_METHODS}, got {method!r}")
         from facray.data.transforms import FaceDetector
         self.size, self.margin, self.method, self.image_kind = size, margin, method, image_kind
-        self.detector = FaceDetector(yunet_model) if method in ("auto", "detect") else None
+        self.detector = FaceDetector(yunet_model, min_face=min_face) if method in ("auto", "detect") else None
 
     def _box(self, image, landmarks, bbox):
         """(face box or None, method, the 5 landmarks it implies in source pixels or None)."""

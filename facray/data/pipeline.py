@@ -47,6 +47,8 @@ class PrepareConfig:
     rows_per_block: int = option(512, "metadata rows per input block")
     yunet_model: str | None = option(None, "YuNet .onnx file to detect with "
                                                                  "instead of the Haar cascade")
+    min_face: float = option(0.2, "smallest face the detector looks for, as a fraction of the short "
+                                  "side (0.05 finds faces in full-body photos, ~2x slower)")
     max_pixels: int = option(50_000_000, "refuse larger images (decompression bombs)")
 
 
@@ -70,7 +72,7 @@ def read_table(cfg: PrepareConfig) -> pd.DataFrame:
 def preprocessing_chain(cfg: PrepareConfig, image_kind: str, serialize: bool = True) -> ops.Chain:
     """The stages in order; the same chain (minus augmentation) serves the labelling job."""
     stages = [ops.ImageDecoder(cfg.max_pixels),
-              ops.FaceCropper(cfg.size, cfg.margin, cfg.crop, image_kind, cfg.yunet_model)]
+              ops.FaceCropper(cfg.size, cfg.margin, cfg.crop, image_kind, cfg.yunet_model, cfg.min_face)]
     if cfg.masks:
         stages.append(ops.MaskDrawer(cfg.mask_size))
     stages += [ops.Augmenter(cfg.augment, cfg.seed), ops.Sketcher(cfg.sketch_channels)]

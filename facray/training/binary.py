@@ -263,16 +263,17 @@ class FusedBinaryTrainer:
             return
         new = stack.select(keep)
         new_opt = torch.optim.Adam(new.parameters(), lr=self.cfg.lr)
+        old_params = dict(stack.named_parameters())
         index = torch.tensor(keep, device=self.device)
-        for (_, old_p), (_, new_p) in zip(stack.named_parameters(), new.named_parameters()):
-            state = opt.state.get(old_p)
-            if not state:
-                continue
-            if old_p is new_p:  # loop stack: the same parameter objects carry over
-                new_opt.state[new_p] = state
-            else:  # grouped stack: slice the model dimension
-                new_opt.state[new_p] = {k: (v.index_select(0, index).clone() if v.ndim and v.shape[0] == len(keys) else v.clone())
-                                        for k, v in state.items()}
+        for name, new_p in new.named_parameters():
+            if new_p in opt.state:
+                # Loop stack: the kept models' parameter objects carry over with their own state.
+                # (Matching by position would hand a model its neighbour's Adam moments.)
+                new_opt.state[new_p] = opt.state[new_p]
+            elif old_params.get(name) in opt.state:
+                # Grouped stack: same names, every tensor has the model dimension first.
+                new_opt.state[new_p] = {k: v.index_select(0, index).clone() if v.ndim else v.clone()
+                                        for k, v in opt.state[old_params[name]].items()}
         self.stacks[modality], self.optims[modality] = new, new_opt
 
     # ---- results ----
