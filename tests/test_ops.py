@@ -35,9 +35,9 @@ def test_chain_crops_augments_train_only_and_keeps_error_rows(synth_copy):
     assert all(f in out for f in LANDMARK_FIELDS) and len(out["masks"][0]) == 40 * 16 * 16 // 8
 
 
-def test_label_packer_marks_missing_attributes():
+def test_pack_labels_marks_missing_attributes():
     batch = {"path": np.array(["a", "b"], dtype=object), "Male": np.array([1, 0])}
-    labels = ops.LabelPacker()(batch)["labels"]
+    labels = ops.pack_labels(batch)
     assert labels.shape == (2, 40) and labels[0, ATTRIBUTES.index("Male")] == 1
     assert (np.delete(labels, ATTRIBUTES.index("Male"), axis=1) == -1).all()
 

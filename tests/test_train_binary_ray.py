@@ -121,3 +121,16 @@ def test_tampered_or_incomplete_predictor_fails_before_any_image(tmp_path):
         load_predictor(dest)
     with pytest.raises(PredictorError, match="no manifest.json"):
         load_predictor(tmp_path)
+
+
+def test_run_ends_when_every_job_has_stopped(ray_session, prepared_small, tmp_path):
+    out = tmp_path / "early"
+    train_binary_models(_cfg(prepared_small, out, attributes="Eyeglasses", modalities=("real",),
+                             epochs=30, patience=1, num_workers=1))
+    rec = json.loads((out / "jobs/Eyeglasses__real/metrics.json").read_text())
+    assert rec["stopped"] == "early_stopping" and rec["epochs"] < 30
+    checkpoints = sorted(p for p in (out / "ray_results").glob("fused-*/checkpoint_*") if p.is_dir())
+    assert len(checkpoints) <= 2  # num_to_keep=2, and no idle epochs after the stop
+    import torch
+    state = torch.load(checkpoints[-1] / "rank0.pt", weights_only=False)
+    assert state["epoch"] == rec["epochs"]  # the last report came at the stopping epoch

@@ -20,11 +20,11 @@ def attach_image_bytes(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         err = "" if prior is None else str(prior[i])
         blob = b""
         if not err:
+            from facray.data.imageio import read_bytes
             try:
-                with open(path, "rb") as f:
-                    blob = f.read()
+                blob = read_bytes(str(path))
             except OSError as e:
-                err = f"{path}: cannot read file ({e.strerror or e})"
+                err = f"{path}: cannot read file ({getattr(e, 'strerror', None) or e})"
         data.append(blob)
         errors.append(err)
     out = dict(batch)
@@ -236,32 +236,6 @@ class Sketcher:
         for i, img in enumerate(images):
             sketches[i] = pencil_sketch(img, channels=self.channels)
         return {**batch, SKETCH: sketches}
-
-
-class PngEncoder:
-    """Encode ``image``/``sketch`` as PNG bytes (lossless, ~2x smaller than raw on disk)."""
-
-    def __init__(self, columns: tuple[str, ...] = (IMAGE, SKETCH)):
-        self.columns = columns
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import cv2
-        out = dict(batch)
-        for c in self.columns:
-            if c in batch:
-                out[c] = np.array([cv2.imencode(".png", a)[1].tobytes() for a in batch[c]], dtype=object)
-        return out
-
-
-class LabelPacker:
-    """Replace the 40 per-attribute columns with one (N, 40) int8 ``labels`` column."""
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from facray.attributes import ATTRIBUTES
-        labels = pack_labels(batch)
-        out = {k: v for k, v in batch.items() if k not in ATTRIBUTES}
-        out[LABELS] = labels
-        return out
 
 
 class Chain:

@@ -357,15 +357,17 @@ class FusedBinaryTrainer:
                     g.set_state(state)
 
 
-def write_job_output(folder: str | Path, trainer: FusedBinaryTrainer, key: str, test: dict) -> Path:
-    """``<folder>/<key>/model.pt`` (an ABMCNN state dict with its shape) and ``metrics.json``."""
+def write_job_output(folder: str | Path, trainer: FusedBinaryTrainer, key: str, test: dict,
+                     extra: dict | None = None) -> Path:
+    """``<folder>/<key>/model.pt`` (an ABMCNN state dict with its shape) and ``metrics.json``
+    (the job record plus ``extra``)."""
     d = Path(folder) / key
     d.mkdir(parents=True, exist_ok=True)
     job = trainer.states[key].job
     torch.save({"state_dict": trainer.best[key], "in_channels": trainer._in_channels(job.modality),
                 "image_size": trainer.cfg.image_size, "dropout": trainer.cfg.dropout,
                 "attribute": job.attribute, "modality": job.modality}, d / "model.pt")
-    (d / "metrics.json").write_text(json.dumps(trainer.job_record(key, test), indent=1))
+    (d / "metrics.json").write_text(json.dumps({**trainer.job_record(key, test), **(extra or {})}, indent=1))
     return d
 
 

@@ -211,7 +211,8 @@ def train_jobs_per_worker(config: dict) -> None:
         start = time.perf_counter()
         records = trainer.fit_epoch(train_batches(epoch), val_batches()) if trainer.running else {}
         trainer.epoch = epoch + 1  # workers whose jobs all stopped still count epochs (same reports)
-        last = epoch + 1 == total_epochs
+        # Every worker must report as often as the others: stop early only when all are done.
+        last = epoch + 1 == total_epochs or not _any_worker_running(len(trainer.running), device)
         metrics = {"epoch": epoch + 1, "running": len(trainer.running), "epoch_seconds": time.perf_counter() - start,
                    "resumed_from_epoch": resumed_from}
         if records:
@@ -222,14 +223,24 @@ def train_jobs_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             torch.save(trainer.state_dict(), Path(d) / f"rank{rank}.pt")
             if last:
-                test = trainer.evaluate_best(test_batches()) if trainer.states else {}
+                test = trainer.evaluate_best(test_batches())
                 for key in trainer.states:
-                    write_job_output(Path(d) / "jobs", trainer, key, test.get(key))
-                    rec_path = Path(d) / "jobs" / key / "metrics.json"
-                    rec = json.loads(rec_path.read_text())
-                    rec["resumed_from_epoch"] = resumed_from
-                    rec_path.write_text(json.dumps(rec, indent=1))
+                    write_job_output(Path(d) / "jobs", trainer, key, test.get(key),
+                                     extra={"resumed_from_epoch": resumed_from})
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        if last:
+            break
+
+
+def _any_worker_running(n_running: int, device) -> bool:
+    """Whether any worker still has a job running (an all-reduce over Ray Train's process group)."""
+    import torch
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return n_running > 0
+    count = torch.tensor([n_running], device=device)
+    dist.all_reduce(count)
+    return int(count.item()) > 0
 
 
 def _scaling(cfg: TrainBinaryConfig, num_workers: int):
