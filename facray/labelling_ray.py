@@ -27,7 +27,7 @@ from facray.attributes import ATTRIBUTES
 from facray.config import option
 from facray.data.errors import DatasetError
 from facray.labelling import OUTPUT_COLUMNS, PROB_COLUMNS, label_batch, preprocessing_for
-from facray.predictor import load_predictor
+from facray.predictor import is_model_uri, load_predictor
 
 KEY_COLUMNS = ["path", "size", "mtime_ns", "model"]
 
@@ -280,7 +280,7 @@ def label_images(cfg: LabelConfig) -> LabelSummary:
     out.parent.mkdir(parents=True, exist_ok=True)
     _set_tracking(cfg)
     predictor = load_predictor(cfg.model)  # fail fast: before any image is read
-    model_uri = cfg.model if "://" in cfg.model and not Path(cfg.model).exists() else str(Path(cfg.model).resolve())
+    model_uri = cfg.model if is_model_uri(cfg.model) else str(Path(cfg.model).resolve())
     if cfg.generator:
         init_ray()
         images = generate_images(cfg, out)

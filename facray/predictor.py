@@ -127,6 +127,11 @@ class CombinedPredictor:
         return self.manifest.get("name") or f"{FORMAT}:{self.manifest['weights_sha256'][:12]}"
 
 
+def is_model_uri(text: str) -> bool:
+    """``models:/...``, ``runs:/...``, ``s3://...`` and the like, unless a local path of that name exists."""
+    return ":/" in text and not Path(text).exists()
+
+
 def _resolve_uri(uri: str) -> Path:
     """An MLflow model URI -> local directory holding ``manifest.json``."""
     import mlflow
@@ -146,7 +151,7 @@ def _resolve_uri(uri: str) -> Path:
 def load_predictor(uri_or_path: str | Path, device: str | torch.device = "cpu") -> CombinedPredictor:
     """Load and verify a predictor directory or MLflow model URI (see module docstring)."""
     text = str(uri_or_path)
-    path = _resolve_uri(text) if ":/" in text and not Path(text).exists() else Path(text)
+    path = _resolve_uri(text) if is_model_uri(text) else Path(text)
     if path.is_file() and path.name == MANIFEST:
         path = path.parent
     if not (path / MANIFEST).is_file():

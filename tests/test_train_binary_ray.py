@@ -64,6 +64,14 @@ def test_fused_two_workers_mlflow_rerun_combine_evaluate(ray_session, prepared_s
     covered = [i for i in range(40) if not np.isnan(probs[0, i])]
     assert len(covered) == 2 and ((probs[:, covered] >= 0) & (probs[:, covered] <= 1)).all()
 
+    # The registered model labels images through its registry URI (actors resolve it too).
+    from facray.data.synth import write_unlabelled_faces
+    from facray.labelling_ray import LabelConfig, label_images
+    write_unlabelled_faces(tmp_path / "faces", n=2, seed=3, sizes=(96,))
+    labelled = label_images(LabelConfig(images=str(tmp_path / "faces"), model=uri, out=str(tmp_path / "l.csv"),
+                                        tracking_uri=mlflow.get_tracking_uri(), num_actors=1, batch_size=2))
+    assert labelled.inputs == 2 and labelled.model == predictor.name
+
     from facray.reports import EvaluateConfig, evaluate_run
     report, folder = evaluate_run(EvaluateConfig(run=str(out)))
     assert (folder / "accuracy_per_attribute.png").stat().st_size > 1000
