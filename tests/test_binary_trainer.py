@@ -135,3 +135,18 @@ def test_stopping_the_first_of_many_keeps_every_others_adam_state(kind):
         alone = _train([job], data, val, 3, kind)
         for name, w in alone.best[job.key].items():
             torch.testing.assert_close(together.best[job.key][name], w, atol=2e-5, rtol=1e-4)
+
+
+def test_online_flips_do_not_depend_on_the_other_modality():
+    data, val = _data(), _data(seed=1)
+    cfg = TrainerConfig(batch_size=8, image_size=16, patience=5, seed=1, online_flip=True)
+    both = FusedBinaryTrainer([BinaryJob(A, "real", 2), BinaryJob(A, "sketch", 2)], cfg)
+    alone = FusedBinaryTrainer([BinaryJob(A, "real", 2)], cfg)
+    for t in (both, alone):
+        for e in range(2):
+            t.fit_epoch(array_batches(data, 8, True, 1, e), array_batches(val, 32))
+    for name, w in alone.best[f"{A}__real"].items():
+        torch.testing.assert_close(both.best[f"{A}__real"][name], w)
+    restored = FusedBinaryTrainer([BinaryJob(A, "real", 2)], cfg)
+    restored.load_state_dict(alone.state_dict())
+    assert torch.equal(restored.flip_generator.get_state(), alone.flip_generator.get_state())

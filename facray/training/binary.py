@@ -144,6 +144,7 @@ class FusedBinaryTrainer:
         self.states = {j.key: JobState(j) for j in jobs}
         self.best: dict[str, dict[str, torch.Tensor]] = {}
         self.epoch = 0
+        self.flip_generator = torch.Generator().manual_seed(cfg.seed + 17)
         # Per modality: the stack of active models, their job keys (stack order), their optimiser.
         self.active: dict[str, list[str]] = {}
         self.stacks: dict[str, torch.nn.Module] = {}
@@ -172,14 +173,16 @@ class FusedBinaryTrainer:
         return torch.as_tensor(np.asarray(labels)[:, cols] if isinstance(labels, np.ndarray)
                                else labels[:, cols]).to(self.device).long()
 
-    def _step(self, modality: str, batch: dict, train: bool, stats: PassStats) -> None:
-        keys, stack = self.active[modality], self.stacks[modality]
+    def _step(self, modality: str, stack: torch.nn.Module, keys: list[str], batch: dict,
+              flip: torch.Tensor | None, stats: PassStats) -> None:
+        """One batch through one modality's stack; trains it when the stack is in train mode.
+        ``flip`` (B,) mirrors those images horizontally (online augmentation)."""
         pixels = batch["image"] if modality == "real" else batch["sketch"]
         cuda = self.device.type == "cuda"
         x = to_input(pixels, self.cfg.image_size, self.device, channels_last=cuda)
-        if train and self.cfg.online_flip:
-            flip = torch.rand(x.shape[0], generator=self._flip_gen(), device="cpu") < 0.5
-            x[flip.to(x.device)] = x[flip.to(x.device)].flip(-1)
+        if flip is not None:
+            x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+        train = stack.training
         y = self._targets(batch["labels"], keys)  # (B, K), -1 = unknown
         valid = y >= 0
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and self.cfg.amp):
@@ -203,21 +206,25 @@ class FusedBinaryTrainer:
             stats.fn += ((pred == 0) & pos).sum(0).cpu().numpy()
             stats.tn += ((pred == 0) & neg).sum(0).cpu().numpy()
 
-    def _flip_gen(self) -> torch.Generator:
-        if not hasattr(self, "_flips"):
-            self._flips = torch.Generator().manual_seed(self.cfg.seed + 17)
-        return self._flips
-
-    def run_pass(self, batches: Iterable[dict], train: bool) -> dict[str, PassStats]:
-        """One pass over ``batches`` for every active model; per-modality stats in stack order."""
-        stats = {m: PassStats.zeros(len(keys)) for m, keys in self.active.items() if keys}
-        for stack in self.stacks.values():
+    def _pass(self, batches: Iterable[dict], stacks: dict, active: dict[str, list[str]],
+              train: bool) -> dict[str, PassStats]:
+        stats = {m: PassStats.zeros(len(keys)) for m, keys in active.items() if keys}
+        for stack in stacks.values():
             stack.train(train)
         with torch.set_grad_enabled(train):
             for batch in batches:
+                flip = None
+                if train and self.cfg.online_flip:
+                    # One draw per batch, shared by both modalities: a model's flips do not
+                    # depend on which other models train beside it.
+                    flip = torch.rand(len(batch["labels"]), generator=self.flip_generator) < 0.5
                 for modality in stats:
-                    self._step(modality, batch, train, stats[modality])
+                    self._step(modality, stacks[modality], active[modality], batch, flip, stats[modality])
         return stats
+
+    def run_pass(self, batches: Iterable[dict], train: bool) -> dict[str, PassStats]:
+        """One pass over ``batches`` for every active model; per-modality stats in stack order."""
+        return self._pass(batches, self.stacks, self.active, train)
 
     def fit_epoch(self, train_batches: Iterable[dict], val_batches: Iterable[dict]) -> dict[str, dict]:
         """Train one epoch, validate, apply early stopping. Returns this epoch's record per job."""
@@ -297,12 +304,7 @@ class FusedBinaryTrainer:
                 for i, k in enumerate(ks):
                     s.load(i, {n: t.to(self.device) for n, t in self.best[k].items()})
                 stacks[m] = s.eval()
-        saved = (self.active, self.stacks)
-        self.active, self.stacks = {m: ks for m, ks in by_mod.items() if ks}, stacks
-        try:
-            stats = self.run_pass(batches, train=False)
-        finally:
-            self.active, self.stacks = saved
+        stats = self._pass(batches, stacks, {m: ks for m, ks in by_mod.items() if ks}, train=False)
         out = {}
         for m, ks in by_mod.items():
             if not ks:
@@ -333,10 +335,12 @@ class FusedBinaryTrainer:
             "optims": {m: o.state_dict() for m, o in self.optims.items()},
             "generators": {m: [g.get_state() for g in (s.generators or [])] for m, s in self.stacks.items()},
             "dropout_seeds": {m: list(s.dropout_seeds) for m, s in self.stacks.items()},
+            "flip_generator": self.flip_generator.get_state(),
         }
 
     def load_state_dict(self, sd: dict) -> None:
         self.epoch, self.kind, self.best = sd["epoch"], sd["kind"], sd["best"]
+        self.flip_generator.set_state(sd["flip_generator"])
         for k, s in sd["states"].items():
             s = dict(s)
             self.states[k] = JobState(BinaryJob(**s.pop("job")), **s)
