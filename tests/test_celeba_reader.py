@@ -187,3 +187,21 @@ def test_official_split_without_partition_file_says_what_to_do(synth_copy):
     with pytest.raises(DatasetError, match="split='abm'"):
         read_celeba(synth_copy)
     assert len(read_celeba(synth_copy, split="abm")) == 120
+
+
+def test_utf8_bom_in_list_files_is_accepted(synth_copy, synth_root):
+    for name in ("list_attr_celeba.txt", "list_eval_partition.txt"):
+        f = synth_copy / name
+        f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    pd.testing.assert_frame_equal(read_celeba(synth_copy).drop(columns="path"),
+                                  read_celeba(synth_root).drop(columns="path"))
+
+
+def test_partition_value_out_of_range_names_file_and_line(synth_copy):
+    f = synth_copy / "list_eval_partition.txt"
+    lines = f.read_text().splitlines()
+    name = lines[4].split()[0]
+    lines[4] = f"{name} 7"
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=rf"list_eval_partition.txt:5: {name}: partition is '7', expected one of 0, 1, 2"):
+        read_celeba(synth_copy)

@@ -71,3 +71,40 @@ def test_cmyk_jpeg_and_exif_rotation():
     exif[0x0112] = 6  # "rotate 90 CW to display"
     rgb.save(buf, "JPEG", exif=exif)
     assert decode_image(buf.getvalue(), "rot.jpg").shape == (40, 60, 3)
+
+
+def test_bytes_after_the_image_are_not_truncation():
+    """Motion photos and padded files: data after EOI / IEND decodes as OpenCV and Pillow do."""
+    jpeg, png = _jpeg(FACE), cv2.imencode(".png", FACE)[1].tobytes()
+    video = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40  # what a motion photo appends
+    assert decode_image(jpeg + video, "motion.jpg").shape == (60, 40, 3)
+    assert decode_image(jpeg + b"\x00" * 4096, "padded.jpg").shape == (60, 40, 3)
+    assert (decode_image(png + b"trailing junk" * 100, "padded.png") == FACE).all()
+    # A truncated file whose thumbnail-like early FF D9 must not pass: cut inside the scan.
+    with pytest.raises(ImageError, match="truncated JPEG"):
+        decode_image(jpeg[: len(jpeg) - 40], "cut.jpg")
+
+
+@pytest.mark.parametrize("fmt", ["webp", "tiff", "gif"])
+def test_memory_bombs_in_other_formats_are_refused_from_the_header(fmt):
+    """A tiny lossless WebP / TIFF / GIF that decodes to 8000x8000 is refused before decoding."""
+    Image = pytest.importorskip("PIL.Image")
+    buf = io.BytesIO()
+    Image.new("L" if fmt == "gif" else "RGB", (8000, 8000)).save(
+        buf, fmt.upper(), **({"lossless": True} if fmt == "webp" else {"compression": "tiff_lzw"} if fmt == "tiff" else {}))
+    data = buf.getvalue()
+    assert len(data) < 2_000_000  # small on disk, 192 MB decoded
+    with pytest.raises(ImageError, match="8000x8000 = 64 MP, over the 50 MP cap") as e:
+        decode_image(data, f"bomb.{fmt}")
+    assert e.value.kind == "too_large"
+
+
+@pytest.mark.parametrize("fmt", ["webp", "tiff", "gif"])
+def test_other_formats_decode(fmt):
+    Image = pytest.importorskip("PIL.Image")
+    buf = io.BytesIO()
+    Image.fromarray(FACE[..., ::-1]).save(buf, fmt.upper(), **({"lossless": True} if fmt == "webp" else {}))
+    out = decode_image(buf.getvalue(), f"face.{fmt}")
+    assert out.shape == (60, 40, 3)
+    if fmt != "gif":  # GIF is palettised: colours change
+        assert np.abs(out.astype(int) - FACE).mean() < 3

@@ -25,6 +25,7 @@ import pandas as pd
 
 from facray.attributes import ATTRIBUTES
 from facray.data.errors import DatasetError, where
+from facray.data.folder import IMAGE_SUFFIXES, printable_name
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ LANDMARK_COLUMNS = ("lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_
                     "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y")
 BBOX_COLUMNS = ("x_1", "y_1", "width", "height")
 PARTITION_NAMES = {0: "train", 1: "val", 2: "test"}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 IMAGE_DIRS = {"img_align_celeba": "aligned", "img_celeba": "wild"}
 SPLITS = ("official", "abm")
 
@@ -97,8 +97,9 @@ def locate_list_files(root: str | Path) -> ListFiles:
 
 def _read_lines(path: Path) -> list[str]:
     try:
-        # newline=None folds CRLF and LF alike; strip() below drops trailing spaces.
-        with open(path, encoding="utf-8", newline=None) as f:
+        # newline=None folds CRLF and LF alike; strip() below drops trailing spaces; utf-8-sig
+        # drops the byte-order mark that Windows editors put at the start of a file.
+        with open(path, encoding="utf-8-sig", newline=None) as f:
             return f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: cannot read list file ({e})") from e
@@ -197,7 +198,7 @@ def read_attribute_file(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _read_keyed_table(path: Path, columns: tuple[str, ...], has_count_line: bool,
-                      has_header: bool, dtype=float) -> pd.DataFrame:
+                      has_header: bool, dtype=float, allowed: tuple | None = None) -> pd.DataFrame:
     """Read a list file of ``image_id value...`` rows (text or CSV) into a frame keyed by image_id."""
     lines = _read_lines(path)
     csv = path.suffix == ".csv"
@@ -212,10 +213,15 @@ def _read_keyed_table(path: Path, columns: tuple[str, ...], has_count_line: bool
             problems.append(f"{where(path, i)}: expected {len(columns) + 1} fields, got {len(parts)}")
             continue
         try:
-            values.append([dtype(p) for p in parts[1:]])
+            row = [dtype(p) for p in parts[1:]]
         except ValueError:
             problems.append(f"{where(path, i)}: non-numeric value in {parts[1:]}")
             continue
+        if allowed is not None and any(v not in allowed for v in row):
+            problems.append(f"{where(path, i)}: {parts[0]}: {columns[0]} is {parts[1]!r}, "
+                            f"expected one of {', '.join(map(str, allowed))}")
+            continue
+        values.append(row)
         ids.append(parts[0])
         linenos.append(i)
     problems += _duplicates_problem(path, ids, linenos)
@@ -241,8 +247,9 @@ def abm_split(n: int, seed: int = 0, fractions: tuple[float, float, float] = (0.
 
 
 def _list_images(image_dir: Path) -> set[str]:
+    # A name that is not UTF-8 can never match a label row; it is listed (escaped) as an orphan.
     with os.scandir(image_dir) as it:
-        return {e.name for e in it if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)}
+        return {printable_name(e.name) for e in it if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)}
 
 
 def read_celeba(root: str | Path, split: str = "official", seed: int = 0,
@@ -287,7 +294,7 @@ def read_celeba(root: str | Path, split: str = "official", seed: int = 0,
     table.insert(1, "path", [str(files.image_dir / i) for i in ids])
 
     if files.partition is not None:
-        part = _read_keyed_table(files.partition, ("partition",), False, False, dtype=int)
+        part = _read_keyed_table(files.partition, ("partition",), False, False, dtype=int, allowed=(0, 1, 2))
         table["partition"] = ids.map(part["partition"]).fillna(-1).astype(np.int8).to_numpy()
         unknown = (table["partition"] < 0).sum()
         if unknown:

@@ -14,7 +14,23 @@ import pandas as pd
 
 from facray.data.errors import DatasetError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# Everything the decoder reads (OpenCV, with Pillow reading the header of each for its size).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def is_utf8_name(path: str) -> bool:
+    """False for a name whose bytes are not UTF-8 (Python holds them as lone surrogates, which
+    Arrow, CSV writers and terminals refuse)."""
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def printable_name(path: str) -> str:
+    """``path`` with non-UTF-8 bytes written as ``\\xNN`` escapes, for output rows and messages."""
+    return path if is_utf8_name(path) else os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def list_images(source: str | Path) -> list[str]:
@@ -25,7 +41,7 @@ def list_images(source: str | Path) -> list[str]:
         paths = [os.path.join(d, f) for d, _, files in os.walk(p) for f in files
                  if f.lower().endswith(IMAGE_SUFFIXES)]
     elif p.is_file() and p.suffix.lower() in (".txt", ".lst"):
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = p.read_text(encoding="utf-8-sig").splitlines()
         paths = []
         for i, line in enumerate(lines, 1):
             line = line.strip()
@@ -45,15 +61,8 @@ def list_images(source: str | Path) -> list[str]:
 
 def list_uri_images(uri: str) -> list[str]:
     """Image files under a pyarrow-readable URI (s3://bucket/prefix, gs://..., file:///...)."""
-    import pyarrow.fs
-    fs, inner = pyarrow.fs.FileSystem.from_uri(uri)
-    info = fs.get_file_info(inner)
-    if info.type == pyarrow.fs.FileType.File:
-        return [uri]
-    scheme = uri.split("://", 1)[0]
-    entries = fs.get_file_info(pyarrow.fs.FileSelector(inner, recursive=True))
-    return sorted(f"{scheme}://{e.path}" for e in entries
-                  if e.type == pyarrow.fs.FileType.File and e.path.lower().endswith(IMAGE_SUFFIXES))
+    from facray import storage
+    return storage.list_files(uri, IMAGE_SUFFIXES)
 
 
 def read_image_folder(source: str | Path, split: str = "unlabelled") -> pd.DataFrame:

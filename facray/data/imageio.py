@@ -8,10 +8,16 @@ What is handled rather than refused: grayscale and 16-bit images (converted to 8
 (alpha dropped after compositing on white), CMYK JPEGs (OpenCV converts), EXIF orientation
 (OpenCV's ``IMREAD_COLOR`` applies it). What is refused: empty files, files that are not images,
 truncated JPEG/PNG, images smaller than ``min_side`` and images over ``max_pixels`` (checked from
-the header before the pixels are decoded, so a decompression bomb costs nothing).
+the header of every accepted format before the pixels are decoded, so a decompression bomb costs
+nothing, be it a PNG or a 2 KB lossless WebP of 8000x8000).
+
+Truncation is judged by the file's structure, not its last bytes: a JPEG is complete when an
+end-of-image marker follows its first scan, a PNG when its chunks run to IEND. Bytes after the
+image (phone "motion photos", padded files) are fine, as they are to OpenCV and Pillow.
 """
 from __future__ import annotations
 
+import io
 import struct
 
 import cv2
@@ -67,8 +73,59 @@ def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
             w, h = struct.unpack("<ii", data[18:26])
             return abs(w), abs(h)
     except struct.error:
+        pass
+    return _pillow_size(data)
+
+
+def _pillow_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from Pillow's lazy open, which reads the header only (WebP, TIFF, GIF, ...)."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow comes with matplotlib, a dependency
         return None
-    return None
+    Image.MAX_IMAGE_PIXELS = None  # facray applies its own cap, with its own message
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - any header Pillow cannot parse: size unknown
+        return None
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """True when an end-of-image marker (FF D9) follows the first start-of-scan (FF DA).
+
+    In entropy-coded data every FF byte is stuffed (FF 00) or a restart marker, so the first FF D9
+    after the scan starts is the image's end; what follows it (a motion photo's video) is ignored.
+    A thumbnail's own FF D9 sits in an APP segment, before the first scan.
+    """
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return False  # lost in the segment chain: not a JPEG libjpeg will finish either
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker == 0xD9:
+            return False  # end of image before any scan
+        if marker == 0xDA:
+            return data.find(b"\xff\xd9", i + 2) != -1
+        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return False
+
+
+def png_is_complete(data: bytes) -> bool:
+    """True when the chunk chain, followed from the signature, reaches a whole IEND chunk."""
+    i = 8
+    while i + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[i:i + 8])
+        i += 12 + length
+        if kind == b"IEND":
+            return i <= len(data)
+    return False
 
 
 def decode_image(data: bytes, path: str = "<bytes>", max_pixels: int = MAX_PIXELS,
@@ -83,11 +140,13 @@ def decode_image(data: bytes, path: str = "<bytes>", max_pixels: int = MAX_PIXEL
     if size is not None and size[0] * size[1] > max_pixels:
         raise ImageError(path, "too_large", f"image is {size[0]}x{size[1]} = "
                          f"{size[0] * size[1] / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP cap")
-    if fmt == "jpeg" and data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+    if size is None:
+        raise ImageError(path, "corrupt", f"corrupt {fmt.upper()} (no image size in its header)")
+    if fmt == "jpeg" and not jpeg_is_complete(data):
         # libjpeg fills a truncated JPEG with grey and only warns; refuse it instead.
-        raise ImageError(path, "truncated", "truncated JPEG (no end-of-image marker)")
-    if fmt == "png" and b"IEND" not in data[-16:]:
-        raise ImageError(path, "truncated", "truncated PNG (no IEND chunk)")
+        raise ImageError(path, "truncated", "truncated JPEG (no end-of-image marker after the image data)")
+    if fmt == "png" and not png_is_complete(data):
+        raise ImageError(path, "truncated", "truncated PNG (its chunks stop before IEND)")
     buf = np.frombuffer(data, np.uint8)
     if fmt == "jpeg":
         # IMREAD_COLOR applies EXIF orientation and converts grey/CMYK JPEGs to BGR in one pass.
@@ -117,10 +176,8 @@ def decode_image(data: bytes, path: str = "<bytes>", max_pixels: int = MAX_PIXEL
 def read_bytes(path: str) -> bytes:
     """A local path, or any URI pyarrow reads (s3://, gs://, hdfs://, file://)."""
     if "://" in path:
-        import pyarrow.fs
-        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
-        with fs.open_input_stream(inner) as f:
-            return f.read()
+        from facray import storage
+        return storage.read_bytes(path)
     with open(path, "rb") as f:
         return f.read()
 

@@ -22,7 +22,7 @@ POSES = {1: "left_profile", 2: "left", 3: "frontal", 4: "right", 5: "right_profi
 
 def _parse_mtfl_file(path: Path, root: Path, problems: list[str]) -> list[dict]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is fine
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: cannot read MTFL list ({e})") from e
     rows = []
