@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -89,3 +90,22 @@ def test_prepare_smoke_test_job(ray_session, tmp_path, capsys):
     assert e.value.code == 0
     assert "prepared 40 images" in capsys.readouterr().out
     assert read_prepared(tmp_path / "smoke")["image"].shape[1:] == (64, 64, 3)
+
+
+def test_prepare_again_switches_versions_at_once_and_removes_the_old(ray_session, synth_root, tmp_path):
+    from facray.data.pipeline import PrepareConfig, prepare
+    from facray.data.prepared import shard_dir
+    out = tmp_path / "versions"
+    cfg = PrepareConfig(root=str(synth_root), out=str(out), size=32, augment=1, limit=20, num_actors=1, batch_size=8)
+    prepare(cfg)
+    first = read_metadata(out)
+    assert first["shards"].startswith("shards-") and Path(shard_dir(out)).is_dir()
+    # A prepare that died before its commit point leaves a stray folder and changes nothing.
+    (out / "shards-interrupted").mkdir()
+    (out / "shards-interrupted" / "part.parquet").write_bytes(b"half")
+    assert read_metadata(out)["shards"] == first["shards"] and len(read_prepared(out)["image"]) > 0
+    prepare(replace(cfg, size=40))
+    second = read_metadata(out)
+    assert second["shards"] != first["shards"] and second["size"] == 40
+    assert not (out / first["shards"]).exists()  # the old version is gone once the new one is live
+    assert read_prepared(out)["image"].shape[1:] == (40, 40, 3)

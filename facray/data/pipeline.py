@@ -8,45 +8,49 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import pyarrow.dataset as pads
 
-from facray.config import option, save_config
+from facray import storage
+from facray.config import config_text, option
 from facray.data import ops
 from facray.data.celeba import read_celeba
 from facray.data.folder import read_image_folder
 from facray.data.mtfl import read_mtfl
-from facray.data.prepared import Serializer, shard_dir, write_metadata
+from facray.data.prepared import Serializer, read_metadata, write_metadata
+from facray.data.transforms import FaceDetector
 
 
 @dataclass
 class PrepareConfig:
-    dataset: str = option("celeba", "celeba | mtfl | folder")
+    dataset: Literal["celeba", "mtfl", "folder"] = option("celeba", "celeba | mtfl | folder")
     root: str = option("", "dataset folder (folder: also a glob or .txt list)")
     out: str = option("prepared", "output folder")
     size: int = option(180, "crop side in pixels (ABM-CNN: 180)")
     margin: float = option(0.35, "crop margin around the face box, per side")
-    crop: str = option("auto", "auto | landmarks | bbox | aligned | detect | full")
+    crop: Literal["auto", "landmarks", "bbox", "aligned", "detect", "full"] = option("auto", "auto | landmarks | bbox | aligned | detect | full")
     augment: int = option(9, "variants per train image (ABM-CNN: 9; 1 = none)")
     masks: bool = option(False, "also write AttParseNet weak masks")
     mask_size: int = option(48, "side of the weak masks")
     sketch_channels: int = option(1, "pencil sketch channels: 1 or 3")
-    split: str = option("official", "official | abm (70/15/15 seeded)")
+    split: Literal["official", "abm"] = option("official", "official | abm (70/15/15 seeded)")
     seed: int = option(0, "seed of the ABM split and the augmentations")
     limit: int = option(0, "use only the first N images (0 = all)")
     skip_missing: bool = option(False, "go on without missing images (counted)")
-    image_format: str = option("raw", "raw (no decode at train time) | png")
+    image_format: Literal["raw", "png"] = option("raw", "raw (no decode at train time) | png")
     num_actors: int = option(2, "preprocessing actors")
     cpus_per_actor: float = option(0.5, "CPUs reserved per actor (fractions "
                                                                "leave room for reads on small machines)")
     batch_size: int = option(128, "images per batch")
     rows_per_block: int = option(512, "metadata rows per input block")
-    yunet_model: str | None = option(None, "YuNet .onnx file to detect with "
-                                                                 "instead of the Haar cascade")
+    detector: str = option("auto", "face detector: auto (YuNet if yuface is installed, else Haar) | yunet | "
+                                   "haar | a YuNet .onnx file")
     min_face: float = option(0.2, "smallest face the detector looks for, as a fraction of the short "
                                   "side (0.05 finds faces in full-body photos, ~2x slower)")
     max_pixels: int = option(50_000_000, "refuse larger images (decompression bombs)")
@@ -72,7 +76,7 @@ def read_table(cfg: PrepareConfig) -> pd.DataFrame:
 def preprocessing_chain(cfg: PrepareConfig, image_kind: str, serialize: bool = True) -> ops.Chain:
     """The stages in order; the same chain (minus augmentation) serves the labelling job."""
     stages = [ops.ImageDecoder(cfg.max_pixels),
-              ops.FaceCropper(cfg.size, cfg.margin, cfg.crop, image_kind, cfg.yunet_model, cfg.min_face)]
+              ops.FaceCropper(cfg.size, cfg.margin, cfg.crop, image_kind, cfg.detector, cfg.min_face)]
     if cfg.masks:
         stages.append(ops.MaskDrawer(cfg.mask_size))
     stages += [ops.Augmenter(cfg.augment, cfg.seed), ops.Sketcher(cfg.sketch_channels)]
@@ -102,9 +106,11 @@ class PrepareSummary:
     errors: dict[str, int]
     seconds: float
     out: str
+    detector: str
 
     def format(self) -> str:
         lines = [f"prepared {self.rows_in} images in {self.seconds:.1f}s -> {self.out}",
+                 f"  face detector: {self.detector}",
                  "  rows out per split: " + ", ".join(f"{k} {v}" for k, v in self.rows_out.items()),
                  f"  faces found: {self.faces_found}/{self.rows_in - sum(self.errors.values())} decoded images",
                  "  crop methods: " + ", ".join(f"{k} {v}" for k, v in self.crop_methods.items())]
@@ -112,26 +118,31 @@ class PrepareSummary:
         return "\n".join(lines)
 
 
-def summarise(out: Path, rows_in: int, seconds: float) -> PrepareSummary:
+def summarise(out: str, shards: str, rows_in: int, seconds: float, detector: str) -> PrepareSummary:
     """Count what was written (reading only the small columns) and write ``errors.csv``."""
     cols = ["image_id", "path", "split", "variant", "face_found", "crop_method", "error", "error_kind"]
-    frame = pads.dataset(str(shard_dir(out)), format="parquet").to_table(columns=cols).to_pandas()
+    fs, path = storage.filesystem(shards)
+    frame = pads.dataset(path, format="parquet", filesystem=fs).to_table(columns=cols).to_pandas()
     originals = frame[frame.variant == "original"]
     errors = originals[originals.error != ""].sort_values("path")
-    errors[["path", "error_kind", "error"]].to_csv(out / "errors.csv", index=False)
+    storage.write_text(storage.join(out, "errors.csv"), errors[["path", "error_kind", "error"]].to_csv(index=False))
     summary = PrepareSummary(
         rows_in=rows_in,
         rows_out=dict(sorted(Counter(frame.split).items())),
         faces_found=int(originals.face_found.sum()),
         crop_methods=dict(Counter(originals.crop_method)),
         errors=dict(Counter(errors.error_kind)),
-        seconds=seconds, out=str(out))
-    (out / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
+        seconds=seconds, out=out, detector=detector)
+    storage.write_text(storage.join(out, "summary.json"), json.dumps(summary.__dict__, indent=2))
     return summary
 
 
 def prepare(cfg: PrepareConfig) -> PrepareSummary:
-    """Run the preprocessing pipeline on Ray Data and write ``cfg.out`` (see module docstring)."""
+    """Run the preprocessing pipeline on Ray Data and write ``cfg.out`` (a path or URI).
+
+    The shards go to a new ``shards-<id>`` folder; ``prepared.json``, written last, switches
+    readers to it, and only then is the previous version deleted (see :mod:`facray.data.prepared`).
+    """
     import ray
 
     from facray.data.datasets import build_image_dataset
@@ -139,12 +150,14 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
 
     start = time.perf_counter()
     table = read_table(cfg)
-    out = Path(cfg.out).resolve()
-    if shard_dir(out).exists():
-        import shutil
-        shutil.rmtree(shard_dir(out))
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    out = cfg.out if storage.is_uri(cfg.out) else str(Path(cfg.out).resolve())
+    try:
+        previous = read_metadata(out)["shards"]
+    except FileNotFoundError:
+        previous = None
+    shards = f"shards-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    # Which detector runs, said up front and in the output (auto falls back to Haar without yuface).
+    detector = FaceDetector(cfg.detector).name if cfg.crop in ("auto", "detect") else "none"
     init_ray()
     image_kind = table.attrs.get("image_kind", "wild")
     # At least a few blocks per actor, or small inputs leave actors idle.
@@ -153,9 +166,14 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
     ds = ds.map_batches(PreprocessActor, fn_constructor_args=(cfg, image_kind), batch_format="numpy",
                         batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor,
                         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors))
-    ds.write_parquet(str(shard_dir(out)))
-    write_metadata(out, size=cfg.size, margin=cfg.margin, image_format=cfg.image_format,
+    fs, shard_path = storage.filesystem(storage.join(out, shards))
+    ds.write_parquet(shard_path, filesystem=fs)
+    summary = summarise(out, storage.join(out, shards), len(table), time.perf_counter() - start, detector)
+    storage.write_text(storage.join(out, "config.yaml"), config_text(cfg))
+    write_metadata(out, shards=shards, size=cfg.size, margin=cfg.margin, image_format=cfg.image_format,
                    sketch_channels=cfg.sketch_channels,
                    mask_size=cfg.mask_size if cfg.masks else None, augment=cfg.augment,
-                   dataset=cfg.dataset, root=str(cfg.root), image_kind=image_kind)
-    return summarise(out, len(table), time.perf_counter() - start)
+                   dataset=cfg.dataset, root=str(cfg.root), image_kind=image_kind, detector=detector)
+    if previous and previous != shards:
+        storage.delete_dir(storage.join(out, previous))
+    return summary

@@ -11,6 +11,12 @@
   them with no decode, and Parquet's zstd still shrinks them) or ``png`` (lossless, about half the
   disk, ~1 ms/image to decode); the format and shapes are in the file's metadata;
 - ``masks`` (optional): the 40 AttParseNet masks, bit-packed.
+
+Layout: ``OUT/prepared.json`` names the shard folder of the current version (``OUT/shards-<id>/``)
+and is written last, so it is the commit point: a prepare that is interrupted, or runs beside
+another, never leaves new shards beside old metadata; readers see the old set or the new one.
+This works alike on local disk and on object stores (which cannot rename a folder). ``OUT`` may
+be a local path or a URI (:mod:`facray.storage`).
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from facray import storage
 from facray.attributes import ATTRIBUTES
 from facray.data import ops
 
@@ -64,19 +71,30 @@ class Serializer:
 
 
 def write_metadata(out: str | Path, **meta) -> None:
-    """Shapes and formats the reader needs, next to the shards."""
-    Path(out, META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    """Shapes, formats and the current shard folder (``shards``), next to the shards: the commit
+    point of a prepare (see module docstring)."""
+    storage.write_text(storage.join(str(out), META_FILE), json.dumps(meta, indent=2, sort_keys=True))
 
 
 def read_metadata(out: str | Path) -> dict:
-    path = Path(out, META_FILE)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a facray prepared folder (run `facray prepare` first)")
-    return json.loads(path.read_text())
+    location = storage.join(str(out), META_FILE)
+    if not storage.is_file(location):
+        raise FileNotFoundError(f"{location}: not a facray prepared folder (run `facray prepare` first)")
+    meta = json.loads(storage.read_text(location))
+    meta.setdefault("shards", "shards")  # folders written before shard versions
+    return meta
 
 
-def shard_dir(out: str | Path) -> Path:
-    return Path(out) / "shards"
+def shard_dir(out: str | Path, meta: dict | None = None) -> str:
+    """The current shard folder (a path or URI) named by ``prepared.json``."""
+    meta = meta if meta is not None else read_metadata(out)
+    return storage.join(str(out), meta["shards"])
+
+
+def shard_dataset(out: str | Path, meta: dict | None = None) -> pads.Dataset:
+    """The current shards as a pyarrow dataset, on local disk or any URI."""
+    fs, path = storage.filesystem(shard_dir(out, meta))
+    return pads.dataset(path, format="parquet", filesystem=fs)
 
 
 def decode_column(values, shape: tuple[int, ...], image_format: str) -> np.ndarray:
@@ -117,7 +135,7 @@ def read_prepared(out: str | Path, splits: tuple[str, ...] | None = None,
     scalar columns. Rows with an error are left out unless ``include_errors``.
     """
     meta = read_metadata(out)
-    dataset = pads.dataset(str(shard_dir(out)), format="parquet")
+    dataset = shard_dataset(out, meta)
     filt = None
     if splits is not None:
         filt = pads.field("split").isin(list(splits))

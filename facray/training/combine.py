@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from facray.config import option
+from facray.data.prepared import read_metadata
 from facray.predictor import write_predictor
 
 REGISTERED_NAME = "facray-abm-combined"
@@ -70,7 +71,7 @@ def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
     dest = Path(cfg.out).resolve() if cfg.out else run / "combined"
     table = choose_modalities(read_job_records(run))
     run_config = _run_config(run)
-    prepared_meta = json.loads((Path(run_config["prepared"]) / "prepared.json").read_text())
+    prepared_meta = read_metadata(run_config["prepared"])
     weights, choices, image_size = {}, [], None
     for _, row in table.iterrows():
         blob = torch.load(Path(row[f"{row.modality}_dir"]) / "model.pt", map_location="cpu", weights_only=True)
@@ -102,6 +103,7 @@ def register_predictor(dest: Path, cfg: CombineConfig, run: Path) -> str:
     import mlflow
     from mlflow import MlflowClient
 
+    import facray
     import facray.predictor_mlflow as model_code
     from facray.tracking import setup_mlflow
 
@@ -115,7 +117,9 @@ def register_predictor(dest: Path, cfg: CombineConfig, run: Path) -> str:
                                                                   dtype=float).mean()))
         info = mlflow.pyfunc.log_model(name="model", python_model=model_code.__file__,
                                        artifacts={"predictor": str(dest)},
-                                       pip_requirements=["facray"],  # no dependency inference: offline-safe
+                                       # Pinned: a bare name could resolve to someone else's package
+                                       # on an index; no dependency inference (offline-safe).
+                                       pip_requirements=[f"facray=={facray.__version__}"],
                                        registered_model_name=cfg.registered_name)
     client = MlflowClient()
     version = info.registered_model_version

@@ -1,0 +1,103 @@
+"""Paths or URIs: one way to read and write files on local disk and on the storage a cluster shares.
+
+Pure Python + pyarrow; runs wherever files are touched (driver, Ray actors, Train workers).
+``--prepared``, ``prepare --out``, ``label --images`` and ``label --out`` take a local path or any
+URI pyarrow reads (``s3://``, ``gs://``, ``hdfs://``, ``file://``). ``pathlib.Path`` cannot hold a
+URI (``Path("s3://b/x")`` is ``s3:/b/x``), so locations stay strings and are joined here.
+
+S3-compatible servers (MinIO, Ceph, moto): set ``AWS_ENDPOINT_URL`` as for the AWS CLI and boto3;
+pyarrow does not read it, so :func:`filesystem` passes it on. Credentials come from the usual AWS
+variables or files.
+"""
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+def is_uri(location: str) -> bool:
+    """``scheme://...`` (not a Windows drive letter, not a local path that happens to contain ':')."""
+    text = str(location)
+    return "://" in text and len(text.split("://", 1)[0]) > 1 and not os.path.exists(text)
+
+
+def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a local path or a URI."""
+    text = str(location)
+    if not is_uri(text):
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if text.startswith("s3://") and endpoint and "?" not in text:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        fs = pafs.S3FileSystem(endpoint_override=parsed.netloc, scheme=parsed.scheme,
+                               region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION"))
+        return fs, text[len("s3://"):].rstrip("/")
+    return pafs.FileSystem.from_uri(text)
+
+
+def join(location: str, *parts: str) -> str:
+    """``location/part/...`` for paths and URIs alike."""
+    text = str(location)
+    if is_uri(text):
+        return "/".join([text.rstrip("/"), *(p.strip("/") for p in parts)])
+    return os.path.join(text, *parts)
+
+
+def exists(location: str) -> bool:
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(location: str) -> bool:
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def read_bytes(location: str) -> bytes:
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def read_text(location: str) -> str:
+    return read_bytes(location).decode("utf-8")
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    """Write a whole file (an object store writes it as one object: readers never see half)."""
+    fs, path = filesystem(location)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def write_text(location: str, text: str) -> None:
+    write_bytes(location, text.encode("utf-8"))
+
+
+def delete_dir(location: str) -> None:
+    """Remove a folder and everything under it; nothing to do when it does not exist."""
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def list_files(location: str, suffixes: tuple[str, ...] = ()) -> list[str]:
+    """Files under ``location`` (recursive), as locations of the same kind, sorted."""
+    fs, path = filesystem(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return [str(location)]
+    if info.type == pafs.FileType.NotFound:
+        return []
+    entries = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    found = [e.path for e in entries if e.type == pafs.FileType.File
+             and (not suffixes or e.path.lower().endswith(suffixes))]
+    if is_uri(str(location)):
+        scheme = str(location).split("://", 1)[0]
+        return sorted(f"{scheme}://{p}" for p in found)
+    return sorted(found)

@@ -1,0 +1,144 @@
+"""The cluster path for real: data on an S3-compatible server and an MLflow tracking server, both
+started by the test on 127.0.0.1 (no other network).
+
+One driver process (as under `ray job submit`) prepares into s3://, trains from s3://, registers the
+combined predictor in the MLflow server, and labels images read from s3:// into a CSV on s3://
+through `models:/...@newest`. It runs in a subprocess so the Ray it starts sees the S3 settings.
+"""
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "facray-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, proc: subprocess.Popen, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{what} did not answer {url} within {seconds:.0f}s")
+
+
+@pytest.fixture
+def s3_env(tmp_path):
+    """A moto S3 server on 127.0.0.1 with one bucket; the AWS variables that point at it."""
+    pytest.importorskip("moto.server")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/moto-api/", proc, 60, "moto server")
+        import pyarrow.fs as pafs
+        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key="testing",
+                          secret_key="testing", region="us-east-1", allow_bucket_creation=True).create_dir(BUCKET)
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on 127.0.0.1: SQLite backend, artifacts in a folder of its own."""
+    port = _free_port()
+    root = tmp_path / "mlflow_server"
+    root.mkdir()
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    proc = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                             "--artifacts-destination", str(root / "artifacts")],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/health", proc, 120, "mlflow server")
+        yield f"http://127.0.0.1:{port}", root
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+DRIVER = textwrap.dedent('''
+    import sys
+    from pathlib import Path
+    from facray.data.synth import write_synthetic_celeba, write_unlabelled_faces
+    from facray.data.pipeline import PrepareConfig, prepare
+    from facray.training.ray_binary import TrainBinaryConfig, train_binary_models
+    from facray.training.combine import CombineConfig, combine
+    from facray.labelling_ray import LabelConfig, label_images
+    from facray import storage
+
+    work, bucket, tracking = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    root = write_synthetic_celeba(work / "celeba", n=60, seed=3)
+    print(prepare(PrepareConfig(root=str(root), out=f"s3://{bucket}/prepared", size=32, augment=1,
+                                num_actors=1, batch_size=16)).format())
+    table = train_binary_models(TrainBinaryConfig(
+        prepared=f"s3://{bucket}/prepared", out=str(work / "run"), attributes="Smiling", epochs=1,
+        batch_size=16, cpus_per_worker=0.5, tracking_uri=tracking))
+    print(table.to_string())
+    _, uri = combine(CombineConfig(run=str(work / "run"), tracking_uri=tracking))
+    print("registered", uri)
+    for p in write_unlabelled_faces(work / "images", n=3, seed=1, sizes=(128,)):
+        storage.write_bytes(f"s3://{bucket}/images/{p.name}", p.read_bytes())
+    storage.write_bytes(f"s3://{bucket}/images/broken.jpg", b"not a jpeg")
+    summary = label_images(LabelConfig(images=f"s3://{bucket}/images", model=uri, tracking_uri=tracking,
+                                       out=f"s3://{bucket}/out/labels.csv", batch_size=4, num_actors=1))
+    print(summary.format())
+''')
+
+
+def test_prepare_train_register_label_through_s3_and_an_mlflow_server(s3_env, mlflow_server, tmp_path):
+    tracking, server_root = mlflow_server
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}, **s3_env,
+           "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "work"), BUCKET, tracking], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=540)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "registered models:/facray-abm-combined@newest" in done.stdout
+    assert "labelled 4 new image(s)" in done.stdout
+
+    # What landed where: shards and metadata on S3, the model in the server's artifact folder.
+    import pyarrow.fs as pafs
+    port = s3_env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]
+    fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key="testing",
+                           secret_key="testing", region="us-east-1")
+    listing = [i.path for i in fs.get_file_info(pafs.FileSelector(BUCKET, recursive=True))]
+    assert f"{BUCKET}/prepared/prepared.json" in listing
+    assert any(p.startswith(f"{BUCKET}/prepared/shards-") and p.endswith(".parquet") for p in listing)
+    assert list((server_root / "artifacts").rglob("manifest.json")), "model artifacts not on the server"
+    with fs.open_input_stream(f"{BUCKET}/out/labels.csv") as f:
+        rows = pd.read_csv(io.BytesIO(f.read()), keep_default_na=False, na_values=[""])
+    assert len(rows) == 4 and rows.path.str.startswith(f"s3://{BUCKET}/images/").all()
+    broken = rows[rows.path.str.endswith("broken.jpg")].iloc[0]
+    assert "not an image" in broken.error and pd.isna(broken.Smiling_prob)
+    ok = rows[rows.error.isna()]
+    assert len(ok) == 3 and ok.Smiling_prob.between(0, 1).all() and ok.Male_prob.isna().all()
+    assert not any(p.startswith(f"{BUCKET}/out/labels.csv.parts") for p in listing)
