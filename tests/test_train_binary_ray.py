@@ -142,3 +142,30 @@ def test_run_ends_when_every_job_has_stopped(ray_session, prepared_small, tmp_pa
     import torch
     state = torch.load(checkpoints[-1] / "rank0.pt", weights_only=False)
     assert state["epoch"] == rec["epochs"]  # the last report came at the stopping epoch
+
+
+def test_rerun_with_other_settings_is_refused_naming_the_keys(ray_session, prepared_small, tmp_path):
+    out = tmp_path / "guard"
+    cfg = _cfg(prepared_small, out, attributes="Smiling", modalities=("real",), epochs=1, num_workers=1)
+    train_binary_models(cfg)
+    finished = json.loads((out / "jobs/Smiling__real/metrics.json").read_text())
+    assert finished["settings_hash"] == json.loads((out / "run.json").read_text())["settings_hash"]
+    weights = (out / "jobs/Smiling__real/model.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"other settings(.|\n)*epochs: 1 -> 3(.|\n)*image_size: 32 -> 24") as e:
+        train_binary_models(replace(cfg, epochs=3, image_size=24))
+    assert "--overwrite" in str(e.value)
+    with pytest.raises(ValueError, match="attributes: 'Smiling' -> 'Smiling,Male'"):
+        train_binary_models(replace(cfg, attributes="Smiling,Male"))
+    assert (out / "jobs/Smiling__real/model.pt").read_bytes() == weights  # nothing was touched
+    # Operational keys (workers, failure budget, tracking) are not settings: a re-run is a no-op.
+    assert len(train_binary_models(replace(cfg, max_failures=5, torch_threads=1))) == 1
+    # The same job re-trained after a partial loss logs no second child run.
+    (out / "jobs/Smiling__real/metrics.json").unlink()
+    train_binary_models(cfg)
+    runs = _runs(out)
+    assert (runs["tags.mlflow.runName"] == "Smiling__real").sum() == 1
+    assert (runs["tags.mlflow.runName"] == "train-binary-fused").sum() == 1
+    # --overwrite starts afresh with the new settings.
+    table = train_binary_models(replace(cfg, epochs=2, overwrite=True))
+    rec = json.loads((out / "jobs/Smiling__real/metrics.json").read_text())
+    assert len(table) == 1 and [h["epoch"] for h in rec["history"]] == [1, 2]

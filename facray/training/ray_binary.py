@@ -22,6 +22,7 @@ import time
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,7 @@ from facray.attributes import MODALITIES, resolve_attributes
 from facray.config import config_to_dict, option, save_config
 from facray.training.binary import (BinaryJob, FusedBinaryTrainer, TrainerConfig, array_batches,
                                     write_job_output)
+from facray.training.run_record import claim_run, run_settings, settings_hash
 
 PAPER_TABLE = Path(__file__).resolve().parents[1] / "reference" / "abm_cnn_paper.csv"
 
@@ -48,13 +50,13 @@ class TrainBinaryConfig:
     dropout: float = option(0.5, "dropout before the dense layers")
     patience: int = option(3, "early stopping patience on validation loss")
     seed: int = option(0, "seed of weights, shuffling and dropout")
-    mode: str = option("fused", "fused | separate")
+    mode: Literal["fused", "separate"] = option("fused", "fused | separate")
     num_workers: int = option(1, "Ray Train workers (fused: jobs spread over them)")
     gpus_per_worker: float = option(0.0, "GPUs per worker (fractions allowed)")
     cpus_per_worker: float = option(1.0, "CPUs per worker (use < 1 on small machines)")
     max_concurrent: int = option(2, "separate mode: runs at once")
-    stack: str = option("auto", "auto (grouped on GPU, loop on CPU) | grouped | loop")
-    data: str = option("memory", "memory (each worker loads the prepared shards) | "
+    stack: Literal["auto", "grouped", "loop"] = option("auto", "auto (grouped on GPU, loop on CPU) | grouped | loop")
+    data: Literal["memory", "stream"] = option("memory", "memory (each worker loads the prepared shards) | "
                                                        "stream (Ray Data feeds the workers)")
     train_split: str = option("train", "split to train on")
     val_split: str = option("val", "split for early stopping, or 'holdout'")
@@ -65,6 +67,7 @@ class TrainBinaryConfig:
     torch_threads: int = option(0, "torch CPU threads per worker (0 = default)")
     max_failures: int = option(3, "worker failures tolerated (resume from checkpoint)")
     fail_at_epoch: int = option(0, "testing: raise once at the start of this epoch")
+    overwrite: bool = option(False, "discard a run in --out trained with other settings and start afresh")
     tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)")
     experiment: str = option("facray-abm", "MLflow experiment")
 
@@ -87,11 +90,14 @@ def make_jobs(cfg: TrainBinaryConfig) -> list[BinaryJob]:
             for a in resolve_attributes(cfg.attributes) for m in cfg.modalities]
 
 
-def finished_jobs(out: Path) -> set[str]:
+def finished_jobs(out: Path, settings_hash: str) -> set[str]:
+    """Jobs finished under these settings (a job trained with other settings is not done)."""
     done = set()
     for f in (out / "jobs").glob("*/metrics.json"):
         try:
-            if json.loads(f.read_text()).get("status") == "finished" and (f.parent / "model.pt").is_file():
+            rec = json.loads(f.read_text())
+            if rec.get("status") == "finished" and rec.get("settings_hash") == settings_hash \
+                    and (f.parent / "model.pt").is_file():
                 done.add(f.parent.name)
         except (OSError, json.JSONDecodeError):
             pass
@@ -130,11 +136,8 @@ def load_split_arrays(cfg: TrainBinaryConfig) -> dict[str, dict[str, np.ndarray]
 
 def check_splits(cfg: TrainBinaryConfig) -> dict[str, int]:
     """Count usable rows per split on the driver, so a wrong split name fails before Ray starts."""
-    import pyarrow.dataset as pads
-    from facray.data.prepared import read_metadata, shard_dir
-    read_metadata(cfg.prepared)
-    t = pads.dataset(str(shard_dir(cfg.prepared)), format="parquet").to_table(
-        columns=["split", "variant", "error"]).to_pandas()
+    from facray.data.prepared import shard_dataset
+    t = shard_dataset(cfg.prepared).to_table(columns=["split", "variant", "error"]).to_pandas()
     t = t[t.error == ""]
     counts = {"train": int((t.split == cfg.train_split).sum()),
               "test": int(((t.split == cfg.test_split) & (t.variant == "original")).sum())}
@@ -183,6 +186,7 @@ def train_jobs_per_worker(config: dict) -> None:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     meta = read_metadata(cfg.prepared)
+    digest = settings_hash(run_settings(cfg, meta["shards"]))
     tcfg = trainer_config(cfg, meta)
     device = ray.train.torch.get_device()
     trainer = FusedBinaryTrainer(jobs, tcfg, device)
@@ -192,7 +196,8 @@ def train_jobs_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as d:
             state = Path(d) / f"rank{rank}.pt"
             if state.is_file():
-                trainer.load_state_dict(torch.load(state, map_location=device, weights_only=False))
+                # Tensors, dicts and lists only: a checkpoint on shared storage can never run code.
+                trainer.load_state_dict(torch.load(state, map_location=device, weights_only=True))
                 resumed_from = trainer.epoch
 
     if cfg.data == "stream":
@@ -226,7 +231,7 @@ def train_jobs_per_worker(config: dict) -> None:
                 test = trainer.evaluate_best(test_batches())
                 for key in trainer.states:
                     write_job_output(Path(d) / "jobs", trainer, key, test.get(key),
-                                     extra={"resumed_from_epoch": resumed_from})
+                                     extra={"resumed_from_epoch": resumed_from, "settings_hash": digest})
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         if last:
             break
@@ -254,11 +259,13 @@ def _scaling(cfg: TrainBinaryConfig, num_workers: int):
 def _datasets(cfg: TrainBinaryConfig):
     """Ray Datasets for stream mode (every worker gets the whole dataset: jobs differ, data not)."""
     import ray
+    from facray import storage
     from facray.data.prepared import shard_dir
     if cfg.data != "stream":
         return None, None
     from ray.train import DataConfig
-    ds = ray.data.read_parquet(str(shard_dir(cfg.prepared)))
+    fs, path = storage.filesystem(shard_dir(cfg.prepared))
+    ds = ray.data.read_parquet(path, filesystem=fs)
     if cfg.val_split == "holdout":
         raise ValueError("val_split=holdout needs data=memory")
     def pick(split: str, originals: bool):
@@ -344,31 +351,37 @@ def run_separate(cfg: TrainBinaryConfig, jobs: list[BinaryJob]) -> None:
         raise RuntimeError(f"{len(errors)} separate job(s) failed: {errors[:3]}")
 
 
-def log_to_mlflow(cfg: TrainBinaryConfig, keys: list[str]) -> str:
-    """Parent run for the set, a child run per job with per-epoch metrics. Returns the parent id."""
+def log_to_mlflow(cfg: TrainBinaryConfig, keys: list[str], settings_hash: str) -> str:
+    """Parent run for the set, a child run per job with per-epoch metrics. Returns the parent id.
+
+    ``<out>/mlflow_logged.json`` remembers the parent and the jobs it has a child for: a re-run
+    that finishes more jobs adds their children to the same parent, never a second copy.
+    """
     import mlflow
     from facray.tracking import flat_params, setup_mlflow
-    out = Path(cfg.out)
+    out = Path(cfg.out).resolve()
     setup_mlflow(cfg.tracking_uri, out, cfg.experiment)
-    with mlflow.start_run(run_name=f"train-binary-{cfg.mode}") as parent:
-        mlflow.log_params(flat_params(config_to_dict(cfg)))
+    ledger_file = out / "mlflow_logged.json"
+    ledger = json.loads(ledger_file.read_text()) if ledger_file.is_file() else {}
+    if ledger.get("settings_hash") != settings_hash or ledger.get("tracking_uri") != mlflow.get_tracking_uri():
+        ledger = {"settings_hash": settings_hash, "tracking_uri": mlflow.get_tracking_uri(), "jobs": []}
+    resume = {"run_id": ledger["parent_run_id"]} if ledger.get("parent_run_id") else {"run_name": f"train-binary-{cfg.mode}"}
+    with mlflow.start_run(**resume) as parent:
+        if "parent_run_id" not in ledger:
+            mlflow.log_params(flat_params(config_to_dict(cfg)))
+        ledger["parent_run_id"] = parent.info.run_id
         mlflow.log_artifact(str(out / "config.yaml"))
         rows = []
         for key in keys:
             rec = json.loads((out / "jobs" / key / "metrics.json").read_text())
-            with mlflow.start_run(run_name=key, nested=True):
-                mlflow.log_params({"attribute": rec["attribute"], "modality": rec["modality"],
-                                   "max_epochs": len(rec["history"]), "best_epoch": rec["best_epoch"],
-                                   "stopped": rec["stopped"]})
-                for h in rec["history"]:
-                    mlflow.log_metrics({k: v for k, v in h.items() if k != "epoch" and np.isfinite(v)},
-                                       step=h["epoch"])
-                mlflow.log_metrics({k: v for k, v in rec["test"].items()
-                                    if isinstance(v, (int, float)) and np.isfinite(v)})
-                mlflow.log_artifact(str(out / "jobs" / key / "metrics.json"))
+            if key not in ledger["jobs"]:
+                _log_job_run(key, rec, out / "jobs" / key / "metrics.json")
+                ledger["jobs"].append(key)
+                ledger_file.write_text(json.dumps(ledger, indent=1))
             rows.append({"job": key, "attribute": rec["attribute"], "modality": rec["modality"],
                          "best_epoch": rec["best_epoch"], "val_accuracy": rec["best"].get("val_accuracy"),
                          **{k: v for k, v in rec["test"].items() if k != "confusion"}})
+        ledger_file.write_text(json.dumps(ledger, indent=1))
         table = pd.DataFrame(rows)
         table.to_csv(out / "jobs_summary.csv", index=False)
         mlflow.log_artifact(str(out / "jobs_summary.csv"))
@@ -377,26 +390,41 @@ def log_to_mlflow(cfg: TrainBinaryConfig, keys: list[str]) -> str:
         return parent.info.run_id
 
 
+def _log_job_run(key: str, rec: dict, metrics_file: Path) -> None:
+    """One child run: the job's params, per-epoch curves and final test metrics."""
+    import mlflow
+    with mlflow.start_run(run_name=key, nested=True):
+        mlflow.log_params({"attribute": rec["attribute"], "modality": rec["modality"],
+                           "max_epochs": len(rec["history"]), "best_epoch": rec["best_epoch"],
+                           "stopped": rec["stopped"]})
+        for h in rec["history"]:
+            mlflow.log_metrics({k: v for k, v in h.items() if k != "epoch" and np.isfinite(v)}, step=h["epoch"])
+        mlflow.log_metrics({k: v for k, v in rec["test"].items() if isinstance(v, (int, float)) and np.isfinite(v)})
+        mlflow.log_artifact(str(metrics_file))
+
+
 def train_binary_models(cfg: TrainBinaryConfig) -> pd.DataFrame:
-    """Run the jobs not already finished under ``cfg.out``; log them; return the per-job table."""
+    """Run the jobs not already finished under ``cfg.out``; log them; return the per-job table.
+
+    ``cfg.out`` must be a run of the same settings (or new, or ``cfg.overwrite``): see
+    :mod:`facray.training.run_record`.
+    """
+    from facray.data.prepared import read_metadata
     from facray.runtime import init_ray
 
     out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     jobs = make_jobs(cfg)
     counts = check_splits(cfg)
-    done = finished_jobs(out)
+    digest = claim_run(out, run_settings(cfg, read_metadata(cfg.prepared)["shards"]), cfg.overwrite)
+    save_config(cfg, out / "config.yaml")
+    done = finished_jobs(out, digest)
     todo = [j for j in jobs if j.key not in done]
     print(f"{len(jobs)} jobs: {len(done & {j.key for j in jobs})} already finished, {len(todo)} to run "
           f"({cfg.mode} mode, {cfg.num_workers} worker(s)); rows: " +
           ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
-    if cfg.mode not in ("fused", "separate"):
-        raise ValueError(f"mode must be fused or separate, got {cfg.mode!r}")
     if todo:
         init_ray()
         (run_fused if cfg.mode == "fused" else run_separate)(cfg, todo)
-    if todo or not (out / "parent_run_id").is_file():  # a no-op re-run logs nothing twice
-        parent = log_to_mlflow(cfg, [j.key for j in jobs])
-        (out / "parent_run_id").write_text(parent)
+    parent = log_to_mlflow(cfg, [j.key for j in jobs], digest)
+    (out / "parent_run_id").write_text(parent)
     return pd.read_csv(out / "jobs_summary.csv")
