@@ -17,11 +17,11 @@ PROB_COLUMNS = [f"{a}_prob" for a in ATTRIBUTES]
 OUTPUT_COLUMNS = ["path", "face_found", "error", *PROB_COLUMNS, *ATTRIBUTES, "model"]
 
 
-def preprocessing_for(predictor, crop_method: str = "detect", yunet_model: str | None = None,
+def preprocessing_for(predictor, crop_method: str = "detect", detector: str = "auto",
                       max_pixels: int | None = None) -> ops.Chain:
     crop = predictor.crop
     stages = [ops.ImageDecoder(max_pixels),
-              ops.FaceCropper(crop["size"], crop.get("margin", 0.35), crop_method, "wild", yunet_model)]
+              ops.FaceCropper(crop["size"], crop.get("margin", 0.35), crop_method, "wild", detector)]
     if predictor.needs_sketch:
         stages.append(ops.Sketcher(predictor.sketch_channels))
     return ops.Chain(*stages)

@@ -14,20 +14,27 @@ driver holds only the small output table at the end.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import io
 import os
-import shutil
+import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from facray import storage
 from facray.attributes import ATTRIBUTES
 from facray.config import option
-from facray.data.errors import DatasetError
+from facray.data.errors import DatasetError, OutputLockedError
 from facray.labelling import OUTPUT_COLUMNS, PROB_COLUMNS, label_batch, preprocessing_for
-from facray.predictor import is_model_uri, load_predictor
+from facray.predictor import build_predictor, read_predictor
 
 KEY_COLUMNS = ["path", "size", "mtime_ns", "model"]
 
@@ -37,15 +44,16 @@ class LabelConfig:
     images: str = option("", "folder (recursive), glob, .txt list of paths, or URI")
     model: str = option("", "predictor folder or MLflow URI (models:/name@alias, runs:/...)")
     out: str = option("labels.csv", "output file (.csv, or .parquet with --format parquet)")
-    format: str = option("csv", "csv | parquet")
+    format: Literal["csv", "parquet"] = option("csv", "csv | parquet")
     overwrite: bool = option(False, "relabel everything instead of resuming")
     batch_size: int = option(64, "images per batch")
     num_actors: int = option(2, "actors (CPU: decode+predict fused; GPU: predictors)")
     cpus_per_actor: float = option(0.5, "CPUs reserved per actor")
     gpus: float = option(0.0, "GPUs per predict actor (0 = CPU)")
     preprocess_actors: int = option(2, "with GPUs: CPU actors decoding and cropping")
-    crop: str = option("detect", "detect | full | auto (see facray prepare)")
-    yunet_model: str | None = option(None, "YuNet .onnx detector instead of Haar")
+    crop: Literal["detect", "full", "auto"] = option("detect", "detect | full | auto (see facray prepare)")
+    detector: str = option("auto", "face detector: auto (YuNet if yuface is installed, else Haar) | yunet | "
+                                   "haar | a YuNet .onnx file")
     max_pixels: int = option(50_000_000, "refuse larger images")
     generator: str | None = option(None, "TorchScript generator file: z -> image")
     num: int = option(0, "with --generator: images to generate")
@@ -58,17 +66,20 @@ class LabelConfig:
 # ---- inputs and previous results (driver, pure) -------------------------------------------------
 
 def list_inputs(images: str) -> pd.DataFrame:
-    """``path``, ``size`` and ``mtime_ns`` of every input image (missing stat -> -1)."""
-    from facray.data.folder import list_images, list_uri_images
-    is_uri = "://" in images and not Path(images).exists()
+    """``path``, ``size``, ``mtime_ns`` (-1 when unknown) and ``error`` of every input image.
+
+    A local file whose name is not UTF-8 is listed under its escaped name with an error: Arrow and
+    CSV cannot hold the name, and one such file must not sink the job.
+    """
+    from facray.data.folder import IMAGE_SUFFIXES, is_utf8_name, list_images, list_uri_images, printable_name
+    is_uri = storage.is_uri(images)
     paths = list_uri_images(images) if is_uri else list_images(images)
     if not paths:
-        raise DatasetError(f"{images}: no images found (jpg, jpeg, png, webp, bmp)")
+        raise DatasetError(f"{images}: no images found ({', '.join(IMAGE_SUFFIXES)})")
     sizes, mtimes = [], []
     if is_uri:
-        import pyarrow.fs
-        fs, _ = pyarrow.fs.FileSystem.from_uri(images)
-        for info in fs.get_file_info([p.split("://", 1)[1] for p in paths]):
+        fs, _ = storage.filesystem(images)
+        for info in fs.get_file_info([storage.filesystem(p)[1] for p in paths]):
             sizes.append(info.size if info.size is not None else -1)
             mtimes.append(info.mtime_ns if info.mtime_ns is not None else -1)
     else:
@@ -80,34 +91,43 @@ def list_inputs(images: str) -> pd.DataFrame:
             except OSError:
                 sizes.append(-1)
                 mtimes.append(-1)
-    return pd.DataFrame({"path": paths, "size": sizes, "mtime_ns": mtimes})
+    names = [printable_name(p) for p in paths]
+    errors = ["" if is_utf8_name(p) else f"{n}: file name is not valid UTF-8; rename the file to label it"
+              for p, n in zip(paths, names)]
+    return pd.DataFrame({"path": names, "size": sizes, "mtime_ns": mtimes, "error": errors})
 
 
-def index_path(out: Path) -> Path:
-    return out.with_name(out.name + ".index.parquet")
+def index_path(out: str) -> str:
+    return out + ".index.parquet"
 
 
-def parts_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".parts")
+def parts_dir(out: str) -> str:
+    return out + ".parts"
 
 
-def read_output(path: Path, fmt: str) -> pd.DataFrame:
+def _read_parquet(location: str) -> pd.DataFrame:
+    fs, path = storage.filesystem(location)
+    return pd.read_parquet(path, filesystem=fs)
+
+
+def read_output(location: str, fmt: str) -> pd.DataFrame:
     if fmt == "parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"path": str, "error": str, "model": str})
+        return _read_parquet(location)
+    return pd.read_csv(io.BytesIO(storage.read_bytes(location)), keep_default_na=False, na_values=[""],
+                       dtype={"path": str, "error": str, "model": str})
 
 
-def previous_rows(out: Path, fmt: str) -> pd.DataFrame:
+def previous_rows(out: str, fmt: str) -> pd.DataFrame:
     """Rows already labelled: the final output joined with its index, plus parts of an interrupted
     run. Unreadable leftovers are ignored (those images are simply labelled again)."""
     frames = []
-    if out.is_file() and index_path(out).is_file():
+    if storage.is_file(out) and storage.is_file(index_path(out)):
         rows = read_output(out, fmt)
-        keys = pd.read_parquet(index_path(out))
+        keys = _read_parquet(index_path(out))
         frames.append(rows.merge(keys[["path", "size", "mtime_ns"]], on="path", how="inner"))
-    for part in sorted(parts_dir(out).glob("*/*.parquet")) if parts_dir(out).is_dir() else []:
+    for part in storage.list_files(parts_dir(out), (".parquet",)):
         try:
-            frames.append(pd.read_parquet(part))
+            frames.append(_read_parquet(part))
         except Exception:  # noqa: BLE001 - a part cut off mid-write
             continue
     if not frames:
@@ -116,39 +136,90 @@ def previous_rows(out: Path, fmt: str) -> pd.DataFrame:
     return rows.drop_duplicates(subset=["path"], keep="last")
 
 
-def write_atomically(rows: pd.DataFrame, out: Path, fmt: str) -> None:
-    """Write ``out`` via a temporary file and ``os.replace``: readers see the old or the new file,
-    never half of one. The index (path, size, mtime, model) goes beside it for resuming."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+def output_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """The output columns with fixed dtypes whatever the mix of rows: decisions 1/0/empty,
+    probabilities floats."""
     table = rows[OUTPUT_COLUMNS].copy()
-    # Fixed dtypes whatever the mix of rows: decisions 1/0/empty, probabilities floats.
     table[list(ATTRIBUTES)] = table[list(ATTRIBUTES)].astype("float64").round().astype("Int8")
     table[PROB_COLUMNS] = table[PROB_COLUMNS].astype("float64")
     table["face_found"] = table["face_found"].astype(bool)
     table["error"] = table["error"].fillna("").astype(str)
+    return table
+
+
+def write_atomically(rows: pd.DataFrame, out: str, fmt: str) -> None:
+    """Write ``out`` so readers see the old or the new file, never half of one: locally a
+    temporary file and ``os.replace``; on an object store one object write (atomic there). The
+    index (path, size, mtime, model) goes beside it for resuming."""
+    table = output_table(rows)
+    buf = io.BytesIO()
     if fmt == "parquet":
-        table.to_parquet(tmp, index=False)
+        table.to_parquet(buf, index=False)
     else:
-        table.to_csv(tmp, index=False, float_format="%.6g")
-    tmp_index = index_path(out).with_name(f".{index_path(out).name}.tmp-{os.getpid()}")
-    rows[KEY_COLUMNS].to_parquet(tmp_index, index=False)
-    os.replace(tmp_index, index_path(out))
-    os.replace(tmp, out)
+        table.to_csv(buf, index=False, float_format="%.6g")
+    index = io.BytesIO()
+    rows[KEY_COLUMNS].to_parquet(index, index=False)
+    for location, data in ((index_path(out), index.getvalue()), (out, buf.getvalue())):
+        if storage.is_uri(location):
+            storage.write_bytes(location, data)
+        else:
+            tmp = Path(location).with_name(f".{Path(location).name}.tmp-{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, location)
+
+
+@contextlib.contextmanager
+def output_lock(out: str):
+    """Hold an exclusive lock on ``out`` for the whole run, or refuse at once.
+
+    ``flock`` on ``<out>.lock`` (local outputs; the kernel drops it when the process dies, so a
+    killed run never leaves a stale lock). An object store has no locks: a URI output is locked
+    on this machine, where every ``ray job submit`` driver of the cluster runs (the head).
+    """
+    if storage.is_uri(out):
+        folder = Path(tempfile.gettempdir()) / "facray-label-locks"
+        folder.mkdir(exist_ok=True)
+        lock_file = folder / (hashlib.sha256(out.encode()).hexdigest()[:24] + ".lock")
+    else:
+        lock_file = Path(out + ".lock")
+    handle = open(lock_file, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise OutputLockedError(f"{out}: another facray label run is writing it ({holder}, lock {lock_file}); "
+                                    "wait for it or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 # ---- Ray actors -----------------------------------------------------------------------------------
 
+def _predictor_from(model_ref, device: str = "cpu"):
+    """Build the predictor from the verified parts the driver put in the object store: actors
+    never open the tracking store (a cluster's workers may not reach it)."""
+    import ray
+    manifest, weights = ray.get(model_ref[0])
+    return build_predictor(manifest, weights, device)
+
+
 class LabelActor:
     """CPU mode: decode, crop, sketch and predict in one actor (no object-store hop between)."""
 
-    def __init__(self, model: str, cfg: LabelConfig):
+    def __init__(self, model_ref, cfg: LabelConfig):
         import cv2
         import torch
         cv2.setNumThreads(1)
         torch.set_num_threads(max(1, cfg.torch_threads))
-        _set_tracking(cfg)
-        self.predictor = load_predictor(model)
-        self.chain = preprocessing_for(self.predictor, cfg.crop, cfg.yunet_model, cfg.max_pixels)
+        self.predictor = _predictor_from(model_ref)
+        self.chain = preprocessing_for(self.predictor, cfg.crop, cfg.detector, cfg.max_pixels)
 
     def __call__(self, batch):
         return label_batch(self.chain(batch), self.predictor)
@@ -157,11 +228,10 @@ class LabelActor:
 class PreprocessForLabelActor:
     """GPU mode, CPU side: decode, crop and sketch."""
 
-    def __init__(self, model: str, cfg: LabelConfig):
+    def __init__(self, model_ref, cfg: LabelConfig):
         import cv2
         cv2.setNumThreads(1)
-        _set_tracking(cfg)
-        self.chain = preprocessing_for(load_predictor(model), cfg.crop, cfg.yunet_model, cfg.max_pixels)
+        self.chain = preprocessing_for(_predictor_from(model_ref), cfg.crop, cfg.detector, cfg.max_pixels)
 
     def __call__(self, batch):
         out = self.chain(batch)
@@ -172,10 +242,9 @@ class PreprocessForLabelActor:
 class PredictActor:
     """GPU mode, GPU side: the predictor on ``cuda``."""
 
-    def __init__(self, model: str, cfg: LabelConfig):
+    def __init__(self, model_ref, cfg: LabelConfig):
         import torch
-        _set_tracking(cfg)
-        self.predictor = load_predictor(model, "cuda" if torch.cuda.is_available() else "cpu")
+        self.predictor = _predictor_from(model_ref, "cuda" if torch.cuda.is_available() else "cpu")
 
     def __call__(self, batch):
         return label_batch(batch, self.predictor)
@@ -216,14 +285,16 @@ def _set_tracking(cfg: LabelConfig) -> None:
 
 # ---- the job ------------------------------------------------------------------------------------
 
-def generate_images(cfg: LabelConfig, out: Path) -> str:
-    """Run the generator on Ray (GPU actors with --gpus) and return the folder of PNGs."""
+def generate_images(cfg: LabelConfig, out: str) -> str:
+    """Run the generator on Ray (GPU actors with --gpus) and return the folder of PNGs: beside a
+    local output, in the temporary folder for a URI output."""
     import ray
     if not cfg.num:
         raise ValueError("--generator needs --num N")
     if not Path(cfg.generator).is_file():
         raise FileNotFoundError(f"{cfg.generator}: generator file not found")
-    folder = out.parent / f"{out.stem}_generated"
+    name = out.rsplit("/", 1)[-1].rsplit(".", 1)[0] + "_generated"
+    folder = Path(tempfile.gettempdir()) / name if storage.is_uri(out) else Path(out).parent / name
     ds = ray.data.range(cfg.num).map_batches(lambda b: {"id": b["id"] + cfg.seed}, batch_format="numpy")
     ds = ds.map_batches(GeneratorActor, fn_constructor_args=(cfg.generator, str(folder), cfg.z_dim, cfg.gpus > 0),
                         batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor,
@@ -233,23 +304,25 @@ def generate_images(cfg: LabelConfig, out: Path) -> str:
     return str(folder)
 
 
-def run_pipeline(todo: pd.DataFrame, model: str, cfg: LabelConfig, part: Path) -> None:
+def run_pipeline(todo: pd.DataFrame, model_ref, cfg: LabelConfig, part: str) -> None:
     import ray
     rows_per_block = max(1, min(cfg.batch_size * 4, -(-len(todo) // (4 * max(cfg.num_actors, 1)))))
     bounds = np.arange(0, len(todo), rows_per_block)
     ds = ray.data.from_pandas([todo[["path", "size", "mtime_ns"]].iloc[b:b + rows_per_block].reset_index(drop=True) for b in bounds])
+    args = ([model_ref], cfg)  # in a list: the actors fetch the weights themselves with ray.get
     if cfg.gpus > 0:
-        ds = ds.map_batches(PreprocessForLabelActor, fn_constructor_args=(model, cfg), batch_format="numpy",
+        ds = ds.map_batches(PreprocessForLabelActor, fn_constructor_args=args, batch_format="numpy",
                             batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor,
                             compute=ray.data.ActorPoolStrategy(size=cfg.preprocess_actors))
-        ds = ds.map_batches(PredictActor, fn_constructor_args=(model, cfg), batch_format="numpy",
+        ds = ds.map_batches(PredictActor, fn_constructor_args=args, batch_format="numpy",
                             batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus,
                             compute=ray.data.ActorPoolStrategy(size=cfg.num_actors))
     else:
-        ds = ds.map_batches(LabelActor, fn_constructor_args=(model, cfg), batch_format="numpy",
+        ds = ds.map_batches(LabelActor, fn_constructor_args=args, batch_format="numpy",
                             batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor,
                             compute=ray.data.ActorPoolStrategy(size=cfg.num_actors))
-    ds.write_parquet(str(part))
+    fs, path = storage.filesystem(part)
+    ds.write_parquet(path, filesystem=fs)
 
 
 @dataclass
@@ -270,17 +343,23 @@ class LabelSummary:
 
 
 def label_images(cfg: LabelConfig) -> LabelSummary:
-    """Label ``cfg.images`` (or generated images) with ``cfg.model`` into ``cfg.out``."""
+    """Label ``cfg.images`` (or generated images) with ``cfg.model`` into ``cfg.out`` (a path or
+    URI), holding a lock on ``cfg.out`` for the whole run."""
+    out = cfg.out if storage.is_uri(cfg.out) else str(Path(cfg.out).expanduser().resolve())
+    if not storage.is_uri(out):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        return _label_locked(cfg, out)
+
+
+def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     from facray.runtime import init_ray
 
     start = time.perf_counter()
-    if cfg.format not in ("csv", "parquet"):
-        raise ValueError(f"format must be csv or parquet, got {cfg.format!r}")
-    out = Path(cfg.out).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
     _set_tracking(cfg)
-    predictor = load_predictor(cfg.model)  # fail fast: before any image is read
-    model_uri = cfg.model if is_model_uri(cfg.model) else str(Path(cfg.model).resolve())
+    # Resolve and verify once, before any image is read; the actors get these verified parts.
+    manifest, weights = read_predictor(cfg.model)
+    predictor = build_predictor(manifest, weights)
     if cfg.generator:
         init_ray()
         images = generate_images(cfg, out)
@@ -290,35 +369,39 @@ def label_images(cfg: LabelConfig) -> LabelSummary:
         images = cfg.images
     inputs = list_inputs(images)
     if cfg.overwrite:
-        shutil.rmtree(parts_dir(out), ignore_errors=True)
+        storage.delete_dir(parts_dir(out))
         done = pd.DataFrame(columns=OUTPUT_COLUMNS + ["size", "mtime_ns"])
     else:
         done = previous_rows(out, cfg.format)
     merged = inputs.merge(done[["path", "size", "mtime_ns", "model"]], on="path", how="left", suffixes=("", "_done"))
     fresh = ((merged["size"] == merged["size_done"]) & (merged["mtime_ns"] == merged["mtime_ns_done"])
-             & (merged["model"] == predictor.name))
-    todo = inputs[~fresh.to_numpy()]
+             & (merged["model"] == predictor.name)).to_numpy()
+    todo = inputs[~fresh]
     print(f"{len(inputs)} input image(s): {int(fresh.sum())} already labelled, {len(todo)} to label "
           f"with {predictor.name} ({len(predictor.attributes)} attributes"
           f"{', sketches needed' if predictor.needs_sketch else ''})", flush=True)
+    unnamable = todo[todo.error != ""]  # error rows straight away: their names cannot travel
+    todo = todo[todo.error == ""]
+    new = [pd.DataFrame(label_batch({k: unnamable[k].to_numpy() for k in ("path", "error", "size", "mtime_ns")},
+                                    predictor))] if len(unnamable) else []
     if len(todo):
+        import ray
         init_ray()
-        part = parts_dir(out) / f"run-{int(time.time() * 1000)}"
-        run_pipeline(todo, model_uri, cfg, part)
-        new = pd.concat([pd.read_parquet(p) for p in sorted(part.glob("*.parquet"))], ignore_index=True)
-    else:
-        new = pd.DataFrame(columns=OUTPUT_COLUMNS + ["size", "mtime_ns"])
-    kept = done[done.path.isin(set(inputs.path[fresh.to_numpy()]))]
-    rows = pd.concat([kept, new], ignore_index=True).drop_duplicates("path", keep="last")
+        part = storage.join(parts_dir(out), f"run-{int(time.time() * 1000)}")
+        run_pipeline(todo, ray.put((manifest, weights)), cfg, part)
+        new += [_read_parquet(p) for p in storage.list_files(part, (".parquet",))]
+    kept = done[done.path.isin(set(inputs.path[fresh]))]
+    rows = pd.concat([kept, *new], ignore_index=True).drop_duplicates("path", keep="last")
     rows = rows.sort_values("path", kind="stable").reset_index(drop=True)
     missing = set(inputs.path) - set(rows.path)
     if missing:
         raise RuntimeError(f"{len(missing)} input(s) have no output row (e.g. {sorted(missing)[:3]})")
     write_atomically(rows, out, cfg.format)
-    shutil.rmtree(parts_dir(out), ignore_errors=True)
+    storage.delete_dir(parts_dir(out))
     errors = int((rows.error.fillna("") != "").sum())
-    return LabelSummary(len(rows), int(fresh.sum()), len(todo), int(rows.face_found.astype(bool).sum()),
-                        errors, time.perf_counter() - start, str(out), predictor.name)
+    return LabelSummary(len(rows), int(fresh.sum()), len(todo) + len(unnamable),
+                        int(rows.face_found.astype(bool).sum()), errors, time.perf_counter() - start, out,
+                        predictor.name)
 
 
 def smoke_model(folder: Path, crop_size: int = 48) -> Path:

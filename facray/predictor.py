@@ -148,36 +148,71 @@ def _resolve_uri(uri: str) -> Path:
     return found[0].parent
 
 
-def load_predictor(uri_or_path: str | Path, device: str | torch.device = "cpu") -> CombinedPredictor:
-    """Load and verify a predictor directory or MLflow model URI (see module docstring)."""
+def read_predictor(uri_or_path: str | Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """Read and verify a predictor directory or MLflow model URI: ``(manifest, weights)``.
+
+    Everything that can be wrong with a predictor raises :class:`PredictorError` naming the file:
+    no or unreadable manifest, missing keys, weights that do not match the manifest's SHA-256 or
+    tensor shapes, or a weights file holding anything but tensors (``weights_only=True``: a pickle
+    payload is refused, never run).
+    """
     text = str(uri_or_path)
     path = _resolve_uri(text) if is_model_uri(text) else Path(text)
     if path.is_file() and path.name == MANIFEST:
         path = path.parent
     if not (path / MANIFEST).is_file():
         raise PredictorError(f"{path}: no {MANIFEST} (expected a directory written by `facray combine`)")
-    manifest = json.loads((path / MANIFEST).read_text())
-    if manifest.get("format") != FORMAT:
-        raise PredictorError(f"{path / MANIFEST}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PredictorError(f"{path / MANIFEST}: not a readable JSON manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise PredictorError(f"{path / MANIFEST}: format is {found!r}, expected {FORMAT!r}")
+    missing = [k for k in ("weights_sha256", "tensor_shapes", "attributes", "image_size", "crop",
+                           "sketch_channels") if k not in manifest]
+    if missing:
+        raise PredictorError(f"{path / MANIFEST}: missing {', '.join(missing)} (incomplete or hand-edited manifest)")
     if not (path / WEIGHTS).is_file():
         raise PredictorError(f"{path}: {WEIGHTS} is missing")
     digest = sha256(path / WEIGHTS)
     if digest != manifest["weights_sha256"]:
         raise PredictorError(f"{path / WEIGHTS}: SHA-256 {digest[:12]}... does not match the manifest's "
-                             f"{manifest['weights_sha256'][:12]}... (weights replaced or corrupted)")
-    weights = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
-    models = {}
+                             f"{str(manifest['weights_sha256'])[:12]}... (weights replaced or corrupted)")
+    try:
+        weights = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError...
+        # torch's own text suggests weights_only=False, which would run the file's code: never.
+        raise PredictorError(f"{path / WEIGHTS}: not a tensors-only weights file, refused without "
+                             f"loading it ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(weights, dict):
+        raise PredictorError(f"{path / WEIGHTS}: expected a dict of state dicts, got {type(weights).__name__}")
     for c in manifest["attributes"]:
-        if c["attribute"] not in ATTRIBUTES or c["modality"] not in MODALITIES:
-            raise PredictorError(f"{path / MANIFEST}: unknown attribute/modality {c['attribute']}/{c['modality']}")
+        if c.get("attribute") not in ATTRIBUTES or c.get("modality") not in MODALITIES:
+            raise PredictorError(f"{path / MANIFEST}: unknown attribute/modality {c.get('attribute')}/{c.get('modality')}")
         key = f"{c['attribute']}__{c['modality']}"
         if key not in weights:
             raise PredictorError(f"{path / WEIGHTS}: no weights for {key} named in the manifest")
         shapes = {n: list(t.shape) for n, t in weights[key].items()}
         if shapes != manifest["tensor_shapes"].get(key):
             raise PredictorError(f"{path / WEIGHTS}: tensor shapes of {key} differ from the manifest")
-        in_ch = shapes["features.0.weight"][1]
+    return manifest, weights
+
+
+def build_predictor(manifest: dict, weights: dict[str, dict[str, torch.Tensor]],
+                    device: str | torch.device = "cpu") -> CombinedPredictor:
+    """A predictor from verified parts (:func:`read_predictor`): what labelling actors receive,
+    so they never open the model store themselves."""
+    models = {}
+    for c in manifest["attributes"]:
+        key = f"{c['attribute']}__{c['modality']}"
+        in_ch = weights[key]["features.0.weight"].shape[1]
         model = ABMCNN(in_ch, manifest["image_size"])
         model.load_state_dict(weights[key])
         models[key] = model.eval()
     return CombinedPredictor(manifest, models, torch.device(device))
+
+
+def load_predictor(uri_or_path: str | Path, device: str | torch.device = "cpu") -> CombinedPredictor:
+    """Load and verify a predictor directory or MLflow model URI (see module docstring)."""
+    return build_predictor(*read_predictor(uri_or_path), device)

@@ -41,3 +41,13 @@ def test_synth_command_writes_a_readable_layout(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path / "s"), "--n", "10"]) == 0
     assert main(["data", "check", str(tmp_path / "s")]) == 0
     assert "images (labelled): 10" in capsys.readouterr().out
+
+
+def test_non_utf8_image_name_is_named_escaped_not_a_crash(synth_copy, capsys):
+    import os
+    import shutil
+    folder = os.fsencode(synth_copy / "img_align_celeba")
+    shutil.copy(os.path.join(folder, b"000001.jpg"), os.path.join(folder, b"caf\xe9.jpg"))
+    assert main(["data", "check", str(synth_copy)]) == 2
+    assert "caf\\xe9.jpg: image has no row in list_attr_celeba.txt" in capsys.readouterr().err
+    assert main(["data", "check", "--skip-missing", str(synth_copy)]) == 0

@@ -165,3 +165,75 @@ def test_torchscript_generator_as_the_image_source(ray_session, model, tmp_path)
     expected = ((colour.flip(0) + 1) * 127.5).round().numpy()  # RGB -> BGR as OpenCV reads it
     assert np.abs(img[48, 48].astype(float) - expected).max() <= 1
     assert np.abs(img[2, 2].astype(float) - (1 - 0.2) * 127.5).max() <= 1
+
+
+def test_non_utf8_file_name_is_one_error_row_not_a_failed_job(ray_session, model, tmp_path):
+    folder = tmp_path / "imgs"
+    good = _images(folder, n=2)
+    bad_name = os.path.join(os.fsencode(folder), b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    shutil.copy(good[0], bad_name)
+    out = tmp_path / "labels.csv"
+    summary = _label(folder, model, out)
+    rows = _read(out)
+    assert len(rows) == 3 == summary.inputs
+    bad = rows[rows.path.str.contains("caf")].iloc[0]
+    assert bad.path == str(folder / "caf\\xe9.png")  # listed under its escaped name
+    assert "file name is not valid UTF-8" in bad.error and pd.isna(bad.Male_prob)
+    assert rows[~rows.path.str.contains("caf")].error.isna().all()
+    assert _label(folder, model, out).reused == 3  # resumes like any other row
+
+
+def test_two_runs_into_one_output_the_second_refuses_at_once(ray_session, model, tmp_path):
+    from facray.data.errors import OutputLockedError
+    from facray.labelling_ray import output_lock
+    folder, out = tmp_path / "imgs", tmp_path / "labels.csv"
+    _images(folder, n=2)
+    with output_lock(str(out)):  # what a first run holds for its whole duration
+        with pytest.raises(OutputLockedError, match="another facray label run is writing it"):
+            _label(folder, model, out)
+        assert not out.exists() and not (tmp_path / "labels.csv.parts").exists()
+        other = _label(folder, model, tmp_path / "other.csv")  # a different output is fine
+        assert other.inputs == 2
+    assert _label(folder, model, out).inputs == 2  # released with the first run
+
+
+def test_pickle_payload_in_weights_is_refused_without_running_it(tmp_path, model):
+    """A weights file that would run code when unpickled: refused by weights_only=True, even with
+    a manifest whose SHA-256 matches it (someone with write access rewrote both)."""
+    import json
+    import pickle
+    from facray.predictor import sha256
+    planted = tmp_path / "planted"
+    shutil.copytree(model, planted)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (planted / "weights.pt").write_bytes(pickle.dumps({"x": Payload()}))
+    manifest = json.loads((planted / "manifest.json").read_text())
+    manifest["weights_sha256"] = sha256(planted / "weights.pt")
+    (planted / "manifest.json").write_text(json.dumps(manifest))
+    folder = tmp_path / "imgs"
+    _images(folder, n=1)
+    with pytest.raises(PredictorError, match="not a tensors-only weights file, refused"):
+        _label(folder, planted, tmp_path / "x.csv")
+    assert not marker.exists()  # the payload never ran
+    assert "weights_only=False" not in str(pytest.raises(PredictorError, load_predictor, planted).value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("weights_sha256") and None, "missing weights_sha256"),
+    (lambda m: "{not json", "not a readable JSON manifest"),
+])
+def test_broken_manifest_is_a_clear_error_naming_the_file(tmp_path, model, edit, message):
+    import json
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    result = edit(manifest)
+    (broken / "manifest.json").write_text(result if isinstance(result, str) else json.dumps(manifest))
+    with pytest.raises(PredictorError, match=message) as e:
+        load_predictor(broken)
+    assert str(broken / "manifest.json") in str(e.value)

@@ -23,6 +23,10 @@ class DatasetError(ValueError):
         super().__init__(text)
 
 
+class OutputLockedError(RuntimeError):
+    """Another run is writing the same output (e.g. two ``facray label`` runs into one file)."""
+
+
 def where(path: str | Path, line: int | None = None) -> str:
     """``file:line`` for messages (line is 1-based, as an editor shows it)."""
     return f"{path}:{line}" if line is not None else str(path)
