@@ -53,3 +53,20 @@ def test_stable_seed_depends_on_id_not_order():
     assert ops.stable_seed("000001.jpg", 0) == ops.stable_seed("000001.jpg", 0)
     assert ops.stable_seed("000001.jpg", 0) != ops.stable_seed("000002.jpg", 0)
     assert ops.stable_seed("000001.jpg", 0) != ops.stable_seed("000001.jpg", 1)
+
+
+def test_detected_landmarks_stand_in_for_a_landmark_file(synth_copy):
+    """No landmark file: YuNet's landmarks go to the crop's landmark columns and draw the masks."""
+    import pytest
+    pytest.importorskip("yuface")
+    (synth_copy / "list_landmarks_align_celeba.txt").unlink()
+    table = read_celeba(synth_copy).iloc[:8]
+    assert table[["lefteye_x"]].isna().all().all()
+    cfg = PrepareConfig(size=64, augment=1, masks=True, mask_size=16, crop="detect", detector="yunet")
+    out = preprocessing_chain(cfg, "aligned", serialize=False)(_batch(table))
+    found = out["face_found"]
+    assert found.sum() >= 3 and (out["crop_method"][found] == "detect").all()  # cartoon faces: not all found
+    lms = out["landmarks"][found].reshape(-1, 5, 2)
+    assert np.isfinite(lms).all() and ((lms > 0) & (lms < 64)).all()
+    assert (lms[:, 0, 0] < lms[:, 1, 0]).all()  # left eye left of right eye, as CelebA orders them
+    assert out["masks"][found].any(axis=(1, 2, 3)).all()  # every found face has masks drawn

@@ -136,3 +136,30 @@ def test_attribute_masks_follow_labels_and_the_region_table():
     assert (masks[ATTRIBUTES.index("Eyeglasses")] == np.maximum(regions["eyes"], regions["nose"])).all()
     assert ATTRIBUTE_REGIONS["Wearing_Necktie"] == ("below_chin",)
     assert not attribute_masks(np.full((5, 2), np.nan), np.ones(40), (16, 16)).any()
+
+
+def test_yunet_gives_landmarks_near_the_generated_truth(synth_root):
+    pytest.importorskip("yuface")
+    table = read_celeba(synth_root)
+    det, close = FaceDetector("yunet"), 0
+    assert det.name == "yunet"
+    for _, row in table.iloc[:20].iterrows():
+        found = det.detect(cv2.imread(row.path))
+        if found is not None:
+            truth = row[list(LANDMARK_COLUMNS)].to_numpy(float).reshape(5, 2)
+            eye_dist = np.linalg.norm(truth[1] - truth[0])
+            assert found.landmarks.shape == (5, 2)
+            close += np.linalg.norm(found.landmarks - truth, axis=1).mean() < 0.35 * eye_dist
+    assert close >= 15
+
+
+def test_auto_detector_falls_back_to_haar_and_says_so(monkeypatch):
+    import facray.data.transforms as transforms
+    monkeypatch.setattr(transforms, "yunet_available", lambda: False)
+    with pytest.warns(UserWarning, match="falling back to the Haar cascade"):
+        det = FaceDetector("auto")
+    assert det.name == "haar"
+    with pytest.raises(ValueError, match="needs the yuface package"):
+        FaceDetector("yunet")
+    with pytest.raises(ValueError, match="detector must be one of auto, yunet, haar"):
+        FaceDetector("mtcnn")

@@ -102,12 +102,12 @@ class FaceCropper:
     """
 
     def __init__(self, size: int = 180, margin: float = 0.35, method: str = "auto",
-                 image_kind: str = "wild", yunet_model: str | None = None, min_face: float = 0.2):
+                 image_kind: str = "wild", detector: str = "auto", min_face: float = 0.2):
         if method not in CROP_METHODS:
             raise ValueError(f"crop method must be one of {CROP_METHODS}, got {method!r}")
         from facray.data.transforms import FaceDetector
         self.size, self.margin, self.method, self.image_kind = size, margin, method, image_kind
-        self.detector = FaceDetector(yunet_model, min_face=min_face) if method in ("auto", "detect") else None
+        self.detector = FaceDetector(detector, min_face=min_face) if method in ("auto", "detect") else None
 
     def _box(self, image, landmarks, bbox):
         """(face box or None, method, the 5 landmarks it implies in source pixels or None)."""
@@ -125,8 +125,11 @@ class FaceCropper:
             lm = ALIGNED_CELEBA_LANDMARKS * (w / ALIGNED_CELEBA_SIZE[0], h / ALIGNED_CELEBA_SIZE[1])
             return face_box_from_landmarks(lm), "aligned", lm
         if m in ("auto", "detect"):
-            box = self.detector(image)
-            return box, "detect" if box is not None else "centre", None
+            found = self.detector.detect(image)
+            if found is None:
+                return None, "centre", None
+            # The detector's landmarks stand in for a landmark file (masks, nose-centred crops).
+            return found.box, "detect", found.landmarks
         return None, "full", None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

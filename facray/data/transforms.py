@@ -11,6 +11,8 @@ midpoint of eyes and mouth; :func:`face_box_from_landmarks` reproduces that box.
 """
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -68,47 +70,103 @@ def default_cascade_path() -> str:
     return cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
 
 
+DETECTORS = ("auto", "yunet", "haar")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The face a detector chose: its box and, when the detector gives them, 5 landmarks (5, 2)
+    (eyes, nose, mouth corners as CelebA orders them), in source pixels."""
+    box: FaceBox
+    landmarks: np.ndarray | None
+
+
+def yunet_available() -> bool:
+    try:
+        import yuface  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
 class FaceDetector:
-    """OpenCV face detection: the Haar cascade shipped with OpenCV, or YuNet given a model file.
+    """Find the largest face: YuNet (the ``yuface`` wheel, weights built in; or OpenCV's
+    ``FaceDetectorYN`` given an ``.onnx`` file), or OpenCV's Haar cascade.
+
+    ``kind``: ``auto`` (YuNet when ``yuface`` is installed, else Haar, with a warning), ``yunet``,
+    ``haar``, or a path to a YuNet ``.onnx`` file. :attr:`name` says which one runs. YuNet gives
+    5 landmarks per face, so the box comes from them exactly as for a dataset's landmark file
+    (crops frame faces alike whatever found them) and AttParseNet masks can be drawn; Haar gives a
+    box only, calibrated against landmarks on MTFL (width = 2.76x eye distance).
 
     Detection runs on a copy downscaled to ``max_side`` pixels (a 1024 px StyleGAN image costs
-    what a 320 px one does); the largest face wins.
+    what a 320 px one does).
     """
 
-    # Defaults measured on real faces (CelebA, CelebA-HQ, in-the-wild, StyleGAN; 2-core machine):
+    # Haar defaults measured on real faces (CelebA, CelebA-HQ, in-the-wild, StyleGAN; 2 cores):
     # scale 1.2 / 4 neighbours / faces >= 20% of the short side found 140/150 HQ, 130/150 in the
     # wild, 67/70 StyleGAN in 6-12 ms, vs 142/136/68 in 16-26 ms for OpenCV's usual 1.1 / 5 / 12%.
-    def __init__(self, yunet_model: str | None = None, max_side: int = 320, scale_factor: float = 1.2,
-                 min_neighbors: int = 4, min_face: float = 0.2):
+    def __init__(self, kind: str = "auto", max_side: int = 320, scale_factor: float = 1.2,
+                 min_neighbors: int = 4, min_face: float = 0.2, min_confidence: float = 0.5):
         self.max_side, self.scale_factor, self.min_neighbors = max_side, scale_factor, min_neighbors
-        self.min_face = min_face
-        self.yunet = None
-        if yunet_model:
-            self.yunet = cv2.FaceDetectorYN.create(yunet_model, "", (320, 320))
-        else:
+        self.min_face, self.min_confidence = min_face, min_confidence
+        self.yunet_cv = None
+        if kind == "auto":
+            kind = "yunet" if yunet_available() else "haar"
+            if kind == "haar":
+                warnings.warn("face detector: yuface is not installed (wheels for CPython 3.10/3.11), "
+                              "falling back to the Haar cascade, which misses more faces and gives no "
+                              "landmarks", stacklevel=2)
+        if kind == "yunet":
+            if not yunet_available():
+                raise ValueError("detector 'yunet' needs the yuface package (pip install yuface; "
+                                 "CPython 3.10/3.11), or pass a YuNet .onnx file as the detector")
+            self.name = "yunet"
+        elif kind == "haar":
             self.cascade = _cascade(default_cascade_path())
+            self.name = "haar"
+        elif kind.endswith(".onnx"):
+            if not os.path.isfile(kind):
+                raise FileNotFoundError(f"{kind}: YuNet model file not found")
+            self.yunet_cv = cv2.FaceDetectorYN.create(kind, "", (320, 320), min_confidence)
+            self.name = f"yunet-onnx:{os.path.basename(kind)}"
+        else:
+            raise ValueError(f"detector must be one of {', '.join(DETECTORS)} or a YuNet .onnx file, got {kind!r}")
 
     def __call__(self, image: np.ndarray) -> FaceBox | None:
+        found = self.detect(image)
+        return None if found is None else found.box
+
+    def detect(self, image: np.ndarray) -> Detection | None:
+        """The largest face in ``image`` (BGR), or None."""
         h, w = image.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
         small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) \
             if scale < 1 else image
-        if self.yunet is not None:
-            self.yunet.setInputSize((small.shape[1], small.shape[0]))
-            _, faces = self.yunet.detect(small)
+        if self.name == "haar":
+            grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+            min_size = max(16, int(self.min_face * min(grey.shape)))
+            faces = self.cascade.detectMultiScale(grey, self.scale_factor, self.min_neighbors,
+                                                  minSize=(min_size, min_size))
+            if len(faces) == 0:
+                return None
+            x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])
+            return Detection(FaceBox((x + fw / 2) / scale, (y + fh / 2) / scale, max(fw, fh) / scale), None)
+        small = np.ascontiguousarray(small if small.ndim == 3 else cv2.cvtColor(small, cv2.COLOR_GRAY2BGR))
+        if self.yunet_cv is not None:
+            self.yunet_cv.setInputSize((small.shape[1], small.shape[0]))
+            _, faces = self.yunet_cv.detect(small)
             if faces is None or len(faces) == 0:
                 return None
-            best = max(faces, key=lambda f: f[2] * f[3])
-            landmarks = best[4:14].reshape(5, 2)[[0, 1, 2, 3, 4]] / scale
-            return face_box_from_landmarks(landmarks)
-        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
-        min_size = max(16, int(self.min_face * min(grey.shape)))
-        faces = self.cascade.detectMultiScale(grey, self.scale_factor, self.min_neighbors,
-                                              minSize=(min_size, min_size))
-        if len(faces) == 0:
-            return None
-        x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])
-        return FaceBox((x + fw / 2) / scale, (y + fh / 2) / scale, max(fw, fh) / scale)
+            boxes, points = faces[:, 0:4], faces[:, 4:14]
+        else:
+            import yuface
+            _, boxes, points = yuface.detect(small, self.min_confidence)
+            if len(boxes) == 0:
+                return None
+        best = int(np.argmax(boxes[:, 2].astype(np.float64) * boxes[:, 3]))
+        landmarks = points[best].astype(np.float32).reshape(5, 2) / scale
+        return Detection(face_box_from_landmarks(landmarks), landmarks)
 
 
 def crop_square(image: np.ndarray, box: FaceBox, out_size: int, margin: float = 0.35,
