@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from facray.data.errors import DatasetError
+from facray.data.errors import DatasetError, OutputLockedError
 
 def _build_data_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", type=Path, help="CelebA-layout folder (or MTFL folder with training.txt)")
@@ -64,6 +64,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     cfg = resolve_config(PrepareConfig, args, overrides=None)
     if smoke:
         from dataclasses import replace
+        _refuse_smoke_overrides(args, list(smoke))
         cfg = replace(cfg, **smoke)
     if not cfg.root:
         raise ValueError("--root is required (or --smoke-test)")
@@ -79,14 +80,28 @@ def run_train_binary(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(TrainBinaryConfig, args)
     if args.smoke_test:
-        cfg = replace(cfg, prepared=str(_smoke_prepared(Path(cfg.out))), attributes="Eyeglasses,Smiling",
-                      epochs=2, image_size=32, batch_size=16, cpus_per_worker=0.5)
+        smoke = dict(attributes="Eyeglasses,Smiling", epochs=2, image_size=32, batch_size=16, cpus_per_worker=0.5)
+        _refuse_smoke_overrides(args, ["prepared", *smoke])
+        cfg = replace(cfg, prepared=str(_smoke_prepared(Path(cfg.out))), **smoke)
     table = train_binary_models(cfg)
     cols = [c for c in ("job", "best_epoch", "val_accuracy", "test_accuracy", "test_precision", "test_recall")
             if c in table]
     print(table[cols].round(3).to_string(index=False))
     print(f"jobs in {Path(cfg.out).resolve() / 'jobs'}; MLflow: {_tracking_hint(cfg.tracking_uri, cfg.out)}")
     return 0
+
+
+def _refuse_smoke_overrides(args: argparse.Namespace, keys: list[str]) -> None:
+    """--smoke-test sets these keys itself: refuse them given too rather than ignore them silently."""
+    given = {k for k in keys if k in vars(args)}
+    given |= {o.split("=", 1)[0].strip().replace("-", "_") for o in getattr(args, "overrides", None) or []} & set(keys)
+    if getattr(args, "config", None):
+        import yaml
+        given |= set(yaml.safe_load(Path(args.config).read_text()) or {}) & set(keys)
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
+        raise ValueError(f"--smoke-test sets {flags} itself; drop {'it' if len(given) == 1 else 'them'} "
+                         "or run without --smoke-test")
 
 
 def _smoke_prepared(out: Path) -> Path:
@@ -140,6 +155,8 @@ def run_label(args: argparse.Namespace) -> int:
     cfg = resolve_config(LabelConfig, args)
     if args.smoke_test:
         from facray.data.synth import write_unlabelled_faces
+        smoke = dict(batch_size=4, num_actors=1)
+        _refuse_smoke_overrides(args, ["images", "model", *smoke])
         base = Path(cfg.out).resolve().parent / "smoke_label"
         folder, model = base / "images", base / "untrained_predictor"
         if not folder.is_dir():  # made once, so a second run shows resuming
@@ -148,15 +165,14 @@ def run_label(args: argparse.Namespace) -> int:
             (folder / "notes.png").write_text("not an image")
         if not (model / "manifest.json").is_file():
             smoke_model(model)
-        cfg = replace(cfg, images=str(folder), model=str(model),
-                      batch_size=4, num_actors=1)
+        cfg = replace(cfg, images=str(folder), model=str(model), **smoke)
     if not cfg.model:
         raise ValueError("--model is required (a predictor folder or an MLflow model URI)")
     summary = label_images(cfg)
     print(summary.format())
     if cfg.format == "csv":
-        import pandas as pd
-        head = pd.read_csv(summary.out, nrows=5)
+        from facray.labelling_ray import read_output
+        head = read_output(summary.out, "csv").head(5)
         print(head[["path", "face_found", "error", "Smiling_prob", "Smiling", "Male_prob", "Male"]].to_string(index=False))
     return 0
 
@@ -241,9 +257,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler_(args)
-    except (DatasetError, ValueError, FileNotFoundError) as e:
+    except (DatasetError, ValueError, FileNotFoundError, OutputLockedError) as e:
         print(f"facray: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Outputs are replaced atomically, so what was there before is intact.
+        print("facray: interrupted; finished work is kept and the next run resumes from it", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -46,6 +46,11 @@ def coerce(value: Any, tp, key: str) -> Any:
             return None
         raise ValueError(f"{key}: None is not allowed")
     origin = typing.get_origin(base)
+    if origin is typing.Literal:
+        allowed = typing.get_args(base)
+        if value not in allowed and str(value) not in map(str, allowed):
+            raise ValueError(f"{key}: {value!r} is not one of: {', '.join(map(str, allowed))}")
+        return next(a for a in allowed if a == value or str(a) == str(value))
     if origin in (tuple, list):
         (item,) = set(typing.get_args(base)) - {Ellipsis} or {str}
         items = value.split(",") if isinstance(value, str) else list(value)
@@ -127,9 +132,14 @@ def config_to_dict(cfg) -> dict[str, Any]:
     return out
 
 
+def config_text(cfg) -> str:
+    """The resolved config as YAML (reloadable with ``--config``)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg, path: str | Path) -> Path:
     """Write the resolved config as YAML (reloadable with ``--config``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    path.write_text(config_text(cfg))
     return path

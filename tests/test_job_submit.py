@@ -70,12 +70,12 @@ def test_ray_job_submit_label_smoke_test(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     # Token auth stays on, as on a real cluster. A fresh machine has no ~/.ray/auth_token, so the
-    # test makes its own token in its temp dir, exactly as the README tells a new user to
-    # (`ray get-auth-token --generate`), and never reads or writes the user's.
+    # test makes one exactly as the README tells a new user to (`ray get-auth-token --generate`,
+    # which always writes ~/.ray/auth_token), in a home of its own: the user's is never touched.
     env["RAY_AUTH_MODE"] = "token"
-    env["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "auth_token")
+    env["HOME"] = str(tmp_path / "home")
     _ray("get-auth-token", "--generate", env=env)
-    assert (tmp_path / "auth_token").stat().st_size > 0
+    assert (tmp_path / "home" / ".ray" / "auth_token").stat().st_size > 0
     # Every port free, not Ray's defaults: another Ray on this machine (a user's, a CI job's)
     # may hold them, and the dashboard agent then fails to start and no job can be submitted.
     gcs, dashboard, *agent_ports = (_free_port() for _ in range(8))

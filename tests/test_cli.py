@@ -1,0 +1,41 @@
+"""The command line: choices checked where they are parsed, clear refusals, Ctrl-C without a traceback."""
+from __future__ import annotations
+
+import pytest
+
+from facray import cli
+
+
+@pytest.mark.parametrize("argv, allowed", [
+    (["train-binary", "--mode", "fussed"], "fused, separate"),
+    (["train-binary", "data=strem"], "memory, stream"),
+    (["train-binary", "--stack", "grouped-ish"], "auto, grouped, loop"),
+    (["prepare", "--root", "x", "--crop", "detec"], "auto, landmarks, bbox, aligned, detect, full"),
+    (["label", "--model", "m", "--format", "xlsx"], "csv, parquet"),
+])
+def test_a_typo_in_a_choice_fails_at_once_with_the_allowed_values(argv, allowed, capsys, monkeypatch):
+    import facray.runtime
+    monkeypatch.setattr(facray.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("facray: error: ") and f"is not one of: {allowed}" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["train-binary", "--smoke-test", "--epochs", "50"],
+    ["train-binary", "--smoke-test", "batch_size=8"],
+    ["label", "--smoke-test", "--num-actors", "3"],
+])
+def test_smoke_test_refuses_the_settings_it_would_override(argv, capsys, tmp_path):
+    assert cli.main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--smoke-test sets" in err and "itself" in err
+
+
+def test_ctrl_c_is_a_message_not_a_traceback(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setitem(cli.COMMANDS, "combine", (cli.COMMANDS["combine"][0], cli.COMMANDS["combine"][1], interrupted))
+    assert cli.main(["combine", "--run", "x"]) == 130
+    err = capsys.readouterr().err
+    assert "facray: interrupted" in err and "Traceback" not in err
