@@ -23,7 +23,7 @@ import torch
 
 from facray.attributes import ATTRIBUTES, MODALITIES
 from facray.models.abm import ABMCNN, build_stack, default_stack_kind
-from facray.training.binary import to_input
+from facray.models.inputs import to_input
 
 FORMAT = "facray-abm-combined"
 VERSION = 1

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from facray.attributes import ATTRIBUTE_INDEX, MODALITIES
+from facray.models.inputs import to_input
 from facray.models.abm import ABMCNN, build_stack, default_stack_kind
 
 
@@ -109,17 +110,6 @@ def array_batches(data: dict[str, np.ndarray], batch_size: int, shuffle: bool = 
     for i in range(0, n, batch_size):
         idx = np.sort(order[i:i + batch_size]) if not shuffle else order[i:i + batch_size]
         yield {k: data[k][idx] for k in keys}
-
-
-def to_input(pixels, image_size: int, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (B, H, W[, C]) -> float (B, C, image_size, image_size) in [0, 1] (the paper's /255)."""
-    x = torch.as_tensor(pixels)
-    if x.ndim == 3:
-        x = x.unsqueeze(-1)
-    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-    if x.shape[-1] != image_size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="area" if x.shape[-1] > image_size else "bilinear")
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
 # ---- the trainer ------------------------------------------------------------------------------

@@ -1,0 +1,228 @@
+"""Train one network with 40 sigmoid outputs. Pure torch: runs without Ray (Ray Train workers wrap
+it, see :mod:`facray.training.ray_multitask`), on CPU or GPU, with or without DDP.
+
+- Loss: BCE with logits over the attributes a row has labels for (-1 = unknown, e.g. MTFL's 37
+  missing attributes, is masked out); optional class balance (``pos_weight`` = negatives /
+  positives per attribute on the training split, capped), which lifts rare attributes off their
+  majority class. Optional MSE heads (bbox, landmarks) add their losses when present.
+- Early stopping on validation loss (``patience`` epochs), best weights kept and restored.
+- Per-attribute decision thresholds chosen on validation to maximise accuracy
+  (:func:`choose_thresholds`); 0.5 stays available for comparison.
+- ``state_dict`` holds everything a resume needs (model, optimiser, epoch, best, history) as
+  tensors, dicts and lists, so checkpoints load with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from facray.attributes import ATTRIBUTES
+from facray.models.inputs import to_input
+from facray.training.binary import confusion_metrics
+
+
+@dataclass
+class MultiTaskTrainerConfig:
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    image_size: int = 128
+    patience: int = 3
+    class_balance: bool = False
+    max_pos_weight: float = 10.0
+    online_flip: bool = True
+    seed: int = 0
+    grad_clip: float = 5.0
+
+
+def positive_weights(labels: np.ndarray, cap: float) -> np.ndarray:
+    """negatives / positives per attribute over labelled rows, in [1, cap] (1 where no positives)."""
+    known = labels >= 0
+    pos = ((labels == 1) & known).sum(0).astype(np.float64)
+    neg = ((labels == 0) & known).sum(0).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
+    return np.clip(w, 1.0, cap).astype(np.float32)
+
+
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean loss over labelled entries, per-attribute loss sums). ``labels``: int (B, A), -1 unknown."""
+    known = labels >= 0
+    target = labels.clamp(min=0).to(logits.dtype)
+    per = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none") * known
+    return per.sum() / known.sum().clamp(min=1), per.sum(0).detach()
+
+
+def choose_thresholds(probs: np.ndarray, labels: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per attribute, the threshold maximising validation accuracy (ties: the one nearest 0.5).
+
+    Candidates are the midpoints between sorted distinct probabilities, so the choice is exact on
+    the validation set; an attribute without labelled rows keeps ``default``.
+    """
+    out = np.full(probs.shape[1], default, np.float64)
+    for j in range(probs.shape[1]):
+        known = labels[:, j] >= 0
+        p, y = probs[known, j].astype(np.float64), labels[known, j]
+        if len(p) == 0:
+            continue
+        order = np.argsort(p)
+        p, y = p[order], y[order]
+        # Predict 1 for p >= t. With t between p[i-1] and p[i]: positives among p[i:], negatives below.
+        pos_above = np.concatenate([np.cumsum(y[::-1])[::-1], [0]])
+        neg_below = np.concatenate([[0], np.cumsum(1 - y)])
+        correct = pos_above + neg_below  # candidate i: threshold just below p[i] (i = n: above all)
+        cuts = np.concatenate([[p[0] - 1e-6], (p[1:] + p[:-1]) / 2, [p[-1] + 1e-6]])
+        best = np.flatnonzero(correct == correct.max())
+        out[j] = float(np.clip(cuts[best[np.argmin(np.abs(cuts[best] - default))]], 0.0, 1.0))
+    return out
+
+
+def attribute_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | float = 0.5
+                      ) -> dict[str, np.ndarray]:
+    """Per attribute: accuracy, precision, recall, F1, confusion counts (tp, fp, fn, tn), count."""
+    known = labels >= 0
+    pred = probs >= np.asarray(thresholds)
+    y = labels == 1
+    tp = (pred & y & known).sum(0)
+    fp = (pred & ~y & known).sum(0)
+    fn = (~pred & y & known).sum(0)
+    tn = (~pred & ~y & known).sum(0)
+    m = confusion_metrics(tp, fp, fn, tn)
+    m.update(tp=tp, fp=fp, fn=fn, tn=tn, count=known.sum(0))
+    return m
+
+
+def array_batches(data: dict[str, np.ndarray], batch_size: int, shuffle: bool = False, seed: int = 0,
+                  epoch: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of this rank's share. With ``world`` > 1 every rank gets the same number of batches
+    (DDP needs that): the shuffled order is cut to a multiple of ``world`` and dealt out."""
+    n = len(data["labels"])
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    if world > 1:
+        order = order[: n - n % world][rank::world]
+    keys = [k for k in ("image", "labels", "bbox", "landmarks_target") if k in data]
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        yield {k: data[k][idx] for k in keys}
+
+
+@dataclass
+class History:
+    records: list[dict] = field(default_factory=list)
+
+
+class MultiTaskTrainer:
+    """Fit a model (possibly DDP-wrapped) epoch by epoch; see module docstring."""
+
+    def __init__(self, model: nn.Module, cfg: MultiTaskTrainerConfig, device: torch.device,
+                 pos_weight: np.ndarray | None = None):
+        self.model, self.cfg, self.device = model, cfg, torch.device(device)
+        self.module = getattr(model, "module", model)  # the bare model under DDP
+        self.cuda = self.device.type == "cuda"
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.pos_weight = None if pos_weight is None else torch.as_tensor(pos_weight, device=self.device)
+        self.flip_generator = torch.Generator().manual_seed(cfg.seed + 17)
+        self.epoch = 0
+        self.best_val_loss = math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+
+    @property
+    def stopped(self) -> bool:
+        return self.bad_epochs >= self.cfg.patience
+
+    def _forward(self, pixels: np.ndarray, train: bool) -> dict[str, torch.Tensor]:
+        x = to_input(pixels, self.cfg.image_size, self.device, channels_last=self.cuda)
+        if train and self.cfg.online_flip:
+            flip = torch.rand(len(x), generator=self.flip_generator) < 0.5
+            x[flip.to(x.device)] = x[flip.to(x.device)].flip(-1)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            out = self.model(x)
+        return {k: v.float() for k, v in out.items()}
+
+    def _loss(self, out: dict[str, torch.Tensor], batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.as_tensor(batch["labels"], device=self.device).long()
+        loss, per_attr = masked_bce(out["attributes"], labels, self.pos_weight)
+        for head, key in (("bbox", "bbox"), ("landmarks", "landmarks_target")):
+            if head in out and key in batch:
+                target = torch.as_tensor(batch[key], device=self.device, dtype=torch.float32)
+                ok = torch.isfinite(target).all(1)
+                if ok.any():
+                    loss = loss + F.mse_loss(out[head][ok], target[ok])
+        return loss, per_attr
+
+    def fit_epoch(self, train_batches, val_batches) -> dict:
+        """One epoch of training, then validation and early-stopping bookkeeping. Returns the record."""
+        self.model.train()
+        total, seen = 0.0, 0
+        for batch in train_batches:
+            out = self._forward(batch["image"], train=True)
+            loss, _ = self._loss(out, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            total += float(loss.detach()) * len(batch["labels"])
+            seen += len(batch["labels"])
+        val = self.evaluate(val_batches)
+        self.epoch += 1
+        record = {"epoch": self.epoch, "loss": total / max(seen, 1), "val_loss": val["loss"],
+                  "val_accuracy": float(np.nanmean(val["metrics"]["accuracy"][val["metrics"]["count"] > 0]))}
+        if val["loss"] < self.best_val_loss - 1e-6:
+            self.best_val_loss, self.best_epoch, self.bad_epochs = val["loss"], self.epoch, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        record["best_epoch"] = self.best_epoch
+        self.history.append(record)
+        return record
+
+    @torch.no_grad()
+    def predict(self, batches) -> tuple[np.ndarray, np.ndarray, float]:
+        """(probabilities, labels, mean masked BCE) over ``batches`` with the current weights."""
+        self.model.eval()
+        probs, labels, loss_sum, count = [], [], 0.0, 0
+        for batch in batches:
+            logits = self._forward(batch["image"], train=False)["attributes"]
+            y = torch.as_tensor(batch["labels"], device=self.device).long()
+            _, per_attr = masked_bce(logits, y)  # unweighted: comparable across settings
+            loss_sum += float(per_attr.sum())
+            count += int((y >= 0).sum())
+            probs.append(torch.sigmoid(logits).cpu().numpy())
+            labels.append(batch["labels"])
+        if not probs:
+            return np.zeros((0, len(ATTRIBUTES)), np.float32), np.zeros((0, len(ATTRIBUTES)), np.int8), math.nan
+        return np.concatenate(probs), np.concatenate(labels), loss_sum / max(count, 1)
+
+    def evaluate(self, batches, thresholds: np.ndarray | float = 0.5) -> dict:
+        probs, labels, loss = self.predict(batches)
+        return {"loss": loss, "probs": probs, "labels": labels,
+                "metrics": attribute_metrics(probs, labels, thresholds)}
+
+    def restore_best(self) -> None:
+        if self.best_state is not None:
+            self.module.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict:
+        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch, "best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch,
+                "best_state": self.best_state, "bad_epochs": self.bad_epochs, "history": copy.deepcopy(self.history),
+                "flip_generator": self.flip_generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.best_val_loss, self.best_epoch = state["epoch"], state["best_val_loss"], state["best_epoch"]
+        self.best_state, self.bad_epochs, self.history = state["best_state"], state["bad_epochs"], state["history"]
+        self.flip_generator.set_state(state["flip_generator"])

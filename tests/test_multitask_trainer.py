@@ -1,0 +1,144 @@
+"""The multi-task models and trainer without Ray: every registered model's tiny variant learns,
+weights load from a local file, thresholds, class balance, masked unknown labels, resume state."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facray.attributes import ATTRIBUTES
+from facray.models.registry import build_model, list_models, model_spec
+from facray.training.multitask import (MultiTaskTrainer, MultiTaskTrainerConfig, array_batches,
+                                       attribute_metrics, choose_thresholds, masked_bce, positive_weights)
+
+TINY = [n for n in list_models() if n.endswith("-tiny")]
+
+
+def _data(n=32, size=32, seed=0):
+    """Learnable: attribute j is on when patch j of the image is bright (a quarter of the rows)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+    cell = size // 8
+    patches = images[:, :8 * cell, :8 * cell].reshape(n, 8, cell, 8, cell, 3).mean(axis=(2, 4, 5)).reshape(n, 64)
+    bright = patches[:, :len(ATTRIBUTES)]
+    labels = (bright > np.quantile(bright, 0.75, axis=0)).astype(np.int8)
+    labels[:, 5] = -1  # an attribute this dataset does not have
+    return {"image": images, "labels": labels}
+
+
+def test_every_family_has_a_tiny_variant():
+    families = {"abm-trunk", "resnet18", "resnet50", "vgg19-transfer", "inception-v3"}
+    assert families <= set(list_models())
+    assert {"abm-trunk-tiny", "resnet-tiny", "vgg-transfer-tiny", "inception-v3-tiny"} <= set(TINY)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_variant_trains_and_its_loss_falls(name):
+    torch.manual_seed(0)
+    size = model_spec(name).input_size
+    data = _data(n=16 if "inception" in name else 64, size=size)  # Inception v3 is heavy even at 75 px
+    model = build_model(name, size)
+    cfg = MultiTaskTrainerConfig(lr=3e-3, image_size=size, online_flip=False, patience=100, weight_decay=0)
+    trainer = MultiTaskTrainer(model, cfg, "cpu")
+    before = trainer.predict(array_batches(data, 16))[2]
+    for _ in range(8 if "inception" in name else 15):
+        trainer.fit_epoch(array_batches(data, 16, shuffle=True), array_batches(data, 16))
+    after = trainer.predict(array_batches(data, 16))[2]
+    assert after < 0.9 * before, (name, before, after)
+
+
+def test_unknown_labels_are_masked_out_of_the_loss():
+    logits = torch.zeros(2, 3, requires_grad=True)
+    labels = torch.tensor([[1, -1, 0], [-1, -1, 1]])
+    loss, per_attr = masked_bce(logits, labels)
+    assert loss.item() == pytest.approx(np.log(2))  # mean over the 3 labelled entries only
+    loss.backward()
+    assert (logits.grad[labels < 0] == 0).all() and (logits.grad[labels >= 0] != 0).all()
+    assert per_attr[1] == 0
+
+
+def test_positive_weights_lift_rare_attributes_capped():
+    labels = np.zeros((100, 3), np.int8)
+    labels[:2, 0] = 1      # rare: 98/2 = 49 -> capped at 10
+    labels[:50, 1] = 1     # balanced: 1
+    labels[:, 2] = -1      # unknown: 1
+    assert positive_weights(labels, 10.0).tolist() == [10.0, 1.0, 1.0]
+
+
+def test_thresholds_maximise_validation_accuracy_and_never_lose_to_half():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, (200, 4)).astype(np.int8)
+    probs = np.clip(0.5 + 0.3 * labels + rng.normal(0, 0.1, labels.shape), 0, 1)  # scores shifted up
+    labels[:, 3] = -1
+    t = choose_thresholds(probs, labels)
+    tuned, half = attribute_metrics(probs, labels, t)["accuracy"], attribute_metrics(probs, labels, 0.5)["accuracy"]
+    assert (tuned[:3] >= half[:3]).all() and tuned[:3].mean() > half[:3].mean() + 0.05
+    assert t[3] == 0.5  # no labels: the default stays
+    for j in range(3):  # no other threshold does better on this data
+        grid = np.linspace(0, 1, 201)
+        best = max(((probs[:, j] >= g) == labels[:, j]).mean() for g in grid)
+        assert tuned[j] >= best - 1e-9
+
+
+def test_class_balance_moves_a_rare_attribute_off_its_majority_class():
+    """A rare attribute that a plain loss leaves at 'never' is predicted with pos_weight."""
+    rng = np.random.default_rng(0)
+    n, size = 256, 16
+    labels = np.zeros((n, len(ATTRIBUTES)), np.int8)
+    labels[:, 0] = rng.random(n) < 0.08  # 8% positives
+    images = rng.integers(0, 60, (n, size, size, 3), dtype=np.uint8)
+    images[labels[:, 0] == 1, :4, :4] = 255  # a faint cue in a corner
+    data = {"image": images, "labels": labels}
+    positives = {}
+    for balance in (False, True):
+        torch.manual_seed(0)
+        cfg = MultiTaskTrainerConfig(lr=5e-3, image_size=size, online_flip=False, class_balance=balance, patience=99)
+        pw = positive_weights(labels, cfg.max_pos_weight) if balance else None
+        trainer = MultiTaskTrainer(build_model("abm-trunk-tiny", size), cfg, "cpu", pw)
+        for _ in range(6):
+            trainer.fit_epoch(array_batches(data, 32, shuffle=True), array_batches(data, 64))
+        probs = trainer.predict(array_batches(data, 64))[0]
+        positives[balance] = int((probs[:, 0] >= 0.5).sum())
+    assert positives[False] == 0 and positives[True] > 0
+
+
+def test_state_round_trips_through_weights_only_load(tmp_path):
+    size = 32
+    data = _data(n=16, size=size)
+    cfg = MultiTaskTrainerConfig(image_size=size)
+    trainer = MultiTaskTrainer(build_model("abm-trunk-tiny", size), cfg, "cpu")
+    trainer.fit_epoch(array_batches(data, 8, shuffle=True), array_batches(data, 8))
+    torch.save(trainer.state_dict(), tmp_path / "state.pt")
+    again = MultiTaskTrainer(build_model("abm-trunk-tiny", size), cfg, "cpu")
+    again.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert again.epoch == 1 and again.history == trainer.history
+    a, b = trainer.predict(array_batches(data, 8))[0], again.predict(array_batches(data, 8))[0]
+    assert np.allclose(a, b)
+
+
+def test_pretrained_weights_from_a_local_file(tmp_path):
+    """A torchvision backbone state dict (what torchvision caches) initialises the backbone; the
+    40-way head stays fresh. Nothing is downloaded."""
+    import torchvision
+    source = torchvision.models.resnet18(weights=None)
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    model = build_model("resnet18", 64, weights_file=str(tmp_path / "resnet18.pth"))
+    assert torch.equal(model.backbone.conv1.weight, source.conv1.weight)
+    assert model.backbone.fc.out_features == len(ATTRIBUTES)
+    torch.save({"bogus": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="backbone tensors match"):
+        build_model("resnet18", 64, weights_file=str(tmp_path / "other.pth"))
+
+
+def test_vgg_transfer_freezes_its_base_and_has_optional_regression_heads():
+    model = build_model("vgg-transfer-tiny", 32, bbox_head=True, landmark_head=True)
+    assert not any(p.requires_grad for p in model.features.parameters())
+    out = model(torch.rand(2, 3, 32, 32))
+    assert out["attributes"].shape == (2, 40) and out["bbox"].shape == (2, 4) and out["landmarks"].shape == (2, 10)
+
+
+def test_ddp_shards_are_equal_and_disjoint():
+    data = _data(n=11)
+    shards = [list(array_batches(data, 4, shuffle=True, seed=3, rank=r, world=2)) for r in range(2)]
+    sizes = [[len(b["labels"]) for b in s] for s in shards]
+    assert sizes[0] == sizes[1] == [4, 1]
