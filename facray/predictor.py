@@ -1,12 +1,19 @@
-"""The combined 40-attribute predictor: write it, check it, load it, run it. Pure torch.
+"""Trained 40-attribute predictors: write them, check them, load them, run them. Pure torch; no
+training code is imported here.
 
-A predictor is a directory:
+A predictor is a directory, in one of two formats behind one interface (``predict_proba``,
+``decide``, ``attributes``, ``crop``, ``needs_sketch``, ``name``):
 
-- ``manifest.json``: format and version, the crop it expects (size, margin), the model input size,
-  sketch channels, and per attribute its modality, threshold, validation and test accuracy;
-  plus the SHA-256 of the weights file and the shape of every tensor, so a manifest that does
-  not match its weights fails at load time, before any image is read;
-- ``weights.pt``: ``{"<attribute>__<modality>": ABMCNN state dict}``.
+- ``facray-abm-combined`` (``facray combine``): per attribute one binary ABM-CNN on the photo or
+  its sketch; ``weights.pt`` is ``{"<attribute>__<modality>": ABMCNN state dict}``;
+- ``facray-multitask`` (``facray train``): one registered network (:mod:`facray.models.registry`)
+  with a logit per attribute; ``weights.pt`` is its state dict, the manifest names the model and
+  its arguments.
+
+``manifest.json`` holds the format and version, the crop the model expects (size, margin), the
+input size, per attribute its decision threshold (chosen on validation) and validation/test
+accuracy, the SHA-256 of the weights file and the shape of every tensor, so a manifest that does
+not match its weights fails at load time, before any image is read.
 
 :func:`load_predictor` takes that directory, or an MLflow model URI (``models:/name@alias``,
 ``models:/name/3``, ``runs:/<id>/model``) whose artifacts hold it.
@@ -26,6 +33,8 @@ from facray.models.abm import ABMCNN, build_stack, default_stack_kind
 from facray.models.inputs import to_input
 
 FORMAT = "facray-abm-combined"
+MULTITASK_FORMAT = "facray-multitask"
+FORMATS = (FORMAT, MULTITASK_FORMAT)
 VERSION = 1
 MANIFEST, WEIGHTS = "manifest.json", "weights.pt"
 
@@ -60,8 +69,54 @@ def write_predictor(dest: str | Path, choices: list[dict], weights: dict[str, di
     return dest
 
 
+def write_multitask_predictor(dest: str | Path, model_name: str, model_kwargs: dict,
+                              state_dict: dict[str, torch.Tensor], crop: dict, image_size: int,
+                              choices: list[dict], extra: dict | None = None) -> Path:
+    """Write a multi-task predictor. ``choices``: one dict per predicted attribute with
+    ``attribute``, ``threshold``, ``val_accuracy``, ``test_accuracy``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    torch.save(state_dict, dest / WEIGHTS)
+    manifest = {
+        "format": MULTITASK_FORMAT, "version": VERSION, "model": model_name, "model_kwargs": model_kwargs,
+        "crop": crop, "image_size": image_size, "sketch_channels": 0, "attributes": choices,
+        "weights_sha256": sha256(dest / WEIGHTS),
+        "tensor_shapes": {n: list(t.shape) for n, t in state_dict.items()},
+        **(extra or {}),
+    }
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return dest
+
+
+class _Thresholded:
+    """Decisions and naming shared by both predictor kinds."""
+    manifest: dict
+    thresholds: np.ndarray
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """1/0 per attribute at each attribute's threshold; -1 where not covered."""
+        d = (probs >= self.thresholds).astype(np.int8)
+        d[:, np.isnan(self.thresholds)] = -1
+        return d
+
+    @property
+    def attributes(self) -> list[str]:
+        return [c["attribute"] for c in self.manifest["attributes"]]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name") or f"{self.manifest['format']}:{self.manifest['weights_sha256'][:12]}"
+
+
+def _thresholds(choices: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    columns = np.array([ATTRIBUTES.index(c["attribute"]) for c in choices], dtype=np.int64)
+    thresholds = np.full(len(ATTRIBUTES), np.nan)
+    thresholds[columns] = [c.get("threshold", 0.5) for c in choices]
+    return columns, thresholds
+
+
 @dataclass
-class CombinedPredictor:
+class CombinedPredictor(_Thresholded):
     """Maps a batch of cropped images (+ sketches) to 40 probabilities (NaN for attributes the
     predictor does not cover)."""
     manifest: dict
@@ -73,9 +128,7 @@ class CombinedPredictor:
         self.image_size = self.manifest["image_size"]
         self.crop = self.manifest["crop"]
         self.sketch_channels = self.manifest["sketch_channels"]
-        self.columns = np.array([ATTRIBUTES.index(c["attribute"]) for c in self.choices])
-        self.thresholds = np.full(len(ATTRIBUTES), np.nan)
-        self.thresholds[self.columns] = [c.get("threshold", 0.5) for c in self.choices]
+        self.columns, self.thresholds = _thresholds(self.choices)
         # One stack per modality: all of a modality's models run in one call.
         kind = default_stack_kind(self.device)
         self.stacks, self.stack_columns = {}, {}
@@ -93,10 +146,6 @@ class CombinedPredictor:
     @property
     def needs_sketch(self) -> bool:
         return "sketch" in self.stacks
-
-    @property
-    def attributes(self) -> list[str]:
-        return [c["attribute"] for c in self.choices]
 
     @torch.no_grad()
     def predict_proba(self, images: np.ndarray, sketches: np.ndarray | None = None) -> np.ndarray:
@@ -116,15 +165,32 @@ class CombinedPredictor:
             out[:, self.stack_columns[m]] = torch.softmax(logits, -1)[..., 1].cpu().numpy()
         return out
 
-    def decide(self, probs: np.ndarray) -> np.ndarray:
-        """1/0 per attribute at each attribute's threshold; -1 where not covered."""
-        d = (probs >= self.thresholds).astype(np.int8)
-        d[:, np.isnan(self.thresholds)] = -1
-        return d
 
-    @property
-    def name(self) -> str:
-        return self.manifest.get("name") or f"{FORMAT}:{self.manifest['weights_sha256'][:12]}"
+
+class MultiTaskPredictor(_Thresholded):
+    """One network, a sigmoid per attribute; attributes the model was not trained on are NaN."""
+
+    def __init__(self, manifest: dict, model: torch.nn.Module, device: torch.device):
+        self.manifest, self.device = manifest, device
+        self.model = model.to(device).eval()
+        self.choices = manifest["attributes"]
+        self.image_size, self.crop = manifest["image_size"], manifest["crop"]
+        self.sketch_channels = 0
+        self.columns, self.thresholds = _thresholds(self.choices)
+        self.needs_sketch = False
+
+    @torch.no_grad()
+    def predict_proba(self, images: np.ndarray, sketches: np.ndarray | None = None) -> np.ndarray:
+        """(B, S, S, 3) uint8 crops -> (B, 40) float32 P(attribute) (``sketches`` unused)."""
+        out = np.full((len(images), len(ATTRIBUTES)), np.nan, np.float32)
+        if len(images) == 0:
+            return out
+        cuda = self.device.type == "cuda"
+        x = to_input(images, self.image_size, self.device, channels_last=cuda)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            logits = self.model(x)["attributes"].float()
+        out[:, self.columns] = torch.sigmoid(logits).cpu().numpy()[:, self.columns]
+        return out
 
 
 def is_model_uri(text: str) -> bool:
@@ -160,15 +226,19 @@ def read_predictor(uri_or_path: str | Path) -> tuple[dict, dict[str, dict[str, t
     path = _resolve_uri(text) if is_model_uri(text) else Path(text)
     if path.is_file() and path.name == MANIFEST:
         path = path.parent
+    for inside in ("model", "combined"):  # a run folder: `facray train` / `facray combine` output
+        if not (path / MANIFEST).is_file() and (path / inside / MANIFEST).is_file():
+            path = path / inside
     if not (path / MANIFEST).is_file():
-        raise PredictorError(f"{path}: no {MANIFEST} (expected a directory written by `facray combine`)")
+        raise PredictorError(f"{path}: no {MANIFEST} (expected a predictor written by `facray combine` or "
+                             "`facray train`, or their run folder)")
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PredictorError(f"{path / MANIFEST}: not a readable JSON manifest ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in FORMATS:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise PredictorError(f"{path / MANIFEST}: format is {found!r}, expected {FORMAT!r}")
+        raise PredictorError(f"{path / MANIFEST}: format is {found!r}, expected one of {', '.join(FORMATS)}")
     missing = [k for k in ("weights_sha256", "tensor_shapes", "attributes", "image_size", "crop",
                            "sketch_channels") if k not in manifest]
     if missing:
@@ -187,6 +257,9 @@ def read_predictor(uri_or_path: str | Path) -> tuple[dict, dict[str, dict[str, t
                              f"loading it ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if not isinstance(weights, dict):
         raise PredictorError(f"{path / WEIGHTS}: expected a dict of state dicts, got {type(weights).__name__}")
+    if manifest["format"] == MULTITASK_FORMAT:
+        _check_multitask(path, manifest, weights)
+        return manifest, weights
     for c in manifest["attributes"]:
         if c.get("attribute") not in ATTRIBUTES or c.get("modality") not in MODALITIES:
             raise PredictorError(f"{path / MANIFEST}: unknown attribute/modality {c.get('attribute')}/{c.get('modality')}")
@@ -199,10 +272,25 @@ def read_predictor(uri_or_path: str | Path) -> tuple[dict, dict[str, dict[str, t
     return manifest, weights
 
 
-def build_predictor(manifest: dict, weights: dict[str, dict[str, torch.Tensor]],
-                    device: str | torch.device = "cpu") -> CombinedPredictor:
+def _check_multitask(path: Path, manifest: dict, weights: dict) -> None:
+    from facray.models.registry import list_models
+    if manifest.get("model") not in list_models():
+        raise PredictorError(f"{path / MANIFEST}: unknown model {manifest.get('model')!r}; known: {', '.join(list_models())}")
+    for c in manifest["attributes"]:
+        if c.get("attribute") not in ATTRIBUTES:
+            raise PredictorError(f"{path / MANIFEST}: unknown attribute {c.get('attribute')!r}")
+    if {n: list(t.shape) for n, t in weights.items()} != manifest["tensor_shapes"]:
+        raise PredictorError(f"{path / WEIGHTS}: tensor names or shapes differ from the manifest")
+
+
+def build_predictor(manifest: dict, weights: dict, device: str | torch.device = "cpu"):
     """A predictor from verified parts (:func:`read_predictor`): what labelling actors receive,
     so they never open the model store themselves."""
+    if manifest["format"] == MULTITASK_FORMAT:
+        from facray.models.registry import build_model
+        model = build_model(manifest["model"], manifest["image_size"], **manifest.get("model_kwargs", {}))
+        model.load_state_dict(weights)
+        return MultiTaskPredictor(manifest, model, torch.device(device))
     models = {}
     for c in manifest["attributes"]:
         key = f"{c['attribute']}__{c['modality']}"
@@ -213,6 +301,6 @@ def build_predictor(manifest: dict, weights: dict[str, dict[str, torch.Tensor]],
     return CombinedPredictor(manifest, models, torch.device(device))
 
 
-def load_predictor(uri_or_path: str | Path, device: str | torch.device = "cpu") -> CombinedPredictor:
+def load_predictor(uri_or_path: str | Path, device: str | torch.device = "cpu"):
     """Load and verify a predictor directory or MLflow model URI (see module docstring)."""
     return build_predictor(*read_predictor(uri_or_path), device)

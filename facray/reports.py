@@ -1,5 +1,11 @@
-"""``facray evaluate``: the per-attribute report of a train-binary run. Runs on the driver.
+"""``facray evaluate``: the per-attribute report of a training run (``train-binary`` + ``combine``,
+or ``train``). Runs on the driver.
 
+Both kinds report per attribute the test accuracy at the stored decision thresholds, precision,
+recall, the confusion matrix, the majority baseline, and whether the model predicts one class only
+on the test split (an attribute stuck at its majority class); the summary counts those.
+
+For a binary ABM run:
 Per attribute: test accuracy of the real-photo model, the sketch model and the combined choice
 (the modality picked on validation), precision and recall of the combined choice, the majority
 baseline (always answer the train split's majority class, scored on the test split) and the
@@ -29,7 +35,8 @@ class EvaluateConfig:
     out: str = option("", "report folder (default <run>/report)")
     log_mlflow: bool = option(True, "log the report to MLflow")
     tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)")
-    experiment: str = option("facray-abm", "MLflow experiment")
+    experiment: str | None = option(None, "MLflow experiment (default: facray-abm or facray-multitask, "
+                                          "by the run's kind)")
 
 
 def majority_baseline(prepared: str, train_split: str, test_split: str) -> pd.Series:
@@ -68,13 +75,54 @@ def build_report(run: Path) -> pd.DataFrame:
     table = table[cols].rename(columns={"test_accuracy": "combined_test_accuracy", "modality": "chosen"})
     for c in ("paper_real_val_accuracy", "paper_sketch_val_accuracy", "paper_table2_accuracy"):
         table[c] = table[c] / 100  # the paper prints percentages
+    table["one_class_only"] = table.confusion.map(one_class_only)
     return table
 
 
+def build_multitask_report(run: Path) -> pd.DataFrame:
+    """Per attribute of a ``facray train`` run, from the metrics its last epoch wrote."""
+    record = json.loads((run / "metrics.json").read_text())
+    table = pd.DataFrame(record["attributes"])
+    table["confusion"] = table.confusion.map(json.dumps)
+    table["one_class_only"] = table.confusion.map(one_class_only)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    table = table.merge(majority_baseline(cfg["prepared"], cfg["train_split"], cfg["test_split"]),
+                        left_on="attribute", right_index=True, how="left")
+    cols = ["attribute", "test_accuracy", "test_accuracy_at_0.5", "threshold", "test_precision", "test_recall",
+            "test_f1", "majority_accuracy", "val_accuracy", "one_class_only", "confusion"]
+    return table[cols]
+
+
+def plot_multitask_report(table: pd.DataFrame, path: Path, title: str) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(table) + 2), 4.5))
+    ax.bar(x - 0.2, table["test_accuracy_at_0.5"] * 100, 0.4, label="threshold 0.5")
+    ax.bar(x + 0.2, table.test_accuracy * 100, 0.4, label="validation thresholds")
+    ax.scatter(x, table.majority_accuracy * 100, marker="_", s=120, color="k", zorder=3, label="majority")
+    ax.set_xticks(x, table.attribute, rotation=75, fontsize=8)
+    ax.set_ylim(max(0, np.nanmin(table[["test_accuracy", "majority_accuracy"]].to_numpy()) * 100 - 5), 100)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=3, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def one_class_only(confusion_json: str) -> bool:
+    """True when a [[tn, fp], [fn, tp]] confusion shows only one predicted class."""
+    (tn, fp), (fn, tp) = json.loads(confusion_json)
+    return tp + fp == 0 or tn + fn == 0
+
+
 def mean_rows(table: pd.DataFrame) -> pd.DataFrame:
-    numeric = [c for c in table.columns if c not in ("attribute", "chosen", "confusion")]
+    numeric = [c for c in table.columns if c not in ("attribute", "chosen", "confusion", "one_class_only")]
     rows = [{"attribute": "MEAN (all trained)", **table[numeric].mean().to_dict()}]
-    in_paper = table[table.paper_table2_accuracy.notna()]
+    in_paper = table[table.paper_table2_accuracy.notna()] if "paper_table2_accuracy" in table else table.iloc[:0]
     if len(in_paper):
         rows.append({"attribute": f"MEAN (paper's {len(in_paper)})", **in_paper[numeric].mean().to_dict()})
     return pd.DataFrame(rows)
@@ -105,27 +153,40 @@ def plot_report(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def is_multitask_run(run: Path) -> bool:
+    return (run / "metrics.json").is_file() and (run / "model" / "manifest.json").is_file()
+
+
 def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
     run = Path(cfg.run).resolve()
     out = Path(cfg.out).resolve() if cfg.out else run / "report"
     out.mkdir(parents=True, exist_ok=True)
-    table = build_report(run)
+    multitask = is_multitask_run(run)
+    table = build_multitask_report(run) if multitask else build_report(run)
     full = pd.concat([table, mean_rows(table)], ignore_index=True)
     full.to_csv(out / "report.csv", index=False)
-    shown = full.drop(columns=["confusion", "real_val_accuracy", "sketch_val_accuracy"])
-    (out / "report.md").write_text(shown.to_markdown(index=False, floatfmt=".3f") if _has_tabulate()
-                                   else shown.round(3).to_string(index=False))
-    plot_report(table, out / "accuracy_per_attribute.png")
+    shown = full.drop(columns=[c for c in ("confusion", "real_val_accuracy", "sketch_val_accuracy") if c in full])
+    stuck = sorted(table.attribute[table.one_class_only])
+    summary = (f"{len(stuck)} of {len(table)} attribute(s) predict one class only on the test split"
+               + (f": {', '.join(stuck)}" if stuck else ""))
+    (out / "report.md").write_text((shown.to_markdown(index=False, floatfmt=".3f") if _has_tabulate()
+                                    else shown.round(3).to_string(index=False)) + f"\n\n{summary}\n")
+    if multitask:
+        model = json.loads((run / "metrics.json").read_text())["model"]
+        plot_multitask_report(table, out / "accuracy_per_attribute.png", f"{model} per attribute")
+    else:
+        plot_report(table, out / "accuracy_per_attribute.png")
     if cfg.log_mlflow:
         import mlflow
         from facray.tracking import setup_mlflow
-        setup_mlflow(cfg.tracking_uri, run, cfg.experiment)
+        setup_mlflow(cfg.tracking_uri, run, cfg.experiment or ("facray-multitask" if multitask else "facray-abm"))
         parent = (run / "parent_run_id").read_text().strip() if (run / "parent_run_id").is_file() else None
         with mlflow.start_run(run_name="evaluate", tags={"mlflow.parentRunId": parent} if parent else {}):
             means = mean_rows(table).iloc[0]
-            mlflow.log_metrics({f"mean_{k}": float(means[k]) for k in
-                                ("real_test_accuracy", "sketch_test_accuracy", "combined_test_accuracy",
-                                 "majority_accuracy") if pd.notna(means[k])})
+            keys = ("test_accuracy", "test_accuracy_at_0.5", "majority_accuracy") if multitask else \
+                ("real_test_accuracy", "sketch_test_accuracy", "combined_test_accuracy", "majority_accuracy")
+            mlflow.log_metrics({f"mean_{k}": float(means[k]) for k in keys if pd.notna(means[k])})
+            mlflow.log_metric("one_class_attributes", len(stuck))
             for f in ("report.csv", "report.md", "accuracy_per_attribute.png"):
                 mlflow.log_artifact(str(out / f))
     return full, out

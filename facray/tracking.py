@@ -51,3 +51,55 @@ def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
 
 def log_json(obj, name: str) -> None:
     mlflow.log_text(json.dumps(obj, indent=1, default=str), name)
+
+
+ALIAS = "newest"  # MLflow reserves "latest" as an alias name; models:/NAME@latest maps to /latest
+
+
+def register_predictor(dest: Path, registered_name: str) -> str:
+    """Inside an active run: log the predictor folder ``dest`` as a pyfunc model (models from
+    code, no pickle), register a new version and point the alias ``newest`` at it. Returns
+    ``models:/<name>@newest``."""
+    import facray
+    import facray.predictor_mlflow as model_code
+    info = mlflow.pyfunc.log_model(name="model", python_model=model_code.__file__,
+                                   artifacts={"predictor": str(dest)},
+                                   # Pinned: a bare name could resolve to someone else's package
+                                   # on an index; no dependency inference (offline-safe).
+                                   pip_requirements=[f"facray=={facray.__version__}"],
+                                   registered_model_name=registered_name)
+    mlflow.MlflowClient().set_registered_model_alias(registered_name, ALIAS, info.registered_model_version)
+    return f"models:/{registered_name}@{ALIAS}"
+
+
+def start_training_run(tracking_uri: str | None, out: Path, experiment: str, run_name: str,
+                       config: dict, config_file: Path) -> tuple[str, str]:
+    """Open a run for a training job (params + config file) and leave it open for the Train
+    controller to log epochs into. Returns (tracking URI, run id)."""
+    uri = setup_mlflow(tracking_uri, out, experiment)
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(mlflow.get_experiment_by_name(experiment).experiment_id, run_name=run_name)
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in flat_params(config).items()])
+    client.log_artifact(run.info.run_id, str(config_file))
+    return uri, run.info.run_id  # left RUNNING: the Train controller logs epochs into it
+
+
+def log_epoch(tracking_uri: str, run_id: str, record: dict) -> None:
+    """One epoch's numeric metrics at step = epoch (called from the Train controller)."""
+    import math
+    import time
+    client = mlflow.MlflowClient(tracking_uri)
+    step = int(record.get("epoch", 0))
+    metrics = [mlflow.entities.Metric(k, float(v), int(time.time() * 1000), step)
+               for k, v in record.items() if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)]
+    client.log_batch(run_id, metrics=metrics)
+
+
+def finish_training_run(tracking_uri: str, run_id: str, out: Path, record: dict, registered_name: str) -> str:
+    """Final metrics and artifacts of a multi-task run; register its model. Returns the model URI."""
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({k: float(record[k]) for k in ("mean_test_accuracy", "mean_test_accuracy_at_0.5")})
+        mlflow.log_metrics({f"test_accuracy/{r['attribute']}": float(r["test_accuracy"]) for r in record["attributes"]})
+        mlflow.log_artifact(str(out / "metrics.json"))
+        return register_predictor(out / "model", registered_name)

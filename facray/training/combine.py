@@ -19,7 +19,6 @@ from facray.data.prepared import read_metadata
 from facray.predictor import write_predictor
 
 REGISTERED_NAME = "facray-abm-combined"
-ALIAS = "newest"
 
 
 @dataclass
@@ -85,7 +84,7 @@ def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
     write_predictor(dest, choices, weights, crop, image_size, prepared_meta["sketch_channels"],
                     extra={"source_run": str(run)})
     table.drop(columns=[c for c in table if c.endswith("_dir")]).to_csv(dest / "choices.csv", index=False)
-    uri = register_predictor(dest, cfg, run) if cfg.register else None
+    uri = register_combined(dest, cfg, run) if cfg.register else None
     return dest, uri
 
 
@@ -98,14 +97,11 @@ def _run_config(run: Path) -> dict:
     return yaml.safe_load((run / "config.yaml").read_text())
 
 
-def register_predictor(dest: Path, cfg: CombineConfig, run: Path) -> str:
-    """Log ``dest`` as a pyfunc model, register a new version, point the alias at it."""
+def register_combined(dest: Path, cfg: CombineConfig, run: Path) -> str:
+    """Log ``dest`` in a ``combine`` run under the training parent and register it."""
     import mlflow
-    from mlflow import MlflowClient
 
-    import facray
-    import facray.predictor_mlflow as model_code
-    from facray.tracking import setup_mlflow
+    from facray.tracking import register_predictor, setup_mlflow
 
     setup_mlflow(cfg.tracking_uri, run, cfg.experiment)
     parent = (run / "parent_run_id").read_text().strip() if (run / "parent_run_id").is_file() else None
@@ -115,13 +111,4 @@ def register_predictor(dest: Path, cfg: CombineConfig, run: Path) -> str:
         manifest = json.loads((dest / "manifest.json").read_text())
         mlflow.log_metric("mean_val_accuracy", float(pd.Series([c["val_accuracy"] for c in manifest["attributes"]],
                                                                   dtype=float).mean()))
-        info = mlflow.pyfunc.log_model(name="model", python_model=model_code.__file__,
-                                       artifacts={"predictor": str(dest)},
-                                       # Pinned: a bare name could resolve to someone else's package
-                                       # on an index; no dependency inference (offline-safe).
-                                       pip_requirements=[f"facray=={facray.__version__}"],
-                                       registered_model_name=cfg.registered_name)
-    client = MlflowClient()
-    version = info.registered_model_version
-    client.set_registered_model_alias(cfg.registered_name, ALIAS, version)
-    return f"models:/{cfg.registered_name}@{ALIAS}"
+        return register_predictor(dest, cfg.registered_name)

@@ -32,6 +32,7 @@ from facray.config import config_to_dict, option, save_config
 from facray.training.binary import (BinaryJob, FusedBinaryTrainer, TrainerConfig, array_batches,
                                     write_job_output)
 from facray.training.run_record import claim_run, run_settings, settings_hash
+from facray.training.splits import SplitSpec, check_splits, load_split_arrays
 
 PAPER_TABLE = Path(__file__).resolve().parents[1] / "reference" / "abm_cnn_paper.csv"
 
@@ -111,49 +112,6 @@ def trainer_config(cfg: TrainBinaryConfig, prepared_meta: dict) -> TrainerConfig
                          online_flip=cfg.online_flip)
 
 
-def holdout_mask(image_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """True for the images held out for validation: by a hash of the id, so every augmented
-    variant of an image falls on the same side."""
-    h = np.array([zlib.crc32(f"{seed}:{i}".encode()) for i in image_ids], np.uint64)
-    return (h % 10_000) < fraction * 10_000
-
-
-def load_split_arrays(cfg: TrainBinaryConfig) -> dict[str, dict[str, np.ndarray]]:
-    """The train / val / test arrays for memory mode (pure reader: no Ray needed)."""
-    from facray.data.prepared import read_prepared
-    columns = tuple(c for c, m in (("image", "real"), ("sketch", "sketch")) if m in cfg.modalities)
-    data = {"train": read_prepared(cfg.prepared, (cfg.train_split,), columns)}
-    if cfg.val_split == "holdout":
-        held = holdout_mask(data["train"]["image_id"], cfg.holdout, cfg.seed)
-        full = data["train"]
-        data["train"] = {k: v[~held] for k, v in full.items()}
-        data["val"] = {k: v[held & (full["variant"] == "original")] for k, v in full.items()}
-    else:
-        data["val"] = read_prepared(cfg.prepared, (cfg.val_split,), columns, variants=("original",))
-    data["test"] = read_prepared(cfg.prepared, (cfg.test_split,), columns, variants=("original",))
-    return data
-
-
-def check_splits(cfg: TrainBinaryConfig) -> dict[str, int]:
-    """Count usable rows per split on the driver, so a wrong split name fails before Ray starts."""
-    from facray.data.prepared import shard_dataset
-    t = shard_dataset(cfg.prepared).to_table(columns=["split", "variant", "error"]).to_pandas()
-    t = t[t.error == ""]
-    counts = {"train": int((t.split == cfg.train_split).sum()),
-              "test": int(((t.split == cfg.test_split) & (t.variant == "original")).sum())}
-    if cfg.val_split == "holdout":  # approximate: the hash split is by image, not by row
-        counts["val"] = int(round(counts["train"] * cfg.holdout))
-        counts["train"] -= counts["val"]
-    else:
-        counts["val"] = int(((t.split == cfg.val_split) & (t.variant == "original")).sum())
-    for name in ("train", "val"):
-        if counts[name] == 0:
-            raise ValueError(f"{cfg.prepared}: no rows for the {name} split "
-                             f"({getattr(cfg, name + '_split')!r}); splits present: "
-                             f"{sorted(t.split.unique())} (for data with no val split: --val-split holdout)")
-    return counts
-
-
 def _stream_batches(shard, batch_size: int, meta: dict, shuffle_seed: int | None):
     """Batches from a Ray Data shard, bytes decoded in the worker (pure decode)."""
     from facray.data.prepared import batch_arrays
@@ -206,7 +164,8 @@ def train_jobs_per_worker(config: dict) -> None:
         val_batches = lambda: _stream_batches(shards["val"], 256, meta, None)  # noqa: E731
         test_batches = lambda: _stream_batches(shards["test"], 256, meta, None)  # noqa: E731
     else:
-        data = load_split_arrays(cfg)
+        columns = tuple(c for c, m in (("image", "real"), ("sketch", "sketch")) if m in cfg.modalities)
+        data = load_split_arrays(SplitSpec.of(cfg), columns)
         train_batches = lambda e: array_batches(data["train"], cfg.batch_size, True, cfg.seed, e)  # noqa: E731
         val_batches = lambda: array_batches(data["val"], 256)  # noqa: E731
         test_batches = lambda: array_batches(data["test"], 256)  # noqa: E731
@@ -414,7 +373,7 @@ def train_binary_models(cfg: TrainBinaryConfig) -> pd.DataFrame:
 
     out = Path(cfg.out).resolve()
     jobs = make_jobs(cfg)
-    counts = check_splits(cfg)
+    counts = check_splits(SplitSpec.of(cfg))
     digest = claim_run(out, run_settings(cfg, read_metadata(cfg.prepared)["shards"]), cfg.overwrite)
     save_config(cfg, out / "config.yaml")
     done = finished_jobs(out, digest)

@@ -1,0 +1,71 @@
+"""Which prepared rows train, validate and test a model, shared by every trainer. Pure reader (no
+Ray): runs on the driver (counts, checked before Ray starts) and in Train workers (the arrays).
+
+Validation is either a split of the prepared data or ``holdout``: a seeded fraction of the train
+images, chosen by a hash of the image id so every augmented variant of an image falls on the same
+side (none of an image's variants train while another validates).
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    prepared: str
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    holdout: float = 0.1
+    seed: int = 0
+
+    @classmethod
+    def of(cls, cfg) -> "SplitSpec":
+        """The split fields of any trainer config."""
+        return cls(cfg.prepared, cfg.train_split, cfg.val_split, cfg.test_split, cfg.holdout, cfg.seed)
+
+
+def holdout_mask(image_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """True for the images held out for validation (a hash of the id, see module docstring)."""
+    h = np.array([zlib.crc32(f"{seed}:{i}".encode()) for i in image_ids], np.uint64)
+    return (h % 10_000) < fraction * 10_000
+
+
+def load_split_arrays(spec: SplitSpec, columns: tuple[str, ...] = ("image",)
+                      ) -> dict[str, dict[str, np.ndarray]]:
+    """``{"train", "val", "test"}`` -> the arrays of :func:`facray.data.prepared.read_prepared`.
+    Validation and test use the original image of each row only, never its augmentations."""
+    from facray.data.prepared import read_prepared
+    data = {"train": read_prepared(spec.prepared, (spec.train_split,), columns)}
+    if spec.val_split == "holdout":
+        held = holdout_mask(data["train"]["image_id"], spec.holdout, spec.seed)
+        full = data["train"]
+        data["train"] = {k: v[~held] for k, v in full.items()}
+        data["val"] = {k: v[held & (full["variant"] == "original")] for k, v in full.items()}
+    else:
+        data["val"] = read_prepared(spec.prepared, (spec.val_split,), columns, variants=("original",))
+    data["test"] = read_prepared(spec.prepared, (spec.test_split,), columns, variants=("original",))
+    return data
+
+
+def check_splits(spec: SplitSpec) -> dict[str, int]:
+    """Count usable rows per split on the driver, so a wrong split name fails before Ray starts."""
+    from facray.data.prepared import shard_dataset
+    t = shard_dataset(spec.prepared).to_table(columns=["split", "variant", "error"]).to_pandas()
+    t = t[t.error == ""]
+    counts = {"train": int((t.split == spec.train_split).sum()),
+              "test": int(((t.split == spec.test_split) & (t.variant == "original")).sum())}
+    if spec.val_split == "holdout":  # approximate: the hash split is by image, not by row
+        counts["val"] = int(round(counts["train"] * spec.holdout))
+        counts["train"] -= counts["val"]
+    else:
+        counts["val"] = int(((t.split == spec.val_split) & (t.variant == "original")).sum())
+    for name in ("train", "val"):
+        if counts[name] == 0:
+            raise ValueError(f"{spec.prepared}: no rows for the {name} split "
+                             f"({getattr(spec, name + '_split')!r}); splits present: "
+                             f"{sorted(t.split.unique())} (for data with no val split: --val-split holdout)")
+    return counts

@@ -1,0 +1,88 @@
+"""facray train on Ray Train: DDP on CPU, checkpoint and resume, live MLflow metrics, thresholds
+through the saved model, evaluate and label through models:/."""
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from facray.cli import main
+from facray.predictor import load_predictor
+from facray.training.ray_multitask import TrainConfig, train_multitask
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
+
+
+def _cfg(prepared, out, **kw):
+    base = dict(prepared=str(prepared), out=str(out), model="abm-trunk-tiny", image_size=32, epochs=3,
+                batch_size=16, cpus_per_worker=0.5, num_workers=2, patience=5, lr=3e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_ddp_two_workers_interrupted_resumes_then_evaluates_and_labels(ray_session, prepared_small, tmp_path):
+    out = tmp_path / "mt"
+    record = train_multitask(_cfg(prepared_small, out, fail_at_epoch=2, max_failures=1))
+    assert (out / ".injected_failure").read_text().startswith("failed at epoch 2")
+    assert record["resumed_from_epoch"] == 1 and [h["epoch"] for h in record["history"]] == [1, 2, 3]
+    assert len(record["attributes"]) == 40 and 0 < record["mean_test_accuracy"] <= 1
+
+    # Live metrics: the Train controller logged every epoch into the run the driver opened.
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    run_id = (out / "parent_run_id").read_text()
+    history = mlflow.MlflowClient().get_metric_history(run_id, "val_loss")
+    assert sorted(m.step for m in history)[-3:] == [1, 2, 3]
+    assert mlflow.get_run(run_id).info.status == "FINISHED"
+
+    # Thresholds chosen on validation round-trip through the saved model.
+    predictor = load_predictor(out)  # a run folder resolves to its model
+    stored = {r["attribute"]: r["threshold"] for r in record["attributes"]}
+    assert predictor.thresholds.tolist() == [stored[a] for a in predictor.attributes]
+    assert record["registered"] == "models:/facray-abm-trunk-tiny@newest"
+
+    assert main(["evaluate", "--run", str(out)]) == 0
+    report = pd.read_csv(out / "report" / "report.csv")
+    assert {"test_accuracy", "test_accuracy_at_0.5", "majority_accuracy", "one_class_only"} <= set(report.columns)
+    assert "predict one class only" in (out / "report" / "report.md").read_text()
+
+    from facray.data.synth import write_unlabelled_faces
+    from facray.labelling_ray import LabelConfig, label_images
+    write_unlabelled_faces(tmp_path / "faces", n=3, seed=4, sizes=(96,))
+    labelled = label_images(LabelConfig(images=str(tmp_path / "faces"), model=record["registered"],
+                                        out=str(tmp_path / "l.csv"), tracking_uri=mlflow.get_tracking_uri(),
+                                        num_actors=1, batch_size=2))
+    rows = pd.read_csv(tmp_path / "l.csv", keep_default_na=False, na_values=[""])
+    assert labelled.inputs == 3 and rows.Male_prob.between(0, 1).all()
+    probs = rows[[f"{a}_prob" for a in predictor.attributes]].to_numpy()
+    assert (rows[predictor.attributes].to_numpy() == (probs >= predictor.thresholds)).all()
+
+    # A re-run with the same settings finds the trained model; other settings are refused.
+    again = train_multitask(_cfg(prepared_small, out, fail_at_epoch=2, max_failures=1))
+    assert again["settings_hash"] == record["settings_hash"]
+    with pytest.raises(ValueError, match="lr: 0.003 -> 0.01"):
+        train_multitask(_cfg(prepared_small, out, lr=1e-2))
+
+
+def test_one_worker_and_two_workers_learn_alike(ray_session, prepared_small, tmp_path):
+    """DDP splits each epoch between workers; the result should match one worker within noise."""
+    accs = {}
+    for n in (1, 2):
+        rec = train_multitask(_cfg(prepared_small, tmp_path / f"w{n}", num_workers=n, epochs=4, seed=1))
+        accs[n] = rec["mean_test_accuracy"]
+    assert abs(accs[1] - accs[2]) < 0.05, accs
+
+
+def test_unknown_model_fails_before_ray_with_the_known_names(tmp_path, capsys, monkeypatch):
+    import facray.runtime
+    monkeypatch.setattr(facray.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    assert main(["train", "--model", "resnet81", "--prepared", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet81'" in err and "resnet18" in err and "abm-trunk" in err
+
+
+def test_list_models(capsys):
+    assert main(["train", "--list-models"]) == 0
+    names = capsys.readouterr().out.split()
+    assert {"abm-trunk", "resnet18", "resnet50", "vgg19-transfer", "inception-v3"} <= set(names)
