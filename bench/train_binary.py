@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from facray.attributes import ATTRIBUTES
-from facray.training.binary import BinaryJob, FusedBinaryTrainer, TrainerConfig, array_batches
+from facray.training.binary import FusedBinaryTrainer, TrainerConfig
+from facray.training.jobs import BinaryJob
+from facray.training.splits import array_batches
 
 
 def make_jobs(k: int, modalities=("real", "sketch")) -> list[BinaryJob]:

@@ -26,7 +26,7 @@ import yaml
 from facray.attributes import ATTRIBUTES
 from facray.config import option
 from facray.training.combine import choose_modalities, read_job_records
-from facray.training.ray_binary import PAPER_TABLE
+from facray.training.jobs import PAPER_TABLE
 
 
 @dataclass

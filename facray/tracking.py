@@ -103,3 +103,54 @@ def finish_training_run(tracking_uri: str, run_id: str, out: Path, record: dict,
         mlflow.log_metrics({f"test_accuracy/{r['attribute']}": float(r["test_accuracy"]) for r in record["attributes"]})
         mlflow.log_artifact(str(out / "metrics.json"))
         return register_predictor(out / "model", registered_name)
+
+
+def log_binary_jobs(tracking_uri: str | None, out: Path, experiment: str, run_name: str, config: dict,
+                    keys: list[str], settings_hash: str) -> str:
+    """Parent run for the set, a child run per job with per-epoch metrics. Returns the parent id.
+
+    ``<out>/mlflow_logged.json`` remembers the parent and the jobs it has a child for: a re-run
+    that finishes more jobs adds their children to the same parent, never a second copy.
+    """
+    import pandas as pd
+    setup_mlflow(tracking_uri, out, experiment)
+    ledger_file = out / "mlflow_logged.json"
+    ledger = json.loads(ledger_file.read_text()) if ledger_file.is_file() else {}
+    if ledger.get("settings_hash") != settings_hash or ledger.get("tracking_uri") != mlflow.get_tracking_uri():
+        ledger = {"settings_hash": settings_hash, "tracking_uri": mlflow.get_tracking_uri(), "jobs": []}
+    resume = {"run_id": ledger["parent_run_id"]} if ledger.get("parent_run_id") else {"run_name": run_name}
+    with mlflow.start_run(**resume) as parent:
+        if "parent_run_id" not in ledger:
+            mlflow.log_params(flat_params(config))
+        ledger["parent_run_id"] = parent.info.run_id
+        mlflow.log_artifact(str(out / "config.yaml"))
+        rows = []
+        for key in keys:
+            rec = json.loads((out / "jobs" / key / "metrics.json").read_text())
+            if key not in ledger["jobs"]:
+                _log_job_run(key, rec, out / "jobs" / key / "metrics.json")
+                ledger["jobs"].append(key)
+                ledger_file.write_text(json.dumps(ledger, indent=1))
+            rows.append({"job": key, "attribute": rec["attribute"], "modality": rec["modality"],
+                         "best_epoch": rec["best_epoch"], "val_accuracy": rec["best"].get("val_accuracy"),
+                         **{k: v for k, v in rec["test"].items() if k != "confusion"}})
+        ledger_file.write_text(json.dumps(ledger, indent=1))
+        table = pd.DataFrame(rows)
+        table.to_csv(out / "jobs_summary.csv", index=False)
+        mlflow.log_artifact(str(out / "jobs_summary.csv"))
+        if "test_accuracy" in table:
+            mlflow.log_metric("mean_test_accuracy", float(table["test_accuracy"].mean()))
+        return parent.info.run_id
+
+
+def _log_job_run(key: str, rec: dict, metrics_file: Path) -> None:
+    """One child run: the job's params, per-epoch curves and final test metrics."""
+    import numpy as np
+    with mlflow.start_run(run_name=key, nested=True):
+        mlflow.log_params({"attribute": rec["attribute"], "modality": rec["modality"],
+                           "max_epochs": len(rec["history"]), "best_epoch": rec["best_epoch"],
+                           "stopped": rec["stopped"]})
+        for h in rec["history"]:
+            mlflow.log_metrics({k: v for k, v in h.items() if k != "epoch" and np.isfinite(v)}, step=h["epoch"])
+        mlflow.log_metrics({k: v for k, v in rec["test"].items() if isinstance(v, (int, float)) and np.isfinite(v)})
+        mlflow.log_artifact(str(metrics_file))

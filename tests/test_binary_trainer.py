@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from facray.attributes import ATTRIBUTE_INDEX
-from facray.training.binary import (BinaryJob, FusedBinaryTrainer, TrainerConfig, array_batches,
-                                    confusion_metrics)
+from facray.training.binary import FusedBinaryTrainer, TrainerConfig
+from facray.training.metrics import confusion_metrics
+from facray.training.jobs import BinaryJob
+from facray.training.splits import array_batches
 
 A, B, C = "Eyeglasses", "Smiling", "Wearing_Hat"
 

@@ -2,10 +2,7 @@
 through the saved model, evaluate and label through models:/."""
 from __future__ import annotations
 
-import json
-
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 

@@ -9,36 +9,24 @@ taken out of the stack, so it costs nothing afterwards and cannot change again.
 
 Data comes as an iterable of batches, ``dict`` with ``image`` (B, S, S, 3) uint8, ``sketch``
 (B, S, S[, 3]) uint8 and ``labels`` (B, 40) int8 (-1 = unknown, ignored in the loss), as numpy
-arrays or tensors: :func:`array_batches` makes them from memory; Ray Data's ``iter_torch_batches``
+arrays or tensors: :func:`facray.training.splits.array_batches` makes them from memory; Ray Data's ``iter_torch_batches``
 makes them from a stream.
 """
 from __future__ import annotations
 
-import json
 import math
-import zlib
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from facray.attributes import ATTRIBUTE_INDEX, MODALITIES
-from facray.models.inputs import to_input
 from facray.models.abm import ABMCNN, build_stack, default_stack_kind
-
-
-@dataclass(frozen=True)
-class BinaryJob:
-    attribute: str
-    modality: str
-    max_epochs: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.attribute}__{self.modality}"
+from facray.models.inputs import to_input
+from facray.training.jobs import BinaryJob, job_seed
+from facray.training.metrics import PassStats
 
 
 @dataclass
@@ -54,62 +42,6 @@ class TrainerConfig:
     stack: str = "auto"  # auto | loop | grouped
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     online_flip: bool = False  # random horizontal flips at train time (cheap online augmentation)
-
-
-def job_seed(key: str, seed: int) -> int:
-    """A model's initial weights depend on its job and the run seed only."""
-    return (zlib.crc32(key.encode()) * 7919 + seed) % (2 ** 31 - 1)
-
-
-# ---- metrics ----------------------------------------------------------------------------------
-
-def confusion_metrics(tp, fp, fn, tn) -> dict[str, np.ndarray]:
-    """Accuracy, precision, recall and F1 from confusion counts (arrays of K; 0 where undefined)."""
-    tp, fp, fn, tn = (np.asarray(v, np.float64) for v in (tp, fp, fn, tn))
-    total = tp + fp + fn + tn
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-        accuracy = np.where(total > 0, (tp + tn) / total, 0.0)
-    return {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1}
-
-
-@dataclass
-class PassStats:
-    """Per-model sums over one pass: loss, confusion counts, number of labelled samples."""
-    loss: np.ndarray
-    tp: np.ndarray
-    fp: np.ndarray
-    fn: np.ndarray
-    tn: np.ndarray
-
-    @classmethod
-    def zeros(cls, k: int) -> "PassStats":
-        return cls(*(np.zeros(k) for _ in range(5)))
-
-    @property
-    def count(self) -> np.ndarray:
-        return self.tp + self.fp + self.fn + self.tn
-
-    def summary(self, prefix: str = "") -> dict[str, np.ndarray]:
-        m = confusion_metrics(self.tp, self.fp, self.fn, self.tn)
-        m["loss"] = np.where(self.count > 0, self.loss / np.maximum(self.count, 1), np.nan)
-        return {prefix + k: v for k, v in m.items()}
-
-
-# ---- data -------------------------------------------------------------------------------------
-
-def array_batches(data: dict[str, np.ndarray], batch_size: int, shuffle: bool = False,
-                  seed: int = 0, epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Batches from in-memory arrays; the shuffle depends on (seed, epoch) only, so every mode and
-    every worker sees the same order."""
-    n = len(data["labels"])
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    keys = [k for k in ("image", "sketch", "labels") if k in data]
-    for i in range(0, n, batch_size):
-        idx = np.sort(order[i:i + batch_size]) if not shuffle else order[i:i + batch_size]
-        yield {k: data[k][idx] for k in keys}
 
 
 # ---- the trainer ------------------------------------------------------------------------------
@@ -349,24 +281,3 @@ class FusedBinaryTrainer:
                 self.stacks[m].generators = make_generators(self.stacks[m].dropout_seeds, self.device)
                 for g, state in zip(self.stacks[m].generators, gens):
                     g.set_state(state)
-
-
-def write_job_output(folder: str | Path, trainer: FusedBinaryTrainer, key: str, test: dict,
-                     extra: dict | None = None) -> Path:
-    """``<folder>/<key>/model.pt`` (an ABMCNN state dict with its shape) and ``metrics.json``
-    (the job record plus ``extra``)."""
-    d = Path(folder) / key
-    d.mkdir(parents=True, exist_ok=True)
-    job = trainer.states[key].job
-    torch.save({"state_dict": trainer.best[key], "in_channels": trainer._in_channels(job.modality),
-                "image_size": trainer.cfg.image_size, "dropout": trainer.cfg.dropout,
-                "attribute": job.attribute, "modality": job.modality}, d / "model.pt")
-    (d / "metrics.json").write_text(json.dumps({**trainer.job_record(key, test), **(extra or {})}, indent=1))
-    return d
-
-
-def load_job_model(folder: str | Path) -> tuple[ABMCNN, dict]:
-    blob = torch.load(Path(folder) / "model.pt", map_location="cpu", weights_only=True)
-    model = ABMCNN(blob["in_channels"], blob["image_size"], blob["dropout"])
-    model.load_state_dict(blob["state_dict"])
-    return model.eval(), {k: v for k, v in blob.items() if k != "state_dict"}

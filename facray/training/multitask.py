@@ -7,7 +7,7 @@ it, see :mod:`facray.training.ray_multitask`), on CPU or GPU, with or without DD
   majority class. Optional MSE heads (bbox, landmarks) add their losses when present.
 - Early stopping on validation loss (``patience`` epochs), best weights kept and restored.
 - Per-attribute decision thresholds chosen on validation to maximise accuracy
-  (:func:`choose_thresholds`); 0.5 stays available for comparison.
+  (:func:`facray.training.metrics.choose_thresholds`); 0.5 stays available for comparison.
 - ``state_dict`` holds everything a resume needs (model, optimiser, epoch, best, history) as
   tensors, dicts and lists, so checkpoints load with ``weights_only=True``.
 """
@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
-from typing import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 from facray.attributes import ATTRIBUTES
 from facray.models.inputs import to_input
-from facray.training.binary import confusion_metrics
+from facray.training.metrics import attribute_metrics
 
 
 @dataclass
@@ -58,64 +57,6 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Ten
     target = labels.clamp(min=0).to(logits.dtype)
     per = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none") * known
     return per.sum() / known.sum().clamp(min=1), per.sum(0).detach()
-
-
-def choose_thresholds(probs: np.ndarray, labels: np.ndarray, default: float = 0.5) -> np.ndarray:
-    """Per attribute, the threshold maximising validation accuracy (ties: the one nearest 0.5).
-
-    Candidates are the midpoints between sorted distinct probabilities, so the choice is exact on
-    the validation set; an attribute without labelled rows keeps ``default``.
-    """
-    out = np.full(probs.shape[1], default, np.float64)
-    for j in range(probs.shape[1]):
-        known = labels[:, j] >= 0
-        p, y = probs[known, j].astype(np.float64), labels[known, j]
-        if len(p) == 0:
-            continue
-        order = np.argsort(p)
-        p, y = p[order], y[order]
-        # Predict 1 for p >= t. With t between p[i-1] and p[i]: positives among p[i:], negatives below.
-        pos_above = np.concatenate([np.cumsum(y[::-1])[::-1], [0]])
-        neg_below = np.concatenate([[0], np.cumsum(1 - y)])
-        correct = pos_above + neg_below  # candidate i: threshold just below p[i] (i = n: above all)
-        cuts = np.concatenate([[p[0] - 1e-6], (p[1:] + p[:-1]) / 2, [p[-1] + 1e-6]])
-        best = np.flatnonzero(correct == correct.max())
-        out[j] = float(np.clip(cuts[best[np.argmin(np.abs(cuts[best] - default))]], 0.0, 1.0))
-    return out
-
-
-def attribute_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | float = 0.5
-                      ) -> dict[str, np.ndarray]:
-    """Per attribute: accuracy, precision, recall, F1, confusion counts (tp, fp, fn, tn), count."""
-    known = labels >= 0
-    pred = probs >= np.asarray(thresholds)
-    y = labels == 1
-    tp = (pred & y & known).sum(0)
-    fp = (pred & ~y & known).sum(0)
-    fn = (~pred & y & known).sum(0)
-    tn = (~pred & ~y & known).sum(0)
-    m = confusion_metrics(tp, fp, fn, tn)
-    m.update(tp=tp, fp=fp, fn=fn, tn=tn, count=known.sum(0))
-    return m
-
-
-def array_batches(data: dict[str, np.ndarray], batch_size: int, shuffle: bool = False, seed: int = 0,
-                  epoch: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of this rank's share. With ``world`` > 1 every rank gets the same number of batches
-    (DDP needs that): the shuffled order is cut to a multiple of ``world`` and dealt out."""
-    n = len(data["labels"])
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    if world > 1:
-        order = order[: n - n % world][rank::world]
-    keys = [k for k in ("image", "labels", "bbox", "landmarks_target") if k in data]
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        yield {k: data[k][idx] for k in keys}
-
-
-@dataclass
-class History:
-    records: list[dict] = field(default_factory=list)
 
 
 class MultiTaskTrainer:

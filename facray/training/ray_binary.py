@@ -27,15 +27,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from facray.attributes import MODALITIES, resolve_attributes
+from facray.attributes import MODALITIES
 from facray.config import config_to_dict, option, save_config
-from facray.training.binary import (BinaryJob, FusedBinaryTrainer, TrainerConfig, array_batches,
-                                    write_job_output)
+from facray.training.binary import FusedBinaryTrainer, TrainerConfig
+from facray.training.jobs import BinaryJob, finished_jobs, make_jobs, write_job_output
 from facray.training.run_record import claim_run, run_settings, settings_hash
-from facray.training.splits import SplitSpec, check_splits, load_split_arrays
-
-PAPER_TABLE = Path(__file__).resolve().parents[1] / "reference" / "abm_cnn_paper.csv"
-
+from facray.training.splits import SplitSpec, array_batches, check_splits, load_split_arrays
 
 @dataclass
 class TrainBinaryConfig:
@@ -71,38 +68,6 @@ class TrainBinaryConfig:
     overwrite: bool = option(False, "discard a run in --out trained with other settings and start afresh")
     tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)")
     experiment: str = option("facray-abm", "MLflow experiment")
-
-
-def paper_epochs() -> dict[tuple[str, str], int]:
-    table = pd.read_csv(PAPER_TABLE, comment="#")
-    out = {}
-    for _, r in table.iterrows():
-        for m in MODALITIES:
-            out[(r.attribute, m)] = int(r[f"{m}_epochs"])
-    return out
-
-
-def make_jobs(cfg: TrainBinaryConfig) -> list[BinaryJob]:
-    for m in cfg.modalities:
-        if m not in MODALITIES:
-            raise ValueError(f"modality must be one of {MODALITIES}, got {m!r}")
-    table = paper_epochs() if cfg.paper_epochs else {}
-    return [BinaryJob(a, m, table.get((a, m), cfg.epochs))
-            for a in resolve_attributes(cfg.attributes) for m in cfg.modalities]
-
-
-def finished_jobs(out: Path, settings_hash: str) -> set[str]:
-    """Jobs finished under these settings (a job trained with other settings is not done)."""
-    done = set()
-    for f in (out / "jobs").glob("*/metrics.json"):
-        try:
-            rec = json.loads(f.read_text())
-            if rec.get("status") == "finished" and rec.get("settings_hash") == settings_hash \
-                    and (f.parent / "model.pt").is_file():
-                done.add(f.parent.name)
-        except (OSError, json.JSONDecodeError):
-            pass
-    return done
 
 
 def trainer_config(cfg: TrainBinaryConfig, prepared_meta: dict) -> TrainerConfig:
@@ -310,58 +275,6 @@ def run_separate(cfg: TrainBinaryConfig, jobs: list[BinaryJob]) -> None:
         raise RuntimeError(f"{len(errors)} separate job(s) failed: {errors[:3]}")
 
 
-def log_to_mlflow(cfg: TrainBinaryConfig, keys: list[str], settings_hash: str) -> str:
-    """Parent run for the set, a child run per job with per-epoch metrics. Returns the parent id.
-
-    ``<out>/mlflow_logged.json`` remembers the parent and the jobs it has a child for: a re-run
-    that finishes more jobs adds their children to the same parent, never a second copy.
-    """
-    import mlflow
-    from facray.tracking import flat_params, setup_mlflow
-    out = Path(cfg.out).resolve()
-    setup_mlflow(cfg.tracking_uri, out, cfg.experiment)
-    ledger_file = out / "mlflow_logged.json"
-    ledger = json.loads(ledger_file.read_text()) if ledger_file.is_file() else {}
-    if ledger.get("settings_hash") != settings_hash or ledger.get("tracking_uri") != mlflow.get_tracking_uri():
-        ledger = {"settings_hash": settings_hash, "tracking_uri": mlflow.get_tracking_uri(), "jobs": []}
-    resume = {"run_id": ledger["parent_run_id"]} if ledger.get("parent_run_id") else {"run_name": f"train-binary-{cfg.mode}"}
-    with mlflow.start_run(**resume) as parent:
-        if "parent_run_id" not in ledger:
-            mlflow.log_params(flat_params(config_to_dict(cfg)))
-        ledger["parent_run_id"] = parent.info.run_id
-        mlflow.log_artifact(str(out / "config.yaml"))
-        rows = []
-        for key in keys:
-            rec = json.loads((out / "jobs" / key / "metrics.json").read_text())
-            if key not in ledger["jobs"]:
-                _log_job_run(key, rec, out / "jobs" / key / "metrics.json")
-                ledger["jobs"].append(key)
-                ledger_file.write_text(json.dumps(ledger, indent=1))
-            rows.append({"job": key, "attribute": rec["attribute"], "modality": rec["modality"],
-                         "best_epoch": rec["best_epoch"], "val_accuracy": rec["best"].get("val_accuracy"),
-                         **{k: v for k, v in rec["test"].items() if k != "confusion"}})
-        ledger_file.write_text(json.dumps(ledger, indent=1))
-        table = pd.DataFrame(rows)
-        table.to_csv(out / "jobs_summary.csv", index=False)
-        mlflow.log_artifact(str(out / "jobs_summary.csv"))
-        if "test_accuracy" in table:
-            mlflow.log_metric("mean_test_accuracy", float(table["test_accuracy"].mean()))
-        return parent.info.run_id
-
-
-def _log_job_run(key: str, rec: dict, metrics_file: Path) -> None:
-    """One child run: the job's params, per-epoch curves and final test metrics."""
-    import mlflow
-    with mlflow.start_run(run_name=key, nested=True):
-        mlflow.log_params({"attribute": rec["attribute"], "modality": rec["modality"],
-                           "max_epochs": len(rec["history"]), "best_epoch": rec["best_epoch"],
-                           "stopped": rec["stopped"]})
-        for h in rec["history"]:
-            mlflow.log_metrics({k: v for k, v in h.items() if k != "epoch" and np.isfinite(v)}, step=h["epoch"])
-        mlflow.log_metrics({k: v for k, v in rec["test"].items() if isinstance(v, (int, float)) and np.isfinite(v)})
-        mlflow.log_artifact(str(metrics_file))
-
-
 def train_binary_models(cfg: TrainBinaryConfig) -> pd.DataFrame:
     """Run the jobs not already finished under ``cfg.out``; log them; return the per-job table.
 
@@ -370,9 +283,10 @@ def train_binary_models(cfg: TrainBinaryConfig) -> pd.DataFrame:
     """
     from facray.data.prepared import read_metadata
     from facray.runtime import init_ray
+    from facray.tracking import log_binary_jobs
 
     out = Path(cfg.out).resolve()
-    jobs = make_jobs(cfg)
+    jobs = make_jobs(cfg.attributes, cfg.modalities, cfg.epochs, cfg.paper_epochs)
     counts = check_splits(SplitSpec.of(cfg))
     digest = claim_run(out, run_settings(cfg, read_metadata(cfg.prepared)["shards"]), cfg.overwrite)
     save_config(cfg, out / "config.yaml")
@@ -384,6 +298,7 @@ def train_binary_models(cfg: TrainBinaryConfig) -> pd.DataFrame:
     if todo:
         init_ray()
         (run_fused if cfg.mode == "fused" else run_separate)(cfg, todo)
-    parent = log_to_mlflow(cfg, [j.key for j in jobs], digest)
+    parent = log_binary_jobs(cfg.tracking_uri, out, cfg.experiment, f"train-binary-{cfg.mode}",
+                             config_to_dict(cfg), [j.key for j in jobs], digest)
     (out / "parent_run_id").write_text(parent)
     return pd.read_csv(out / "jobs_summary.csv")

@@ -85,8 +85,8 @@ def train_per_worker(config: dict) -> None:
 
     from facray.data.prepared import read_metadata
     from facray.models.registry import build_model
-    from facray.training.multitask import (MultiTaskTrainer, MultiTaskTrainerConfig, array_batches,
-                                           positive_weights)
+    from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig, positive_weights
+    from facray.training.splits import array_batches
 
     cfg = TrainConfig(**config["cfg"])
     ctx = ray.train.get_context()
@@ -142,7 +142,8 @@ def write_final_outputs(folder: Path, trainer, data: dict, cfg: TrainConfig, met
     """Best weights, thresholds on validation, test metrics, the predictor (rank 0, last epoch)."""
     from facray.attributes import ATTRIBUTES
     from facray.predictor import write_multitask_predictor
-    from facray.training.multitask import array_batches, attribute_metrics, choose_thresholds
+    from facray.training.metrics import attribute_metrics, choose_thresholds
+    from facray.training.splits import array_batches
 
     trainer.restore_best()
     val = trainer.evaluate(array_batches(data["val"], 256))

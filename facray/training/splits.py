@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -69,3 +70,19 @@ def check_splits(spec: SplitSpec) -> dict[str, int]:
                              f"({getattr(spec, name + '_split')!r}); splits present: "
                              f"{sorted(t.split.unique())} (for data with no val split: --val-split holdout)")
     return counts
+
+
+def array_batches(data: dict[str, np.ndarray], batch_size: int, shuffle: bool = False, seed: int = 0,
+                  epoch: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Batches from in-memory arrays. The shuffle depends on (seed, epoch) only, so every mode and
+    every worker sees the same order; with ``world`` > 1 each rank gets its share and all ranks
+    the same number of batches (DDP needs that): the order is cut to a multiple of ``world`` and
+    dealt out."""
+    n = len(data["labels"])
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    if world > 1:
+        order = order[: n - n % world][rank::world]
+    keys = [k for k in ("image", "sketch", "labels", "bbox", "landmarks_target") if k in data]
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        yield {k: data[k][idx] for k in keys}

@@ -1,0 +1,80 @@
+"""Metrics shared by every trainer and report: confusion counts, per-attribute scores, decision
+thresholds chosen on validation. Pure numpy."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+def confusion_metrics(tp, fp, fn, tn) -> dict[str, np.ndarray]:
+    """Accuracy, precision, recall and F1 from confusion counts (arrays of K; 0 where undefined)."""
+    tp, fp, fn, tn = (np.asarray(v, np.float64) for v in (tp, fp, fn, tn))
+    total = tp + fp + fn + tn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        accuracy = np.where(total > 0, (tp + tn) / total, 0.0)
+    return {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1}
+
+
+@dataclass
+class PassStats:
+    """Per-model sums over one pass: loss, confusion counts, number of labelled samples."""
+    loss: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    tn: np.ndarray
+
+    @classmethod
+    def zeros(cls, k: int) -> "PassStats":
+        return cls(*(np.zeros(k) for _ in range(5)))
+
+    @property
+    def count(self) -> np.ndarray:
+        return self.tp + self.fp + self.fn + self.tn
+
+    def summary(self, prefix: str = "") -> dict[str, np.ndarray]:
+        m = confusion_metrics(self.tp, self.fp, self.fn, self.tn)
+        m["loss"] = np.where(self.count > 0, self.loss / np.maximum(self.count, 1), np.nan)
+        return {prefix + k: v for k, v in m.items()}
+
+
+def choose_thresholds(probs: np.ndarray, labels: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per attribute, the threshold maximising validation accuracy (ties: the one nearest 0.5).
+
+    Candidates are the midpoints between sorted distinct probabilities, so the choice is exact on
+    the validation set; an attribute without labelled rows keeps ``default``.
+    """
+    out = np.full(probs.shape[1], default, np.float64)
+    for j in range(probs.shape[1]):
+        known = labels[:, j] >= 0
+        p, y = probs[known, j].astype(np.float64), labels[known, j]
+        if len(p) == 0:
+            continue
+        order = np.argsort(p)
+        p, y = p[order], y[order]
+        # Predict 1 for p >= t. With t between p[i-1] and p[i]: positives among p[i:], negatives below.
+        pos_above = np.concatenate([np.cumsum(y[::-1])[::-1], [0]])
+        neg_below = np.concatenate([[0], np.cumsum(1 - y)])
+        correct = pos_above + neg_below  # candidate i: threshold just below p[i] (i = n: above all)
+        cuts = np.concatenate([[p[0] - 1e-6], (p[1:] + p[:-1]) / 2, [p[-1] + 1e-6]])
+        best = np.flatnonzero(correct == correct.max())
+        out[j] = float(np.clip(cuts[best[np.argmin(np.abs(cuts[best] - default))]], 0.0, 1.0))
+    return out
+
+
+def attribute_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | float = 0.5
+                      ) -> dict[str, np.ndarray]:
+    """Per attribute: accuracy, precision, recall, F1, confusion counts (tp, fp, fn, tn), count."""
+    known = labels >= 0
+    pred = probs >= np.asarray(thresholds)
+    y = labels == 1
+    tp = (pred & y & known).sum(0)
+    fp = (pred & ~y & known).sum(0)
+    fn = (~pred & y & known).sum(0)
+    tn = (~pred & ~y & known).sum(0)
+    m = confusion_metrics(tp, fp, fn, tn)
+    m.update(tp=tp, fp=fp, fn=fn, tn=tn, count=known.sum(0))
+    return m
