@@ -15,11 +15,16 @@ from pathlib import Path
 import mlflow
 
 
+# The user's MLFLOW_TRACKING_URI, read once at import: mlflow.set_tracking_uri() writes that variable
+# too, so reading it later would send the next run in this process to the previous run's store.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def resolve_tracking_uri(explicit: str | None, out: str | Path) -> str:
     if explicit:
         return explicit
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if _USER_TRACKING_URI:
+        return _USER_TRACKING_URI
     return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
 
 

@@ -51,6 +51,8 @@ def test_fused_two_workers_mlflow_rerun_combine_evaluate(ray_session, prepared_s
 
     dest, uri = combine(CombineConfig(run=str(out)))
     assert uri == "models:/facray-abm-combined@newest"
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert manifest["thresholds"] == "validation" and all(0 <= c["threshold"] <= 1 for c in manifest["attributes"])
     predictor = load_predictor(uri)
     assert predictor.attributes == ["Eyeglasses", "Smiling"] and predictor.crop["size"] == 32
     local = load_predictor(dest)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -27,6 +28,8 @@ class CombineConfig:
     out: str = option("", "predictor folder (default <run>/combined)")
     register: bool = option(True, "log to MLflow and register the model")
     registered_name: str = option(REGISTERED_NAME, "MLflow registered model name")
+    thresholds: Literal["validation", "0.5"] = option("validation", "per-attribute decision thresholds chosen "
+                                                      "on the validation rows, or 0.5 for all")
     tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)")
     experiment: str = option("facray-abm", "MLflow experiment")
 
@@ -81,11 +84,39 @@ def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
                         "real_val_accuracy": _num(row.real_val_accuracy),
                         "sketch_val_accuracy": _num(row.sketch_val_accuracy)})
     crop = {"size": prepared_meta["size"], "margin": prepared_meta.get("margin", 0.35)}
+    if cfg.thresholds == "validation":
+        thresholds = validation_thresholds(choices, weights, crop, image_size, prepared_meta, run_config)
+        for c in choices:
+            c["threshold"] = thresholds[c["attribute"]]
     write_predictor(dest, choices, weights, crop, image_size, prepared_meta["sketch_channels"],
-                    extra={"source_run": str(run)})
+                    extra={"source_run": str(run), "thresholds": cfg.thresholds})
+    table["threshold"] = [c["threshold"] for c in choices]
     table.drop(columns=[c for c in table if c.endswith("_dir")]).to_csv(dest / "choices.csv", index=False)
     uri = register_combined(dest, cfg, run) if cfg.register else None
     return dest, uri
+
+
+def validation_thresholds(choices: list[dict], weights: dict, crop: dict, image_size: int, prepared_meta: dict,
+                          run_config: dict) -> dict[str, float]:
+    """Per attribute, the decision threshold that maximises accuracy on the run's validation rows
+    (the same rows early stopping used), for the model combine chose."""
+    import numpy as np
+
+    from facray.attributes import ATTRIBUTES
+    from facray.predictor import build_predictor
+    from facray.training.metrics import choose_thresholds
+    from facray.training.splits import SplitSpec, load_validation
+
+    manifest = {"format": "facray-abm-combined", "attributes": choices, "image_size": image_size, "crop": crop,
+                "sketch_channels": prepared_meta["sketch_channels"], "weights_sha256": "-"}
+    predictor = build_predictor(manifest, weights)
+    columns = ("image", "sketch") if predictor.needs_sketch else ("image",)
+    val = load_validation(SplitSpec.of(run_config), columns)
+    probs = np.concatenate([predictor.predict_proba(val["image"][i:i + 256],
+                                                    val["sketch"][i:i + 256] if "sketch" in val else None)
+                            for i in range(0, len(val["image"]), 256)])
+    chosen = choose_thresholds(np.nan_to_num(probs, nan=0.0), val["labels"])
+    return {c["attribute"]: float(chosen[ATTRIBUTES.index(c["attribute"])]) for c in choices}
 
 
 def _num(v) -> float | None:

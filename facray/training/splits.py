@@ -25,8 +25,9 @@ class SplitSpec:
 
     @classmethod
     def of(cls, cfg) -> "SplitSpec":
-        """The split fields of any trainer config."""
-        return cls(cfg.prepared, cfg.train_split, cfg.val_split, cfg.test_split, cfg.holdout, cfg.seed)
+        """The split fields of any trainer config (a dataclass or a saved config dict)."""
+        get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
+        return cls(*(get(k) for k in ("prepared", "train_split", "val_split", "test_split", "holdout", "seed")))
 
 
 def holdout_mask(image_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -50,6 +51,16 @@ def load_split_arrays(spec: SplitSpec, columns: tuple[str, ...] = ("image",)
         data["val"] = read_prepared(spec.prepared, (spec.val_split,), columns, variants=("original",))
     data["test"] = read_prepared(spec.prepared, (spec.test_split,), columns, variants=("original",))
     return data
+
+
+def load_validation(spec: SplitSpec, columns: tuple[str, ...] = ("image",)) -> dict[str, np.ndarray]:
+    """Only the validation rows of :func:`load_split_arrays` (originals, no augmentations)."""
+    from facray.data.prepared import read_prepared
+    if spec.val_split != "holdout":
+        return read_prepared(spec.prepared, (spec.val_split,), columns, variants=("original",))
+    train = read_prepared(spec.prepared, (spec.train_split,), columns, variants=("original",))
+    held = holdout_mask(train["image_id"], spec.holdout, spec.seed)
+    return {k: v[held] for k, v in train.items()}
 
 
 def check_splits(spec: SplitSpec) -> dict[str, int]:
