@@ -2,7 +2,8 @@
 
 Runs on the driver; starts a local Ray and a SQLite MLflow store under the output folder. Each
 step is the same library function its subcommand calls (``prepare``, ``train-binary``,
-``combine``, ``evaluate``, ``label``), so the demo doubles as a smoke test of the whole chain.
+``combine``, ``evaluate``, ``train``, ``label``), so the demo doubles as a smoke test of the whole
+chain: the binary ABM-CNN chain, then a small multi-task model labelling the same folder.
 Sizes are small so it finishes in a few minutes on 2 CPU cores.
 """
 from __future__ import annotations
@@ -37,17 +38,17 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> d
 
     out = Path(out).resolve()
     assert set(DEMO_ATTRIBUTES) <= set(RENDERED_ATTRIBUTES)
-    t = _step(f"1/6 generate {n} labelled faces (official CelebA layout) -> {out / 'celeba'}")
+    t = _step(f"1/7 generate {n} labelled faces (official CelebA layout) -> {out / 'celeba'}")
     data_root = write_synthetic_celeba(out / "celeba", n=n, seed=seed)
     _done(t)
 
-    t = _step("2/6 prepare on Ray Data: crop, sketch, 3 augmentations per train image -> Parquet")
+    t = _step("2/7 prepare on Ray Data: crop, sketch, 3 augmentations per train image -> Parquet")
     summary = prepare(PrepareConfig(root=str(data_root), out=str(out / "prepared"), size=48, augment=3,
                                     seed=seed))
     print(summary.format())
     _done(t)
 
-    t = _step(f"3/6 train-binary on Ray Train: {len(DEMO_ATTRIBUTES)} attributes x real/sketch, fused, "
+    t = _step(f"3/7 train-binary on Ray Train: {len(DEMO_ATTRIBUTES)} attributes x real/sketch, fused, "
               f"{epochs} epochs")
     run = out / "abm"
     table = train_binary_models(TrainBinaryConfig(
@@ -56,21 +57,21 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> d
     print(table[["job", "best_epoch", "val_accuracy", "test_accuracy"]].round(3).to_string(index=False))
     _done(t)
 
-    t = _step("4/6 combine: better modality per attribute; register in MLflow")
+    t = _step("4/7 combine: better modality per attribute; register in MLflow")
     predictor_dir, uri = combine(CombineConfig(run=str(run)))
     print(pd.read_csv(predictor_dir / "choices.csv")[["attribute", "modality", "val_accuracy"]]
           .round(3).to_string(index=False))
     print(f"   predictor: {predictor_dir}\n   registered: {uri}")
     _done(t)
 
-    t = _step("5/6 evaluate: per-attribute report with the majority baseline and the paper's figures")
+    t = _step("5/7 evaluate: per-attribute report with the majority baseline and the paper's figures")
     report, report_dir = evaluate_run(EvaluateConfig(run=str(run)))
     cols = ["attribute", "real_test_accuracy", "sketch_test_accuracy", "chosen", "combined_test_accuracy",
             "majority_accuracy"]
     print(report[cols].round(3).to_string(index=False))
     _done(t)
 
-    t = _step("6/6 label a folder of generated unlabelled faces (StyleGAN-like, 1024/256 px) into a CSV")
+    t = _step("6/7 label a folder of generated unlabelled faces (StyleGAN-like, 1024/256 px) into a CSV")
     images = out / "unlabelled"
     if not images.is_dir():
         write_unlabelled_faces(images, n=12, seed=seed + 1)
@@ -84,10 +85,26 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> d
           .assign(path=lambda d: d.path.map(lambda p: Path(p).name)).round(3).to_string(index=False))
     _done(t)
 
-    where = {"labels_csv": str(labels), "report": str(report_dir), "predictor": str(predictor_dir),
-             "mlflow": f"sqlite:///{run / 'mlflow.db'}"}
+    t = _step(f"7/7 train a multi-task abm-trunk (one network, 40 outputs) on Ray Train, {epochs + 2} epochs; "
+              "label the same folder with it")
+    from facray.training.ray_multitask import TrainConfig, train_multitask
+    mt_run = out / "multitask"
+    record = train_multitask(TrainConfig(model="abm-trunk", prepared=str(out / "prepared"), out=str(mt_run),
+                                         image_size=48, epochs=epochs + 2, batch_size=32, lr=2e-3,
+                                         cpus_per_worker=1, seed=seed))
+    shown = pd.DataFrame(record["attributes"]).set_index("attribute").loc[list(DEMO_ATTRIBUTES)]
+    print(shown[["threshold", "test_accuracy", "test_accuracy_at_0.5"]].round(3).to_string())
+    print(f"   mean test accuracy over {len(record['attributes'])} attributes: {record['mean_test_accuracy']:.3f} "
+          f"(generated data: only {len(RENDERED_ATTRIBUTES)} attributes are drawn into the faces)")
+    mt_labels = out / "labels_multitask.csv"
+    print(label_images(LabelConfig(images=str(images), model=str(mt_run), out=str(mt_labels))).format())
+    _done(t)
+
+    where = {"labels_csv": str(labels), "labels_multitask_csv": str(mt_labels), "report": str(report_dir),
+             "predictor": str(predictor_dir), "multitask_model": str(mt_run / "model"),
+             "mlflow": f"sqlite:///{run / 'mlflow.db'}", "mlflow_multitask": f"sqlite:///{mt_run / 'mlflow.db'}"}
     print("\nDone. Outputs:")
     for k, v in where.items():
-        print(f"  {k:<11} {v}")
+        print(f"  {k:<21} {v}")
     print(f"  view MLflow: mlflow ui --backend-store-uri {where['mlflow']}")
     return where
