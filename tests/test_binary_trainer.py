@@ -152,3 +152,25 @@ def test_online_flips_do_not_depend_on_the_other_modality():
     restored = FusedBinaryTrainer([BinaryJob(A, "real", 2)], cfg)
     restored.load_state_dict(alone.state_dict())
     assert torch.equal(restored.flip_generator.get_state(), alone.flip_generator.get_state())
+
+
+def test_class_balance_lifts_a_rare_attribute_off_its_majority_class():
+    """8% positives with a faint cue: unweighted, the job answers 'no' for everyone; with the
+    positive weight (negatives/positives, capped) it finds positives. Validation loss stays unweighted."""
+    from facray.training.metrics import positive_weights
+    rng = np.random.default_rng(0)
+    n = 256
+    labels = np.zeros((n, 40), np.int8)
+    labels[:, ATTRIBUTE_INDEX[A]] = rng.random(n) < 0.08
+    image = rng.integers(0, 60, (n, 16, 16, 3)).astype(np.uint8)
+    image[labels[:, ATTRIBUTE_INDEX[A]] == 1, :2, :2] += 40
+    data = {"image": image, "sketch": image[..., 0].copy(), "labels": labels}
+    found = {}
+    for balance in (False, True):
+        weights = tuple(positive_weights(labels, 10.0).tolist()) if balance else None
+        cfg = TrainerConfig(batch_size=32, image_size=16, patience=99, seed=1, lr=3e-3, positive_weights=weights)
+        t = FusedBinaryTrainer([BinaryJob(A, "real", 3)], cfg)
+        for e in range(3):
+            t.fit_epoch(array_batches(data, 32, True, 1, e), array_batches(data, 64))
+        found[balance] = t.states[f"{A}__real"].history[-1]["val_recall"]
+    assert found[False] == 0 and found[True] > 0.3, found

@@ -42,6 +42,10 @@ class TrainerConfig:
     stack: str = "auto"  # auto | loop | grouped
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     online_flip: bool = False  # random horizontal flips at train time (cheap online augmentation)
+    # Class balance: per attribute (official order) the weight of positive samples in the training
+    # loss, e.g. negatives/positives capped (facray.training.metrics.positive_weights); None = off.
+    # Validation loss stays unweighted, so early stopping compares like with like.
+    positive_weights: tuple[float, ...] | None = None
 
 
 # ---- the trainer ------------------------------------------------------------------------------
@@ -115,7 +119,12 @@ class FusedBinaryTrainer:
         if train:
             # Each model's loss is the mean over its own labelled samples; summing them keeps
             # every model's gradient its own.
-            loss = (per_sample.sum(0) / n_valid.clamp(min=1)).sum()
+            weighted = per_sample
+            if self.cfg.positive_weights is not None:
+                w = torch.tensor([self.cfg.positive_weights[ATTRIBUTE_INDEX[self.states[k].job.attribute]]
+                                  for k in keys], device=per_sample.device)
+                weighted = per_sample * torch.where(y == 1, w, torch.ones_like(w))
+            loss = (weighted.sum(0) / n_valid.clamp(min=1)).sum()
             self.optims[modality].zero_grad(set_to_none=True)
             loss.backward()
             self.optims[modality].step()

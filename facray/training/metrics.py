@@ -78,3 +78,14 @@ def attribute_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndar
     m = confusion_metrics(tp, fp, fn, tn)
     m.update(tp=tp, fp=fp, fn=fn, tn=tn, count=known.sum(0))
     return m
+
+
+def positive_weights(labels: np.ndarray, cap: float) -> np.ndarray:
+    """Class balance: negatives / positives per attribute over labelled rows, in [1, cap] (1 where
+    there are no positives). ``labels``: (N, A) int, -1 unknown."""
+    known = labels >= 0
+    pos = ((labels == 1) & known).sum(0).astype(np.float64)
+    neg = ((labels == 0) & known).sum(0).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
+    return np.clip(w, 1.0, cap).astype(np.float32)

@@ -40,16 +40,6 @@ class MultiTaskTrainerConfig:
     grad_clip: float = 5.0
 
 
-def positive_weights(labels: np.ndarray, cap: float) -> np.ndarray:
-    """negatives / positives per attribute over labelled rows, in [1, cap] (1 where no positives)."""
-    known = labels >= 0
-    pos = ((labels == 1) & known).sum(0).astype(np.float64)
-    neg = ((labels == 0) & known).sum(0).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
-    return np.clip(w, 1.0, cap).astype(np.float32)
-
-
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean loss over labelled entries, per-attribute loss sums). ``labels``: int (B, A), -1 unknown."""

@@ -32,7 +32,8 @@ from facray.config import config_to_dict, option, save_config
 from facray.training.binary import FusedBinaryTrainer, TrainerConfig
 from facray.training.jobs import BinaryJob, finished_jobs, make_jobs, write_job_output
 from facray.training.run_record import claim_run, run_settings, settings_hash
-from facray.training.splits import SplitSpec, array_batches, check_splits, load_split_arrays
+from facray.training.metrics import positive_weights
+from facray.training.splits import SplitSpec, array_batches, check_splits, load_split_arrays, train_labels
 
 @dataclass
 class TrainBinaryConfig:
@@ -62,6 +63,8 @@ class TrainBinaryConfig:
     holdout: float = option(0.1, "with val_split=holdout: fraction of train images "
                                                        "(all their variants) used for validation")
     online_flip: bool = option(False, "random horizontal flips while training")
+    class_balance: bool = option(False, "weight positives by negatives/positives per attribute (rare attributes)")
+    max_pos_weight: float = option(10.0, "cap of the class-balance weight")
     torch_threads: int = option(0, "torch CPU threads per worker (0 = default)")
     max_failures: int = option(3, "worker failures tolerated (resume from checkpoint)")
     fail_at_epoch: int = option(0, "testing: raise once at the start of this epoch")
@@ -70,11 +73,12 @@ class TrainBinaryConfig:
     experiment: str = option("facray-abm", "MLflow experiment")
 
 
-def trainer_config(cfg: TrainBinaryConfig, prepared_meta: dict) -> TrainerConfig:
+def trainer_config(cfg: TrainBinaryConfig, prepared_meta: dict, pos_weights: list[float] | None) -> TrainerConfig:
     return TrainerConfig(batch_size=cfg.batch_size, lr=cfg.lr, dropout=cfg.dropout, patience=cfg.patience,
                          image_size=cfg.image_size or prepared_meta["size"],
                          sketch_channels=prepared_meta["sketch_channels"], seed=cfg.seed, stack=cfg.stack,
-                         online_flip=cfg.online_flip)
+                         online_flip=cfg.online_flip,
+                         positive_weights=tuple(pos_weights) if pos_weights is not None else None)
 
 
 def _stream_batches(shard, batch_size: int, meta: dict, shuffle_seed: int | None):
@@ -110,7 +114,7 @@ def train_jobs_per_worker(config: dict) -> None:
         torch.set_num_threads(cfg.torch_threads)
     meta = read_metadata(cfg.prepared)
     digest = settings_hash(run_settings(cfg, meta["shards"]))
-    tcfg = trainer_config(cfg, meta)
+    tcfg = trainer_config(cfg, meta, config.get("positive_weights"))
     device = ray.train.torch.get_device()
     trainer = FusedBinaryTrainer(jobs, tcfg, device)
     resumed_from = 0
@@ -206,9 +210,13 @@ def _run_trainer(cfg: TrainBinaryConfig, assignments: list[list[dict]], name: st
     total_epochs = max((j["max_epochs"] for a in assignments for j in a), default=0)
     datasets, data_config = _datasets(cfg)
     kwargs = {"datasets": datasets, "dataset_config": data_config} if datasets else {}
+    # Class balance from the training labels, computed once here (stream-mode workers never hold them).
+    pos_weights = positive_weights(train_labels(SplitSpec.of(cfg)), cfg.max_pos_weight).tolist() \
+        if cfg.class_balance else None
     trainer = TorchTrainer(
         train_jobs_per_worker,
-        train_loop_config={"cfg": config_to_dict(cfg), "assignments": assignments, "total_epochs": total_epochs},
+        train_loop_config={"cfg": config_to_dict(cfg), "assignments": assignments, "total_epochs": total_epochs,
+                           "positive_weights": pos_weights},
         scaling_config=_scaling(cfg, len(assignments)),
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(Path(cfg.out).resolve() / "ray_results"),

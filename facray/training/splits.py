@@ -63,6 +63,16 @@ def load_validation(spec: SplitSpec, columns: tuple[str, ...] = ("image",)) -> d
     return {k: v[held] for k, v in train.items()}
 
 
+def train_labels(spec: SplitSpec) -> np.ndarray:
+    """(N, 40) int8 labels of the training rows (originals and variants), read from the label
+    columns only: what class balance is computed from on the driver."""
+    from facray.data.prepared import read_prepared
+    labels = read_prepared(spec.prepared, (spec.train_split,), columns=())
+    if spec.val_split == "holdout":
+        return labels["labels"][~holdout_mask(labels["image_id"], spec.holdout, spec.seed)]
+    return labels["labels"]
+
+
 def check_splits(spec: SplitSpec) -> dict[str, int]:
     """Count usable rows per split on the driver, so a wrong split name fails before Ray starts."""
     from facray.data.prepared import shard_dataset
