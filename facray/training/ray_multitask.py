@@ -85,7 +85,8 @@ def train_per_worker(config: dict) -> None:
 
     from facray.data.prepared import read_metadata
     from facray.models.registry import build_model
-    from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig, positive_weights
+    from facray.training.metrics import positive_weights
+    from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig
     from facray.training.splits import array_batches
 
     cfg = TrainConfig(**config["cfg"])
