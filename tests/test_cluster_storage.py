@@ -1,8 +1,8 @@
 """The cluster path for real: data on an S3-compatible server and an MLflow tracking server, both
 started by the test on 127.0.0.1 (no other network).
 
-One driver process (as under `ray job submit`) prepares into s3://, trains from s3://, registers the
-combined predictor in the MLflow server, and labels images read from s3:// into a CSV on s3://
+One driver process (as under `ray job submit`) prepares into s3://, trains the binary jobs and a
+multi-task model from s3://, registers both in the MLflow server, and labels images read from s3:// into a CSV on s3://
 through `models:/...@newest`. It runs in a subprocess so the Ray it starts sees the S3 settings.
 """
 from __future__ import annotations
@@ -102,6 +102,11 @@ DRIVER = textwrap.dedent('''
         prepared=f"s3://{bucket}/prepared", out=str(work / "run"), attributes="Smiling", epochs=1,
         batch_size=16, cpus_per_worker=0.5, tracking_uri=tracking))
     print(table.to_string())
+    from facray.training.ray_multitask import TrainConfig, train_multitask
+    record = train_multitask(TrainConfig(model="abm-trunk-tiny", prepared=f"s3://{bucket}/prepared",
+                                         out=str(work / "mt"), image_size=32, epochs=1, batch_size=16,
+                                         cpus_per_worker=0.5, tracking_uri=tracking))
+    print("multitask registered", record["registered"])
     _, uri = combine(CombineConfig(run=str(work / "run"), tracking_uri=tracking))
     print("registered", uri)
     for p in write_unlabelled_faces(work / "images", n=3, seed=1, sizes=(128,)):
@@ -123,6 +128,7 @@ def test_prepare_train_register_label_through_s3_and_an_mlflow_server(s3_env, ml
                           cwd=tmp_path, capture_output=True, text=True, timeout=540)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "registered models:/facray-abm-combined@newest" in done.stdout
+    assert "multitask registered models:/facray-abm-trunk-tiny@newest" in done.stdout
     assert "labelled 4 new image(s)" in done.stdout
 
     # What landed where: shards and metadata on S3, the model in the server's artifact folder.
