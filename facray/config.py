@@ -78,7 +78,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
     """Add ``--config``, one ``--flag`` per field, and positional ``key=value`` overrides."""
     parser.add_argument("--config", type=Path, help="YAML file of config keys (flags and key=value win)")
     hints = _field_types(cls)
-    for f in dataclasses.fields(cls):
+    own = set(vars(cls).get("__annotations__", {}))
+    # The command's own fields first (--prepared, --out, ...), then those shared by inheritance.
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         flag = "--" + f.name.replace("_", "-")
         base, _ = _base_type(hints[f.name])
         help_text = f.metadata.get("help", "")

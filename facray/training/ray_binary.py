@@ -31,12 +31,13 @@ from facray.attributes import MODALITIES
 from facray.config import config_to_dict, option, save_config
 from facray.training.binary import FusedBinaryTrainer, TrainerConfig
 from facray.training.jobs import BinaryJob, finished_jobs, make_jobs, write_job_output
-from facray.training.run_record import claim_run, run_settings, settings_hash
+from facray.training.run_record import (RunOptions, claim_run, inject_failure_once, run_settings,
+                                        settings_hash)
 from facray.training.metrics import positive_weights
 from facray.training.splits import SplitSpec, array_batches, check_splits, load_split_arrays, train_labels
 
 @dataclass
-class TrainBinaryConfig:
+class TrainBinaryConfig(RunOptions):
     prepared: str = option("prepared", "folder written by `facray prepare`")
     out: str = option("runs/abm", "output folder (jobs, checkpoints, MLflow store)")
     attributes: str = option("all", "comma list, or all / identity / abm / rendered")
@@ -57,19 +58,9 @@ class TrainBinaryConfig:
     stack: Literal["auto", "grouped", "loop"] = option("auto", "auto (grouped on GPU, loop on CPU) | grouped | loop")
     data: Literal["memory", "stream"] = option("memory", "memory (each worker loads the prepared shards) | "
                                                        "stream (Ray Data feeds the workers)")
-    train_split: str = option("train", "split to train on")
-    val_split: str = option("val", "split for early stopping, or 'holdout'")
-    test_split: str = option("test", "split for the final metrics")
-    holdout: float = option(0.1, "with val_split=holdout: fraction of train images "
-                                                       "(all their variants) used for validation")
     online_flip: bool = option(False, "random horizontal flips while training")
     class_balance: bool = option(False, "weight positives by negatives/positives per attribute (rare attributes)")
     max_pos_weight: float = option(10.0, "cap of the class-balance weight")
-    torch_threads: int = option(0, "torch CPU threads per worker (0 = default)")
-    max_failures: int = option(3, "worker failures tolerated (resume from checkpoint)")
-    fail_at_epoch: int = option(0, "testing: raise once at the start of this epoch")
-    overwrite: bool = option(False, "discard a run in --out trained with other settings and start afresh")
-    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)")
     experiment: str = option("facray-abm", "MLflow experiment")
 
 
@@ -87,16 +78,6 @@ def _stream_batches(shard, batch_size: int, meta: dict, shuffle_seed: int | None
     kw = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": shuffle_seed} if shuffle_seed is not None else {}
     for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", **kw):
         yield batch_arrays(b, meta)
-
-
-def _maybe_fail(cfg: TrainBinaryConfig, epoch: int) -> None:
-    """Testing aid: raise once (a marker file remembers) at the start of ``cfg.fail_at_epoch``."""
-    if cfg.fail_at_epoch and epoch == cfg.fail_at_epoch:
-        marker = Path(cfg.out) / ".injected_failure"
-        if not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(f"failed at epoch {epoch}\n")
-            raise RuntimeError(f"injected failure at the start of epoch {epoch} (fail_at_epoch)")
 
 
 def train_jobs_per_worker(config: dict) -> None:
@@ -140,7 +121,7 @@ def train_jobs_per_worker(config: dict) -> None:
         test_batches = lambda: array_batches(data["test"], 256)  # noqa: E731
 
     for epoch in range(trainer.epoch, total_epochs):
-        _maybe_fail(cfg, epoch + 1)
+        inject_failure_once(cfg.out, cfg.fail_at_epoch, epoch + 1)
         start = time.perf_counter()
         records = trainer.fit_epoch(train_batches(epoch), val_batches()) if trainer.running else {}
         trainer.epoch = epoch + 1  # workers whose jobs all stopped still count epochs (same reports)

@@ -24,14 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from facray.config import config_to_dict, option, save_config
-from facray.training.run_record import claim_run, run_settings, settings_hash
+from facray.training.run_record import (RunOptions, claim_run, inject_failure_once, run_settings,
+                                        settings_hash)
 from facray.training.splits import SplitSpec, check_splits, load_split_arrays
 
 REGISTERED_PREFIX = "facray-"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunOptions):
     model: str = option("abm-trunk", "registered model (facray train --list-models)")
     prepared: str = option("prepared", "folder or URI written by `facray prepare`")
     out: str = option("runs/multitask", "run folder (model, checkpoints, report, MLflow store)")
@@ -50,18 +51,9 @@ class TrainConfig:
     max_pos_weight: float = option(10.0, "cap of the class-balance weight")
     online_flip: bool = option(True, "random horizontal flips while training")
     seed: int = option(0, "seed of weights, shuffling and flips")
-    train_split: str = option("train", "split to train on")
-    val_split: str = option("val", "split for early stopping and thresholds, or 'holdout'")
-    test_split: str = option("test", "split for the final metrics")
-    holdout: float = option(0.1, "with val_split=holdout: fraction of train images held out")
     num_workers: int = option(1, "Ray Train workers (DDP)")
     gpus_per_worker: float = option(0.0, "GPUs per worker")
     cpus_per_worker: float = option(1.0, "CPUs per worker (use < 1 on small machines)")
-    torch_threads: int = option(0, "torch CPU threads per worker (0 = default)")
-    max_failures: int = option(3, "worker failures tolerated (resume from checkpoint)")
-    fail_at_epoch: int = option(0, "testing: raise once at the start of this epoch")
-    overwrite: bool = option(False, "discard a run in --out trained with other settings")
-    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)")
     experiment: str = option("facray-multitask", "MLflow experiment")
 
     def model_kwargs(self) -> dict:
@@ -118,7 +110,7 @@ def train_per_worker(config: dict) -> None:
     digest = settings_hash(run_settings(cfg, meta["shards"]))
 
     while trainer.epoch < cfg.epochs and not trainer.stopped:
-        _maybe_fail(cfg, trainer.epoch + 1)
+        inject_failure_once(cfg.out, cfg.fail_at_epoch, trainer.epoch + 1)
         start = time.perf_counter()
         record = trainer.fit_epoch(
             array_batches(data["train"], cfg.batch_size, True, cfg.seed, trainer.epoch, rank, world),
@@ -173,15 +165,6 @@ def write_final_outputs(folder: Path, trainer, data: dict, cfg: TrainConfig, met
               "mean_test_accuracy": float(np.mean([r["test_accuracy"] for r in per_attr])),
               "mean_test_accuracy_at_0.5": float(np.mean([r["test_accuracy_at_0.5"] for r in per_attr]))}
     (folder / "metrics.json").write_text(json.dumps(record, indent=1))
-
-
-def _maybe_fail(cfg: TrainConfig, epoch: int) -> None:
-    """Testing aid: raise once (a marker file remembers) at the start of ``cfg.fail_at_epoch``."""
-    if cfg.fail_at_epoch and epoch == cfg.fail_at_epoch:
-        marker = Path(cfg.out) / ".injected_failure"
-        if not marker.exists():
-            marker.write_text(f"failed at epoch {epoch}\n")
-            raise RuntimeError(f"injected failure at the start of epoch {epoch} (fail_at_epoch)")
 
 
 # ---- the driver ---------------------------------------------------------------------------------

@@ -11,11 +11,40 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
-from facray.config import config_to_dict
+from facray.config import config_to_dict, option
 
 RECORD = "run.json"
+
+
+@dataclass
+class RunOptions:
+    """Config fields every training command shares (``train-binary``, ``train``): which prepared
+    rows train, validate and test, and how a run is executed, resumed and tracked. Subclasses add
+    their own fields (and their own ``experiment`` default)."""
+    train_split: str = option("train", "split to train on")
+    val_split: str = option("val", "split for early stopping and thresholds, or 'holdout'")
+    test_split: str = option("test", "split for the final metrics")
+    holdout: float = option(0.1, "with val_split=holdout: fraction of train images (all their variants) "
+                                 "held out for validation")
+    torch_threads: int = option(0, "torch CPU threads per worker (0 = default)")
+    max_failures: int = option(3, "worker failures tolerated (resume from checkpoint)")
+    fail_at_epoch: int = option(0, "testing: raise once at the start of this epoch")
+    overwrite: bool = option(False, "discard a run in --out trained with other settings and start afresh")
+    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)")
+
+
+def inject_failure_once(out: str | Path, fail_at_epoch: int, epoch: int) -> None:
+    """Testing aid (``--fail-at-epoch``): raise once, at the start of that epoch; a marker file in
+    ``out`` remembers, so the restarted worker goes on."""
+    if fail_at_epoch and epoch == fail_at_epoch:
+        marker = Path(out) / ".injected_failure"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"failed at epoch {epoch}\n")
+            raise RuntimeError(f"injected failure at the start of epoch {epoch} (fail_at_epoch)")
 # Keys that change how a run is executed or logged, not the weights it produces.
 OPERATIONAL_KEYS = frozenset({
     "out", "tracking_uri", "experiment", "fail_at_epoch", "max_failures", "num_workers",
