@@ -83,3 +83,11 @@ def test_list_models(capsys):
     assert main(["train", "--list-models"]) == 0
     names = capsys.readouterr().out.split()
     assert {"abm-trunk", "resnet18", "resnet50", "vgg19-transfer", "inception-v3"} <= set(names)
+
+
+def test_stream_mode_feeds_two_ddp_workers_from_ray_data(ray_session, prepared_small, tmp_path):
+    record = train_multitask(_cfg(prepared_small, tmp_path / "stream", data="stream", epochs=2, class_balance=True))
+    assert [h["epoch"] for h in record["history"]] == [1, 2] and len(record["attributes"]) == 40
+    assert all(0 <= r["test_accuracy"] <= 1 for r in record["attributes"])
+    with pytest.raises(ValueError, match="holdout needs --data memory"):
+        train_multitask(_cfg(prepared_small, tmp_path / "h", data="stream", val_split="holdout"))

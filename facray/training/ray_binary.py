@@ -35,6 +35,7 @@ from facray.training.run_record import (RunOptions, claim_run, inject_failure_on
                                         settings_hash)
 from facray.training.metrics import positive_weights
 from facray.training.splits import SplitSpec, array_batches, check_splits, load_split_arrays, train_labels
+from facray.training.streaming import split_datasets, stream_batches
 
 @dataclass
 class TrainBinaryConfig(RunOptions):
@@ -72,14 +73,6 @@ def trainer_config(cfg: TrainBinaryConfig, prepared_meta: dict, pos_weights: lis
                          positive_weights=tuple(pos_weights) if pos_weights is not None else None)
 
 
-def _stream_batches(shard, batch_size: int, meta: dict, shuffle_seed: int | None):
-    """Batches from a Ray Data shard, bytes decoded in the worker (pure decode)."""
-    from facray.data.prepared import batch_arrays
-    kw = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": shuffle_seed} if shuffle_seed is not None else {}
-    for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", **kw):
-        yield batch_arrays(b, meta)
-
-
 def train_jobs_per_worker(config: dict) -> None:
     """Ray Train worker loop: train this rank's share of the jobs, checkpoint every epoch."""
     import torch
@@ -110,9 +103,9 @@ def train_jobs_per_worker(config: dict) -> None:
 
     if cfg.data == "stream":
         shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val", "test")}
-        train_batches = lambda e: _stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e)  # noqa: E731
-        val_batches = lambda: _stream_batches(shards["val"], 256, meta, None)  # noqa: E731
-        test_batches = lambda: _stream_batches(shards["test"], 256, meta, None)  # noqa: E731
+        train_batches = lambda e: stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e)  # noqa: E731
+        val_batches = lambda: stream_batches(shards["val"], 256, meta, None)  # noqa: E731
+        test_batches = lambda: stream_batches(shards["test"], 256, meta, None)  # noqa: E731
     else:
         columns = tuple(c for c, m in (("image", "real"), ("sketch", "sketch")) if m in cfg.modalities)
         data = load_split_arrays(SplitSpec.of(cfg), columns)
@@ -167,22 +160,11 @@ def _scaling(cfg: TrainBinaryConfig, num_workers: int):
 
 def _datasets(cfg: TrainBinaryConfig):
     """Ray Datasets for stream mode (every worker gets the whole dataset: jobs differ, data not)."""
-    import ray
-    from facray import storage
-    from facray.data.prepared import shard_dir
     if cfg.data != "stream":
         return None, None
     from ray.train import DataConfig
-    fs, path = storage.filesystem(shard_dir(cfg.prepared))
-    ds = ray.data.read_parquet(path, filesystem=fs)
-    if cfg.val_split == "holdout":
-        raise ValueError("val_split=holdout needs data=memory")
-    def pick(split: str, originals: bool):
-        expr = f"split == '{split}' and error == ''" + (" and variant == 'original'" if originals else "")
-        return ds.filter(expr=expr)  # an Arrow expression: no Python call per row
-    datasets = {"train": pick(cfg.train_split, False), "val": pick(cfg.val_split, True),
-                "test": pick(cfg.test_split, True)}
-    return datasets, DataConfig(datasets_to_split=[])
+    columns = tuple(c for c, m in (("image", "real"), ("sketch", "sketch")) if m in cfg.modalities)
+    return split_datasets(SplitSpec.of(cfg), columns), DataConfig(datasets_to_split=[])
 
 
 def _run_trainer(cfg: TrainBinaryConfig, assignments: list[list[dict]], name: str, callbacks=None):

@@ -20,13 +20,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from facray.config import config_to_dict, option, save_config
 from facray.training.run_record import (RunOptions, claim_run, inject_failure_once, run_settings,
                                         settings_hash)
-from facray.training.splits import SplitSpec, check_splits, load_split_arrays
+from facray.attributes import ATTRIBUTES
+from facray.training.metrics import positive_weights
+from facray.training.splits import SplitSpec, array_batches, check_splits, load_split_arrays, train_labels
 
 REGISTERED_PREFIX = "facray-"
 
@@ -51,6 +54,8 @@ class TrainConfig(RunOptions):
     max_pos_weight: float = option(10.0, "cap of the class-balance weight")
     online_flip: bool = option(True, "random horizontal flips while training")
     seed: int = option(0, "seed of weights, shuffling and flips")
+    data: Literal["memory", "stream"] = option("memory", "memory (each worker loads the prepared arrays) | "
+                                                         "stream (Ray Data feeds the workers)")
     num_workers: int = option(1, "Ray Train workers (DDP)")
     gpus_per_worker: float = option(0.0, "GPUs per worker")
     cpus_per_worker: float = option(1.0, "CPUs per worker (use < 1 on small machines)")
@@ -77,9 +82,7 @@ def train_per_worker(config: dict) -> None:
 
     from facray.data.prepared import read_metadata
     from facray.models.registry import build_model
-    from facray.training.metrics import positive_weights
     from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig
-    from facray.training.splits import array_batches
 
     cfg = TrainConfig(**config["cfg"])
     ctx = ray.train.get_context()
@@ -93,8 +96,9 @@ def train_per_worker(config: dict) -> None:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
-    data = load_split_arrays(SplitSpec.of(cfg), ("image",))
-    pos_weight = positive_weights(data["train"]["labels"], cfg.max_pos_weight) if cfg.class_balance else None
+    meta = read_metadata(cfg.prepared)
+    train_batches, val_batches, test_batches = _batch_sources(cfg, meta, rank, world)
+    pos_weight = np.asarray(config["positive_weights"], np.float32) if cfg.class_balance else None
     tcfg = MultiTaskTrainerConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, image_size=size, patience=cfg.patience,
                                   class_balance=cfg.class_balance, max_pos_weight=cfg.max_pos_weight,
                                   online_flip=cfg.online_flip, seed=cfg.seed)
@@ -106,15 +110,12 @@ def train_per_worker(config: dict) -> None:
             # Tensors, dicts and lists only: a checkpoint on shared storage can never run code.
             trainer.load_state_dict(torch.load(Path(d) / "trainer.pt", map_location=device, weights_only=True))
             resumed_from = trainer.epoch
-    meta = read_metadata(cfg.prepared)
     digest = settings_hash(run_settings(cfg, meta["shards"]))
 
     while trainer.epoch < cfg.epochs and not trainer.stopped:
         inject_failure_once(cfg.out, cfg.fail_at_epoch, trainer.epoch + 1)
         start = time.perf_counter()
-        record = trainer.fit_epoch(
-            array_batches(data["train"], cfg.batch_size, True, cfg.seed, trainer.epoch, rank, world),
-            array_batches(data["val"], 256))
+        record = trainer.fit_epoch(train_batches(trainer.epoch), val_batches())
         record.update(epoch_seconds=time.perf_counter() - start, resumed_from_epoch=resumed_from)
         last = trainer.epoch == cfg.epochs or trainer.stopped
         print(f"[rank {rank}] epoch {trainer.epoch}/{cfg.epochs}: loss {record['loss']:.4f}, val loss "
@@ -126,25 +127,41 @@ def train_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             torch.save(trainer.state_dict(), Path(d) / "trainer.pt")
             if last:
-                write_final_outputs(Path(d), trainer, data, cfg, meta, digest, resumed_from)
+                write_final_outputs(Path(d), trainer, val_batches(), test_batches(), config["labelled_attributes"],
+                                    cfg, meta, digest, resumed_from)
             ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def write_final_outputs(folder: Path, trainer, data: dict, cfg: TrainConfig, meta: dict, digest: str,
-                        resumed_from: int) -> None:
+def _batch_sources(cfg: TrainConfig, meta: dict, rank: int, world: int):
+    """(train(epoch), val(), test()) batch iterators: from memory (each worker loads the arrays and
+    takes its equal share of every epoch) or from Ray Data shards (``--data stream``; the train
+    dataset is split equally between workers by Ray Train)."""
+    import ray.train
+    if cfg.data == "stream":
+        from facray.training.streaming import stream_batches
+        shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val", "test")}
+        return (lambda e: stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e),
+                lambda: stream_batches(shards["val"], 256, meta, None),
+                lambda: stream_batches(shards["test"], 256, meta, None))
+    data = load_split_arrays(SplitSpec.of(cfg), ("image",))
+    return (lambda e: array_batches(data["train"], cfg.batch_size, True, cfg.seed, e, rank, world),
+            lambda: array_batches(data["val"], 256),
+            lambda: array_batches(data["test"], 256))
+
+
+def write_final_outputs(folder: Path, trainer, val_batches, test_batches, labelled_attributes: list[str],
+                        cfg: TrainConfig, meta: dict, digest: str, resumed_from: int) -> None:
     """Best weights, thresholds on validation, test metrics, the predictor (rank 0, last epoch)."""
-    from facray.attributes import ATTRIBUTES
     from facray.predictor import write_multitask_predictor
     from facray.training.metrics import attribute_metrics, choose_thresholds
-    from facray.training.splits import array_batches
 
     trainer.restore_best()
-    val = trainer.evaluate(array_batches(data["val"], 256))
+    val = trainer.evaluate(val_batches)
     thresholds = choose_thresholds(val["probs"], val["labels"])
-    test = trainer.evaluate(array_batches(data["test"], 256), thresholds)
+    test = trainer.evaluate(test_batches, thresholds)
     half = attribute_metrics(test["probs"], test["labels"], 0.5)
     val_tuned = attribute_metrics(val["probs"], val["labels"], thresholds)
-    trained = [j for j in range(len(ATTRIBUTES)) if (data["train"]["labels"][:, j] >= 0).any()]
+    trained = [ATTRIBUTES.index(a) for a in labelled_attributes]
     per_attr = []
     for j in trained:
         m = {k: v[j].item() for k, v in test["metrics"].items()}
@@ -197,6 +214,8 @@ def train_multitask(cfg: TrainConfig) -> dict:
     from facray.tracking import finish_training_run, start_training_run
 
     input_size(cfg)  # an unknown model fails here, before Ray starts, with the known names
+    if cfg.data == "stream" and cfg.val_split == "holdout":
+        raise ValueError("--val-split holdout needs --data memory; give the prepared data a val split for stream mode")
     out = Path(cfg.out).resolve()
     counts = check_splits(SplitSpec.of(cfg))
     digest = claim_run(out, run_settings(cfg, read_metadata(cfg.prepared)["shards"]), cfg.overwrite)
@@ -213,8 +232,17 @@ def train_multitask(cfg: TrainConfig) -> dict:
                                               config_to_dict(cfg), out / "config.yaml")
     (out / "parent_run_id").write_text(run_id)  # evaluate logs under it
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
+    # From the training labels, once, here (stream-mode workers never hold them all).
+    labels = train_labels(SplitSpec.of(cfg))
+    loop_config = {"cfg": asdict(cfg), "positive_weights": positive_weights(labels, cfg.max_pos_weight).tolist(),
+                   "labelled_attributes": [a for j, a in enumerate(ATTRIBUTES) if (labels[:, j] >= 0).any()]}
+    stream = {}
+    if cfg.data == "stream":
+        from facray.training.streaming import split_datasets
+        stream = {"datasets": split_datasets(SplitSpec.of(cfg), ("image",)),
+                  "dataset_config": ray.train.DataConfig(datasets_to_split=["train"])}
     trainer = TorchTrainer(
-        train_per_worker, train_loop_config={"cfg": asdict(cfg)},
+        train_per_worker, train_loop_config=loop_config, **stream,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.gpus_per_worker > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
