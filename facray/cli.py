@@ -73,16 +73,13 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_train_binary(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from facray.config import resolve_config
     from facray.training.ray_binary import TrainBinaryConfig, train_binary_models
 
     cfg = resolve_config(TrainBinaryConfig, args)
     if args.smoke_test:
-        smoke = dict(attributes="Eyeglasses,Smiling", epochs=2, image_size=32, batch_size=16, cpus_per_worker=0.5)
-        _refuse_smoke_overrides(args, ["prepared", *smoke])
-        cfg = replace(cfg, prepared=str(_smoke_prepared(Path(cfg.out))), **smoke)
+        cfg = _smoke_training(args, cfg, dict(attributes="Eyeglasses,Smiling", epochs=2, image_size=32,
+                                              batch_size=16, cpus_per_worker=0.5))
     table = train_binary_models(cfg)
     cols = [c for c in ("job", "best_epoch", "val_accuracy", "test_accuracy", "test_precision", "test_recall")
             if c in table]
@@ -92,8 +89,6 @@ def run_train_binary(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from facray.config import resolve_config
     from facray.models.registry import list_models
     from facray.training.ray_multitask import TrainConfig, train_multitask
@@ -103,9 +98,8 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     cfg = resolve_config(TrainConfig, args)
     if args.smoke_test:
-        smoke = dict(model="abm-trunk-tiny", epochs=2, batch_size=16, image_size=32, cpus_per_worker=0.5)
-        _refuse_smoke_overrides(args, ["prepared", *smoke])
-        cfg = replace(cfg, prepared=str(_smoke_prepared(Path(cfg.out))), **smoke)
+        cfg = _smoke_training(args, cfg, dict(model="abm-trunk-tiny", epochs=2, batch_size=16, image_size=32,
+                                              cpus_per_worker=0.5))
     record = train_multitask(cfg)
     import pandas as pd
     table = pd.DataFrame(record["attributes"])
@@ -135,6 +129,13 @@ def _refuse_smoke_overrides(args: argparse.Namespace, keys: list[str]) -> None:
         flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
         raise ValueError(f"--smoke-test sets {flags} itself; drop {'it' if len(given) == 1 else 'them'} "
                          "or run without --smoke-test")
+
+
+def _smoke_training(args: argparse.Namespace, cfg, smoke: dict):
+    """A training config for --smoke-test: ``smoke``'s settings on a tiny prepared set under --out."""
+    from dataclasses import replace
+    _refuse_smoke_overrides(args, ["prepared", *smoke])
+    return replace(cfg, prepared=str(_smoke_prepared(Path(cfg.out))), **smoke)
 
 
 def _smoke_prepared(out: Path) -> Path:

@@ -93,26 +93,6 @@ def build_multitask_report(run: Path) -> pd.DataFrame:
     return table[cols]
 
 
-def plot_multitask_report(table: pd.DataFrame, path: Path, title: str) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    x = np.arange(len(table))
-    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(table) + 2), 4.5))
-    ax.bar(x - 0.2, table["test_accuracy_at_0.5"] * 100, 0.4, label="threshold 0.5")
-    ax.bar(x + 0.2, table.test_accuracy * 100, 0.4, label="validation thresholds")
-    ax.scatter(x, table.majority_accuracy * 100, marker="_", s=120, color="k", zorder=3, label="majority")
-    ax.set_xticks(x, table.attribute, rotation=75, fontsize=8)
-    ax.set_ylim(max(0, np.nanmin(table[["test_accuracy", "majority_accuracy"]].to_numpy()) * 100 - 5), 100)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.legend(fontsize=8, ncol=3, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def one_class_only(confusion_json: str) -> bool:
     """True when a [[tn, fp], [fn, tp]] confusion shows only one predicted class."""
     (tn, fp), (fn, tp) = json.loads(confusion_json)
@@ -128,24 +108,28 @@ def mean_rows(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_report(table: pd.DataFrame, path: Path) -> Path:
+def plot_accuracy(table: pd.DataFrame, bars: dict[str, str], path: Path, title: str,
+                  markers: dict[str, tuple[str, str]] | None = None) -> Path:
+    """Per-attribute bar plot (the style of the ABM-CNN paper's Figure 3): one bar per entry of
+    ``bars`` (label -> accuracy column), the majority baseline as a tick, optional ``markers``
+    (label -> (column, marker))."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     x = np.arange(len(table))
     fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(table) + 2), 4.5))
-    w = 0.27
-    ax.bar(x - w, table.real_test_accuracy * 100, w, label="real")
-    ax.bar(x, table.sketch_test_accuracy * 100, w, label="sketch")
-    ax.bar(x + w, table.combined_test_accuracy * 100, w, label="combined")
+    width = 0.8 / len(bars)
+    for i, (label, column) in enumerate(bars.items()):
+        ax.bar(x + (i - (len(bars) - 1) / 2) * width, table[column] * 100, width, label=label)
     ax.scatter(x, table.majority_accuracy * 100, marker="_", s=120, color="k", zorder=3, label="majority")
-    if table.paper_table2_accuracy.notna().any():
-        ax.scatter(x, table.paper_table2_accuracy * 100, marker="*", color="r", zorder=3, label="paper (Table 2)")
+    for label, (column, marker) in (markers or {}).items():
+        if table[column].notna().any():
+            ax.scatter(x, table[column] * 100, marker=marker, color="r", zorder=3, label=label)
     ax.set_xticks(x, table.attribute, rotation=75, fontsize=8)
-    low = np.nanmin(table[["real_test_accuracy", "sketch_test_accuracy", "majority_accuracy"]].to_numpy()) * 100
+    low = np.nanmin(table[[*bars.values(), "majority_accuracy"]].to_numpy(dtype=float)) * 100
     ax.set_ylim(max(0, low - 5), 100)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("ABM-CNN per attribute: real vs sketch vs combined")
+    ax.set_title(title)
     ax.legend(fontsize=8, ncol=5, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -173,9 +157,13 @@ def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
                                     else shown.round(3).to_string(index=False)) + f"\n\n{summary}\n")
     if multitask:
         model = json.loads((run / "metrics.json").read_text())["model"]
-        plot_multitask_report(table, out / "accuracy_per_attribute.png", f"{model} per attribute")
+        plot_accuracy(table, {"threshold 0.5": "test_accuracy_at_0.5", "validation thresholds": "test_accuracy"},
+                      out / "accuracy_per_attribute.png", f"{model} per attribute")
     else:
-        plot_report(table, out / "accuracy_per_attribute.png")
+        plot_accuracy(table, {"real": "real_test_accuracy", "sketch": "sketch_test_accuracy",
+                              "combined": "combined_test_accuracy"}, out / "accuracy_per_attribute.png",
+                      "ABM-CNN per attribute: real vs sketch vs combined",
+                      {"paper (Table 2)": ("paper_table2_accuracy", "*")})
     if cfg.log_mlflow:
         import mlflow
         from facray.tracking import setup_mlflow
