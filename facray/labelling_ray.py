@@ -79,7 +79,7 @@ def list_inputs(images: str) -> pd.DataFrame:
     sizes, mtimes = [], []
     if is_uri:
         fs, _ = storage.filesystem(images)
-        for info in fs.get_file_info([storage.filesystem(p)[1] for p in paths]):
+        for info in fs.get_file_info([storage.path_inside(p) for p in paths]):
             sizes.append(info.size if info.size is not None else -1)
             mtimes.append(info.mtime_ns if info.mtime_ns is not None else -1)
     else:

@@ -11,6 +11,7 @@ variables or files.
 """
 from __future__ import annotations
 
+import functools
 import os
 from urllib.parse import urlparse
 
@@ -24,17 +25,38 @@ def is_uri(location: str) -> bool:
 
 
 def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) for a local path or a URI."""
+    """(pyarrow filesystem, path inside it) for a local path or a URI. Filesystems are cached per
+    scheme and bucket: building one for ``s3://`` may ask the network for the bucket's region,
+    which must not happen once per image."""
     text = str(location)
     if not is_uri(text):
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
+    if "?" in text:  # explicit options (endpoint_override=..., region=...): pyarrow parses them
+        return pafs.FileSystem.from_uri(text)
+    parsed = urlparse(text)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if text.startswith("s3://") and endpoint and "?" not in text:
+    return _cached_filesystem(parsed.scheme, parsed.netloc, endpoint if parsed.scheme == "s3" else None), \
+        path_inside(text)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_filesystem(scheme: str, netloc: str, endpoint: str | None) -> pafs.FileSystem:
+    if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-        fs = pafs.S3FileSystem(endpoint_override=parsed.netloc, scheme=parsed.scheme,
-                               region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION"))
-        return fs, text[len("s3://"):].rstrip("/")
-    return pafs.FileSystem.from_uri(text)
+        return pafs.S3FileSystem(endpoint_override=parsed.netloc, scheme=parsed.scheme,
+                                 region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION"))
+    return pafs.FileSystem.from_uri(f"{scheme}://{netloc}/")[0]
+
+
+def path_inside(location: str) -> str:
+    """The path :func:`filesystem` would return for ``location``, without building a filesystem
+    (which for ``s3://`` may ask the network for the bucket's region): for listing many files."""
+    if not is_uri(location):
+        return os.path.abspath(os.path.expanduser(str(location)))
+    parsed = urlparse(str(location))
+    if parsed.scheme in ("s3", "gs", "gcs"):
+        return (parsed.netloc + parsed.path).rstrip("/")
+    return parsed.path
 
 
 def join(location: str, *parts: str) -> str:
