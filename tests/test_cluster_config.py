@@ -10,10 +10,13 @@ import yaml
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
 
 
-def _validate(config: dict) -> None:
-    """What `ray up` runs before it starts anything: defaults filled in, then the JSON schema."""
+def _validate(config: dict) -> dict:
+    """What `ray up` runs before it starts anything: defaults filled in, then the JSON schema
+    (raises on a violation). Returns the filled-in config."""
     from ray.autoscaler._private.util import prepare_config, validate_config
-    validate_config(prepare_config(copy.deepcopy(config)))
+    filled = prepare_config(copy.deepcopy(config))
+    validate_config(filled)
+    return filled
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,9 @@ def config() -> dict:
 
 
 def test_cluster_yaml_passes_the_launchers_schema(config):
-    _validate(config)
+    filled = _validate(config)
+    assert filled["head_node_type"] == "head" and set(filled["available_node_types"]) == {"head", "gpu_worker"}
+    assert filled["cluster_synced_files"] == []  # a default the launcher filled in: validation really ran
 
 
 @pytest.mark.parametrize("mutate", [
