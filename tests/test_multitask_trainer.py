@@ -143,3 +143,18 @@ def test_ddp_shards_are_equal_and_disjoint():
     shards = [list(array_batches(data, 4, shuffle=True, seed=3, rank=r, world=2)) for r in range(2)]
     sizes = [[len(b["labels"]) for b in s] for s in shards]
     assert sizes[0] == sizes[1] == [4, 1]
+
+
+def test_cosine_schedule_spans_the_epoch_budget_and_sets_the_optimiser_rate():
+    size = 16
+    model = build_model("abm-trunk-tiny", size)
+    cfg = MultiTaskTrainerConfig(lr=1e-2, image_size=size, lr_schedule="cosine", epochs=4)
+    trainer = MultiTaskTrainer(model, cfg, torch.device("cpu"))
+    assert [round(trainer.lr_at(e), 6) for e in range(5)] == [0.01, 0.008536, 0.005, 0.001464, 0.0]
+    data = _data(16, size)
+    record = trainer.fit_epoch(array_batches(data, 8, shuffle=True), array_batches(data, 8))
+    assert record["lr"] == 0.01
+    trainer.fit_epoch(array_batches(data, 8, shuffle=True), array_batches(data, 8))
+    assert trainer.optimizer.param_groups[0]["lr"] == trainer.lr_at(1)
+    constant = MultiTaskTrainer(model, MultiTaskTrainerConfig(lr=1e-2, epochs=4), torch.device("cpu"))
+    assert {constant.lr_at(e) for e in range(4)} == {0.01}

@@ -5,6 +5,8 @@ it, see :mod:`facray.training.ray_multitask`), on CPU or GPU, with or without DD
   missing attributes, is masked out); optional class balance (``pos_weight`` = negatives /
   positives per attribute on the training split, capped), which lifts rare attributes off their
   majority class. Optional MSE heads (bbox, landmarks) add their losses when present.
+- Learning rate: constant, or cosine-annealed from ``lr`` towards 0 over the ``epochs`` budget
+  (set per epoch from the epoch counter, so a resumed run continues the same curve).
 - Early stopping on validation loss (``patience`` epochs), best weights kept and restored.
 - Per-attribute decision thresholds chosen on validation to maximise accuracy
   (:func:`facray.training.metrics.choose_thresholds`); 0.5 stays available for comparison.
@@ -38,6 +40,8 @@ class MultiTaskTrainerConfig:
     online_flip: bool = True
     seed: int = 0
     grad_clip: float = 5.0
+    lr_schedule: str = "constant"  # constant | cosine (over ``epochs``)
+    epochs: int = 0  # the budget the cosine schedule spans; 0 = constant
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
@@ -92,9 +96,18 @@ class MultiTaskTrainer:
                     loss = loss + F.mse_loss(out[head][ok], target[ok])
         return loss, per_attr
 
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of (0-based) ``epoch``."""
+        if self.cfg.lr_schedule != "cosine" or self.cfg.epochs <= 1:
+            return self.cfg.lr
+        return self.cfg.lr * 0.5 * (1 + math.cos(math.pi * min(epoch, self.cfg.epochs) / self.cfg.epochs))
+
     def fit_epoch(self, train_batches, val_batches) -> dict:
         """One epoch of training, then validation and early-stopping bookkeeping. Returns the record."""
         self.model.train()
+        lr = self.lr_at(self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         total, seen = 0.0, 0
         for batch in train_batches:
             out = self._forward(batch["image"], train=True)
@@ -108,7 +121,7 @@ class MultiTaskTrainer:
             seen += len(batch["labels"])
         val = self.evaluate(val_batches)
         self.epoch += 1
-        record = {"epoch": self.epoch, "loss": total / max(seen, 1), "val_loss": val["loss"],
+        record = {"epoch": self.epoch, "lr": lr, "loss": total / max(seen, 1), "val_loss": val["loss"],
                   "val_accuracy": float(np.nanmean(val["metrics"]["accuracy"][val["metrics"]["count"] > 0]))}
         if val["loss"] < self.best_val_loss - 1e-6:
             self.best_val_loss, self.best_epoch, self.bad_epochs = val["loss"], self.epoch, 0

@@ -49,6 +49,7 @@ class TrainConfig(RunOptions):
     batch_size: int = option(64, "images per step per worker")
     lr: float = option(1e-3, "AdamW learning rate")
     weight_decay: float = option(1e-4, "AdamW weight decay")
+    lr_schedule: Literal["constant", "cosine"] = option("cosine", "learning rate over the epoch budget")
     patience: int = option(3, "early stopping patience on validation loss")
     class_balance: bool = option(False, "weight positives by negatives/positives per attribute (rare attributes)")
     max_pos_weight: float = option(10.0, "cap of the class-balance weight")
@@ -101,7 +102,8 @@ def train_per_worker(config: dict) -> None:
     pos_weight = np.asarray(config["positive_weights"], np.float32) if cfg.class_balance else None
     tcfg = MultiTaskTrainerConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, image_size=size, patience=cfg.patience,
                                   class_balance=cfg.class_balance, max_pos_weight=cfg.max_pos_weight,
-                                  online_flip=cfg.online_flip, seed=cfg.seed)
+                                  online_flip=cfg.online_flip, seed=cfg.seed,
+                                  lr_schedule=cfg.lr_schedule, epochs=cfg.epochs)
     trainer = MultiTaskTrainer(model, tcfg, device, pos_weight)
     resumed_from = 0
     checkpoint = ray.train.get_checkpoint()
