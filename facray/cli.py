@@ -74,7 +74,8 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def run_train_binary(args: argparse.Namespace) -> int:
     from facray.config import resolve_config
-    from facray.training.ray_binary import TrainBinaryConfig, train_binary_models
+    from facray.training.configs import TrainBinaryConfig
+    from facray.training.ray_binary import train_binary_models
 
     cfg = resolve_config(TrainBinaryConfig, args)
     if args.smoke_test:
@@ -84,14 +85,16 @@ def run_train_binary(args: argparse.Namespace) -> int:
     cols = [c for c in ("job", "best_epoch", "val_accuracy", "test_accuracy", "test_precision", "test_recall")
             if c in table]
     print(table[cols].round(3).to_string(index=False))
-    print(f"jobs in {Path(cfg.out).resolve() / 'jobs'}; MLflow: {_tracking_hint(cfg.tracking_uri, cfg.out)}")
+    from facray.run_folder import RunFolder
+    print(f"jobs in {RunFolder(cfg.out).jobs_dir}; MLflow: {_tracking_hint(cfg.tracking_uri, cfg.out)}")
     return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
     from facray.config import resolve_config
     from facray.models.registry import list_models
-    from facray.training.ray_multitask import TrainConfig, train_multitask
+    from facray.training.configs import TrainConfig
+    from facray.training.ray_multitask import train_multitask
 
     if args.list_models:
         print("\n".join(list_models()))
@@ -107,13 +110,14 @@ def run_train(args: argparse.Namespace) -> int:
                  "test_precision", "test_recall"]].round(3).to_string(index=False))
     print(f"{cfg.model}: mean test accuracy {record['mean_test_accuracy']:.4f} at the validation thresholds "
           f"({record['mean_test_accuracy_at_0.5']:.4f} at 0.5), best epoch {record['best_epoch']}")
-    print(f"model: {Path(cfg.out).resolve() / 'model'}; registered: {record.get('registered')}; "
+    from facray.run_folder import RunFolder
+    print(f"model: {RunFolder(cfg.out).model_dir}; registered: {record.get('registered')}; "
           f"MLflow: {_tracking_hint(cfg.tracking_uri, cfg.out)}")
     return 0
 
 
 def _build_train(p: argparse.ArgumentParser) -> None:
-    config_arguments("facray.training.ray_multitask", "TrainConfig",
+    config_arguments("facray.training.configs", "TrainConfig",
                      "prepare 60 generated faces, train abm-trunk-tiny for 2 epochs")(p)
     p.add_argument("--list-models", action="store_true", help="print the registered model names and exit")
 
@@ -251,7 +255,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
                                  "generate 40 faces into OUT/smoke_data and prepare them (seconds)"),
                 run_prepare),
     "train-binary": ("train the binary ABM-CNN jobs (attribute x modality) on Ray Train",
-                     config_arguments("facray.training.ray_binary", "TrainBinaryConfig",
+                     config_arguments("facray.training.configs", "TrainBinaryConfig",
                                       "prepare 60 generated faces, train 2 attributes x 2 modalities, 2 epochs"),
                      run_train_binary),
     "train": ("train a multi-task model (one network, 40 outputs) on Ray Train: "

@@ -34,7 +34,9 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> d
     from facray.labelling_ray import LabelConfig, label_images
     from facray.reports import EvaluateConfig, evaluate_run
     from facray.training.combine import CombineConfig, combine
-    from facray.training.ray_binary import TrainBinaryConfig, train_binary_models
+    from facray.run_folder import RunFolder
+    from facray.training.configs import TrainBinaryConfig
+    from facray.training.ray_binary import train_binary_models
 
     out = Path(out).resolve()
     assert set(DEMO_ATTRIBUTES) <= set(RENDERED_ATTRIBUTES)
@@ -87,7 +89,8 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> d
 
     t = _step(f"7/7 train a multi-task abm-trunk (one network, 40 outputs) on Ray Train, {epochs + 2} epochs; "
               "label the same folder with it")
-    from facray.training.ray_multitask import TrainConfig, train_multitask
+    from facray.training.configs import TrainConfig
+    from facray.training.ray_multitask import train_multitask
     mt_run = out / "multitask"
     record = train_multitask(TrainConfig(model="abm-trunk", prepared=str(out / "prepared"), out=str(mt_run),
                                          image_size=48, epochs=epochs + 2, batch_size=32, lr=2e-3,
@@ -101,8 +104,9 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> d
     _done(t)
 
     where = {"labels_csv": str(labels), "labels_multitask_csv": str(mt_labels), "report": str(report_dir),
-             "predictor": str(predictor_dir), "multitask_model": str(mt_run / "model"),
-             "mlflow": f"sqlite:///{run / 'mlflow.db'}", "mlflow_multitask": f"sqlite:///{mt_run / 'mlflow.db'}"}
+             "predictor": str(predictor_dir), "multitask_model": str(RunFolder(mt_run).model_dir),
+             "mlflow": RunFolder(run).default_tracking_uri(),
+             "mlflow_multitask": RunFolder(mt_run).default_tracking_uri()}
     print("\nDone. Outputs:")
     for k, v in where.items():
         print(f"  {k:<21} {v}")

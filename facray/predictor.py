@@ -31,6 +31,7 @@ import torch
 from facray.attributes import ATTRIBUTES, MODALITIES
 from facray.models.abm import ABMCNN, build_stack, default_stack_kind
 from facray.models.inputs import to_input
+from facray.run_folder import RunFolder, RunFolderError
 
 FORMAT = "facray-abm-combined"
 MULTITASK_FORMAT = "facray-multitask"
@@ -53,20 +54,12 @@ def sha256(path: Path) -> str:
 
 def write_predictor(dest: str | Path, choices: list[dict], weights: dict[str, dict[str, torch.Tensor]],
                     crop: dict, image_size: int, sketch_channels: int, extra: dict | None = None) -> Path:
-    """Write ``manifest.json`` + ``weights.pt``. ``choices``: one dict per attribute with
-    ``attribute``, ``modality``, ``threshold``, ``val_accuracy``, ``test_accuracy``."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    torch.save(weights, dest / WEIGHTS)
-    manifest = {
-        "format": FORMAT, "version": VERSION, "crop": crop, "image_size": image_size,
-        "sketch_channels": sketch_channels, "attributes": choices,
-        "weights_sha256": sha256(dest / WEIGHTS),
-        "tensor_shapes": {k: {n: list(t.shape) for n, t in sd.items()} for k, sd in weights.items()},
-        **(extra or {}),
-    }
-    (dest / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    return dest
+    """Write an ABM combined predictor. ``choices``: one dict per attribute with ``attribute``,
+    ``modality``, ``threshold``, ``val_accuracy``, ``test_accuracy``; ``weights``: key -> ABMCNN
+    state dict."""
+    shapes = {k: {n: list(t.shape) for n, t in sd.items()} for k, sd in weights.items()}
+    return _write(dest, weights, shapes, {"format": FORMAT, "crop": crop, "image_size": image_size,
+                                          "sketch_channels": sketch_channels, "attributes": choices, **(extra or {})})
 
 
 def write_multitask_predictor(dest: str | Path, model_name: str, model_kwargs: dict,
@@ -74,18 +67,32 @@ def write_multitask_predictor(dest: str | Path, model_name: str, model_kwargs: d
                               choices: list[dict], extra: dict | None = None) -> Path:
     """Write a multi-task predictor. ``choices``: one dict per predicted attribute with
     ``attribute``, ``threshold``, ``val_accuracy``, ``test_accuracy``."""
+    shapes = {n: list(t.shape) for n, t in state_dict.items()}
+    return _write(dest, state_dict, shapes, {"format": MULTITASK_FORMAT, "model": model_name,
+                                             "model_kwargs": model_kwargs, "crop": crop, "image_size": image_size,
+                                             "sketch_channels": 0, "attributes": choices, **(extra or {})})
+
+
+def _write(dest: str | Path, weights: dict, tensor_shapes: dict, fields: dict) -> Path:
+    """``weights.pt``, then the manifest naming its SHA-256 and shapes (written last: a folder
+    with a manifest is complete)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    torch.save(state_dict, dest / WEIGHTS)
-    manifest = {
-        "format": MULTITASK_FORMAT, "version": VERSION, "model": model_name, "model_kwargs": model_kwargs,
-        "crop": crop, "image_size": image_size, "sketch_channels": 0, "attributes": choices,
-        "weights_sha256": sha256(dest / WEIGHTS),
-        "tensor_shapes": {n: list(t.shape) for n, t in state_dict.items()},
-        **(extra or {}),
-    }
+    torch.save(weights, dest / WEIGHTS)
+    manifest = {"version": VERSION, **fields, "weights_sha256": sha256(dest / WEIGHTS), "tensor_shapes": tensor_shapes}
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return dest
+
+
+def set_thresholds(dest: str | Path, thresholds: dict[str, float], how: str) -> None:
+    """Replace the decision thresholds of the predictor in ``dest`` (attribute -> threshold;
+    ``how`` says where they came from). The weights are untouched, so their SHA-256 still holds."""
+    path = Path(dest) / MANIFEST
+    manifest = json.loads(path.read_text())
+    for c in manifest["attributes"]:
+        c["threshold"] = float(thresholds.get(c["attribute"], c.get("threshold", 0.5)))
+    manifest["thresholds"] = how
+    path.write_text(json.dumps(manifest, indent=1))
 
 
 class _Thresholded:
@@ -226,9 +233,11 @@ def read_predictor(uri_or_path: str | Path) -> tuple[dict, dict[str, dict[str, t
     path = _resolve_uri(text) if is_model_uri(text) else Path(text)
     if path.is_file() and path.name == MANIFEST:
         path = path.parent
-    for inside in ("model", "combined"):  # a run folder: `facray train` / `facray combine` output
-        if not (path / MANIFEST).is_file() and (path / inside / MANIFEST).is_file():
-            path = path / inside
+    if not (path / MANIFEST).is_file():  # a run folder: its `facray train` / `facray combine` output
+        try:
+            path = RunFolder(path).predictor_dir()
+        except RunFolderError:
+            pass
     if not (path / MANIFEST).is_file():
         raise PredictorError(f"{path}: no {MANIFEST} (expected a predictor written by `facray combine` or "
                              "`facray train`, or their run folder)")

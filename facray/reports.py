@@ -21,29 +21,32 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from facray.attributes import ATTRIBUTES
 from facray.config import option
-from facray.training.combine import choose_modalities, read_job_records
+from facray.run_folder import RunFolder
+from facray.training.combine import choose_modalities
 from facray.training.jobs import PAPER_TABLE
 
 
 @dataclass
 class EvaluateConfig:
-    run: str = option("runs/abm", "the train-binary output folder")
+    run: str = option("runs/abm", "the run folder (train-binary + combine, or train)")
     out: str = option("", "report folder (default <run>/report)")
+    prepared: str | None = option(None, "the prepared data the run trained on, if it moved (default: as "
+                                        "recorded in the run; its version is checked either way)")
     log_mlflow: bool = option(True, "log the report to MLflow")
     tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)")
     experiment: str | None = option(None, "MLflow experiment (default: facray-abm or facray-multitask, "
                                           "by the run's kind)")
 
 
-def majority_baseline(prepared: str, train_split: str, test_split: str) -> pd.Series:
+def majority_baseline(splits: dict) -> pd.Series:
     """Accuracy on ``test_split`` of always answering ``train_split``'s majority class."""
     from facray.data.prepared import read_prepared
-    train = read_prepared(prepared, (train_split,), columns=(), variants=("original",))["labels"]
-    test = read_prepared(prepared, (test_split,), columns=(), variants=("original",))["labels"]
+    def labels(split: str) -> np.ndarray:
+        return read_prepared(splits["prepared"], (split,), columns=(), variants=("original",))["labels"]
+    train, test = labels(splits["train_split"]), labels(splits["test_split"])
     out = {}
     for j, a in enumerate(ATTRIBUTES):
         tr, te = train[:, j], test[:, j]
@@ -54,16 +57,14 @@ def majority_baseline(prepared: str, train_split: str, test_split: str) -> pd.Se
     return pd.Series(out, name="majority_accuracy")
 
 
-def build_report(run: Path) -> pd.DataFrame:
-    records = read_job_records(run)
+def build_report(run: RunFolder, splits: dict) -> pd.DataFrame:
+    records = run.job_records()
     table = choose_modalities(records)
     by_key = {(r["attribute"], r["modality"]): r for r in records}
     table["precision"] = [by_key[(a, m)]["test"].get("test_precision") for a, m in zip(table.attribute, table.modality)]
     table["recall"] = [by_key[(a, m)]["test"].get("test_recall") for a, m in zip(table.attribute, table.modality)]
     table["confusion"] = [json.dumps(by_key[(a, m)]["test"].get("confusion")) for a, m in zip(table.attribute, table.modality)]
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    table = table.merge(majority_baseline(cfg["prepared"], cfg["train_split"], cfg["test_split"]),
-                        left_on="attribute", right_index=True, how="left")
+    table = table.merge(majority_baseline(splits), left_on="attribute", right_index=True, how="left")
     paper = pd.read_csv(PAPER_TABLE, comment="#")[["attribute", "real_val_accuracy", "sketch_val_accuracy",
                                                    "table2_accuracy"]]
     paper.columns = ["attribute", "paper_real_val_accuracy", "paper_sketch_val_accuracy", "paper_table2_accuracy"]
@@ -79,15 +80,13 @@ def build_report(run: Path) -> pd.DataFrame:
     return table
 
 
-def build_multitask_report(run: Path) -> pd.DataFrame:
+def build_multitask_report(run: RunFolder, splits: dict) -> pd.DataFrame:
     """Per attribute of a ``facray train`` run, from the metrics its last epoch wrote."""
-    record = json.loads((run / "metrics.json").read_text())
+    record = run.metrics()
     table = pd.DataFrame(record["attributes"])
     table["confusion"] = table.confusion.map(json.dumps)
     table["one_class_only"] = table.confusion.map(one_class_only)
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    table = table.merge(majority_baseline(cfg["prepared"], cfg["train_split"], cfg["test_split"]),
-                        left_on="attribute", right_index=True, how="left")
+    table = table.merge(majority_baseline(splits), left_on="attribute", right_index=True, how="left")
     cols = ["attribute", "test_accuracy", "test_accuracy_at_0.5", "threshold", "test_precision", "test_recall",
             "test_f1", "majority_accuracy", "val_accuracy", "one_class_only", "confusion"]
     return table[cols]
@@ -137,16 +136,13 @@ def plot_accuracy(table: pd.DataFrame, bars: dict[str, str], path: Path, title: 
     return path
 
 
-def is_multitask_run(run: Path) -> bool:
-    return (run / "metrics.json").is_file() and (run / "model" / "manifest.json").is_file()
-
-
 def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
-    run = Path(cfg.run).resolve()
-    out = Path(cfg.out).resolve() if cfg.out else run / "report"
+    run = RunFolder(cfg.run)
+    out = Path(cfg.out).resolve() if cfg.out else run.report_dir
+    splits = run.split_settings(cfg.prepared)  # checks the data is the version the run trained on
     out.mkdir(parents=True, exist_ok=True)
-    multitask = is_multitask_run(run)
-    table = build_multitask_report(run) if multitask else build_report(run)
+    multitask = run.is_multitask
+    table = (build_multitask_report if multitask else build_report)(run, splits)
     full = pd.concat([table, mean_rows(table)], ignore_index=True)
     full.to_csv(out / "report.csv", index=False)
     shown = full.drop(columns=[c for c in ("confusion", "real_val_accuracy", "sketch_val_accuracy") if c in full])
@@ -156,7 +152,7 @@ def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
     (out / "report.md").write_text((shown.to_markdown(index=False, floatfmt=".3f") if _has_tabulate()
                                     else shown.round(3).to_string(index=False)) + f"\n\n{summary}\n")
     if multitask:
-        model = json.loads((run / "metrics.json").read_text())["model"]
+        model = run.metrics()["model"]
         plot_accuracy(table, {"threshold 0.5": "test_accuracy_at_0.5", "validation thresholds": "test_accuracy"},
                       out / "accuracy_per_attribute.png", f"{model} per attribute")
     else:
@@ -168,7 +164,7 @@ def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
         import mlflow
         from facray.tracking import setup_mlflow
         setup_mlflow(cfg.tracking_uri, run, cfg.experiment or ("facray-multitask" if multitask else "facray-abm"))
-        parent = (run / "parent_run_id").read_text().strip() if (run / "parent_run_id").is_file() else None
+        parent = run.parent_run_id()
         with mlflow.start_run(run_name="evaluate", tags={"mlflow.parentRunId": parent} if parent else {}):
             means = mean_rows(table).iloc[0]
             keys = ("test_accuracy", "test_accuracy_at_0.5", "majority_accuracy") if multitask else \

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import mlflow
 
+from facray.run_folder import RunFolder
+
 
 # The user's MLFLOW_TRACKING_URI, read once at import: mlflow.set_tracking_uri() writes that variable
 # too, so reading it later would send the next run in this process to the previous run's store.
@@ -21,17 +23,18 @@ _USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def resolve_tracking_uri(explicit: str | None, out: str | Path) -> str:
+    """``explicit``, else ``MLFLOW_TRACKING_URI``, else the SQLite store in run folder ``out``."""
     if explicit:
         return explicit
     if _USER_TRACKING_URI:
         return _USER_TRACKING_URI
-    return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
+    return RunFolder(out).default_tracking_uri()
 
 
-def setup_mlflow(tracking_uri: str | None, out: str | Path, experiment: str) -> str:
+def setup_mlflow(tracking_uri: str | None, out: str | Path | RunFolder, experiment: str) -> str:
     """Point MLflow at the store and experiment (created with a local artifact root if new).
     Returns the tracking URI in use."""
-    uri = resolve_tracking_uri(tracking_uri, out)
+    uri = resolve_tracking_uri(tracking_uri, out.root if isinstance(out, RunFolder) else out)
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         artifacts = None
@@ -77,16 +80,18 @@ def register_predictor(dest: Path, registered_name: str) -> str:
     return f"models:/{registered_name}@{ALIAS}"
 
 
-def start_training_run(tracking_uri: str | None, out: Path, experiment: str, run_name: str,
-                       config: dict, config_file: Path) -> tuple[str, str]:
-    """Open a run for a training job (params + config file) and leave it open for the Train
-    controller to log epochs into. Returns (tracking URI, run id)."""
-    uri = setup_mlflow(tracking_uri, out, experiment)
+def start_training_run(tracking_uri: str | None, run: RunFolder, experiment: str, run_name: str,
+                       config: dict, parent_run_id: str | None = None) -> tuple[str, str]:
+    """Open an MLflow run for a training run (params + config file), a child of
+    ``parent_run_id`` if given, and leave it open for the Train controller to log epochs into.
+    Returns (tracking URI, MLflow run id)."""
+    uri = setup_mlflow(tracking_uri, run, experiment)
     client = mlflow.MlflowClient(uri)
-    run = client.create_run(mlflow.get_experiment_by_name(experiment).experiment_id, run_name=run_name)
-    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in flat_params(config).items()])
-    client.log_artifact(run.info.run_id, str(config_file))
-    return uri, run.info.run_id  # left RUNNING: the Train controller logs epochs into it
+    mlflow_run = client.create_run(mlflow.get_experiment_by_name(experiment).experiment_id, run_name=run_name,
+                                   tags={"mlflow.parentRunId": parent_run_id} if parent_run_id else None)
+    client.log_batch(mlflow_run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in flat_params(config).items()])
+    client.log_artifact(mlflow_run.info.run_id, str(run.config_file))
+    return uri, mlflow_run.info.run_id  # left RUNNING: the Train controller logs epochs into it
 
 
 def log_epoch(tracking_uri: str, run_id: str, record: dict) -> None:
@@ -100,49 +105,52 @@ def log_epoch(tracking_uri: str, run_id: str, record: dict) -> None:
     client.log_batch(run_id, metrics=metrics)
 
 
-def finish_training_run(tracking_uri: str, run_id: str, out: Path, record: dict, registered_name: str) -> str:
-    """Final metrics and artifacts of a multi-task run; register its model. Returns the model URI."""
+def finish_training_run(tracking_uri: str, run_id: str, run: RunFolder, record: dict,
+                        registered_name: str | None) -> str | None:
+    """Final metrics and artifacts of a multi-task run; register its model under
+    ``registered_name`` (none: not registered). Returns the model URI or None."""
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({k: float(record[k]) for k in ("mean_test_accuracy", "mean_test_accuracy_at_0.5")})
         mlflow.log_metrics({f"test_accuracy/{r['attribute']}": float(r["test_accuracy"]) for r in record["attributes"]})
-        mlflow.log_artifact(str(out / "metrics.json"))
-        return register_predictor(out / "model", registered_name)
+        mlflow.log_artifact(str(run.metrics_file))
+        return register_predictor(run.model_dir, registered_name) if registered_name else None
 
 
-def log_binary_jobs(tracking_uri: str | None, out: Path, experiment: str, run_name: str, config: dict,
-                    keys: list[str], settings_hash: str) -> str:
+def log_binary_jobs(tracking_uri: str | None, run: RunFolder, experiment: str, run_name: str, config: dict,
+                    keys: list[str], settings_hash: str, parent_run_id: str | None = None) -> str:
     """Parent run for the set, a child run per job with per-epoch metrics. Returns the parent id.
 
-    ``<out>/mlflow_logged.json`` remembers the parent and the jobs it has a child for: a re-run
+    The run folder's MLflow ledger remembers the parent and the jobs it has a child for: a re-run
     that finishes more jobs adds their children to the same parent, never a second copy.
     """
     import pandas as pd
-    setup_mlflow(tracking_uri, out, experiment)
-    ledger_file = out / "mlflow_logged.json"
-    ledger = json.loads(ledger_file.read_text()) if ledger_file.is_file() else {}
+    setup_mlflow(tracking_uri, run, experiment)
+    ledger = run.mlflow_ledger()
     if ledger.get("settings_hash") != settings_hash or ledger.get("tracking_uri") != mlflow.get_tracking_uri():
         ledger = {"settings_hash": settings_hash, "tracking_uri": mlflow.get_tracking_uri(), "jobs": []}
-    resume = {"run_id": ledger["parent_run_id"]} if ledger.get("parent_run_id") else {"run_name": run_name}
+    resume = {"run_id": ledger["parent_run_id"]} if ledger.get("parent_run_id") else \
+        {"run_name": run_name, "tags": {"mlflow.parentRunId": parent_run_id} if parent_run_id else None}
     with mlflow.start_run(**resume) as parent:
         if "parent_run_id" not in ledger:
             mlflow.log_params(flat_params(config))
         ledger["parent_run_id"] = parent.info.run_id
-        mlflow.log_artifact(str(out / "config.yaml"))
+        mlflow.log_artifact(str(run.config_file))
         rows = []
         for key in keys:
-            rec = json.loads((out / "jobs" / key / "metrics.json").read_text())
+            metrics_file = run.job_metrics_file(run.job_dir(key))
+            rec = json.loads(metrics_file.read_text())
             if key not in ledger["jobs"]:
-                _log_job_run(key, rec, out / "jobs" / key / "metrics.json")
+                _log_job_run(key, rec, metrics_file)
                 ledger["jobs"].append(key)
-                ledger_file.write_text(json.dumps(ledger, indent=1))
+                run.write_mlflow_ledger(ledger)
             rows.append({"job": key, "attribute": rec["attribute"], "modality": rec["modality"],
                          "best_epoch": rec["best_epoch"], "val_accuracy": rec["best"].get("val_accuracy"),
                          **{k: v for k, v in rec["test"].items() if k != "confusion"}})
-        ledger_file.write_text(json.dumps(ledger, indent=1))
+        run.write_mlflow_ledger(ledger)
         table = pd.DataFrame(rows)
-        table.to_csv(out / "jobs_summary.csv", index=False)
-        mlflow.log_artifact(str(out / "jobs_summary.csv"))
+        table.to_csv(run.jobs_summary_file, index=False)
+        mlflow.log_artifact(str(run.jobs_summary_file))
         if "test_accuracy" in table:
             mlflow.log_metric("mean_test_accuracy", float(table["test_accuracy"].mean()))
         return parent.info.run_id

@@ -89,7 +89,8 @@ DRIVER = textwrap.dedent('''
     from pathlib import Path
     from facray.data.synth import write_synthetic_celeba, write_unlabelled_faces
     from facray.data.pipeline import PrepareConfig, prepare
-    from facray.training.ray_binary import TrainBinaryConfig, train_binary_models
+    from facray.training.configs import TrainBinaryConfig
+    from facray.training.ray_binary import train_binary_models
     from facray.training.combine import CombineConfig, combine
     from facray.labelling_ray import LabelConfig, label_images
     from facray import storage
@@ -102,7 +103,8 @@ DRIVER = textwrap.dedent('''
         prepared=f"s3://{bucket}/prepared", out=str(work / "run"), attributes="Smiling", epochs=1,
         batch_size=16, cpus_per_worker=0.5, tracking_uri=tracking))
     print(table.to_string())
-    from facray.training.ray_multitask import TrainConfig, train_multitask
+    from facray.training.configs import TrainConfig
+    from facray.training.ray_multitask import train_multitask
     record = train_multitask(TrainConfig(model="abm-trunk-tiny", prepared=f"s3://{bucket}/prepared",
                                          out=str(work / "mt"), image_size=32, epochs=1, batch_size=16,
                                          cpus_per_worker=0.5, tracking_uri=tracking))

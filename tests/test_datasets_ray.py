@@ -1,7 +1,6 @@
 """The Ray Dataset builder joins metadata with image bytes (needs the local Ray session)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from facray.data.celeba import read_celeba

@@ -5,12 +5,12 @@ import json
 from dataclasses import replace
 
 import mlflow
-import pandas as pd
 import pytest
 
 from facray.predictor import PredictorError, load_predictor
 from facray.training.combine import CombineConfig, choose_modalities, combine
-from facray.training.ray_binary import TrainBinaryConfig, train_binary_models
+from facray.training.configs import TrainBinaryConfig
+from facray.training.ray_binary import train_binary_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 

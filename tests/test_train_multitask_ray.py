@@ -8,7 +8,8 @@ import pytest
 
 from facray.cli import main
 from facray.predictor import load_predictor
-from facray.training.ray_multitask import TrainConfig, train_multitask
+from facray.training.configs import TrainConfig
+from facray.training.ray_multitask import train_multitask
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 

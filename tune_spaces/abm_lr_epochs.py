@@ -6,7 +6,7 @@ rather than fixes the length, as in the ABM-CNN paper.
 """
 from ray import tune
 
-from facray.training.ray_binary import TrainBinaryConfig
+from facray.training.configs import TrainBinaryConfig
 
 CONFIG = TrainBinaryConfig
 SPACE = {

@@ -14,8 +14,7 @@ makes them from a stream.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Iterable
 
 import numpy as np
@@ -23,10 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from facray.attributes import ATTRIBUTE_INDEX, MODALITIES
-from facray.models.abm import ABMCNN, build_stack, default_stack_kind
+from facray.models.abm import build_stack, default_stack_kind
 from facray.models.inputs import to_input
-from facray.training.jobs import BinaryJob, job_seed
+from facray.training.jobs import BinaryJob, JobState, job_seed
 from facray.training.metrics import PassStats
+from facray.training.stack_optim import select_with_adam_state
 
 
 @dataclass
@@ -46,19 +46,6 @@ class TrainerConfig:
     # loss, e.g. negatives/positives capped (facray.training.metrics.positive_weights); None = off.
     # Validation loss stays unweighted, so early stopping compares like with like.
     positive_weights: tuple[float, ...] | None = None
-
-
-# ---- the trainer ------------------------------------------------------------------------------
-
-@dataclass
-class JobState:
-    job: BinaryJob
-    best_val_loss: float = math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    epochs_done: int = 0
-    stopped: str = ""  # "", "early_stopping" or "max_epochs"
-    history: list[dict] = field(default_factory=list)
 
 
 class FusedBinaryTrainer:
@@ -128,14 +115,7 @@ class FusedBinaryTrainer:
             self.optims[modality].zero_grad(set_to_none=True)
             loss.backward()
             self.optims[modality].step()
-        with torch.no_grad():
-            pred = logits.argmax(-1)
-            pos, neg = (y == 1) & valid, (y == 0) & valid
-            stats.loss += per_sample.sum(0).detach().cpu().numpy()
-            stats.tp += ((pred == 1) & pos).sum(0).cpu().numpy()
-            stats.fp += ((pred == 1) & neg).sum(0).cpu().numpy()
-            stats.fn += ((pred == 0) & pos).sum(0).cpu().numpy()
-            stats.tn += ((pred == 0) & neg).sum(0).cpu().numpy()
+        stats.add(per_sample, logits.argmax(-1), y)
 
     def _pass(self, batches: Iterable[dict], stacks: dict, active: dict[str, list[str]],
               train: bool) -> dict[str, PassStats]:
@@ -170,20 +150,9 @@ class FusedBinaryTrainer:
             for i, key in enumerate(keys):
                 st = self.states[key]
                 rec = {"epoch": self.epoch, **{k: float(v[i]) for k, v in {**tr, **va}.items()}}
-                st.history.append(rec)
-                st.epochs_done += 1
-                val_loss = rec["val_loss"]
-                if val_loss < st.best_val_loss - 1e-6 or (math.isnan(st.best_val_loss) and not math.isnan(val_loss)):
-                    st.best_val_loss, st.best_epoch, st.bad_epochs = val_loss, self.epoch, 0
+                if st.record_epoch(rec, self.cfg.patience) or key not in self.best:
+                    # (no labelled validation data: keep the latest)
                     self.best[key] = self.stacks[modality].export(i)
-                else:
-                    st.bad_epochs += 1
-                if key not in self.best:  # no labelled validation data: keep the latest
-                    self.best[key] = self.stacks[modality].export(i)
-                if st.bad_epochs >= self.cfg.patience:
-                    st.stopped = "early_stopping"
-                elif st.epochs_done >= st.job.max_epochs:
-                    st.stopped = "max_epochs"
                 if st.stopped:
                     stopped.setdefault(modality, []).append(i)
                 records[key] = rec
@@ -193,34 +162,16 @@ class FusedBinaryTrainer:
 
     def _drop(self, modality: str, indices: list[int]) -> None:
         """Take stopped models out of the stack, keeping the others' weights and Adam state."""
-        keys, stack, opt = self.active[modality], self.stacks[modality], self.optims[modality]
+        keys = self.active[modality]
         keep = [i for i in range(len(keys)) if i not in set(indices)]
         self.active[modality] = [keys[i] for i in keep]
         if not keep:
             del self.stacks[modality], self.optims[modality]
             return
-        new = stack.select(keep)
-        new_opt = torch.optim.Adam(new.parameters(), lr=self.cfg.lr)
-        old_params = dict(stack.named_parameters())
-        index = torch.tensor(keep, device=self.device)
-        for name, new_p in new.named_parameters():
-            if new_p in opt.state:
-                # Loop stack: the kept models' parameter objects carry over with their own state.
-                # (Matching by position would hand a model its neighbour's Adam moments.)
-                new_opt.state[new_p] = opt.state[new_p]
-            elif old_params.get(name) in opt.state:
-                # Grouped stack: same names, every tensor has the model dimension first.
-                new_opt.state[new_p] = {k: v.index_select(0, index).clone() if v.ndim else v.clone()
-                                        for k, v in opt.state[old_params[name]].items()}
-        self.stacks[modality], self.optims[modality] = new, new_opt
+        self.stacks[modality], self.optims[modality] = select_with_adam_state(
+            self.stacks[modality], self.optims[modality], keep, self.cfg.lr)
 
     # ---- results ----
-
-    def best_model(self, key: str) -> ABMCNN:
-        job = self.states[key].job
-        model = ABMCNN(self._in_channels(job.modality), self.cfg.image_size, self.cfg.dropout)
-        model.load_state_dict(self.best[key])
-        return model.to(self.device).eval()
 
     @torch.no_grad()
     def evaluate_best(self, batches: Iterable[dict], keys: list[str] | None = None) -> dict[str, dict]:

@@ -17,7 +17,9 @@ import torch
 
 from facray.config import option
 from facray.data.prepared import read_metadata
-from facray.predictor import write_predictor
+from facray.predictor import MANIFEST, load_predictor, set_thresholds, write_predictor
+from facray.run_folder import RunFolder
+from facray.training.splits import SplitSpec
 
 REGISTERED_NAME = "facray-abm-combined"
 
@@ -26,23 +28,14 @@ REGISTERED_NAME = "facray-abm-combined"
 class CombineConfig:
     run: str = option("runs/abm", "the train-binary output folder")
     out: str = option("", "predictor folder (default <run>/combined)")
+    prepared: str | None = option(None, "the prepared data the run trained on, if it moved (default: as "
+                                        "recorded in the run; its version is checked either way)")
     register: bool = option(True, "log to MLflow and register the model")
     registered_name: str = option(REGISTERED_NAME, "MLflow registered model name")
     thresholds: Literal["validation", "0.5"] = option("validation", "per-attribute decision thresholds chosen "
                                                       "on the validation rows, or 0.5 for all")
     tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)")
     experiment: str = option("facray-abm", "MLflow experiment")
-
-
-def read_job_records(run: Path) -> list[dict]:
-    records = []
-    for f in sorted((run / "jobs").glob("*/metrics.json")):
-        rec = json.loads(f.read_text())
-        rec["dir"] = str(f.parent)
-        records.append(rec)
-    if not records:
-        raise FileNotFoundError(f"{run / 'jobs'}: no finished jobs (run `facray train-binary` first)")
-    return records
 
 
 def choose_modalities(records: list[dict]) -> pd.DataFrame:
@@ -69,14 +62,15 @@ def choose_modalities(records: list[dict]) -> pd.DataFrame:
 
 def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
     """Write the combined predictor; register it when asked. Returns (folder, model URI or None)."""
-    run = Path(cfg.run).resolve()
-    dest = Path(cfg.out).resolve() if cfg.out else run / "combined"
-    table = choose_modalities(read_job_records(run))
-    run_config = _run_config(run)
-    prepared_meta = read_metadata(run_config["prepared"])
+    run = RunFolder(cfg.run)
+    dest = Path(cfg.out).resolve() if cfg.out else run.combined_dir
+    table = choose_modalities(run.job_records())
+    splits = run.split_settings(cfg.prepared)
+    prepared_meta = read_metadata(splits["prepared"])
     weights, choices, image_size = {}, [], None
     for _, row in table.iterrows():
-        blob = torch.load(Path(row[f"{row.modality}_dir"]) / "model.pt", map_location="cpu", weights_only=True)
+        blob = torch.load(RunFolder.job_weights_file(row[f"{row.modality}_dir"]), map_location="cpu",
+                          weights_only=True)
         image_size = blob["image_size"]
         weights[f"{row.attribute}__{row.modality}"] = blob["state_dict"]
         choices.append({"attribute": row.attribute, "modality": row.modality, "threshold": 0.5,
@@ -84,62 +78,53 @@ def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
                         "real_val_accuracy": _num(row.real_val_accuracy),
                         "sketch_val_accuracy": _num(row.sketch_val_accuracy)})
     crop = {"size": prepared_meta["size"], "margin": prepared_meta.get("margin", 0.35)}
-    if cfg.thresholds == "validation":
-        thresholds = validation_thresholds(choices, weights, crop, image_size, prepared_meta, run_config)
-        for c in choices:
-            c["threshold"] = thresholds[c["attribute"]]
     write_predictor(dest, choices, weights, crop, image_size, prepared_meta["sketch_channels"],
-                    extra={"source_run": str(run), "thresholds": cfg.thresholds})
-    table["threshold"] = [c["threshold"] for c in choices]
+                    extra={"source_run": str(run.root), "thresholds": "0.5"})
+    if cfg.thresholds == "validation":
+        thresholds = validation_thresholds(load_predictor(dest), SplitSpec.of(splits))
+        set_thresholds(dest, thresholds, "validation")
+        table["threshold"] = table.attribute.map(thresholds)
+    else:
+        table["threshold"] = 0.5
     table.drop(columns=[c for c in table if c.endswith("_dir")]).to_csv(dest / "choices.csv", index=False)
     uri = register_combined(dest, cfg, run) if cfg.register else None
     return dest, uri
 
 
-def validation_thresholds(choices: list[dict], weights: dict, crop: dict, image_size: int, prepared_meta: dict,
-                          run_config: dict) -> dict[str, float]:
+def validation_thresholds(predictor, splits: SplitSpec) -> dict[str, float]:
     """Per attribute, the decision threshold that maximises accuracy on the run's validation rows
     (the same rows early stopping used), for the model combine chose."""
     import numpy as np
 
     from facray.attributes import ATTRIBUTES
-    from facray.predictor import build_predictor
     from facray.training.metrics import choose_thresholds
-    from facray.training.splits import SplitSpec, load_validation
+    from facray.training.splits import load_validation
 
-    manifest = {"format": "facray-abm-combined", "attributes": choices, "image_size": image_size, "crop": crop,
-                "sketch_channels": prepared_meta["sketch_channels"], "weights_sha256": "-"}
-    predictor = build_predictor(manifest, weights)
     columns = ("image", "sketch") if predictor.needs_sketch else ("image",)
-    val = load_validation(SplitSpec.of(run_config), columns)
+    val = load_validation(splits, columns)
     probs = np.concatenate([predictor.predict_proba(val["image"][i:i + 256],
                                                     val["sketch"][i:i + 256] if "sketch" in val else None)
                             for i in range(0, len(val["image"]), 256)])
     chosen = choose_thresholds(np.nan_to_num(probs, nan=0.0), val["labels"])
-    return {c["attribute"]: float(chosen[ATTRIBUTES.index(c["attribute"])]) for c in choices}
+    return {a: float(chosen[ATTRIBUTES.index(a)]) for a in predictor.attributes}
 
 
 def _num(v) -> float | None:
     return None if pd.isna(v) else float(v)
 
 
-def _run_config(run: Path) -> dict:
-    import yaml
-    return yaml.safe_load((run / "config.yaml").read_text())
-
-
-def register_combined(dest: Path, cfg: CombineConfig, run: Path) -> str:
+def register_combined(dest: Path, cfg: CombineConfig, run: RunFolder) -> str:
     """Log ``dest`` in a ``combine`` run under the training parent and register it."""
     import mlflow
 
     from facray.tracking import register_predictor, setup_mlflow
 
     setup_mlflow(cfg.tracking_uri, run, cfg.experiment)
-    parent = (run / "parent_run_id").read_text().strip() if (run / "parent_run_id").is_file() else None
+    parent = run.parent_run_id()
     tags = {"mlflow.parentRunId": parent} if parent else {}
     with mlflow.start_run(run_name="combine", tags=tags):
         mlflow.log_artifact(str(dest / "choices.csv"))
-        manifest = json.loads((dest / "manifest.json").read_text())
+        manifest = json.loads((dest / MANIFEST).read_text())
         mlflow.log_metric("mean_val_accuracy", float(pd.Series([c["val_accuracy"] for c in manifest["attributes"]],
                                                                   dtype=float).mean()))
         return register_predictor(dest, cfg.registered_name)

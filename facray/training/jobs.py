@@ -1,22 +1,23 @@
-"""The binary jobs: what they are, which run, where a finished one's outputs live. Pure Python +
+"""The binary jobs: what they are, which run, and what a finished one writes. Pure Python +
 torch (for the weights file); runs on the driver and in Train workers.
 
-A job is one (attribute, modality) pair. A finished job's folder ``<out>/jobs/<attribute>__<modality>/``
-holds ``model.pt`` (an ABM-CNN state dict with its shape) and ``metrics.json`` (history, best
-epoch, test metrics and the hash of the settings it was trained with).
+A job is one (attribute, modality) pair. A finished job's folder (where:
+:meth:`facray.run_folder.RunFolder.job_dir`) holds its ABM-CNN state dict with its shape and its
+metrics (history, best epoch, test metrics and the hash of the settings it was trained with).
 """
 from __future__ import annotations
 
 import json
+import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from facray.attributes import MODALITIES, resolve_attributes
-from facray.models.abm import ABMCNN
+from facray.run_folder import RunFolder
 
 PAPER_TABLE = Path(__file__).resolve().parents[1] / "reference" / "abm_cnn_paper.csv"
 
@@ -35,6 +36,34 @@ class BinaryJob:
 def job_seed(key: str, seed: int) -> int:
     """A model's initial weights depend on its job and the run seed only."""
     return (zlib.crc32(key.encode()) * 7919 + seed) % (2 ** 31 - 1)
+
+
+@dataclass
+class JobState:
+    """A job's progress: its early stopping on validation loss and its epoch budget."""
+    job: BinaryJob
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    epochs_done: int = 0
+    stopped: str = ""  # "", "early_stopping" or "max_epochs"
+    history: list[dict] = field(default_factory=list)
+
+    def record_epoch(self, rec: dict, patience: int) -> bool:
+        """Add one epoch's record (``epoch``, ``val_loss``, ...); True when it is the new best."""
+        self.history.append(rec)
+        self.epochs_done += 1
+        val_loss = rec["val_loss"]
+        improved = val_loss < self.best_val_loss - 1e-6 or (math.isnan(self.best_val_loss) and not math.isnan(val_loss))
+        if improved:
+            self.best_val_loss, self.best_epoch, self.bad_epochs = val_loss, rec["epoch"], 0
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs >= patience:
+            self.stopped = "early_stopping"
+        elif self.epochs_done >= self.job.max_epochs:
+            self.stopped = "max_epochs"
+        return improved
 
 
 def paper_epochs() -> dict[tuple[str, str], int]:
@@ -56,36 +85,15 @@ def make_jobs(attributes: str, modalities: tuple[str, ...], epochs: int, use_pap
     return [BinaryJob(a, m, table.get((a, m), epochs)) for a in resolve_attributes(attributes) for m in modalities]
 
 
-def finished_jobs(out: Path, settings_hash: str) -> set[str]:
-    """Jobs finished under these settings (a job trained with other settings is not done)."""
-    done = set()
-    for f in (out / "jobs").glob("*/metrics.json"):
-        try:
-            rec = json.loads(f.read_text())
-            if rec.get("status") == "finished" and rec.get("settings_hash") == settings_hash \
-                    and (f.parent / "model.pt").is_file():
-                done.add(f.parent.name)
-        except (OSError, json.JSONDecodeError):
-            pass
-    return done
-
-
-def write_job_output(folder: str | Path, trainer, key: str, test: dict,
+def write_job_output(job_dir: str | Path, trainer, key: str, test: dict,
                      extra: dict | None = None) -> Path:
-    """``<folder>/<key>/model.pt`` (an ABMCNN state dict with its shape) and ``metrics.json``
-    (the job record plus ``extra``)."""
-    d = Path(folder) / key
+    """Job ``key``'s weights (an ABMCNN state dict with its shape) and metrics (the job record plus
+    ``extra``) into ``job_dir`` (:meth:`facray.run_folder.RunFolder.job_dir`)."""
+    d = Path(job_dir)
     d.mkdir(parents=True, exist_ok=True)
     job = trainer.states[key].job
     torch.save({"state_dict": trainer.best[key], "in_channels": trainer._in_channels(job.modality),
                 "image_size": trainer.cfg.image_size, "dropout": trainer.cfg.dropout,
-                "attribute": job.attribute, "modality": job.modality}, d / "model.pt")
-    (d / "metrics.json").write_text(json.dumps({**trainer.job_record(key, test), **(extra or {})}, indent=1))
+                "attribute": job.attribute, "modality": job.modality}, RunFolder.job_weights_file(d))
+    RunFolder.job_metrics_file(d).write_text(json.dumps({**trainer.job_record(key, test), **(extra or {})}, indent=1))
     return d
-
-
-def load_job_model(folder: str | Path) -> tuple[ABMCNN, dict]:
-    blob = torch.load(Path(folder) / "model.pt", map_location="cpu", weights_only=True)
-    model = ABMCNN(blob["in_channels"], blob["image_size"], blob["dropout"])
-    model.load_state_dict(blob["state_dict"])
-    return model.eval(), {k: v for k, v in blob.items() if k != "state_dict"}

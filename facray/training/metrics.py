@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 def confusion_metrics(tp, fp, fn, tn) -> dict[str, np.ndarray]:
     """Accuracy, precision, recall and F1 from confusion counts (arrays of K; 0 where undefined)."""
@@ -34,6 +35,16 @@ class PassStats:
     @property
     def count(self) -> np.ndarray:
         return self.tp + self.fp + self.fn + self.tn
+
+    def add(self, per_sample_loss, predicted, labels) -> None:
+        """Add one batch: ``(B, K)`` torch tensors of losses, 0/1 predictions and labels (-1 unknown)."""
+        with torch.no_grad():
+            pos, neg = labels == 1, labels == 0
+            self.loss += per_sample_loss.sum(0).detach().cpu().numpy()
+            self.tp += ((predicted == 1) & pos).sum(0).cpu().numpy()
+            self.fp += ((predicted == 1) & neg).sum(0).cpu().numpy()
+            self.fn += ((predicted == 0) & pos).sum(0).cpu().numpy()
+            self.tn += ((predicted == 0) & neg).sum(0).cpu().numpy()
 
     def summary(self, prefix: str = "") -> dict[str, np.ndarray]:
         m = confusion_metrics(self.tp, self.fp, self.fn, self.tn)

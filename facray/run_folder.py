@@ -1,0 +1,245 @@
+"""A training run's folder: its layout, readers and writers, in one place (as
+:mod:`facray.data.prepared` owns prepared data). Pure Python; no training code, so ``label`` can
+use it too.
+
+Layout of ``RUN/`` (``facray train-binary`` + ``combine``, or ``facray train``)::
+
+    run.json              settings that decide the weights, and their hash (the run's identity)
+    config.yaml           the full resolved config (settings + operational keys), for people
+    parent_run_id         the MLflow run later steps (combine, evaluate) log under
+    mlflow_logged.json    binary runs: the MLflow parent and the jobs it has a child run for
+    mlflow.db, mlartifacts/   the default MLflow store
+    ray_results/          Ray Train / Tune storage (checkpoints; a re-run resumes from them)
+    jobs/<attr>__<modality>/{model.pt, metrics.json}    binary: one folder per finished job
+    jobs_summary.csv      binary: one row per job
+    combined/             binary: the combined predictor (``facray combine``)
+    model/, metrics.json  multi-task: the predictor and the run's metrics
+    report/               ``facray evaluate``
+
+A sweep (``facray sweep``) is a run folder too: ``run.json`` holds the sweep's settings, and::
+
+    tune/                 the Tune experiment (``Tuner.restore`` resumes it)
+    trials/<trial>/       one run folder per trial
+    sweep_results.csv, sweep_metric.png   one row per trial; the metric over the grid
+    sweep_summary.json    the best trial, its metric, the registered model
+
+A worker's checkpoint uses the same layout for what it carries (``jobs/``, ``model/``,
+``metrics.json``), so ``RunFolder(checkpoint_dir)`` reads it.
+
+The prepared data a run trained on is found through :meth:`RunFolder.prepared`: the location in
+``run.json`` (or one given explicitly, e.g. the same data at another path), checked against the
+shard version the run recorded, so a report is never computed on data re-prepared since.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+
+class RunFolderError(ValueError):
+    """A run folder is missing, incomplete, or does not match what is asked of it."""
+
+
+# What --overwrite removes: every trained output, never the MLflow store (its history stays).
+_TRAINED_OUTPUTS = ("jobs", "ray_results", "combined", "model", "metrics.json", "report", "parent_run_id",
+                    "mlflow_logged.json", "jobs_summary.csv", ".injected_failure", "run.json", "tune", "trials",
+                    "sweep_results.csv", "sweep_metric.png", "sweep_summary.json")
+
+
+class RunFolder:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.root)!r})"
+
+    # ---- layout ---------------------------------------------------------------------------------
+    record_file = property(lambda self: self.root / "run.json")
+    config_file = property(lambda self: self.root / "config.yaml")
+    parent_run_file = property(lambda self: self.root / "parent_run_id")
+    mlflow_ledger_file = property(lambda self: self.root / "mlflow_logged.json")
+    mlflow_db = property(lambda self: self.root / "mlflow.db")
+    ray_results_dir = property(lambda self: self.root / "ray_results")
+    jobs_dir = property(lambda self: self.root / "jobs")
+    jobs_summary_file = property(lambda self: self.root / "jobs_summary.csv")
+    combined_dir = property(lambda self: self.root / "combined")
+    model_dir = property(lambda self: self.root / "model")
+    metrics_file = property(lambda self: self.root / "metrics.json")
+    report_dir = property(lambda self: self.root / "report")
+    failure_marker = property(lambda self: self.root / ".injected_failure")
+    tune_dir = property(lambda self: self.root / "tune")
+    trials_dir = property(lambda self: self.root / "trials")
+    sweep_results_file = property(lambda self: self.root / "sweep_results.csv")
+    sweep_plot_file = property(lambda self: self.root / "sweep_metric.png")
+    sweep_summary_file = property(lambda self: self.root / "sweep_summary.json")
+
+    def trial(self, name: str) -> "RunFolder":
+        return RunFolder(self.trials_dir / name)
+
+    def job_dir(self, key: str) -> Path:
+        return self.jobs_dir / key
+
+    @staticmethod
+    def job_weights_file(job_dir: Path) -> Path:
+        return Path(job_dir) / "model.pt"
+
+    @staticmethod
+    def job_metrics_file(job_dir: Path) -> Path:
+        return Path(job_dir) / "metrics.json"
+
+    # ---- identity: run.json and config.yaml -----------------------------------------------------
+    def claim(self, settings: dict, digest: str, overwrite: bool = False) -> None:
+        """Record ``settings`` (hash ``digest``) as this run's, after checking any run already here.
+
+        Raises RunFolderError naming the differing keys when the folder holds a run trained with
+        other settings (``overwrite`` removes its trained outputs instead).
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.record_file.is_file() and not overwrite:
+            diff = differing_keys(json.loads(self.record_file.read_text())["settings"], settings)
+            if diff:
+                raise RunFolderError(
+                    f"{self.root} holds a run trained with other settings ({self.record_file}):\n  "
+                    + "\n  ".join(diff) + "\nuse another --out, or --overwrite to discard that run and start afresh")
+        elif overwrite:
+            for name in _TRAINED_OUTPUTS:
+                target = self.root / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        self.record_file.write_text(json.dumps({"settings_hash": digest, "settings": settings}, indent=1,
+                                               default=str))
+
+    def settings(self) -> dict:
+        """The settings the run was trained with (``run.json``)."""
+        if not self.record_file.is_file():
+            raise RunFolderError(f"{self.root}: no {self.record_file.name}; not a run folder written by "
+                                 "`facray train-binary` or `facray train`")
+        return json.loads(self.record_file.read_text())["settings"]
+
+    def settings_hash(self) -> str:
+        return json.loads(self.record_file.read_text())["settings_hash"]
+
+    def write_config(self, text: str) -> None:
+        self.config_file.write_text(text)
+
+    def config(self) -> dict:
+        import yaml
+        return yaml.safe_load(self.config_file.read_text())
+
+    def prepared(self, override: str | None = None) -> str:
+        """The prepared data this run trained on: ``override`` (the same data elsewhere) or the
+        recorded location, verified against the shard version the run recorded."""
+        from facray.data.prepared import read_metadata
+        settings = self.settings()
+        location = override or settings["prepared"]
+        try:
+            version = read_metadata(location)["shards"]
+        except FileNotFoundError as e:
+            raise RunFolderError(f"{self.root} trained on {location}, which is gone ({e}); "
+                                 "pass --prepared with the same data's new location") from None
+        if version != settings["prepared_version"]:
+            raise RunFolderError(f"{location} holds shards {version}, but {self.root} trained on "
+                                 f"{settings['prepared_version']} (re-prepared since): a report on it would not "
+                                 "describe this run; pass --prepared with the data it trained on, or re-train")
+        return location
+
+    def split_settings(self, prepared: str | None = None) -> dict:
+        """The run's split fields (train/val/test split, holdout, seed) with the verified prepared
+        location: what :meth:`facray.training.splits.SplitSpec.of` takes."""
+        return {**self.settings(), "prepared": self.prepared(prepared)}
+
+    # ---- MLflow bookkeeping ---------------------------------------------------------------------
+    def default_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_db}"
+
+    def parent_run_id(self) -> str | None:
+        return self.parent_run_file.read_text().strip() if self.parent_run_file.is_file() else None
+
+    def set_parent_run_id(self, run_id: str) -> None:
+        self.parent_run_file.write_text(run_id)
+
+    def mlflow_ledger(self) -> dict:
+        return json.loads(self.mlflow_ledger_file.read_text()) if self.mlflow_ledger_file.is_file() else {}
+
+    def write_mlflow_ledger(self, ledger: dict) -> None:
+        self.mlflow_ledger_file.write_text(json.dumps(ledger, indent=1))
+
+    # ---- binary runs: jobs ----------------------------------------------------------------------
+    def job_records(self) -> list[dict]:
+        """Every finished job's ``metrics.json`` with its folder as ``dir``, sorted by key."""
+        records = []
+        for f in sorted(self.jobs_dir.glob("*/metrics.json")):
+            rec = json.loads(f.read_text())
+            rec["dir"] = str(f.parent)
+            records.append(rec)
+        if not records:
+            raise RunFolderError(f"{self.jobs_dir}: no finished jobs (run `facray train-binary` first)")
+        return records
+
+    def finished_job_keys(self, settings_hash: str) -> set[str]:
+        """Jobs finished under these settings (a job trained with other settings is not done)."""
+        done = set()
+        for f in self.jobs_dir.glob("*/metrics.json"):
+            try:
+                rec = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if rec.get("status") == "finished" and rec.get("settings_hash") == settings_hash \
+                    and self.job_weights_file(f.parent).is_file():
+                done.add(f.parent.name)
+        return done
+
+    def take_jobs_from(self, other: "RunFolder") -> list[str]:
+        """Copy ``other``'s job folders (a finished checkpoint) into this run; returns their keys."""
+        keys = []
+        for job_dir in sorted(other.jobs_dir.glob("*")):
+            _replace_tree(job_dir, self.job_dir(job_dir.name))
+            keys.append(job_dir.name)
+        return keys
+
+    # ---- multi-task runs ------------------------------------------------------------------------
+    @property
+    def is_multitask(self) -> bool:
+        return self.metrics_file.is_file() and _is_predictor(self.model_dir)
+
+    def metrics(self) -> dict:
+        if not self.metrics_file.is_file():
+            raise RunFolderError(f"{self.metrics_file}: missing (the run has not finished)")
+        return json.loads(self.metrics_file.read_text())
+
+    def write_metrics(self, record: dict) -> None:
+        self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        self.metrics_file.write_text(json.dumps(record, indent=1))
+
+    def take_model_from(self, other: "RunFolder") -> None:
+        """Copy ``other``'s predictor and metrics (the final checkpoint) into this run."""
+        _replace_tree(other.model_dir, self.model_dir)
+        shutil.copy(other.metrics_file, self.metrics_file)
+
+    def predictor_dir(self) -> Path:
+        """Where this run's predictor is: ``model/`` (multi-task) or ``combined/`` (binary)."""
+        for d in (self.model_dir, self.combined_dir):
+            if _is_predictor(d):
+                return d
+        raise RunFolderError(f"{self.root}: no predictor yet (run `facray combine` on a binary run)")
+
+
+def differing_keys(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every key whose value differs (or exists on one side only)."""
+    return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def _is_predictor(folder: Path) -> bool:
+    from facray.predictor import MANIFEST
+    return (folder / MANIFEST).is_file()
+
+
+def _replace_tree(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, dst)

@@ -1,0 +1,107 @@
+"""The Ray Train worker loop of ``facray train-binary`` (:func:`train_jobs_per_worker`): this
+rank's share of the binary jobs in one pass over the data (the math is the pure
+:class:`facray.training.binary.FusedBinaryTrainer`), a checkpoint every epoch (``rank<r>.pt``; Ray
+merges the workers' files), resumed after a failure; at the end every job's best weights and
+test metrics, in the run folder's layout, in the last checkpoint. The driver is
+:mod:`facray.training.ray_binary`.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from facray.run_folder import RunFolder
+from facray.training.binary import FusedBinaryTrainer, TrainerConfig
+from facray.training.configs import TrainBinaryConfig
+from facray.training.jobs import BinaryJob, write_job_output
+from facray.training.run_record import inject_failure_once
+from facray.training.splits import SplitSpec, array_batches, load_split_arrays
+from facray.training.streaming import stream_batches
+
+
+def trainer_config(cfg: TrainBinaryConfig, prepared_meta: dict, pos_weights: list[float] | None) -> TrainerConfig:
+    return TrainerConfig(batch_size=cfg.batch_size, lr=cfg.lr, dropout=cfg.dropout, patience=cfg.patience,
+                         image_size=cfg.image_size or prepared_meta["size"],
+                         sketch_channels=prepared_meta["sketch_channels"], seed=cfg.seed, stack=cfg.stack,
+                         online_flip=cfg.online_flip,
+                         positive_weights=tuple(pos_weights) if pos_weights is not None else None)
+
+
+def train_jobs_per_worker(config: dict) -> None:
+    """Ray Train worker loop: train this rank's share of the jobs, checkpoint every epoch."""
+    import torch
+    import ray.train
+    import ray.train.torch
+    from facray.data.prepared import read_metadata
+
+    cfg = TrainBinaryConfig(**config["cfg"])
+    rank = ray.train.get_context().get_world_rank()
+    jobs = [BinaryJob(**j) for j in config["assignments"][rank]]
+    total_epochs = config["total_epochs"]
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    meta = read_metadata(cfg.prepared)
+    tcfg = trainer_config(cfg, meta, config.get("positive_weights"))
+    device = ray.train.torch.get_device()
+    trainer = FusedBinaryTrainer(jobs, tcfg, device)
+    resumed_from = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = Path(d) / f"rank{rank}.pt"
+            if state.is_file():
+                # Tensors, dicts and lists only: a checkpoint on shared storage can never run code.
+                trainer.load_state_dict(torch.load(state, map_location=device, weights_only=True))
+                resumed_from = trainer.epoch
+
+    if cfg.data == "stream":
+        shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val", "test")}
+        train_batches = lambda e: stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e)  # noqa: E731
+        val_batches = lambda: stream_batches(shards["val"], 256, meta, None)  # noqa: E731
+        test_batches = lambda: stream_batches(shards["test"], 256, meta, None)  # noqa: E731
+    else:
+        columns = tuple(c for c, m in (("image", "real"), ("sketch", "sketch")) if m in cfg.modalities)
+        data = load_split_arrays(SplitSpec.of(cfg), columns)
+        train_batches = lambda e: array_batches(data["train"], cfg.batch_size, True, cfg.seed, e)  # noqa: E731
+        val_batches = lambda: array_batches(data["val"], 256)  # noqa: E731
+        test_batches = lambda: array_batches(data["test"], 256)  # noqa: E731
+
+    for epoch in range(trainer.epoch, total_epochs):
+        inject_failure_once(cfg.out, cfg.fail_at_epoch, epoch + 1)
+        start = time.perf_counter()
+        records = trainer.fit_epoch(train_batches(epoch), val_batches()) if trainer.running else {}
+        trainer.epoch = epoch + 1  # workers whose jobs all stopped still count epochs (same reports)
+        # Every worker must report as often as the others: stop early only when all are done.
+        last = epoch + 1 == total_epochs or not _any_worker_running(len(trainer.running), device)
+        metrics = {"epoch": epoch + 1, "running": len(trainer.running), "epoch_seconds": time.perf_counter() - start,
+                   "resumed_from_epoch": resumed_from}
+        if records:
+            metrics["mean_val_accuracy"] = float(np.mean([r["val_accuracy"] for r in records.values()]))
+        print(f"[rank {rank}] epoch {epoch + 1}/{total_epochs}: {len(records)} job(s) trained, "
+              f"{metrics['running']} still running, mean val accuracy "
+              f"{metrics.get('mean_val_accuracy', float('nan')):.4f}, {metrics['epoch_seconds']:.0f}s", flush=True)
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(trainer.state_dict(), Path(d) / f"rank{rank}.pt")
+            if last:
+                test = trainer.evaluate_best(test_batches())
+                for key in trainer.states:  # the checkpoint carries them in the run folder's layout
+                    write_job_output(RunFolder(d).job_dir(key), trainer, key, test.get(key),
+                                     extra={"resumed_from_epoch": resumed_from,
+                                            "settings_hash": config["settings_hash"]})
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        if last:
+            break
+
+
+def _any_worker_running(n_running: int, device) -> bool:
+    """Whether any worker still has a job running (an all-reduce over Ray Train's process group)."""
+    import torch
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return n_running > 0
+    count = torch.tensor([n_running], device=device)
+    dist.all_reduce(count)
+    return int(count.item()) > 0

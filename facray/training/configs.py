@@ -1,0 +1,118 @@
+"""The configs of the training commands (``facray train-binary``, ``facray train``), parsed and
+validated on the driver before Ray starts (:mod:`facray.config`), and read back by the Ray Train
+workers from the dict the driver sends them. Pure Python.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from facray.attributes import MODALITIES
+from facray.config import option
+
+# Registered MLflow model names of `facray train` runs: facray-<model name>.
+REGISTERED_PREFIX = "facray-"
+
+
+@dataclass
+class RunOptions:
+    """Config fields every training command shares (``train-binary``, ``train``): which prepared
+    rows train, validate and test, and how a run is executed, resumed and tracked. Subclasses add
+    their own fields (and their own ``experiment`` default)."""
+    train_split: str = option("train", "split to train on")
+    val_split: str = option("val", "split for early stopping and thresholds, or 'holdout'")
+    test_split: str = option("test", "split for the final metrics")
+    holdout: float = option(0.1, "with val_split=holdout: fraction of train images (all their variants) "
+                                 "held out for validation")
+    torch_threads: int = option(0, "torch CPU threads per worker (0 = default)")
+    max_failures: int = option(3, "worker failures tolerated (resume from checkpoint)")
+    fail_at_epoch: int = option(0, "testing: raise once at the start of this epoch")
+    overwrite: bool = option(False, "discard a run in --out trained with other settings and start afresh")
+    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)")
+
+
+@dataclass
+class TrainBinaryConfig(RunOptions):
+    prepared: str = option("prepared", "folder written by `facray prepare`")
+    out: str = option("runs/abm", "output folder (jobs, checkpoints, MLflow store)")
+    attributes: str = option("all", "comma list, or all / identity / abm / rendered")
+    modalities: tuple[str, ...] = option(MODALITIES, "real,sketch")
+    epochs: int = option(20, "epoch budget per job (paper: 15 or 20)")
+    paper_epochs: bool = option(False, "use Table 1's per-attribute epochs where reported")
+    batch_size: int = option(32, "images per step (paper: 32)")
+    lr: float = option(1e-3, "Adam learning rate")
+    image_size: int = option(0, "model input side; 0 = the prepared crop size")
+    dropout: float = option(0.5, "dropout before the dense layers")
+    patience: int = option(3, "early stopping patience on validation loss")
+    seed: int = option(0, "seed of weights, shuffling and dropout")
+    mode: Literal["fused", "separate"] = option("fused", "fused | separate")
+    num_workers: int = option(1, "Ray Train workers (fused: jobs spread over them)")
+    gpus_per_worker: float = option(0.0, "GPUs per worker (fractions allowed)")
+    cpus_per_worker: float = option(1.0, "CPUs per worker (use < 1 on small machines)")
+    max_concurrent: int = option(2, "separate mode: runs at once")
+    stack: Literal["auto", "grouped", "loop"] = option("auto", "auto (grouped on GPU, loop on CPU) | grouped | loop")
+    data: Literal["memory", "stream"] = option("memory", "memory (each worker loads the prepared shards) | "
+                                                       "stream (Ray Data feeds the workers)")
+    online_flip: bool = option(False, "random horizontal flips while training")
+    class_balance: bool = option(False, "weight positives by negatives/positives per attribute (rare attributes)")
+    max_pos_weight: float = option(10.0, "cap of the class-balance weight")
+    experiment: str = option("facray-abm", "MLflow experiment")
+
+
+@dataclass
+class TrainConfig(RunOptions):
+    model: str = option("abm-trunk", "registered model (facray train --list-models)")
+    prepared: str = option("prepared", "folder or URI written by `facray prepare`")
+    out: str = option("runs/multitask", "run folder (model, checkpoints, report, MLflow store)")
+    image_size: int = option(0, "model input side; 0 = the model's default")
+    pretrained: str | None = option(None, "torchvision weights name (DEFAULT, IMAGENET1K_V1; downloads once)")
+    weights: str | None = option(None, "local state dict to start from (torchvision backbone or facray model)")
+    train_base: bool = option(False, "vgg19-transfer: also train the convolutional base")
+    bbox_head: bool = option(False, "vgg19-transfer: bbox regression head (MSE)")
+    landmark_head: bool = option(False, "vgg19-transfer: landmark regression head (MSE)")
+    epochs: int = option(20, "epoch budget")
+    batch_size: int = option(64, "images per step per worker")
+    lr: float = option(1e-3, "AdamW learning rate")
+    weight_decay: float = option(1e-4, "AdamW weight decay")
+    lr_schedule: Literal["constant", "cosine"] = option("cosine", "learning rate over the epoch budget")
+    patience: int = option(3, "early stopping patience on validation loss")
+    class_balance: bool = option(False, "weight positives by negatives/positives per attribute (rare attributes)")
+    max_pos_weight: float = option(10.0, "cap of the class-balance weight")
+    online_flip: bool = option(True, "random horizontal flips while training")
+    seed: int = option(0, "seed of weights, shuffling and flips")
+    data: Literal["memory", "stream"] = option("memory", "memory (each worker loads the prepared arrays) | "
+                                                         "stream (Ray Data feeds the workers)")
+    num_workers: int = option(1, "Ray Train workers (DDP)")
+    gpus_per_worker: float = option(0.0, "GPUs per worker")
+    cpus_per_worker: float = option(1.0, "CPUs per worker (use < 1 on small machines)")
+    experiment: str = option("facray-multitask", "MLflow experiment")
+
+    def model_kwargs(self) -> dict:
+        if not self.model.startswith("vgg"):
+            return {}
+        return {"train_base": self.train_base, "bbox_head": self.bbox_head, "landmark_head": self.landmark_head}
+
+
+def input_size(cfg: TrainConfig) -> int:
+    from facray.models.registry import model_spec
+    return cfg.image_size or model_spec(cfg.model).input_size
+
+
+@dataclass
+class SweepConfig:
+    """``facray sweep``: the sweep's own settings. The trials' trainer config is the space's
+    ``CONFIG``, built from ``trial_config`` and the ``key=value`` arguments that are not sweep keys."""
+    space: str = option("tune_spaces/abm_lr_epochs.py", "search space: a .py file or a module name")
+    out: str = option("runs/sweep", "sweep folder: a run folder per trial, results.csv, the plot, MLflow store")
+    trial_config: str | None = option(None, "YAML of the trainer config every trial starts from")
+    num_samples: int = option(1, "Tune num_samples: repeats of the grid, or the trials of a random space")
+    scheduler: Literal["space", "fifo", "asha"] = option("space", "space (its SCHEDULER, else fifo) | fifo (every "
+                                                                  "trial to its end) | asha (stop poor trials early)")
+    grace_period: int = option(2, "asha: epochs every trial runs before it may be stopped")
+    max_concurrent: int = option(2, "trials at once")
+    cpus_per_trial: float = option(1.0, "CPUs of each trial's training worker")
+    gpus_per_trial: float = option(0.0, "GPUs of each trial's worker; a fraction puts several trials on one GPU")
+    experiment: str = option("facray-sweep", "MLflow experiment")
+    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)")
+    registered_name: str = option("", "MLflow name of the best trial's model (default facray-sweep-<space>)")
+    overwrite: bool = option(False, "discard a sweep in --out run with other settings and start afresh")

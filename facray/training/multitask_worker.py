@@ -1,0 +1,136 @@
+"""The Ray Train worker loop of ``facray train`` (:func:`train_per_worker`). The math is the pure
+:class:`facray.training.multitask.MultiTaskTrainer`; the driver is
+:mod:`facray.training.ray_multitask`.
+
+- DDP (``prepare_model``: gloo on CPU, NCCL on GPU); each worker loads the prepared arrays and
+  trains on its equal share of every epoch's shuffled order (or its Ray Data shard in stream
+  mode); every worker validates on the whole validation set, so early-stopping decisions agree
+  without a collective.
+- A checkpoint every epoch (rank 0), resumed after a failure or a re-run.
+- At the end rank 0 restores the best epoch, chooses per-attribute thresholds on validation,
+  scores the test split and writes the predictor and the metrics into the last checkpoint, in
+  the run folder's layout (:class:`facray.run_folder.RunFolder`).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from facray.attributes import ATTRIBUTES
+from facray.run_folder import RunFolder
+from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size
+from facray.training.run_record import inject_failure_once
+from facray.training.splits import SplitSpec, array_batches, load_split_arrays
+
+
+def train_per_worker(config: dict) -> None:
+    """Ray Train worker loop (see module docstring)."""
+    import torch
+    import ray.train
+    import ray.train.torch
+
+    from facray.data.prepared import read_metadata
+    from facray.models.registry import build_model
+    from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig
+
+    cfg = TrainConfig(**config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    size = input_size(cfg)
+    model = build_model(cfg.model, size, pretrained=cfg.pretrained, weights_file=cfg.weights, **cfg.model_kwargs())
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    meta = read_metadata(cfg.prepared)
+    train_batches, val_batches, test_batches = _batch_sources(cfg, meta, rank, world)
+    pos_weight = np.asarray(config["positive_weights"], np.float32) if cfg.class_balance else None
+    tcfg = MultiTaskTrainerConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, image_size=size, patience=cfg.patience,
+                                  class_balance=cfg.class_balance, max_pos_weight=cfg.max_pos_weight,
+                                  online_flip=cfg.online_flip, seed=cfg.seed,
+                                  lr_schedule=cfg.lr_schedule, epochs=cfg.epochs)
+    trainer = MultiTaskTrainer(model, tcfg, device, pos_weight)
+    resumed_from = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            # Tensors, dicts and lists only: a checkpoint on shared storage can never run code.
+            trainer.load_state_dict(torch.load(Path(d) / "trainer.pt", map_location=device, weights_only=True))
+            resumed_from = trainer.epoch
+
+    while trainer.epoch < cfg.epochs and not trainer.stopped:
+        inject_failure_once(cfg.out, cfg.fail_at_epoch, trainer.epoch + 1)
+        start = time.perf_counter()
+        record = trainer.fit_epoch(train_batches(trainer.epoch), val_batches())
+        record.update(epoch_seconds=time.perf_counter() - start, resumed_from_epoch=resumed_from)
+        last = trainer.epoch == cfg.epochs or trainer.stopped
+        print(f"[rank {rank}] epoch {trainer.epoch}/{cfg.epochs}: loss {record['loss']:.4f}, val loss "
+              f"{record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}, "
+              f"{record['epoch_seconds']:.0f}s", flush=True)
+        if rank != 0:
+            ray.train.report(record)
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(trainer.state_dict(), Path(d) / "trainer.pt")
+            if last:
+                write_final_outputs(RunFolder(d), trainer, val_batches(), test_batches(), config["labelled_attributes"],
+                                    cfg, meta, config["settings_hash"], resumed_from)
+            ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _batch_sources(cfg: TrainConfig, meta: dict, rank: int, world: int):
+    """(train(epoch), val(), test()) batch iterators: from memory (each worker loads the arrays and
+    takes its equal share of every epoch) or from Ray Data shards (``--data stream``; the train
+    dataset is split equally between workers by Ray Train)."""
+    import ray.train
+    if cfg.data == "stream":
+        from facray.training.streaming import stream_batches
+        shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val", "test")}
+        return (lambda e: stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e),
+                lambda: stream_batches(shards["val"], 256, meta, None),
+                lambda: stream_batches(shards["test"], 256, meta, None))
+    data = load_split_arrays(SplitSpec.of(cfg), ("image",))
+    return (lambda e: array_batches(data["train"], cfg.batch_size, True, cfg.seed, e, rank, world),
+            lambda: array_batches(data["val"], 256),
+            lambda: array_batches(data["test"], 256))
+
+
+def write_final_outputs(run: RunFolder, trainer, val_batches, test_batches, labelled_attributes: list[str],
+                        cfg: TrainConfig, meta: dict, digest: str, resumed_from: int) -> None:
+    """Best weights, thresholds on validation, test metrics, the predictor (rank 0, last epoch)."""
+    from facray.predictor import write_multitask_predictor
+    from facray.training.metrics import attribute_metrics, choose_thresholds
+
+    trainer.restore_best()
+    val = trainer.evaluate(val_batches)
+    thresholds = choose_thresholds(val["probs"], val["labels"])
+    test = trainer.evaluate(test_batches, thresholds)
+    half = attribute_metrics(test["probs"], test["labels"], 0.5)
+    val_tuned = attribute_metrics(val["probs"], val["labels"], thresholds)
+    trained = [ATTRIBUTES.index(a) for a in labelled_attributes]
+    per_attr = []
+    for j in trained:
+        m = {k: v[j].item() for k, v in test["metrics"].items()}
+        per_attr.append({"attribute": ATTRIBUTES[j], "threshold": float(thresholds[j]),
+                         "val_accuracy": float(val_tuned["accuracy"][j]), "test_accuracy": m["accuracy"],
+                         "test_accuracy_at_0.5": float(half["accuracy"][j]), "test_precision": m["precision"],
+                         "test_recall": m["recall"], "test_f1": m["f1"],
+                         "confusion": [[m["tn"], m["fp"]], [m["fn"], m["tp"]]], "test_count": m["count"]})
+    state = {k: v.detach().cpu() for k, v in trainer.module.state_dict().items()}
+    choices = [{k: r[k] for k in ("attribute", "threshold", "val_accuracy", "test_accuracy")} for r in per_attr]
+    write_multitask_predictor(run.model_dir, cfg.model, cfg.model_kwargs(), state,
+                              {"size": meta["size"], "margin": meta.get("margin", 0.35)}, trainer.cfg.image_size,
+                              choices, extra={"name": f"{REGISTERED_PREFIX}{cfg.model}:{digest[:8]}",
+                                              "settings_hash": digest})
+    record = {"model": cfg.model, "settings_hash": digest, "status": "finished", "best_epoch": trainer.best_epoch,
+              "epochs_run": trainer.epoch, "stopped_early": trainer.stopped, "resumed_from_epoch": resumed_from,
+              "history": trainer.history, "attributes": per_attr,
+              "mean_test_accuracy": float(np.mean([r["test_accuracy"] for r in per_attr])),
+              "mean_test_accuracy_at_0.5": float(np.mean([r["test_accuracy_at_0.5"] for r in per_attr]))}
+    run.write_metrics(record)
