@@ -223,6 +223,42 @@ def _build_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=4, help="training epochs per job")
 
 
+def _build_sweep(p: argparse.ArgumentParser) -> None:
+    config_arguments("facray.training.configs", "SweepConfig",
+                     "a 4-trial sweep of a tiny model on 60 generated faces (about a minute)")(p)
+    p.epilog = ("key=value arguments that are not sweep keys set the trainer's config for every trial "
+                "(e.g. prepared=DIR val_split=holdout model=resnet18)")
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from facray.config import resolve_config
+    from facray.training.configs import SweepConfig
+    from facray.training.sweep import run_sweep
+
+    sweep_keys = {f.name for f in dataclasses.fields(SweepConfig)}
+    pairs = [o.split("=", 1) if "=" in o else (o, None) for o in args.overrides or []]
+    bad = [k for k, v in pairs if v is None]
+    if bad:
+        raise ValueError(f"override {bad[0]!r} is not key=value")
+    args.overrides = [f"{k}={v}" for k, v in pairs if k.strip().replace("-", "_") in sweep_keys]
+    trial = {k.strip().replace("-", "_"): v for k, v in pairs if k.strip().replace("-", "_") not in sweep_keys}
+    cfg = resolve_config(SweepConfig, args)
+    if args.smoke_test:
+        from dataclasses import replace
+        smoke = dict(space="tune_spaces.smoke_multitask", cpus_per_trial=0.5, max_concurrent=2)
+        _refuse_smoke_overrides(args, list(smoke))
+        cfg = replace(cfg, **smoke)
+        trial = {"prepared": str(_smoke_prepared(Path(cfg.out).resolve().parent)), "model": "abm-trunk-tiny",
+                 "image_size": 32, "batch_size": 16, **trial}
+    summary = run_sweep(cfg, trial)
+    metric = summary["metric"]
+    print(f"best trial {summary['best_trial']}: {summary['best_config']} -> {metric} {summary[metric]:.4f}; "
+          f"trials {summary['trials']}; registered {summary['registered']}; table {summary['results']}")
+    return 0
+
+
 def run_demo_command(args: argparse.Namespace) -> int:
     from facray.demo import run_demo
 
@@ -261,6 +297,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "train": ("train a multi-task model (one network, 40 outputs) on Ray Train: "
               "abm-trunk, resnet18, resnet50, vgg19-transfer, inception-v3",
               _build_train, run_train),
+    "sweep": ("sweep a trainer's hyperparameters on Ray Tune (tune_spaces/*.py); register the best model",
+              _build_sweep, run_sweep_command),
     "combine": ("keep the better modality per attribute; write and register the combined predictor",
                 config_arguments("facray.training.combine", "CombineConfig"), run_combine),
     "evaluate": ("per-attribute report (real, sketch, combined, majority, paper) with a plot, logged to MLflow",

@@ -84,9 +84,18 @@ def start_training_run(tracking_uri: str | None, run: RunFolder, experiment: str
                        config: dict, parent_run_id: str | None = None) -> tuple[str, str]:
     """Open an MLflow run for a training run (params + config file), a child of
     ``parent_run_id`` if given, and leave it open for the Train controller to log epochs into.
-    Returns (tracking URI, MLflow run id)."""
+    A run folder that already has one in this store (an interrupted run, resumed) gets it back,
+    so one training run is one MLflow run however often it restarts. Returns (tracking URI,
+    MLflow run id)."""
     uri = setup_mlflow(tracking_uri, run, experiment)
     client = mlflow.MlflowClient(uri)
+    previous = run.parent_run_id()
+    if previous:
+        try:
+            client.get_run(previous)
+            return uri, previous
+        except mlflow.exceptions.MlflowException:
+            pass  # another store (or deleted): a new run
     mlflow_run = client.create_run(mlflow.get_experiment_by_name(experiment).experiment_id, run_name=run_name,
                                    tags={"mlflow.parentRunId": parent_run_id} if parent_run_id else None)
     client.log_batch(mlflow_run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in flat_params(config).items()])

@@ -1,0 +1,195 @@
+"""``facray sweep``: a hyperparameter sweep on Ray Tune, for either trainer. Runs on the driver.
+
+Train V2's way (RAY_NOTES): each Tune trial is a function (:func:`run_trial`) that trains one
+ordinary facray run — its own run folder under ``SWEEP/trials/`` (evaluate it, label with it) —
+with ``TuneReportCallback`` forwarding every epoch's metrics from the Ray Train controller to
+Tune, so a scheduler (ASHA) can stop poor trials early. Every trial checkpoints every epoch
+(Ray Train, inside its run folder); re-running an interrupted sweep restores the Tune experiment
+and runs only the unfinished trials, which resume from their checkpoints.
+
+MLflow (one writer per run): the driver opens the sweep's parent run; each trial's training run
+is its child (per-epoch curves logged live by its Train controller). At the end the driver writes
+``sweep_results.csv`` (one row per trial) and ``sweep_metric.png`` (the metric over the grid),
+logs both to the parent and registers the best trial's predictor.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from facray.config import config_to_dict, resolve_config
+from facray.run_folder import RunFolder
+from facray.training.configs import SweepConfig
+from facray.training.run_record import settings_hash
+from facray.training.sweep_space import SearchSpace, load_space
+
+SWEEP_EXPERIMENT = "sweep"  # the Tune experiment's name under SWEEP/tune/
+
+
+def trial_config(space: SearchSpace, cfg: SweepConfig, overrides: dict | None = None):
+    """The trainer config every trial starts from (checked now, before Ray starts)."""
+    import yaml
+    base = yaml.safe_load(Path(cfg.trial_config).read_text()) if cfg.trial_config else {}
+    trial = resolve_config(space.config_class, overrides={**(base or {}), **(overrides or {}),
+                                                          "cpus_per_worker": cfg.cpus_per_trial,
+                                                          "gpus_per_worker": cfg.gpus_per_trial})
+    if getattr(trial, "mode", "fused") != "fused":
+        raise ValueError("a binary sweep trains each trial's jobs fused (mode=fused); "
+                         "mode=separate is itself a Tune run")
+    return trial
+
+
+def run_trial(config: dict, context: dict) -> None:
+    """A Tune trial: one training run with this trial's values (``config``, the swept keys only),
+    in its own run folder; ``context`` is what every trial shares (:func:`_trial_context`)."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from facray.training.sweep_space import TRAINERS
+    run = RunFolder(context["sweep_out"]).trial(tune.get_context().get_trial_name())
+    trainer = context["trainer"]
+    cls = next(c for c in _config_classes() if TRAINERS[c.__name__] == trainer)
+    cfg = cls(**{**context["base"], **config, "out": str(run.root), "tracking_uri": context["tracking_uri"],
+                 "experiment": context["experiment"]})
+    callbacks = (TuneReportCallback(),)
+    if trainer == "multitask":
+        from facray.training.ray_multitask import train_multitask
+        record = train_multitask(cfg, callbacks, context["parent_run_id"], register=False)
+        best = record["history"][record["best_epoch"] - 1] if record["best_epoch"] else record["history"][-1]
+        final = {k: best[k] for k in ("val_accuracy", "val_loss", "loss")}
+        final.update(mean_test_accuracy=record["mean_test_accuracy"], epochs_run=record["epochs_run"])
+    else:
+        from facray.training.ray_binary import train_binary_models
+        table = train_binary_models(cfg, callbacks, context["parent_run_id"])
+        final = {"mean_val_accuracy": float(table["val_accuracy"].mean()),
+                 "mean_test_accuracy": float(table["test_accuracy"].mean()),
+                 "epochs_run": max(len(r["history"]) for r in run.job_records())}
+    # The trial's result: the best epoch's validation figures (the weights the run keeps).
+    tune.report({**final, "run_folder": str(run.root), "finished": 1})
+
+
+def _config_classes():
+    from facray.training.configs import TrainBinaryConfig, TrainConfig
+    return TrainBinaryConfig, TrainConfig
+
+
+def _scheduler(space: SearchSpace, cfg: SweepConfig, max_t: int):
+    if cfg.scheduler == "fifo" or (cfg.scheduler == "space" and space.scheduler is None):
+        return None
+    if cfg.scheduler == "space":
+        return space.scheduler(space.metric, space.mode, max_t)
+    from ray.tune.schedulers import ASHAScheduler
+    return ASHAScheduler(metric=space.metric, mode=space.mode, max_t=max_t, grace_period=cfg.grace_period)
+
+
+def run_sweep(cfg: SweepConfig, overrides: dict | None = None) -> dict:
+    """Run (or resume) the sweep; return its summary (best trial, metric, registered model)."""
+    import ray.tune as tune
+
+    from facray.runtime import init_ray
+    from facray.tracking import setup_mlflow
+
+    space = load_space(cfg.space)
+    base = trial_config(space, cfg, overrides)
+    sweep = RunFolder(cfg.out)
+    settings = {"space": space.name, "space_values": repr(space.space), "metric": space.metric,
+                "base": config_to_dict(base), "num_samples": cfg.num_samples, "scheduler": cfg.scheduler}
+    sweep.claim(settings, settings_hash(settings), cfg.overwrite)
+    uri = setup_mlflow(cfg.tracking_uri, sweep, cfg.experiment)
+    parent = sweep.parent_run_id() or _open_parent(uri, cfg.experiment, f"sweep-{space.name}", settings)
+    sweep.set_parent_run_id(parent)
+    init_ray()
+    experiment = sweep.tune_dir / SWEEP_EXPERIMENT
+    context = {"trainer": space.trainer, "base": config_to_dict(base), "sweep_out": str(sweep.root),
+               "tracking_uri": uri, "experiment": cfg.experiment, "parent_run_id": parent}
+    # CPU 0.01: the trial function only waits; its Ray Train worker holds the trial's CPUs/GPUs.
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"CPU": 0.01})
+    if tune.Tuner.can_restore(str(experiment)):
+        print(f"resuming the sweep in {experiment} (finished trials are kept)", flush=True)
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        max_t = max(space.grid_values("epochs") or [getattr(base, "epochs", 1)]) + 1  # + the final report
+        tuner = tune.Tuner(
+            trainable, param_space=space.space,
+            tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=cfg.num_samples,
+                                        max_concurrent_trials=cfg.max_concurrent,
+                                        scheduler=_scheduler(space, cfg, max_t)),
+            run_config=tune.RunConfig(name=SWEEP_EXPERIMENT, storage_path=str(sweep.tune_dir),
+                                      failure_config=tune.FailureConfig(max_failures=1)))
+    grid = tuner.fit()
+    table = results_table(grid, space)
+    return finish_sweep(sweep, space, cfg, table, uri, parent)
+
+
+def _open_parent(uri: str, experiment: str, name: str, settings: dict) -> str:
+    import mlflow
+
+    from facray.tracking import flat_params
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(mlflow.get_experiment_by_name(experiment).experiment_id, run_name=name)
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in flat_params(settings).items()])
+    return run.info.run_id
+
+
+def results_table(grid, space: SearchSpace) -> pd.DataFrame:
+    """One row per trial: its values, the metric (best epoch's when finished, else the last one
+    reported), how many epochs it ran, its status and run folder."""
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        finished = bool(metrics.get("finished"))
+        status = "error" if result.error else ("finished" if finished else "stopped early")
+        epochs = int(metrics.get("epochs_run") or metrics.get("epoch") or 0)
+        rows.append({"trial": metrics.get("trial_id") or Path(result.path).name, **{k: result.config[k] for k in sorted(space.space)},
+                     space.metric: metrics.get(space.metric, math.nan), "epochs_run": epochs,
+                     "mean_test_accuracy": metrics.get("mean_test_accuracy", math.nan), "status": status,
+                     "run_folder": metrics.get("run_folder", "")})
+    table = pd.DataFrame(rows)
+    return table.sort_values(space.metric, ascending=space.mode == "min", na_position="last").reset_index(drop=True)
+
+
+def finish_sweep(sweep: RunFolder, space: SearchSpace, cfg: SweepConfig, table: pd.DataFrame, uri: str,
+                 parent: str) -> dict:
+    """Write the table and the plot, log them, register the best finished trial's predictor."""
+    import mlflow
+
+    from facray.training.sweep_report import plot_metric
+    from facray.tracking import register_predictor
+
+    table.to_csv(sweep.sweep_results_file, index=False)
+    plot_metric(table, space, sweep.sweep_plot_file)
+    finished = table[table.status == "finished"]
+    if finished.empty:
+        raise RuntimeError(f"no trial finished; see {sweep.sweep_results_file} and {sweep.tune_dir}")
+    best = finished.iloc[0]
+    predictor = _best_predictor(RunFolder(best.run_folder), space, uri)
+    name = cfg.registered_name or f"facray-sweep-{space.name.replace('_', '-')}"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=parent):
+        mlflow.log_artifact(str(sweep.sweep_results_file))
+        mlflow.log_artifact(str(sweep.sweep_plot_file))
+        mlflow.log_metric(f"best_{space.metric}", float(best[space.metric]))
+        mlflow.set_tag("best_trial", best.trial)
+        registered = register_predictor(predictor, name)
+    summary = {"metric": space.metric, "best_trial": best.trial, "best_config": {k: _plain(best[k]) for k in sorted(space.space)},
+               space.metric: float(best[space.metric]), "run_folder": best.run_folder, "registered": registered,
+               "results": str(sweep.sweep_results_file), "plot": str(sweep.sweep_plot_file),
+               "trials": {s: int(n) for s, n in table.status.value_counts().items()}}
+    sweep.sweep_summary_file.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _best_predictor(run: RunFolder, space: SearchSpace, uri: str) -> Path:
+    """The best trial's predictor: a multi-task run's model, or a binary run combined now."""
+    if space.trainer == "multitask":
+        return run.model_dir
+    from facray.training.combine import CombineConfig, combine
+    dest, _ = combine(CombineConfig(run=str(run.root), register=False, tracking_uri=uri))
+    return dest
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v

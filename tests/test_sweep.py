@@ -1,0 +1,95 @@
+"""facray sweep on Ray Tune: spaces checked before Ray starts; a 4-trial sweep killed part-way
+resumes without re-running finished trials, then writes the table and plot, nests one MLflow child
+run per trial under the sweep's run and registers the best trial's model."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from facray.training.sweep_space import load_space
+
+pytestmark = pytest.mark.timeout(900)
+
+FACRAY = [sys.executable, "-c", "import sys; from facray.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def _space(tmp_path, body: str) -> Path:
+    path = tmp_path / "space.py"
+    path.write_text("from ray import tune\nfrom facray.training.configs import TrainConfig\nCONFIG = TrainConfig\n"
+                    "METRIC = 'val_accuracy'\nMODE = 'max'\n" + body)
+    return path
+
+
+@pytest.mark.parametrize("body, message", [
+    ("SPACE = {'learning_rate': tune.grid_search([1e-3])}", "'learning_rate' is not a TrainConfig field"),
+    ("SPACE = {'out': tune.grid_search(['a', 'b'])}", "'out' is set by the sweep itself"),
+    ("SPACE = {'epochs': tune.grid_search([2, 2.5])}", "epochs: expected int"),
+    ("SPACE = {'lr': tune.grid_search([1e-3])}\nMETRIC = 'test_accuracy'", "METRIC 'test_accuracy' is not reported"),
+])
+def test_a_bad_space_is_refused_before_ray_starts(tmp_path, body, message):
+    with pytest.raises(ValueError, match=message):
+        load_space(str(_space(tmp_path, body)))
+    code = ("import sys, ray; from facray.cli import main; "
+            f"rc = main(['sweep', '--space', {str(_space(tmp_path, body))!r}, '--out', {str(tmp_path / 's')!r}]); "
+            "print('rc', rc, 'ray started', ray.is_initialized())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "rc 2 ray started False" in out.stdout and message.split()[0] in out.stderr
+
+
+def test_a_killed_sweep_resumes_only_its_unfinished_trials_then_registers_the_best(tmp_path):
+    out = tmp_path / "sweep"
+    args = [*FACRAY, "sweep", "--smoke-test", "--out", str(out)]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 480
+    while time.time() < deadline and not list(out.glob("trials/*/metrics.json")):
+        assert first.poll() is None, "the sweep ended before it could be interrupted"
+        time.sleep(2)
+    finished_before = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("trials/*/metrics.json")}
+    assert finished_before, "no trial finished within the deadline"
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray, mid-sweep
+    first.wait()
+    assert not out.joinpath("sweep_results.csv").exists()
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming the sweep" in again.stdout
+    trials = sorted(p.name for p in out.glob("trials/*"))
+    assert len(trials) == 4  # the same four trials, none started twice under a new name
+    for name, mtime in finished_before.items():  # finished trials were not trained again
+        assert (out / "trials" / name / "metrics.json").stat().st_mtime_ns == mtime
+
+    table = pd.read_csv(out / "sweep_results.csv")
+    assert len(table) == 4 and (table.status == "finished").all()
+    assert sorted(zip(table.lr, table.epochs)) == [(3e-3, 1), (3e-3, 2), (1e-2, 1), (1e-2, 2)]
+    for _, row in table.iterrows():  # the table's metric is the trial's best epoch
+        record = json.loads((Path(row.run_folder) / "metrics.json").read_text())
+        assert row.val_accuracy == pytest.approx(record["history"][record["best_epoch"] - 1]["val_accuracy"])
+        assert row.epochs_run == len(record["history"]) == row.epochs
+    assert out.joinpath("sweep_metric.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    best = table.iloc[table.val_accuracy.idxmax()]
+    assert summary["val_accuracy"] == pytest.approx(best.val_accuracy) and summary["run_folder"] == best.run_folder
+
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    parent = (out / "parent_run_id").read_text()
+    children = client.search_runs([client.get_run(parent).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(children) == 4  # one per trial, also across the interruption
+    assert all(len(client.get_metric_history(c.info.run_id, "val_accuracy")) >= 1 for c in children)
+    assert {a.path for a in client.list_artifacts(parent)} >= {"sweep_results.csv", "sweep_metric.png"}
+    version = client.get_model_version_by_alias("facray-sweep-smoke-multitask", "newest")
+    assert version.run_id == parent
+    from facray.predictor import read_predictor
+    registered, _ = read_predictor(summary["registered"])
+    trained, _ = read_predictor(Path(best.run_folder) / "model")
+    assert registered["weights_sha256"] == trained["weights_sha256"]  # the best trial's model
