@@ -25,7 +25,7 @@ import pandas as pd
 from facray.attributes import ATTRIBUTES
 from facray.config import option
 from facray.run_folder import RunFolder
-from facray.training.combine import choose_modalities
+from facray.training.combine import best_lr_records, choose_modalities
 from facray.training.jobs import PAPER_TABLE
 
 
@@ -58,7 +58,7 @@ def majority_baseline(splits: dict) -> pd.Series:
 
 
 def build_report(run: RunFolder, splits: dict) -> pd.DataFrame:
-    records = run.job_records()
+    records = best_lr_records(run.job_records())
     table = choose_modalities(records)
     by_key = {(r["attribute"], r["modality"]): r for r in records}
     table["precision"] = [by_key[(a, m)]["test"].get("test_precision") for a, m in zip(table.attribute, table.modality)]

@@ -22,8 +22,8 @@ def _data(n=48, seed=0, size=16):
     return {"image": image, "sketch": image[..., 0].copy(), "labels": labels}
 
 
-def _train(jobs, data, val, epochs, kind="loop", patience=5, mutate=None):
-    cfg = TrainerConfig(batch_size=8, image_size=16, patience=patience, stack=kind, seed=1)
+def _train(jobs, data, val, epochs, kind="loop", patience=5, mutate=None, lr=1e-3):
+    cfg = TrainerConfig(batch_size=8, image_size=16, patience=patience, stack=kind, seed=1, lr=lr)
     t = FusedBinaryTrainer(jobs, cfg)
     for e in range(epochs):
         if not t.running:
@@ -174,3 +174,37 @@ def test_class_balance_lifts_a_rare_attribute_off_its_majority_class():
             t.fit_epoch(array_batches(data, 32, True, 1, e), array_batches(data, 64))
         found[balance] = t.states[f"{A}__real"].history[-1]["val_recall"]
     assert found[False] == 0 and found[True] > 0.3, found
+
+
+@pytest.mark.parametrize("kind", ["loop", "grouped"])
+def test_in_stack_lr_sweep_trains_each_model_as_a_run_at_its_own_lr(kind):
+    """Three lrs of one job in one stack (Adam at the largest, smaller updates scaled) give the
+    weights of three separate runs, each at its lr, from the same initial weights."""
+    data, val = _data(), _data(seed=1)
+    lrs = (3e-3, 1e-3, 1e-4)
+    swept = _train([BinaryJob(A, "real", 3, lr) for lr in lrs] + [BinaryJob(B, "sketch", 3, 1e-4)],
+                   data, val, 3, kind)
+    assert sorted(swept.states) == [f"{A}__real__lr0.0001", f"{A}__real__lr0.001", f"{A}__real__lr0.003",
+                                    f"{B}__sketch__lr0.0001"]
+    for lr in lrs:
+        alone = _train([BinaryJob(A, "real", 3)], data, val, 3, kind, lr=lr)
+        assert swept.job_record(f"{A}__real__lr{lr:g}")["lr"] == lr
+        for name, w in alone.best[f"{A}__real"].items():
+            torch.testing.assert_close(swept.best[f"{A}__real__lr{lr:g}"][name], w, atol=2e-5, rtol=1e-4)
+    first, last = (swept.best[f"{A}__real__lr{lr:g}"]["fc2.weight"] for lr in (3e-3, 1e-4))
+    assert not torch.allclose(first, last)  # the lrs really differ
+
+
+def test_combine_keeps_per_attribute_the_lr_with_the_best_validation_accuracy():
+    from facray.training.combine import best_lr_records, choose_modalities
+
+    def rec(attribute, modality, lr, val):
+        return {"attribute": attribute, "modality": modality, "lr": lr, "dir": f"{attribute}{modality}{lr}",
+                "best": {"val_accuracy": val}, "test": {"test_accuracy": val - 0.01}}
+    records = [rec(A, "real", 1e-3, 0.80), rec(A, "real", 1e-4, 0.85), rec(A, "sketch", 1e-3, 0.83),
+               rec(B, "real", 1e-3, 0.70), rec(B, "real", 1e-4, 0.70), rec(B, "sketch", 1e-4, 0.75)]
+    chosen = {(r["attribute"], r["modality"]): r["lr"] for r in best_lr_records(records)}
+    assert chosen == {(A, "real"): 1e-4, (A, "sketch"): 1e-3, (B, "real"): 1e-3, (B, "sketch"): 1e-4}
+    table = choose_modalities(records).set_index("attribute")
+    assert table.loc[A, ["modality", "lr"]].tolist() == ["real", 1e-4]
+    assert table.loc[B, ["modality", "lr"]].tolist() == ["sketch", 1e-4]

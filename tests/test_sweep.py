@@ -19,7 +19,7 @@ from facray.training.sweep_space import load_space
 
 pytestmark = pytest.mark.timeout(900)
 
-FACRAY = [sys.executable, "-c", "import sys; from facray.cli import main; sys.exit(main(sys.argv[1:]))"]
+JOB = Path(__file__).resolve().parents[1] / "jobs" / "sweep.py"  # what `ray job submit` runs
 
 
 def _space(tmp_path, body: str) -> Path:
@@ -47,7 +47,7 @@ def test_a_bad_space_is_refused_before_ray_starts(tmp_path, body, message):
 
 def test_a_killed_sweep_resumes_only_its_unfinished_trials_then_registers_the_best(tmp_path):
     out = tmp_path / "sweep"
-    args = [*FACRAY, "sweep", "--smoke-test", "--out", str(out)]
+    args = [sys.executable, str(JOB), "--smoke-test", "--out", str(out)]
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 480
     while time.time() < deadline and not list(out.glob("trials/*/metrics.json")):

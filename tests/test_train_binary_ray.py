@@ -171,3 +171,20 @@ def test_rerun_with_other_settings_is_refused_naming_the_keys(ray_session, prepa
     table = train_binary_models(replace(cfg, epochs=2, overwrite=True))
     rec = json.loads((out / "jobs/Smiling__real/metrics.json").read_text())
     assert len(table) == 1 and [h["epoch"] for h in rec["history"]] == [1, 2]
+
+
+def test_in_stack_lr_sweep_keeps_each_attributes_best_lr(ray_session, prepared_small, tmp_path):
+    out = tmp_path / "lrs"
+    table = train_binary_models(_cfg(prepared_small, out, modalities=("real",), lrs=(3e-3, 3e-4), num_workers=1))
+    assert sorted(table.job) == ["Eyeglasses__real__lr0.0003", "Eyeglasses__real__lr0.003",
+                                 "Smiling__real__lr0.0003", "Smiling__real__lr0.003"]
+    runs = _runs(out)  # one MLflow child per model, each with its own curves
+    assert len(runs[runs["tags.mlflow.runName"].str.contains("__lr")]) == 4
+    dest, _ = combine(CombineConfig(run=str(out), register=False))
+    chosen = json.loads((dest / "manifest.json").read_text())["attributes"]
+    for c in chosen:  # the lr whose logged validation accuracy is best
+        logged = {lr: json.loads((out / f"jobs/{c['attribute']}__real__lr{lr:g}/metrics.json").read_text())
+                  for lr in (3e-3, 3e-4)}
+        best = max(logged, key=lambda lr: (logged[lr]["best"]["val_accuracy"], lr))
+        assert c["lr"] == best and c["val_accuracy"] == logged[best]["best"]["val_accuracy"]
+    assert load_predictor(dest).attributes == ["Eyeglasses", "Smiling"]

@@ -113,6 +113,10 @@ class LoopABMStack(nn.Module):
     def model_parameters(self, k: int) -> list[nn.Parameter]:
         return list(self.models[k].parameters())
 
+    def per_model_views(self, values: torch.Tensor) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, ``values[k]`` shaped to broadcast over it) for every parameter of model k."""
+        return [(p, values[k]) for k, m in enumerate(self.models) for p in m.parameters()]
+
     def export(self, k: int) -> dict[str, torch.Tensor]:
         return {n: t.detach().cpu().clone() for n, t in self.models[k].state_dict().items()}
 
@@ -180,6 +184,10 @@ class GroupedABMStack(nn.Module):
         h = torch.einsum("bkf,kfo->bko", h, self.fc1_w.to(h.dtype)) + self.fc1_b.to(h.dtype)
         h = torch.einsum("bkf,kfo->bko", F.relu(h), self.fc2_w.to(h.dtype)) + self.fc2_b.to(h.dtype)
         return h
+
+    def per_model_views(self, values: torch.Tensor) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, ``values`` shaped to broadcast along its leading model dimension)."""
+        return [(p, values.view(-1, *[1] * (p.dim() - 1))) for p in self.parameters()]
 
     def export(self, k: int) -> dict[str, torch.Tensor]:
         """Model ``k`` as an :class:`ABMCNN` state dict."""

@@ -26,7 +26,7 @@ from facray.models.abm import build_stack, default_stack_kind
 from facray.models.inputs import to_input
 from facray.training.jobs import BinaryJob, JobState, job_seed
 from facray.training.metrics import PassStats
-from facray.training.stack_optim import select_with_adam_state
+from facray.training.stack_optim import adam_step_per_model_lr, select_with_adam_state
 
 
 @dataclass
@@ -70,12 +70,25 @@ class FusedBinaryTrainer:
     def _in_channels(self, modality: str) -> int:
         return 3 if modality == "real" else self.cfg.sketch_channels
 
+    def job_lr(self, key: str) -> float:
+        return self.states[key].job.lr or self.cfg.lr
+
+    @property
+    def base_lr(self) -> float:
+        """Every stack's Adam runs at the largest job lr; a job with a smaller lr (an in-stack lr
+        sweep) has its update scaled down (:meth:`_optimizer_step`)."""
+        return max(self.job_lr(k) for k in self.states)
+
     def _build(self, modality: str, keys: list[str]) -> None:
-        seeds = [job_seed(k, self.cfg.seed) for k in keys]
+        seeds = [job_seed(self.states[k].job.model_key, self.cfg.seed) for k in keys]
         stack = build_stack(self.kind, seeds, self._in_channels(modality), self.cfg.image_size,
                             self.cfg.dropout).to(self.device)
         self.stacks[modality], self.active[modality] = stack, keys
-        self.optims[modality] = torch.optim.Adam(stack.parameters(), lr=self.cfg.lr)
+        self.optims[modality] = torch.optim.Adam(stack.parameters(), lr=self.base_lr)
+
+    def _optimizer_step(self, modality: str, stack: torch.nn.Module, keys: list[str]) -> None:
+        """Adam's step, each model at its own lr (:func:`facray.training.stack_optim.adam_step_per_model_lr`)."""
+        adam_step_per_model_lr(self.optims[modality], stack, [self.job_lr(k) / self.base_lr for k in keys])
 
     @property
     def running(self) -> list[str]:
@@ -114,7 +127,7 @@ class FusedBinaryTrainer:
             loss = (weighted.sum(0) / n_valid.clamp(min=1)).sum()
             self.optims[modality].zero_grad(set_to_none=True)
             loss.backward()
-            self.optims[modality].step()
+            self._optimizer_step(modality, stack, keys)
         stats.add(per_sample, logits.argmax(-1), y)
 
     def _pass(self, batches: Iterable[dict], stacks: dict, active: dict[str, list[str]],
@@ -169,7 +182,7 @@ class FusedBinaryTrainer:
             del self.stacks[modality], self.optims[modality]
             return
         self.stacks[modality], self.optims[modality] = select_with_adam_state(
-            self.stacks[modality], self.optims[modality], keep, self.cfg.lr)
+            self.stacks[modality], self.optims[modality], keep, self.base_lr)
 
     # ---- results ----
 
@@ -202,7 +215,8 @@ class FusedBinaryTrainer:
     def job_record(self, key: str, test: dict | None = None) -> dict:
         st = self.states[key]
         best = next((h for h in st.history if h["epoch"] == st.best_epoch), st.history[-1] if st.history else {})
-        return {"attribute": st.job.attribute, "modality": st.job.modality, "status": "finished",
+        return {"attribute": st.job.attribute, "modality": st.job.modality, "lr": self.job_lr(key),
+                "status": "finished",
                 "epochs": st.epochs_done, "best_epoch": st.best_epoch, "stopped": st.stopped or "max_epochs",
                 "best": best, "history": st.history, "test": test or {}, "config": asdict(self.cfg)}
 

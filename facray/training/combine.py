@@ -38,14 +38,30 @@ class CombineConfig:
     experiment: str = option("facray-abm", "MLflow experiment")
 
 
-def choose_modalities(records: list[dict]) -> pd.DataFrame:
-    """One row per attribute: the chosen modality and both modalities' validation/test accuracy."""
-    rows = {}
+def best_lr_records(records: list[dict]) -> list[dict]:
+    """Per (attribute, modality) the job whose validation accuracy is best: an in-stack lr sweep
+    (``train-binary --lrs``) trained one per learning rate (ties go to the larger lr, which
+    converged sooner). Without a sweep this is ``records`` itself."""
+    best: dict[tuple[str, str], dict] = {}
     for r in records:
+        k = (r["attribute"], r["modality"])
+        score = (r["best"].get("val_accuracy", float("nan")), r.get("lr") or 0.0)
+        score = tuple(-1.0 if pd.isna(v) else v for v in score)
+        if k not in best or score > best[k][0]:
+            best[k] = (score, r)
+    return [r for _, r in best.values()]
+
+
+def choose_modalities(records: list[dict]) -> pd.DataFrame:
+    """One row per attribute: the chosen modality (and lr) and both modalities' validation/test
+    accuracy."""
+    rows = {}
+    for r in best_lr_records(records):
         row = rows.setdefault(r["attribute"], {"attribute": r["attribute"]})
         row[f"{r['modality']}_val_accuracy"] = r["best"].get("val_accuracy", float("nan"))
         row[f"{r['modality']}_test_accuracy"] = r["test"].get("test_accuracy", float("nan"))
         row[f"{r['modality']}_dir"] = r["dir"]
+        row[f"{r['modality']}_lr"] = r.get("lr")
     table = pd.DataFrame(rows.values())
     for m in ("real", "sketch"):
         if f"{m}_val_accuracy" not in table:
@@ -55,6 +71,7 @@ def choose_modalities(records: list[dict]) -> pd.DataFrame:
     table["modality"] = ["sketch" if s else "real" for s in sketch_better]
     table["val_accuracy"] = [r[f"{m}_val_accuracy"] for m, (_, r) in zip(table.modality, table.iterrows())]
     table["test_accuracy"] = [r[f"{m}_test_accuracy"] for m, (_, r) in zip(table.modality, table.iterrows())]
+    table["lr"] = [r.get(f"{m}_lr") for m, (_, r) in zip(table.modality, table.iterrows())]
     from facray.attributes import ATTRIBUTES
     table["order"] = table.attribute.map(ATTRIBUTES.index)
     return table.sort_values("order").drop(columns="order").reset_index(drop=True)
@@ -73,7 +90,7 @@ def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
                           weights_only=True)
         image_size = blob["image_size"]
         weights[f"{row.attribute}__{row.modality}"] = blob["state_dict"]
-        choices.append({"attribute": row.attribute, "modality": row.modality, "threshold": 0.5,
+        choices.append({"attribute": row.attribute, "modality": row.modality, "lr": _num(row.lr), "threshold": 0.5,
                         "val_accuracy": _num(row.val_accuracy), "test_accuracy": _num(row.test_accuracy),
                         "real_val_accuracy": _num(row.real_val_accuracy),
                         "sketch_val_accuracy": _num(row.sketch_val_accuracy)})
@@ -86,7 +103,8 @@ def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
         table["threshold"] = table.attribute.map(thresholds)
     else:
         table["threshold"] = 0.5
-    table.drop(columns=[c for c in table if c.endswith("_dir")]).to_csv(dest / "choices.csv", index=False)
+    table.drop(columns=[c for c in table if c.endswith("_dir") or c in ("real_lr", "sketch_lr")]).to_csv(
+        dest / "choices.csv", index=False)
     uri = register_combined(dest, cfg, run) if cfg.register else None
     return dest, uri
 

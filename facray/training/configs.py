@@ -41,6 +41,8 @@ class TrainBinaryConfig(RunOptions):
     paper_epochs: bool = option(False, "use Table 1's per-attribute epochs where reported")
     batch_size: int = option(32, "images per step (paper: 32)")
     lr: float = option(1e-3, "Adam learning rate")
+    lrs: tuple[float, ...] = option((), "in-stack lr sweep: every job once per learning rate in the same data "
+                                        "pass (e.g. 1e-3,1e-4,1e-5); combine keeps each attribute's best")
     image_size: int = option(0, "model input side; 0 = the prepared crop size")
     dropout: float = option(0.5, "dropout before the dense layers")
     patience: int = option(3, "early stopping patience on validation loss")

@@ -27,14 +27,22 @@ class BinaryJob:
     attribute: str
     modality: str
     max_epochs: int
+    lr: float | None = None  # set by an in-stack lr sweep (``--lrs``); None: the run's --lr
+
+    @property
+    def model_key(self) -> str:
+        """Which model this job trains: the attribute on a modality (what a predictor holds)."""
+        return f"{self.attribute}__{self.modality}"
 
     @property
     def key(self) -> str:
-        return f"{self.attribute}__{self.modality}"
+        """The job's name (and folder): the model key, plus the lr in an in-stack sweep."""
+        return self.model_key if self.lr is None else f"{self.model_key}__lr{self.lr:g}"
 
 
 def job_seed(key: str, seed: int) -> int:
-    """A model's initial weights depend on its job and the run seed only."""
+    """A model's initial weights depend on its model key and the run seed only (so an in-stack
+    lr sweep's variants start from the same weights, as separate runs with each lr would)."""
     return (zlib.crc32(key.encode()) * 7919 + seed) % (2 ** 31 - 1)
 
 
@@ -76,13 +84,17 @@ def paper_epochs() -> dict[tuple[str, str], int]:
     return out
 
 
-def make_jobs(attributes: str, modalities: tuple[str, ...], epochs: int, use_paper_epochs: bool = False
-              ) -> list[BinaryJob]:
+def make_jobs(attributes: str, modalities: tuple[str, ...], epochs: int, use_paper_epochs: bool = False,
+              lrs: tuple[float, ...] = ()) -> list[BinaryJob]:
+    """One job per attribute x modality (x learning rate, for an in-stack sweep over ``lrs``)."""
     for m in modalities:
         if m not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {m!r}")
+    if any(lr <= 0 for lr in lrs) or len(set(lrs)) != len(lrs):
+        raise ValueError(f"lrs must be distinct positive learning rates, got {lrs}")
     table = paper_epochs() if use_paper_epochs else {}
-    return [BinaryJob(a, m, table.get((a, m), epochs)) for a in resolve_attributes(attributes) for m in modalities]
+    return [BinaryJob(a, m, table.get((a, m), epochs), lr) for a in resolve_attributes(attributes)
+            for m in modalities for lr in (lrs or (None,))]
 
 
 def write_job_output(job_dir: str | Path, trainer, key: str, test: dict,

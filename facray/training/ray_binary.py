@@ -133,7 +133,7 @@ def train_binary_models(cfg: TrainBinaryConfig, callbacks: tuple = (), parent_ru
     from facray.runtime import init_ray
     from facray.tracking import log_binary_jobs
 
-    jobs = make_jobs(cfg.attributes, cfg.modalities, cfg.epochs, cfg.paper_epochs)
+    jobs = make_jobs(cfg.attributes, cfg.modalities, cfg.epochs, cfg.paper_epochs, cfg.lrs)
     counts = check_splits(SplitSpec.of(cfg))
     run, digest = claim_run(cfg)
     done = run.finished_job_keys(digest)

@@ -1,6 +1,10 @@
-"""Optimiser state of a shrinking model stack. Pure torch.
+"""Adam over a stack of independent models. Pure torch.
 
-When a binary job stops early, :class:`facray.training.binary.FusedBinaryTrainer` takes its model
+Per-model learning rates (an in-stack lr sweep): one Adam at the largest lr, each model's update
+scaled to its own lr after the step. Adam's update is linear in lr and its moments see gradients
+only, so a model moved by ``lr_k / lr_max`` of the step is exactly a model trained by Adam at ``lr_k``.
+
+Shrinking: when a binary job stops early, :class:`facray.training.binary.FusedBinaryTrainer` takes its model
 out of the stack; the models that go on training must keep their own Adam moments, or their
 next steps would differ from training alone (the fused trainer's promise: each model trains as
 it would on its own).
@@ -27,3 +31,16 @@ def select_with_adam_state(stack: torch.nn.Module, optimizer: torch.optim.Adam, 
             new_opt.state[new_p] = {k: v.index_select(0, index).clone() if v.ndim else v.clone()
                                     for k, v in optimizer.state[old_params[name]].items()}
     return new, new_opt
+
+
+def adam_step_per_model_lr(optimizer: torch.optim.Optimizer, stack: torch.nn.Module, scales: list[float]) -> None:
+    """``optimizer.step()``, with model k's update scaled by ``scales[k]`` (<= 1)."""
+    if all(s == 1.0 for s in scales):
+        optimizer.step()
+        return
+    views = stack.per_model_views(torch.tensor(scales, device=next(stack.parameters()).device))
+    before = [p.detach().clone() for p, _ in views]
+    optimizer.step()
+    with torch.no_grad():
+        for (p, scale), old in zip(views, before):
+            p.copy_(torch.lerp(old, p, scale))
