@@ -44,7 +44,8 @@ class SearchSpace:
         return TRAINERS[self.config_class.__name__]
 
     def grid_values(self, key: str) -> list | None:
-        domain = self.space[key]
+        """The grid of ``key``; None when it is not swept or sampled rather than gridded."""
+        domain = self.space.get(key)
         return domain["grid_search"] if isinstance(domain, dict) and "grid_search" in domain else None
 
 
