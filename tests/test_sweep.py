@@ -93,3 +93,18 @@ def test_a_killed_sweep_resumes_only_its_unfinished_trials_then_registers_the_be
     registered, _ = read_predictor(summary["registered"])
     trained, _ = read_predictor(Path(best.run_folder) / "model")
     assert registered["weights_sha256"] == trained["weights_sha256"]  # the best trial's model
+
+
+def test_the_plot_covers_one_two_or_more_swept_keys_and_the_grid_keeps_each_cells_best(tmp_path):
+    from facray.training.sweep_report import metric_grid, plot_metric
+    space = load_space("tune_spaces/abm_lr_epochs.py")
+    table = pd.DataFrame({"lr": [1e-3, 1e-3, 1e-4, 1e-4, 1e-3], "epochs": [25, 63, 25, 63, 25],
+                          "mean_val_accuracy": [0.80, 0.82, 0.78, 0.79, 0.81],
+                          "status": ["finished", "finished", "stopped early", "finished", "finished"]})
+    grid = metric_grid(table, "lr", "epochs", "mean_val_accuracy", "max")
+    assert grid.loc[1e-3, 25] == 0.81 and grid.loc[1e-4, 63] == 0.79  # repeated samples: the best
+    assert space.grid_values("dropout") is None and space.grid_values("lr") == [1e-3, 1e-4, 1e-5]
+    for columns in (["lr", "epochs"], ["lr"]):
+        path = plot_metric(table[[*columns, "mean_val_accuracy", "status"]].assign(
+            **{k: 1 for k in ("lr", "epochs") if k not in columns}), space, tmp_path / f"{len(columns)}.png")
+        assert path.read_bytes()[:4] == b"\x89PNG"
