@@ -108,3 +108,18 @@ def test_the_plot_covers_one_two_or_more_swept_keys_and_the_grid_keeps_each_cell
         path = plot_metric(table[[*columns, "mean_val_accuracy", "status"]].assign(
             **{k: 1 for k in ("lr", "epochs") if k not in columns}), space, tmp_path / f"{len(columns)}.png")
         assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_asha_comes_from_the_flag_or_the_space():
+    from ray.tune.schedulers import ASHAScheduler
+
+    from facray.training.configs import SweepConfig
+    from facray.training.sweep import _scheduler
+    space = load_space("tune_spaces/multitask_lr_wd.py")
+    own = _scheduler(space, SweepConfig(scheduler="space"), max_t=13)
+    assert isinstance(own, ASHAScheduler) and own._max_t == 13 and own._metric == "val_accuracy"
+    assert _scheduler(space, SweepConfig(scheduler="fifo"), 13) is None
+    plain = load_space("tune_spaces/abm_lr_epochs.py")
+    assert _scheduler(plain, SweepConfig(scheduler="space"), 13) is None
+    flag = _scheduler(plain, SweepConfig(scheduler="asha", grace_period=4), 26)
+    assert isinstance(flag, ASHAScheduler) and flag._max_t == 26 and flag._mode == "max"
