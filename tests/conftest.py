@@ -7,9 +7,22 @@ from pathlib import Path
 
 import pytest
 
+import facray.tracking  # noqa: F401 - reads the user's MLFLOW_TRACKING_URI once, before any test sets it
 from facray.data.synth import write_synthetic_celeba
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leaks():
+    """``mlflow.set_tracking_uri`` (tests use it to inspect a store) also sets
+    MLFLOW_TRACKING_URI in this process; restore it so no later test sends its runs there."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(scope="session")

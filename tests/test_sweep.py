@@ -79,8 +79,7 @@ def test_a_killed_sweep_resumes_only_its_unfinished_trials_then_registers_the_be
     best = table.iloc[table.val_accuracy.idxmax()]
     assert summary["val_accuracy"] == pytest.approx(best.val_accuracy) and summary["run_folder"] == best.run_folder
 
-    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     parent = (out / "parent_run_id").read_text()
     children = client.search_runs([client.get_run(parent).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent}'")
@@ -90,6 +89,7 @@ def test_a_killed_sweep_resumes_only_its_unfinished_trials_then_registers_the_be
     version = client.get_model_version_by_alias("facray-sweep-smoke-multitask", "newest")
     assert version.run_id == parent
     from facray.predictor import read_predictor
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")  # models:/ resolves in the sweep's store
     registered, _ = read_predictor(summary["registered"])
     trained, _ = read_predictor(Path(best.run_folder) / "model")
     assert registered["weights_sha256"] == trained["weights_sha256"]  # the best trial's model
