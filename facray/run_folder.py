@@ -125,10 +125,6 @@ class RunFolder:
     def write_config(self, text: str) -> None:
         self.config_file.write_text(text)
 
-    def config(self) -> dict:
-        import yaml
-        return yaml.safe_load(self.config_file.read_text())
-
     def prepared(self, override: str | None = None) -> str:
         """The prepared data this run trained on: ``override`` (the same data elsewhere) or the
         recorded location, verified against the shard version the run recorded."""

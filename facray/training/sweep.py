@@ -44,16 +44,14 @@ def trial_config(space: SearchSpace, cfg: SweepConfig, overrides: dict | None = 
 
 def run_trial(config: dict, context: dict) -> None:
     """A Tune trial: one training run with this trial's values (``config``, the swept keys only),
-    in its own run folder; ``context`` is what every trial shares (:func:`_trial_context`)."""
+    in its own run folder; ``context`` is what every trial shares (built by :func:`run_sweep`)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from facray.training.sweep_space import TRAINERS
     run = RunFolder(context["sweep_out"]).trial(tune.get_context().get_trial_name())
     trainer = context["trainer"]
-    cls = next(c for c in _config_classes() if TRAINERS[c.__name__] == trainer)
-    cfg = cls(**{**context["base"], **config, "out": str(run.root), "tracking_uri": context["tracking_uri"],
-                 "experiment": context["experiment"]})
+    cfg = context["config_class"](**{**context["base"], **config, "out": str(run.root),
+                                     "tracking_uri": context["tracking_uri"], "experiment": context["experiment"]})
     callbacks = (TuneReportCallback(),)
     if trainer == "multitask":
         from facray.training.ray_multitask import train_multitask
@@ -69,11 +67,6 @@ def run_trial(config: dict, context: dict) -> None:
                  "epochs_run": max(len(r["history"]) for r in run.job_records())}
     # The trial's result: the best epoch's validation figures (the weights the run keeps).
     tune.report({**final, "run_folder": str(run.root), "finished": 1})
-
-
-def _config_classes():
-    from facray.training.configs import TrainBinaryConfig, TrainConfig
-    return TrainBinaryConfig, TrainConfig
 
 
 def _scheduler(space: SearchSpace, cfg: SweepConfig, max_t: int):
@@ -103,8 +96,8 @@ def run_sweep(cfg: SweepConfig, overrides: dict | None = None) -> dict:
     sweep.set_parent_run_id(parent)
     init_ray()
     experiment = sweep.tune_dir / SWEEP_EXPERIMENT
-    context = {"trainer": space.trainer, "base": config_to_dict(base), "sweep_out": str(sweep.root),
-               "tracking_uri": uri, "experiment": cfg.experiment, "parent_run_id": parent}
+    context = {"trainer": space.trainer, "config_class": space.config_class, "base": config_to_dict(base),
+               "sweep_out": str(sweep.root), "tracking_uri": uri, "experiment": cfg.experiment, "parent_run_id": parent}
     # CPU 0.01: the trial function only waits; its Ray Train worker holds the trial's CPUs/GPUs.
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"CPU": 0.01})
     if tune.Tuner.can_restore(str(experiment)):
