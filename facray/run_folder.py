@@ -33,6 +33,7 @@ shard version the run recorded, so a report is never computed on data re-prepare
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -207,13 +208,16 @@ class RunFolder:
         return json.loads(self.metrics_file.read_text())
 
     def write_metrics(self, record: dict) -> None:
-        self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
-        self.metrics_file.write_text(json.dumps(record, indent=1))
+        """Written once, last, and atomically: ``metrics.json`` (with ``model/``) is what says a
+        multi-task run finished, so a run killed before this point is never taken for finished."""
+        write_json_atomically(self.metrics_file, record)
 
-    def take_model_from(self, other: "RunFolder") -> None:
-        """Copy ``other``'s predictor and metrics (the final checkpoint) into this run."""
+    def take_model_from(self, other: "RunFolder") -> dict:
+        """Copy ``other``'s predictor (the final checkpoint) into this run; returns its metrics,
+        which the caller completes and writes with :meth:`write_metrics` once all else is done."""
+        record = other.metrics()
         _replace_tree(other.model_dir, self.model_dir)
-        shutil.copy(other.metrics_file, self.metrics_file)
+        return record
 
     def predictor_dir(self) -> Path:
         """Where this run's predictor is: ``model/`` (multi-task) or ``combined/`` (binary)."""
@@ -221,6 +225,14 @@ class RunFolder:
             if _is_predictor(d):
                 return d
         raise RunFolderError(f"{self.root}: no predictor yet (run `facray combine` on a binary run)")
+
+
+def write_json_atomically(path: Path, record: dict) -> None:
+    """A kill mid-write leaves the old file or none, never half a JSON file that reads as finished."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
 
 
 def differing_keys(old: dict, new: dict) -> list[str]:

@@ -122,7 +122,7 @@ def finish_training_run(tracking_uri: str, run_id: str, run: RunFolder, record: 
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({k: float(record[k]) for k in ("mean_test_accuracy", "mean_test_accuracy_at_0.5")})
         mlflow.log_metrics({f"test_accuracy/{r['attribute']}": float(r["test_accuracy"]) for r in record["attributes"]})
-        mlflow.log_artifact(str(run.metrics_file))
+        mlflow.log_dict(record, "metrics.json")  # the run folder's copy is written after this
         return register_predictor(run.model_dir, registered_name) if registered_name else None
 
 

@@ -95,8 +95,12 @@ def test_a_checkpoint_in_the_same_layout_is_taken_into_the_run(tmp_path):
     (checkpoint.model_dir / "manifest.json").write_text("{}")
     checkpoint.write_metrics({"model": "abm-trunk", "settings_hash": "hash-1"})
     assert not run.is_multitask
-    run.take_model_from(checkpoint)
+    record = run.take_model_from(checkpoint)
+    assert record["model"] == "abm-trunk"
+    assert not run.is_multitask  # not finished until its metrics are written, last
+    run.write_metrics({**record, "registered": None})
     assert run.is_multitask and run.metrics()["model"] == "abm-trunk"
+    assert not list(run.root.glob("*.tmp"))
     assert run.predictor_dir() == run.model_dir
 
 

@@ -7,7 +7,6 @@ metrics (history, best epoch, test metrics and the hash of the settings it was t
 """
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ import pandas as pd
 import torch
 
 from facray.attributes import MODALITIES, resolve_attributes
-from facray.run_folder import RunFolder
+from facray.run_folder import RunFolder, write_json_atomically
 
 PAPER_TABLE = Path(__file__).resolve().parents[1] / "reference" / "abm_cnn_paper.csv"
 
@@ -107,5 +106,6 @@ def write_job_output(job_dir: str | Path, trainer, key: str, test: dict,
     torch.save({"state_dict": trainer.best[key], "in_channels": trainer._in_channels(job.modality),
                 "image_size": trainer.cfg.image_size, "dropout": trainer.cfg.dropout,
                 "attribute": job.attribute, "modality": job.modality}, RunFolder.job_weights_file(d))
-    RunFolder.job_metrics_file(d).write_text(json.dumps({**trainer.job_record(key, test), **(extra or {})}, indent=1))
+    # The metrics file marks the job finished, so it goes last (after the weights), whole.
+    write_json_atomically(RunFolder.job_metrics_file(d), {**trainer.job_record(key, test), **(extra or {})})
     return d

@@ -90,8 +90,7 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
             callbacks=[_callback_class()(tracking_uri, run_id), *callbacks]))
     result = trainer.fit()
     with result.checkpoint.as_directory() as d:
-        run.take_model_from(RunFolder(d))
-    record = run.metrics()
+        record = run.take_model_from(RunFolder(d))
     record["registered"] = finish_training_run(tracking_uri, run_id, run, record,
                                                f"{REGISTERED_PREFIX}{cfg.model}" if register else None)
     run.write_metrics(record)
