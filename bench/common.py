@@ -9,14 +9,24 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 class TreeMemory:
-    """Peak RSS of this process and all its descendants (Ray's raylet and workers included)."""
+    """Peak memory of this process and all its descendants (Ray's raylet and workers included),
+    three ways, each as growth over the value on entry:
 
-    def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+    - ``rss``: the sum of RSS. Counts a shared page once per process mapping it, so every Ray
+      worker that imports torch counts torch's libraries again: an upper bound.
+    - ``pss``: the sum of PSS (``/proc/PID/smaps_rollup``): shared pages split between the
+      processes sharing them; what the tree costs the machine.
+    - ``system``: MemTotal - MemAvailable of the whole machine (``/proc/meminfo``), which also
+      sees Ray's object store (shared memory) and anything else running.
+    """
+
+    KINDS = ("rss", "pss", "system")
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self._stop = interval, threading.Event()
 
     @staticmethod
-    def current() -> int:
-        """Sum of RSS over this process tree, from /proc (Linux)."""
+    def _tree() -> set[int]:
         parents: dict[int, int] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
@@ -31,30 +41,54 @@ class TreeMemory:
             kids = [c for c, p in parents.items() if p == pid and c not in tree]
             tree.update(kids)
             frontier += kids
-        total = 0
-        for pid in tree:
+        return tree
+
+    @classmethod
+    def current(cls) -> dict[str, int]:
+        """Bytes now: rss and pss summed over this process tree, system-wide used memory."""
+        rss = pss = 0
+        for pid in cls._tree():
             try:
                 with open(f"/proc/{pid}/statm") as f:
-                    total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            except OSError:
+                    rss += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    pss += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+            except (OSError, StopIteration):
                 pass
-        return total
+        info = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, value = line.split(":")
+                info[key] = int(value.split()[0]) * 1024
+        return {"rss": rss, "pss": pss, "system": info["MemTotal"] - info["MemAvailable"]}
 
     def __enter__(self):
-        self.baseline = self.peak = self.current()
+        self.baseline = self.current()
+        self.peak = dict(self.baseline)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
+    def _sample(self):
+        for k, v in self.current().items():
+            self.peak[k] = max(self.peak[k], v)
+
     def _run(self):
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self.current())
+            self._sample()
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.current())
+        self._sample()
+
+    def growth(self, kind: str) -> float:
+        """Peak growth in GB."""
+        return (self.peak[kind] - self.baseline[kind]) / 1e9
 
     @property
     def growth_gb(self) -> float:
-        return (self.peak - self.baseline) / 1e9
+        return self.growth("rss")
+
+    def format(self) -> str:
+        return "memory growth " + ", ".join(f"{k} {self.growth(k):.2f} GB" for k in self.KINDS)

@@ -1,38 +1,71 @@
-"""Benchmark: ``facray label`` vs a plain PyTorch DataLoader loop, same images, same model.
+"""Benchmark: ``facray label`` vs a plain PyTorch DataLoader loop, same images, same trained model.
 
-Both decode, detect + crop (and sketch when the predictor needs it) and predict with the same
-predictor, batch for batch; the plain loop uses a ``torch.utils.data.DataLoader`` with worker
-processes for decoding and runs the model in the main process. Prints images/s, the ratio, and the
-memory growth of facray's run (driver + Ray workers). The input is ``../shared/data/stylegan_sample``
-repeated (as symlinks) to ``--n`` images, else generated StyleGAN-like faces.
+The plain loop is what one writes without facray: a ``torch.utils.data.DataLoader`` whose worker
+processes decode, detect + crop and sketch with facray's own ops, and the main process running the
+predictor's models one by one (``ABMCNN`` modules as trained, eval mode, ``no_grad``, default
+memory layout). ``--plain-forward facray`` swaps in facray's predictor object there instead, to
+separate what the pipeline gains from what the forward pass gains. Both print per-stage seconds
+(decode, detect, crop, sketch, predict; summed over the processes doing them) and the ratio;
+facray's run also prints its memory growth (driver + Ray, peak RSS of the process tree).
 
-    python bench/label.py --n 2000
-    python bench/label.py --model runs/abm/combined --n 20000     # memory stays flat?
+The model: ``--model`` (a predictor folder or MLflow URI), else a real trained one built first and
+kept in ``--work``: the ABM chain on generated faces at 64 px (prepare -> train-binary for all 40
+attributes x photo/sketch, 2 epochs -> combine, so every attribute has its validated modality and
+threshold). The input is ``../shared/data/stylegan_sample`` repeated (as symlinks) to ``--n``
+images, else generated StyleGAN-like faces.
+
+    python bench/label.py --n 3000
+    python bench/label.py --n 20000 --skip-plain     # memory stays flat?
 """
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from common import SHARED_DATA, TreeMemory
-from facray.labelling import label_batch, preprocessing_for
-from facray.labelling_ray import LabelConfig, label_images, smoke_model
-from facray.predictor import load_predictor
+from facray.labelling import BatchLabeller, label_batch, preprocessing_for, stage_seconds
+from facray.labelling_ray import LabelConfig, label_images
+from facray.models.abm import ABMCNN
+from facray.predictor import load_predictor, read_predictor
+
+
+def trained_predictor(work: Path, size: int, epochs: int) -> Path:
+    """A real combined predictor (40 attributes, chosen modality each) trained on generated faces."""
+    combined = work / "abm" / "combined"
+    if (combined / "manifest.json").is_file():
+        return combined
+    # All in subprocesses: this process later forks DataLoader workers, which must not inherit
+    # OpenCV's or torch's thread pools (a fork after they ran can hang the workers).
+    root = work / "celeba"
+    facray = [sys.executable, "-m", "facray.cli"]
+    for cmd in (["data", "synth", "--out", str(root), "--n", "400", "--seed", "0"],
+                ["prepare", "--root", str(root), "--out", str(work / "prepared"), "--size", str(size), "--augment", "1"],
+                ["train-binary", "--prepared", str(work / "prepared"), "--out", str(work / "abm"), "--epochs", str(epochs),
+                 "--image-size", str(size), "--cpus-per-worker", "1", "--batch-size", "64"],
+                ["combine", "--run", str(work / "abm"), "--no-register"]):
+        print("training the benchmark's predictor:", " ".join(cmd[:1] + cmd[3:]), flush=True)
+        subprocess.run(facray + cmd, check=True, stdout=subprocess.DEVNULL)
+    return combined
 
 
 def make_inputs(folder: Path, n: int) -> Path:
     source = SHARED_DATA / "stylegan_sample"
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    else:
-        from facray.data.synth import write_unlabelled_faces
-        files = write_unlabelled_faces(folder.parent / "generated", n=40, seed=0)
+    else:  # in a subprocess, for the reason given in trained_predictor
+        generated = folder.parent / "generated"
+        subprocess.run([sys.executable, "-m", "facray.cli", "data", "synth", "--unlabelled", "--out", str(generated),
+                        "--n", "40"], check=True, stdout=subprocess.DEVNULL)
+        files = sorted(generated.glob("*.*"))
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         src = files[i % len(files)]
@@ -40,70 +73,118 @@ def make_inputs(folder: Path, n: int) -> Path:
     return folder
 
 
+class PlainModels:
+    """The straightforward forward pass: each attribute's trained ABMCNN, one after another."""
+
+    def __init__(self, model: str):
+        manifest, weights = read_predictor(model)
+        self.predictor = load_predictor(model)  # thresholds and naming only
+        self.image_size = manifest["image_size"]
+        self.models = []
+        for c in manifest["attributes"]:
+            key = f"{c['attribute']}__{c['modality']}"
+            m = ABMCNN(weights[key]["features.0.weight"].shape[1], self.image_size)
+            m.load_state_dict(weights[key])
+            self.models.append((self.predictor.columns[len(self.models)], c["modality"], m.eval()))
+
+    def predict_proba(self, images, sketches=None):
+        from facray.models.inputs import to_input
+        out = np.full((len(images), 40), np.nan, np.float32)
+        inputs = {"real": to_input(images, self.image_size, torch.device("cpu"))}
+        if sketches is not None:
+            inputs["sketch"] = to_input(sketches, self.image_size, torch.device("cpu"))
+        with torch.no_grad():
+            for column, modality, m in self.models:
+                out[:, column] = torch.softmax(m(inputs[modality]), -1)[:, 1].numpy()
+        return out
+
+    def __getattr__(self, name):  # decide, name, needs_sketch, crop...
+        return getattr(self.predictor, name)
+
+
 class CropDataset(torch.utils.data.Dataset):
-    """One image per item through the same decode/crop/sketch chain facray uses."""
+    """One image per item through facray's decode/crop/sketch chain, timed per stage."""
 
     def __init__(self, paths, predictor):
-        self.paths, self.predictor, self.chain = paths, predictor, None
+        self.paths, self.predictor, self.labeller = paths, predictor, None
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        if self.chain is None:  # built in the worker process
+        if self.labeller is None:  # built in the worker process
             import cv2
             cv2.setNumThreads(1)
-            self.chain = preprocessing_for(self.predictor)
-        return self.chain({"path": np.array([self.paths[i]], dtype=object)})
+            self.labeller = BatchLabeller(self.predictor, preprocessing_for(self.predictor))
+        return self.labeller.preprocess({"path": np.array([self.paths[i]], dtype=object)})
 
 
 def collate(items):
     return {k: np.concatenate([it[k] for it in items]) for k in items[0]}
 
 
-def plain_loop(paths, predictor, batch_size: int, workers: int) -> float:
+def plain_loop(paths, predictor, forward, batch_size: int, workers: int) -> tuple[float, dict]:
+    """``predictor`` says what preprocessing is needed; ``forward`` predicts."""
     torch.set_num_threads(2)
+    start = time.perf_counter()
     loader = torch.utils.data.DataLoader(CropDataset(paths, predictor), batch_size=batch_size,
                                          num_workers=workers, collate_fn=collate)
-    start = time.perf_counter()
-    rows = 0
+    frames = []
     for batch in loader:
-        rows += len(label_batch(batch, predictor)["path"])
-    assert rows == len(paths)
-    return len(paths) / (time.perf_counter() - start)
+        t = time.perf_counter()
+        rows = label_batch(batch, forward)
+        rows["seconds_predict"] = np.full(len(rows["path"]), (time.perf_counter() - t) / len(rows["path"]))
+        frames.append(pd.DataFrame(rows))
+    seconds = time.perf_counter() - start
+    table = pd.concat(frames)
+    assert len(table) == len(paths)
+    return len(paths) / seconds, stage_seconds(table)
+
+
+def stages_line(stages: dict) -> str:
+    busy = sum(stages.values()) or 1.0
+    return ", ".join(f"{k} {v:.1f}s ({100 * v / busy:.0f}%)" for k, v in stages.items())
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=2000)
-    p.add_argument("--model", default=None, help="predictor folder or MLflow URI (default: an "
-                   "untrained 40-attribute predictor at --size: speed does not depend on weights)")
+    p.add_argument("--n", type=int, default=3000)
+    p.add_argument("--model", default=None, help="predictor folder or MLflow URI (default: train one, see above)")
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "facray-bench-label"),
+                   help="where the trained predictor is kept between runs")
     p.add_argument("--size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-actors", type=int, default=0, help="facray label --num-actors (0: sized to the machine)")
+    p.add_argument("--plain-forward", choices=("models", "facray"), default="models")
     p.add_argument("--skip-plain", action="store_true")
     args = p.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="facray-bench-label-"))
-    model = args.model or str(smoke_model(tmp / "predictor", crop_size=args.size))
+    model = args.model or str(trained_predictor(Path(args.work), args.size, args.epochs))
     predictor = load_predictor(model)
+    tmp = Path(tempfile.mkdtemp(prefix="facray-bench-label-"))
     folder = make_inputs(tmp / "images", args.n)
     paths = sorted(str(q) for q in folder.iterdir())
+    sketched = sum(c["modality"] == "sketch" for c in predictor.choices) if hasattr(predictor, "stacks") else 0
     print(f"{len(paths)} images ({'stylegan_sample' if (SHARED_DATA / 'stylegan_sample').is_dir() else 'generated'}"
-          f" repeated), predictor {predictor.name}: {len(predictor.attributes)} attributes at "
-          f"{predictor.image_size}px, sketch {'yes' if predictor.needs_sketch else 'no'}, batch {args.batch_size}, "
-          f"{os.cpu_count()} cores")
+          f" repeated), predictor {predictor.name}: {len(predictor.attributes)} attributes ({sketched} on sketches) at "
+          f"{predictor.image_size}px, batch {args.batch_size}, {os.cpu_count()} cores, torch {torch.__version__}")
 
     if not args.skip_plain:
-        plain = plain_loop(paths, predictor, args.batch_size, workers=2)
-        print(f"plain DataLoader (2 workers) + model: {plain:8.1f} img/s")
+        forward = PlainModels(model) if args.plain_forward == "models" and hasattr(predictor, "stacks") else predictor
+        plain, plain_stages = plain_loop(paths, predictor, forward, args.batch_size, workers=2)
+        print(f"plain DataLoader (2 workers) + {args.plain_forward} forward: {plain:8.1f} img/s")
+        print(f"  stages: {stages_line(plain_stages)}")
     with TreeMemory() as mem:
         start = time.perf_counter()
         summary = label_images(LabelConfig(images=str(folder), model=model, out=str(tmp / "labels.csv"),
-                                           batch_size=args.batch_size, num_actors=2, cpus_per_actor=0.5))
+                                           batch_size=args.batch_size, num_actors=args.num_actors))
         seconds = time.perf_counter() - start
     facray = summary.inputs / seconds
-    print(f"facray label (Ray Data, start-up incl.): {facray:8.1f} img/s   memory growth {mem.growth_gb:.2f} GB "
-          f"(peak {mem.peak / 1e9:.2f} GB)   faces found {summary.faces_found}/{summary.inputs}")
+    print(f"facray label (Ray Data, start-up incl.): {facray:8.1f} img/s   faces found {summary.faces_found}/{summary.inputs}")
+    print(f"  {mem.format()}")
+    print("  wall clock: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary.phases.items()))
+    print(f"  stages: {stages_line(summary.stages)}")
     if not args.skip_plain:
         print(f"ratio facray / plain = {facray / plain:.2f}x")
 

@@ -5,8 +5,12 @@ landmark files) -> sketch (only when some attribute's chosen modality is sketch)
 predictor expects; :func:`label_batch` turns a preprocessed batch into output rows: ``path``,
 ``face_found``, ``error``, 40 ``<Attribute>_prob``, 40 ``<Attribute>`` decisions (1/0, empty when
 the image failed or the predictor does not cover the attribute) and ``model``.
+:class:`BatchLabeller` does both for one process and times every stage (``seconds_<stage>``
+columns, which the output file leaves out and ``facray label`` sums into its report).
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -15,6 +19,8 @@ from facray.data import ops
 
 PROB_COLUMNS = [f"{a}_prob" for a in ATTRIBUTES]
 OUTPUT_COLUMNS = ["path", "face_found", "error", *PROB_COLUMNS, *ATTRIBUTES, "model"]
+STAGE_PREFIX = "seconds_"  # per-row share of a batch's time in one stage
+STAGES = ("decode", "detect", "crop", "sketch", "predict")
 
 
 def preprocessing_for(predictor, crop_method: str = "detect", detector: str = "auto",
@@ -48,7 +54,42 @@ def label_batch(batch: dict[str, np.ndarray], predictor) -> dict[str, np.ndarray
     for j, a in enumerate(ATTRIBUTES):
         out[a] = decisions[:, j]  # float so "empty" survives (NaN -> empty cell in the CSV)
     out["model"] = np.full(n, predictor.name, dtype=object)
-    for key in ("size", "mtime_ns"):  # resume keys of the labelling job ride along
-        if key in batch:
+    for key in batch:  # the resume keys and earlier stages' timings ride along
+        if key in ("size", "mtime_ns") or key.startswith(STAGE_PREFIX):
             out[key] = np.asarray(batch[key])
     return out
+
+
+def add_stage_seconds(batch: dict[str, np.ndarray], seconds: dict[str, float]) -> dict[str, np.ndarray]:
+    """Spread each stage's time for this batch over its rows (summing a column gives the total)."""
+    n = len(batch[ops.PATH])
+    for stage, secs in seconds.items():
+        column = STAGE_PREFIX + stage
+        batch[column] = np.asarray(batch.get(column, np.zeros(n)), np.float64) + secs / max(n, 1)
+    return batch
+
+
+def stage_seconds(rows) -> dict[str, float]:
+    """Total seconds per stage over a table of labelled rows (pandas), in pipeline order."""
+    found = {c[len(STAGE_PREFIX):]: float(rows[c].sum()) for c in rows.columns if c.startswith(STAGE_PREFIX)}
+    return dict(sorted(found.items(), key=lambda kv: STAGES.index(kv[0]) if kv[0] in STAGES else len(STAGES)))
+
+
+class BatchLabeller:
+    """Preprocess (unless ``chain`` is None: done upstream) and label batches in one process,
+    timing each stage. What the labelling actors run and what the benchmark's plain loop times."""
+
+    def __init__(self, predictor, chain: ops.Chain | None):
+        self.predictor, self.chain = predictor, chain
+
+    def preprocess(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.chain(batch)
+        out.pop(ops.IMAGE_BYTES, None)
+        return add_stage_seconds(out, self.chain.take_seconds())
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.chain is not None:
+            batch = self.preprocess(batch)
+        start = time.perf_counter()
+        rows = label_batch(batch, self.predictor)
+        return add_stage_seconds(rows, {"predict": time.perf_counter() - start})

@@ -22,7 +22,7 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -33,7 +33,8 @@ from facray import storage
 from facray.attributes import ATTRIBUTES
 from facray.config import option
 from facray.data.errors import DatasetError, OutputLockedError
-from facray.labelling import OUTPUT_COLUMNS, PROB_COLUMNS, label_batch, preprocessing_for
+from facray.labelling import (OUTPUT_COLUMNS, PROB_COLUMNS, BatchLabeller, label_batch, preprocessing_for,
+                              stage_seconds)
 from facray.predictor import build_predictor, read_predictor
 
 KEY_COLUMNS = ["path", "size", "mtime_ns", "model"]
@@ -47,10 +48,13 @@ class LabelConfig:
     format: Literal["csv", "parquet"] = option("csv", "csv | parquet")
     overwrite: bool = option(False, "relabel everything instead of resuming")
     batch_size: int = option(64, "images per batch")
-    num_actors: int = option(2, "actors (CPU: decode+predict fused; GPU: predictors)")
-    cpus_per_actor: float = option(0.5, "CPUs reserved per actor")
+    num_actors: int = option(0, "actors (CPU: decode+predict fused; GPU: predictors); 0 = one per CPU "
+                                "(GPU mode: per GPU share), capped by memory")
+    cpus_per_actor: float = option(0.5, "CPUs reserved per actor (a fraction, so Ray Data's read and "
+                                        "write tasks always find a CPU)")
     gpus: float = option(0.0, "GPUs per predict actor (0 = CPU)")
-    preprocess_actors: int = option(2, "with GPUs: CPU actors decoding and cropping")
+    preprocess_actors: int = option(0, "with GPUs: CPU actors decoding and cropping; 0 = one per CPU left "
+                                       "after the predict actors")
     crop: Literal["detect", "full", "auto"] = option("detect", "detect | full | auto (see facray prepare)")
     detector: str = option("auto", "face detector: auto (YuNet if yuface is installed, else Haar) | yunet | "
                                    "haar | a YuNet .onnx file")
@@ -218,11 +222,11 @@ class LabelActor:
         import torch
         cv2.setNumThreads(1)
         torch.set_num_threads(max(1, cfg.torch_threads))
-        self.predictor = _predictor_from(model_ref)
-        self.chain = preprocessing_for(self.predictor, cfg.crop, cfg.detector, cfg.max_pixels)
+        predictor = _predictor_from(model_ref)
+        self.labeller = BatchLabeller(predictor, preprocessing_for(predictor, cfg.crop, cfg.detector, cfg.max_pixels))
 
     def __call__(self, batch):
-        return label_batch(self.chain(batch), self.predictor)
+        return self.labeller(batch)
 
 
 class PreprocessForLabelActor:
@@ -231,12 +235,11 @@ class PreprocessForLabelActor:
     def __init__(self, model_ref, cfg: LabelConfig):
         import cv2
         cv2.setNumThreads(1)
-        self.chain = preprocessing_for(_predictor_from(model_ref), cfg.crop, cfg.detector, cfg.max_pixels)
+        predictor = _predictor_from(model_ref)
+        self.labeller = BatchLabeller(predictor, preprocessing_for(predictor, cfg.crop, cfg.detector, cfg.max_pixels))
 
     def __call__(self, batch):
-        out = self.chain(batch)
-        out.pop("image_bytes", None)
-        return out
+        return self.labeller.preprocess(batch)
 
 
 class PredictActor:
@@ -244,10 +247,10 @@ class PredictActor:
 
     def __init__(self, model_ref, cfg: LabelConfig):
         import torch
-        self.predictor = _predictor_from(model_ref, "cuda" if torch.cuda.is_available() else "cpu")
+        self.labeller = BatchLabeller(_predictor_from(model_ref, "cuda" if torch.cuda.is_available() else "cpu"), None)
 
     def __call__(self, batch):
-        return label_batch(batch, self.predictor)
+        return self.labeller(batch)
 
 
 class GeneratorActor:
@@ -304,8 +307,29 @@ def generate_images(cfg: LabelConfig, out: str) -> str:
     return str(folder)
 
 
+ACTOR_MEMORY = 1.0e9  # a labelling actor: torch, OpenCV, the model and a batch of decoded images
+
+
+def pool_sizes(cfg: LabelConfig, resources: dict) -> tuple[int, int]:
+    """(label or predict actors, preprocess actors) for ``resources`` (``ray.cluster_resources()``):
+    what the user gave, else sized to the cluster: on CPU one fused actor per CPU; with GPUs one
+    predict actor per GPU share and every CPU left over decoding, so no GPU waits on one CPU stage.
+    Either way no more actors than the memory holds."""
+    cpus, gpus = int(resources.get("CPU", 1)), resources.get("GPU", 0)
+    by_memory = max(1, int(resources.get("memory", ACTOR_MEMORY) // ACTOR_MEMORY))
+    if cfg.gpus > 0:
+        predict = cfg.num_actors or max(1, int(gpus // cfg.gpus))
+        preprocess = cfg.preprocess_actors or max(1, min(cpus - predict, by_memory - predict))
+        return predict, preprocess
+    return cfg.num_actors or max(1, min(cpus, by_memory)), 0
+
+
 def run_pipeline(todo: pd.DataFrame, model_ref, cfg: LabelConfig, part: str) -> None:
     import ray
+    num_actors, preprocess_actors = pool_sizes(cfg, ray.cluster_resources())
+    cfg = replace(cfg, num_actors=num_actors, preprocess_actors=preprocess_actors)
+    print(f"labelling with {num_actors} {'predict' if cfg.gpus else 'CPU'} actor(s)"
+          + (f" fed by {preprocess_actors} preprocess actor(s)" if cfg.gpus else ""), flush=True)
     rows_per_block = max(1, min(cfg.batch_size * 4, -(-len(todo) // (4 * max(cfg.num_actors, 1)))))
     bounds = np.arange(0, len(todo), rows_per_block)
     ds = ray.data.from_pandas([todo[["path", "size", "mtime_ns"]].iloc[b:b + rows_per_block].reset_index(drop=True) for b in bounds])
@@ -335,11 +359,17 @@ class LabelSummary:
     seconds: float
     out: str
     model: str
+    phases: dict  # wall-clock seconds on the driver: start-up, pipeline, write
+    stages: dict  # seconds summed over the actors, per stage (decode, detect, crop, sketch, predict)
 
     def format(self) -> str:
+        busy = sum(self.stages.values()) or 1.0
         return (f"labelled {self.labelled} new image(s), reused {self.reused}, {self.inputs} rows in {self.out}\n"
                 f"  model: {self.model}\n  faces found: {self.faces_found}/{self.inputs - self.errors}, "
-                f"errors: {self.errors}, {self.seconds:.1f}s")
+                f"errors: {self.errors}, {self.seconds:.1f}s\n"
+                "  wall clock: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.phases.items()) + "\n"
+                "  in the actors: " + (", ".join(f"{k} {v:.1f}s ({100 * v / busy:.0f}%)" for k, v in self.stages.items())
+                                       or "nothing to label"))
 
 
 def label_images(cfg: LabelConfig) -> LabelSummary:
@@ -360,8 +390,9 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     # Resolve and verify once, before any image is read; the actors get these verified parts.
     manifest, weights = read_predictor(cfg.model)
     predictor = build_predictor(manifest, weights)
+    model_name = predictor.name
     if cfg.generator:
-        init_ray()
+        init_ray(dashboard=False)
         images = generate_images(cfg, out)
     else:
         if not cfg.images:
@@ -384,12 +415,18 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     todo = todo[todo.error == ""]
     new = [pd.DataFrame(label_batch({k: unnamable[k].to_numpy() for k in ("path", "error", "size", "mtime_ns")},
                                     predictor))] if len(unnamable) else []
+    phases = {}
     if len(todo):
         import ray
-        init_ray()
+        init_ray(dashboard=False)
+        model_ref = ray.put((manifest, weights))
+        del predictor, weights  # the actors build their own; the driver keeps only names and thresholds
+        phases["start-up"] = time.perf_counter() - start
         part = storage.join(parts_dir(out), f"run-{int(time.time() * 1000)}")
-        run_pipeline(todo, ray.put((manifest, weights)), cfg, part)
+        run_pipeline(todo, model_ref, cfg, part)
         new += [_read_parquet(p) for p in storage.list_files(part, (".parquet",))]
+        phases["pipeline"] = time.perf_counter() - start - phases["start-up"]
+    written = time.perf_counter()
     kept = done[done.path.isin(set(inputs.path[fresh]))]
     rows = pd.concat([kept, *new], ignore_index=True).drop_duplicates("path", keep="last")
     rows = rows.sort_values("path", kind="stable").reset_index(drop=True)
@@ -398,10 +435,11 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
         raise RuntimeError(f"{len(missing)} input(s) have no output row (e.g. {sorted(missing)[:3]})")
     write_atomically(rows, out, cfg.format)
     storage.delete_dir(parts_dir(out))
+    phases["write"] = time.perf_counter() - written
     errors = int((rows.error.fillna("") != "").sum())
     return LabelSummary(len(rows), int(fresh.sum()), len(todo) + len(unnamable),
                         int(rows.face_found.astype(bool).sum()), errors, time.perf_counter() - start, out,
-                        predictor.name)
+                        model_name, phases, stage_seconds(pd.concat(new)) if new else {})
 
 
 def smoke_model(folder: Path, crop_size: int = 48) -> Path:

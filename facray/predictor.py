@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from facray.attributes import ATTRIBUTES, MODALITIES
-from facray.models.abm import ABMCNN, build_stack, default_stack_kind
+from facray.models.abm import build_stack, default_stack_kind
 from facray.models.inputs import to_input
 from facray.run_folder import RunFolder, RunFolderError
 
@@ -127,7 +127,7 @@ class CombinedPredictor(_Thresholded):
     """Maps a batch of cropped images (+ sketches) to 40 probabilities (NaN for attributes the
     predictor does not cover)."""
     manifest: dict
-    models: dict[str, ABMCNN]  # key -> model
+    weights: dict[str, dict[str, torch.Tensor]]  # key -> ABMCNN state dict (read once, into the stacks)
     device: torch.device
 
     def __post_init__(self):
@@ -143,18 +143,19 @@ class CombinedPredictor(_Thresholded):
             picked = [(i, c) for i, c in zip(self.columns, self.choices) if c["modality"] == m]
             if picked:
                 keys = [f"{c['attribute']}__{m}" for _, c in picked]
-                first = self.models[keys[0]]
-                stack = build_stack(kind, [0] * len(keys), first.in_channels, first.image_size, first.p)
+                in_channels = self.weights[keys[0]]["features.0.weight"].shape[1]
+                stack = build_stack(kind, [0] * len(keys), in_channels, self.image_size, 0.0)
                 for k, key in enumerate(keys):
-                    stack.load(k, self.models[key].state_dict())
-                self.stacks[m] = stack.to(self.device).eval()
+                    stack.load(k, self.weights[key])
+                self.stacks[m] = _for_inference(stack, self.device)
                 self.stack_columns[m] = np.array([i for i, _ in picked])
+        self.weights = {}  # the stacks hold the only copy: one set of weights per labelling actor
 
     @property
     def needs_sketch(self) -> bool:
         return "sketch" in self.stacks
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_proba(self, images: np.ndarray, sketches: np.ndarray | None = None) -> np.ndarray:
         """(B, S, S, 3) uint8 crops [+ (B, S, S[, 3]) sketches] -> (B, 40) float32 P(attribute)."""
         n = len(images)
@@ -166,12 +167,18 @@ class CombinedPredictor(_Thresholded):
             pixels = images if m == "real" else sketches
             if pixels is None:
                 raise ValueError("this predictor uses sketches for some attributes: pass sketches")
-            x = to_input(pixels, self.image_size, self.device, channels_last=cuda)
+            x = to_input(pixels, self.image_size, self.device, channels_last=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 logits = stack(x).float()  # (B, K, 2)
             out[:, self.stack_columns[m]] = torch.softmax(logits, -1)[..., 1].cpu().numpy()
         return out
 
+
+def _for_inference(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Eval mode, on ``device``, channels-last: oneDNN's fast convolution layout on CPU (measured
+    2.1x for 40 ABM-CNNs at 64 px and 1.5x for a ResNet-18 at 128 px on this project's 2-core
+    machine, same results to 1e-7), and what tensor cores want on GPU."""
+    return module.to(device, memory_format=torch.channels_last).eval()
 
 
 class MultiTaskPredictor(_Thresholded):
@@ -179,21 +186,21 @@ class MultiTaskPredictor(_Thresholded):
 
     def __init__(self, manifest: dict, model: torch.nn.Module, device: torch.device):
         self.manifest, self.device = manifest, device
-        self.model = model.to(device).eval()
+        self.model = _for_inference(model, device)
         self.choices = manifest["attributes"]
         self.image_size, self.crop = manifest["image_size"], manifest["crop"]
         self.sketch_channels = 0
         self.columns, self.thresholds = _thresholds(self.choices)
         self.needs_sketch = False
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_proba(self, images: np.ndarray, sketches: np.ndarray | None = None) -> np.ndarray:
         """(B, S, S, 3) uint8 crops -> (B, 40) float32 P(attribute) (``sketches`` unused)."""
         out = np.full((len(images), len(ATTRIBUTES)), np.nan, np.float32)
         if len(images) == 0:
             return out
         cuda = self.device.type == "cuda"
-        x = to_input(images, self.image_size, self.device, channels_last=cuda)
+        x = to_input(images, self.image_size, self.device, channels_last=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             logits = self.model(x)["attributes"].float()
         out[:, self.columns] = torch.sigmoid(logits).cpu().numpy()[:, self.columns]
@@ -300,14 +307,7 @@ def build_predictor(manifest: dict, weights: dict, device: str | torch.device = 
         model = build_model(manifest["model"], manifest["image_size"], **manifest.get("model_kwargs", {}))
         model.load_state_dict(weights)
         return MultiTaskPredictor(manifest, model, torch.device(device))
-    models = {}
-    for c in manifest["attributes"]:
-        key = f"{c['attribute']}__{c['modality']}"
-        in_ch = weights[key]["features.0.weight"].shape[1]
-        model = ABMCNN(in_ch, manifest["image_size"])
-        model.load_state_dict(weights[key])
-        models[key] = model.eval()
-    return CombinedPredictor(manifest, models, torch.device(device))
+    return CombinedPredictor(manifest, weights, torch.device(device))
 
 
 def load_predictor(uri_or_path: str | Path, device: str | torch.device = "cpu"):

@@ -10,8 +10,11 @@ import logging
 import os
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> None:
-    """Initialise Ray once per process (a no-op when already initialised)."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True,
+             dashboard: bool = True) -> None:
+    """Initialise Ray once per process (a no-op when already initialised). ``dashboard=False``
+    starts a local Ray without the dashboard (about 1 GB in ten processes with Ray 2.60), for
+    work that needs neither Ray Train's state polling nor a job server: labelling."""
     import ray
 
     if ray.is_initialized():
@@ -23,7 +26,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         ray.init(address=address, **kwargs)
     else:
         # The dashboard (127.0.0.1 only) also serves the State API that Ray Train polls.
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
     ctx = ray.data.DataContext.get_current()
     # Progress bars want a terminal; under CI/jobs Ray logs a progress line instead.
     ctx.enable_progress_bars = bool(os.environ.get("FACRAY_PROGRESS", "")) or os.isatty(2)

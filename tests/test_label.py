@@ -237,3 +237,19 @@ def test_broken_manifest_is_a_clear_error_naming_the_file(tmp_path, model, edit,
     with pytest.raises(PredictorError, match=message) as e:
         load_predictor(broken)
     assert str(broken / "manifest.json") in str(e.value)
+
+
+def test_ray_pipeline_gives_the_in_process_probabilities_and_says_where_time_went(ray_session, model, tmp_path):
+    from facray.labelling import BatchLabeller, preprocessing_for
+    folder = tmp_path / "imgs"
+    paths = _images(folder, n=5, seed=3)
+    summary = _label(folder, model, tmp_path / "labels.csv")
+    rows = _read(tmp_path / "labels.csv").set_index("path")
+    predictor = load_predictor(model)
+    local = BatchLabeller(predictor, preprocessing_for(predictor))({"path": np.array([str(p) for p in paths], dtype=object)})
+    for i, p in enumerate(paths):
+        for a in ATTRIBUTES:
+            assert rows.loc[str(p), f"{a}_prob"] == pytest.approx(local[f"{a}_prob"][i], abs=1e-5)
+    assert list(summary.stages) == ["decode", "detect", "crop", "sketch", "predict"]
+    assert set(summary.phases) == {"start-up", "pipeline", "write"} and "in the actors: decode" in summary.format()
+    assert not [c for c in rows.columns if c.startswith("seconds_")]  # timings stay out of the output

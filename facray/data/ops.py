@@ -5,6 +5,8 @@ Pure numpy/OpenCV, no Ray: each op is tested on plain dicts, and the pipeline mo
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 PATH = "path"
@@ -66,6 +68,7 @@ def pack_labels(batch: dict[str, np.ndarray]) -> np.ndarray:
 
 class ImageDecoder:
     """Read (if needed) and decode each row's image; failures become ``error``/``error_kind``."""
+    stage = "decode"
 
     def __init__(self, max_pixels: int | None = None):
         from facray.data.imageio import MAX_PIXELS
@@ -100,6 +103,7 @@ class FaceCropper:
     resizes the whole image. No face found: centre crop with ``face_found=False``; never dropped.
     Rows with an error get a black crop and keep their error.
     """
+    stage = "crop"
 
     def __init__(self, size: int = 180, margin: float = 0.35, method: str = "auto",
                  image_kind: str = "wild", detector: str = "auto", min_face: float = 0.2):
@@ -108,6 +112,7 @@ class FaceCropper:
         from facray.data.transforms import FaceDetector
         self.size, self.margin, self.method, self.image_kind = size, margin, method, image_kind
         self.detector = FaceDetector(detector, min_face=min_face) if method in ("auto", "detect") else None
+        self.sub_seconds = {"detect": 0.0}  # of this op's time, how much the detector took
 
     def _box(self, image, landmarks, bbox):
         """(face box or None, method, the 5 landmarks it implies in source pixels or None)."""
@@ -125,7 +130,9 @@ class FaceCropper:
             lm = ALIGNED_CELEBA_LANDMARKS * (w / ALIGNED_CELEBA_SIZE[0], h / ALIGNED_CELEBA_SIZE[1])
             return face_box_from_landmarks(lm), "aligned", lm
         if m in ("auto", "detect"):
+            start = time.perf_counter()
             found = self.detector.detect(image)
+            self.sub_seconds["detect"] += time.perf_counter() - start
             if found is None:
                 return None, "centre", None
             # The detector's landmarks stand in for a landmark file (masks, nose-centred crops).
@@ -227,6 +234,7 @@ class Augmenter:
 
 class Sketcher:
     """Add the pencil sketch of each (cropped, augmented) image: (N, S, S) or (N, S, S, 3)."""
+    stage = "sketch"
 
     def __init__(self, channels: int = 1):
         self.channels = channels
@@ -244,12 +252,30 @@ class Sketcher:
 class Chain:
     """Run ops in sequence on one batch: Ray Data runs one actor per chain, so the stages share a
     process and a batch never crosses the object store between them (per-batch overhead was the
-    bottleneck of an unfused chain on 2 CPUs)."""
+    bottleneck of an unfused chain on 2 CPUs).
+
+    :attr:`seconds` adds up the time of each stage (an op's ``stage`` name; an op may split its
+    own time further in ``sub_seconds``, as the cropper does for face detection), so a run can say
+    where its time went (``facray label`` prints it). :meth:`take_seconds` returns and resets it.
+    """
 
     def __init__(self, *ops):
         self.ops = ops
+        self.seconds: dict[str, float] = {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for op in self.ops:
+            start = time.perf_counter()
             batch = op(batch)
+            elapsed = time.perf_counter() - start
+            for sub, secs in getattr(op, "sub_seconds", {}).items():
+                self.seconds[sub] = self.seconds.get(sub, 0.0) + secs
+                elapsed -= secs
+                op.sub_seconds[sub] = 0.0
+            stage = getattr(op, "stage", type(op).__name__)
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
         return batch
+
+    def take_seconds(self) -> dict[str, float]:
+        seconds, self.seconds = self.seconds, {}
+        return seconds

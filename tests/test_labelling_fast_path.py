@@ -1,0 +1,87 @@
+"""The labelling fast path (stacked, channels-last forward; timed stages) gives what the
+straightforward code gives. No Ray."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facray.attributes import ATTRIBUTES
+from facray.data.synth import write_unlabelled_faces
+from facray.labelling import STAGE_PREFIX, BatchLabeller, label_batch, preprocessing_for, stage_seconds
+from facray.labelling_ray import LabelConfig, pool_sizes, smoke_model
+from facray.models.abm import ABMCNN
+from facray.models.inputs import to_input
+from facray.models.registry import build_model
+from facray.predictor import load_predictor, read_predictor, write_multitask_predictor
+
+
+@pytest.fixture(scope="module")
+def preprocessed(tmp_path_factory):
+    """A real preprocessed batch (decode, detect + crop, sketch) of generated faces, and its model."""
+    tmp = tmp_path_factory.mktemp("fast")
+    model = smoke_model(tmp / "predictor", crop_size=40)
+    paths = write_unlabelled_faces(tmp / "faces", n=6, seed=1, sizes=(160, 96))
+    predictor = load_predictor(model)
+    batch = preprocessing_for(predictor)({"path": np.array([str(p) for p in paths], dtype=object)})
+    return model, predictor, batch
+
+
+def test_stacked_forward_matches_each_model_run_on_its_own(preprocessed):
+    model, predictor, batch = preprocessed
+    manifest, weights = read_predictor(model)
+    expected = np.full((len(batch["path"]), len(ATTRIBUTES)), np.nan, np.float32)
+    with torch.no_grad():
+        for c in manifest["attributes"]:
+            key = f"{c['attribute']}__{c['modality']}"
+            net = ABMCNN(weights[key]["features.0.weight"].shape[1], manifest["image_size"])
+            net.load_state_dict(weights[key])
+            pixels = batch["image"] if c["modality"] == "real" else batch["sketch"]
+            logits = net.eval()(to_input(pixels, manifest["image_size"], torch.device("cpu")))  # default layout
+            expected[:, ATTRIBUTES.index(c["attribute"])] = torch.softmax(logits, -1)[:, 1].numpy()
+    got = predictor.predict_proba(batch["image"], batch["sketch"])
+    assert {"real", "sketch"} == set(predictor.stacks)  # both modalities exercised
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not predictor.weights  # the stacks hold the only copy of the weights
+
+
+def test_multitask_predictor_matches_the_plain_module(preprocessed, tmp_path):
+    _, _, batch = preprocessed
+    torch.manual_seed(0)
+    net = build_model("abm-trunk-tiny", 40).eval()
+    choices = [{"attribute": a, "threshold": 0.5, "val_accuracy": None, "test_accuracy": None} for a in ATTRIBUTES]
+    folder = write_multitask_predictor(tmp_path / "mt", "abm-trunk-tiny", {}, net.state_dict(),
+                                       {"size": 40, "margin": 0.35}, 40, choices)
+    with torch.no_grad():
+        expected = torch.sigmoid(net(to_input(batch["image"], 40, torch.device("cpu")))["attributes"]).numpy()
+    np.testing.assert_allclose(load_predictor(folder).predict_proba(batch["image"]), expected, atol=1e-5)
+
+
+def test_batch_labeller_times_every_stage_and_labels_like_label_batch(preprocessed):
+    model, predictor, batch = preprocessed
+    labeller = BatchLabeller(predictor, preprocessing_for(predictor))
+    rows = labeller({"path": batch["path"]})
+    import pandas as pd
+    table = pd.DataFrame(rows)
+    stages = stage_seconds(table)
+    assert list(stages) == ["decode", "detect", "crop", "sketch", "predict"]
+    assert all(v > 0 for v in stages.values())
+    assert labeller.chain.seconds == {}  # taken with each batch, never counted twice
+    plain = label_batch(batch, predictor)
+    for a in ATTRIBUTES:
+        np.testing.assert_allclose(rows[f"{a}_prob"], plain[f"{a}_prob"], atol=1e-6)
+    # GPU mode: preprocessing in one actor, prediction in another; the timings ride along.
+    pre = labeller.preprocess({"path": batch["path"]})
+    both = stage_seconds(pd.DataFrame(BatchLabeller(predictor, None)(pre)))
+    assert set(both) == set(stages) and not any(k.startswith(STAGE_PREFIX) for k in ATTRIBUTES)
+
+
+@pytest.mark.parametrize("cfg, resources, expected", [
+    (LabelConfig(), {"CPU": 2, "memory": 16e9}, (2, 0)),                           # one fused actor per CPU
+    (LabelConfig(), {"CPU": 16, "memory": 6e9}, (6, 0)),                           # capped by memory
+    (LabelConfig(num_actors=3), {"CPU": 2, "memory": 16e9}, (3, 0)),               # as given
+    (LabelConfig(gpus=1), {"CPU": 16, "GPU": 2, "memory": 64e9}, (2, 14)),         # every spare CPU decodes
+    (LabelConfig(gpus=0.5, preprocess_actors=4), {"CPU": 8, "GPU": 1, "memory": 64e9}, (2, 4)),
+])
+def test_actor_pools_are_sized_to_the_machine(cfg, resources, expected):
+    assert pool_sizes(cfg, resources) == expected
