@@ -31,10 +31,10 @@ def resolve_tracking_uri(explicit: str | None, out: str | Path) -> str:
     return RunFolder(out).default_tracking_uri()
 
 
-def setup_mlflow(tracking_uri: str | None, out: str | Path | RunFolder, experiment: str) -> str:
-    """Point MLflow at the store and experiment (created with a local artifact root if new).
-    Returns the tracking URI in use."""
-    uri = resolve_tracking_uri(tracking_uri, out.root if isinstance(out, RunFolder) else out)
+def setup_mlflow(tracking_uri: str | None, run: RunFolder, experiment: str) -> str:
+    """Point MLflow at the store (``tracking_uri``, else the user's, else ``run``'s own) and the
+    experiment (created with a local artifact root if new). Returns the tracking URI in use."""
+    uri = resolve_tracking_uri(tracking_uri, run.root)
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         artifacts = None

@@ -153,6 +153,27 @@ def test_yunet_gives_landmarks_near_the_generated_truth(synth_root):
     assert close >= 15
 
 
+def test_yunet_through_its_c_library_finds_what_yuface_finds_and_does_not_leak(synth_root):
+    yuface = pytest.importorskip("yuface")
+    from facray.data.transforms import _yunet_entry, yunet_faces
+    assert _yunet_entry() is not None  # the bundled library's entry point was found
+    table = read_celeba(synth_root)
+    images = [cv2.imread(p) for p in table.path[:10]]
+    for image in images:
+        _, boxes, points = yuface.detect(image, 0.5)
+        ours_boxes, ours_points = yunet_faces(image, 0.5)
+        assert np.array_equal(ours_boxes, boxes) and np.array_equal(ours_points, points)
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+    before = rss()
+    for _ in range(300):
+        for image in images:
+            yunet_faces(image, 0.5)
+    assert rss() - before < 30e6  # yuface.detect itself grows by ~37 KB a call: 110 MB here
+
+
 def test_auto_detector_falls_back_to_haar_and_says_so(monkeypatch):
     import facray.data.transforms as transforms
     monkeypatch.setattr(transforms, "yunet_available", lambda: False)

@@ -14,6 +14,8 @@ makes them from a stream.
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
@@ -73,10 +75,11 @@ class FusedBinaryTrainer:
     def job_lr(self, key: str) -> float:
         return self.states[key].job.lr or self.cfg.lr
 
-    @property
+    @functools.cached_property
     def base_lr(self) -> float:
         """Every stack's Adam runs at the largest job lr; a job with a smaller lr (an in-stack lr
-        sweep) has its update scaled down (:meth:`_optimizer_step`)."""
+        sweep) has its update scaled down (:meth:`_optimizer_step`). Fixed by the job list, so
+        computed once, not every step."""
         return max(self.job_lr(k) for k in self.states)
 
     def _build(self, modality: str, keys: list[str]) -> None:

@@ -35,8 +35,6 @@ class MultiTaskTrainerConfig:
     weight_decay: float = 1e-4
     image_size: int = 128
     patience: int = 3
-    class_balance: bool = False
-    max_pos_weight: float = 10.0
     online_flip: bool = True
     seed: int = 0
     grad_clip: float = 5.0

@@ -52,7 +52,6 @@ def train_per_worker(config: dict) -> None:
     train_batches, val_batches, test_batches = _batch_sources(cfg, meta, rank, world)
     pos_weight = np.asarray(config["positive_weights"], np.float32) if cfg.class_balance else None
     tcfg = MultiTaskTrainerConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, image_size=size, patience=cfg.patience,
-                                  class_balance=cfg.class_balance, max_pos_weight=cfg.max_pos_weight,
                                   online_flip=cfg.online_flip, seed=cfg.seed,
                                   lr_schedule=cfg.lr_schedule, epochs=cfg.epochs)
     trainer = MultiTaskTrainer(model, tcfg, device, pos_weight)
