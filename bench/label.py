@@ -74,13 +74,20 @@ def make_inputs(folder: Path, n: int) -> Path:
 
 
 class PlainModels:
-    """The straightforward forward pass: each attribute's trained ABMCNN, one after another."""
+    """The straightforward forward pass, as trained: each attribute's ``ABMCNN`` one after
+    another (a combined predictor), or the multi-task network; default memory layout, no_grad."""
 
     def __init__(self, model: str):
         manifest, weights = read_predictor(model)
         self.predictor = load_predictor(model)  # thresholds and naming only
         self.image_size = manifest["image_size"]
-        self.models = []
+        self.models, self.network = [], None
+        if "model" in manifest:  # multi-task
+            from facray.models.registry import build_model
+            self.network = build_model(manifest["model"], self.image_size, **manifest.get("model_kwargs", {}))
+            self.network.load_state_dict(weights)
+            self.network.eval()
+            return
         for c in manifest["attributes"]:
             key = f"{c['attribute']}__{c['modality']}"
             m = ABMCNN(weights[key]["features.0.weight"].shape[1], self.image_size)
@@ -91,9 +98,13 @@ class PlainModels:
         from facray.models.inputs import to_input
         out = np.full((len(images), 40), np.nan, np.float32)
         inputs = {"real": to_input(images, self.image_size, torch.device("cpu"))}
-        if sketches is not None:
-            inputs["sketch"] = to_input(sketches, self.image_size, torch.device("cpu"))
         with torch.no_grad():
+            if self.network is not None:
+                columns = self.predictor.columns
+                out[:, columns] = torch.sigmoid(self.network(inputs["real"])["attributes"]).numpy()[:, columns]
+                return out
+            if sketches is not None:
+                inputs["sketch"] = to_input(sketches, self.image_size, torch.device("cpu"))
             for column, modality, m in self.models:
                 out[:, column] = torch.softmax(m(inputs[modality]), -1)[:, 1].numpy()
         return out
@@ -171,7 +182,7 @@ def main():
           f"{predictor.image_size}px, batch {args.batch_size}, {os.cpu_count()} cores, torch {torch.__version__}")
 
     if not args.skip_plain:
-        forward = PlainModels(model) if args.plain_forward == "models" and hasattr(predictor, "stacks") else predictor
+        forward = PlainModels(model) if args.plain_forward == "models" else predictor
         plain, plain_stages = plain_loop(paths, predictor, forward, args.batch_size, workers=2)
         print(f"plain DataLoader (2 workers) + {args.plain_forward} forward: {plain:8.1f} img/s")
         print(f"  stages: {stages_line(plain_stages)}")
