@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from common import SHARED_DATA, TreeMemory
-from facray.labelling import BatchLabeller, label_batch, preprocessing_for, stage_seconds
+from facray.labelling import BatchLabeller, format_stage_seconds, label_batch, preprocessing_for, stage_seconds
 from facray.labelling_ray import LabelConfig, label_images
 from facray.models.abm import ABMCNN
 from facray.predictor import load_predictor, read_predictor
@@ -152,11 +152,6 @@ def plain_loop(paths, predictor, forward, batch_size: int, workers: int) -> tupl
     return len(paths) / seconds, stage_seconds(table)
 
 
-def stages_line(stages: dict) -> str:
-    busy = sum(stages.values()) or 1.0
-    return ", ".join(f"{k} {v:.1f}s ({100 * v / busy:.0f}%)" for k, v in stages.items())
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=3000)
@@ -185,7 +180,7 @@ def main():
         forward = PlainModels(model) if args.plain_forward == "models" else predictor
         plain, plain_stages = plain_loop(paths, predictor, forward, args.batch_size, workers=2)
         print(f"plain DataLoader (2 workers) + {args.plain_forward} forward: {plain:8.1f} img/s")
-        print(f"  stages: {stages_line(plain_stages)}")
+        print(f"  stages: {format_stage_seconds(plain_stages)}")
     with TreeMemory() as mem:
         start = time.perf_counter()
         summary = label_images(LabelConfig(images=str(folder), model=model, out=str(tmp / "labels.csv"),
@@ -195,7 +190,7 @@ def main():
     print(f"facray label (Ray Data, start-up incl.): {facray:8.1f} img/s   faces found {summary.faces_found}/{summary.inputs}")
     print(f"  {mem.format()}")
     print("  wall clock: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary.phases.items()))
-    print(f"  stages: {stages_line(summary.stages)}")
+    print(f"  stages: {format_stage_seconds(summary.stages)}")
     if not args.skip_plain:
         print(f"ratio facray / plain = {facray / plain:.2f}x")
 

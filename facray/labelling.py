@@ -75,6 +75,12 @@ def stage_seconds(rows) -> dict[str, float]:
     return dict(sorted(found.items(), key=lambda kv: STAGES.index(kv[0]) if kv[0] in STAGES else len(STAGES)))
 
 
+def format_stage_seconds(stages: dict[str, float]) -> str:
+    """``decode 1.2s (10%), ...``: each stage's seconds and share of all of them."""
+    busy = sum(stages.values()) or 1.0
+    return ", ".join(f"{k} {v:.1f}s ({100 * v / busy:.0f}%)" for k, v in stages.items())
+
+
 class BatchLabeller:
     """Preprocess (unless ``chain`` is None: done upstream) and label batches in one process,
     timing each stage. What the labelling actors run and what the benchmark's plain loop times."""

@@ -33,8 +33,8 @@ from facray import storage
 from facray.attributes import ATTRIBUTES
 from facray.config import option
 from facray.data.errors import DatasetError, OutputLockedError
-from facray.labelling import (OUTPUT_COLUMNS, PROB_COLUMNS, BatchLabeller, label_batch, preprocessing_for,
-                              stage_seconds)
+from facray.labelling import (OUTPUT_COLUMNS, PROB_COLUMNS, BatchLabeller, format_stage_seconds, label_batch,
+                              preprocessing_for, stage_seconds)
 from facray.predictor import build_predictor, read_predictor
 
 KEY_COLUMNS = ["path", "size", "mtime_ns", "model"]
@@ -363,13 +363,11 @@ class LabelSummary:
     stages: dict  # seconds summed over the actors, per stage (decode, detect, crop, sketch, predict)
 
     def format(self) -> str:
-        busy = sum(self.stages.values()) or 1.0
         return (f"labelled {self.labelled} new image(s), reused {self.reused}, {self.inputs} rows in {self.out}\n"
                 f"  model: {self.model}\n  faces found: {self.faces_found}/{self.inputs - self.errors}, "
                 f"errors: {self.errors}, {self.seconds:.1f}s\n"
                 "  wall clock: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.phases.items()) + "\n"
-                "  in the actors: " + (", ".join(f"{k} {v:.1f}s ({100 * v / busy:.0f}%)" for k, v in self.stages.items())
-                                       or "nothing to label"))
+                "  in the actors: " + (format_stage_seconds(self.stages) or "nothing to label"))
 
 
 def label_images(cfg: LabelConfig) -> LabelSummary:
