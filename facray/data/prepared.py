@@ -116,7 +116,8 @@ def decode_masks(values, n_masks: int, mask_size: int) -> np.ndarray:
 
 
 def batch_arrays(batch: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
-    """A batch of prepared rows (as Ray Data yields them) -> ``image``/``sketch``/``labels`` arrays."""
+    """A batch of prepared rows (as Ray Data yields them) -> ``image``/``sketch``/``labels`` (and
+    ``masks``/``landmarks`` when read) arrays."""
     size = meta["size"]
     out = {ops.LABELS: np.stack([np.asarray(batch[a], np.int8) for a in ATTRIBUTES], 1)}
     if ops.IMAGE in batch:
@@ -124,6 +125,10 @@ def batch_arrays(batch: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarr
     if ops.SKETCH in batch:
         shape = (size, size) if meta["sketch_channels"] == 1 else (size, size, 3)
         out[ops.SKETCH] = decode_column(batch[ops.SKETCH], shape, meta["image_format"])
+    if ops.MASKS in batch and meta.get("mask_size"):
+        out[ops.MASKS] = decode_masks(batch[ops.MASKS], len(ATTRIBUTES), meta["mask_size"])
+    if all(c in batch for c in LANDMARK_FIELDS):
+        out[ops.LANDMARKS] = np.stack([np.asarray(batch[c], np.float32) for c in LANDMARK_FIELDS], 1)
     return out
 
 

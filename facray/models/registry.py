@@ -21,6 +21,7 @@ import torch.nn as nn
 import torchvision
 
 from facray.attributes import ATTRIBUTES
+from facray.models.attparsenet import PAPER_WIDTHS, AttParseNet
 from facray.models.multitask import AbmTrunk, TorchvisionClassifier, VGGTransfer, vgg_features
 
 
@@ -31,14 +32,16 @@ class ModelSpec:
     input_size: int  # default side in pixels
     torchvision_name: str | None = None  # whose weights `pretrained` / a backbone state dict fit
     global_pool: bool = False  # has a global-average-pooled trunk (CAMs possible)
+    mask_output: bool = False  # also returns localisation maps ("masks"), trained on prepared masks
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, input_size: int, torchvision_name: str | None = None, global_pool: bool = False):
+def register_model(name: str, input_size: int, torchvision_name: str | None = None, global_pool: bool = False,
+                   mask_output: bool = False):
     def wrap(fn):
-        _REGISTRY[name] = ModelSpec(name, fn, input_size, torchvision_name, global_pool)
+        _REGISTRY[name] = ModelSpec(name, fn, input_size, torchvision_name, global_pool, mask_output)
         return fn
     return wrap
 
@@ -125,6 +128,22 @@ def inception_v3(image_size: int, num_outputs: int, **kw) -> nn.Module:
 def inception_v3_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     """The full Inception v3 code at its smallest legal input (75 px): the real architecture, cheap."""
     return inception_v3(image_size, num_outputs, **kw)
+
+
+@register_model("attparsenet", 128, mask_output=True)
+def attparsenet(image_size: int, num_outputs: int, **kw) -> nn.Module:
+    return AttParseNet(image_size, num_outputs, **kw)
+
+
+@register_model("attparsenet-narrow", 64, mask_output=True)
+def attparsenet_narrow(image_size: int, num_outputs: int, **kw) -> nn.Module:
+    """A quarter of the paper's widths (1/16 of the compute): AttParseNet on a CPU."""
+    return AttParseNet(image_size, num_outputs, widths=tuple(w // 4 for w in PAPER_WIDTHS), **kw)
+
+
+@register_model("attparsenet-tiny", 32, mask_output=True)
+def attparsenet_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
+    return AttParseNet(image_size, num_outputs, widths=(4, 8, 8, 8, 8), **kw)
 
 
 # ---- building and weights ---------------------------------------------------------------------

@@ -72,6 +72,11 @@ class TrainConfig(RunOptions):
     train_base: bool = option(False, "vgg19-transfer: also train the convolutional base")
     bbox_head: bool = option(False, "vgg19-transfer: bbox regression head (MSE)")
     landmark_head: bool = option(False, "vgg19-transfer: landmark regression head (MSE)")
+    attributes: str = option("all", "attributes to train: comma list, or all / identity / abm / rendered "
+                                    "(the others are left out of the loss and predicted as unknown)")
+    mask_weight: float = option(1.0, "models with localisation maps (attparsenet): weight of the mask MSE; "
+                                     "0 = the same network without segmentation")
+    segmentation_epochs: int = option(0, "attparsenet: first epochs on the mask loss alone (paper: 10)")
     epochs: int = option(20, "epoch budget")
     batch_size: int = option(64, "images per step per worker")
     lr: float = option(1e-3, "AdamW learning rate")
@@ -93,6 +98,12 @@ class TrainConfig(RunOptions):
         if not self.model.startswith("vgg"):
             return {}
         return {"train_base": self.train_base, "bbox_head": self.bbox_head, "landmark_head": self.landmark_head}
+
+
+def uses_masks(cfg: TrainConfig) -> bool:
+    """Does this run train on the prepared weak masks?"""
+    from facray.models.registry import model_spec
+    return model_spec(cfg.model).mask_output and cfg.mask_weight > 0
 
 
 def input_size(cfg: TrainConfig) -> int:

@@ -5,6 +5,11 @@ it, see :mod:`facray.training.ray_multitask`), on CPU or GPU, with or without DD
   missing attributes, is masked out); optional class balance (``pos_weight`` = negatives /
   positives per attribute on the training split, capped), which lifts rare attributes off their
   majority class. Optional MSE heads (bbox, landmarks) add their losses when present.
+- Localisation maps (AttParseNet, models with a ``"masks"`` output): MSE against the prepared
+  weak masks, downsampled by nearest neighbour to the maps' side, weighted by ``mask_weight``
+  (0 = the same network without segmentation, the paper's ablation). The paper's two stages:
+  the first ``segmentation_epochs`` train on the mask loss alone (no early stopping yet), then
+  mask MSE + BCE. Online flips flip the masks and landmark targets with the image.
 - Learning rate: constant, or cosine-annealed from ``lr`` towards 0 over the ``epochs`` budget
   (set per epoch from the epoch counter, so a resumed run continues the same curve).
 - Early stopping on validation loss (``patience`` epochs), best weights kept and restored.
@@ -40,6 +45,12 @@ class MultiTaskTrainerConfig:
     grad_clip: float = 5.0
     lr_schedule: str = "constant"  # constant | cosine (over ``epochs``)
     epochs: int = 0  # the budget the cosine schedule spans; 0 = constant
+    mask_weight: float = 1.0  # weight of the localisation-map MSE (models with a "masks" output)
+    segmentation_epochs: int = 0  # stage 1: epochs on the mask loss alone (AttParseNet: 10)
+
+    def __post_init__(self):
+        if self.segmentation_epochs and self.mask_weight <= 0:
+            raise ValueError("segmentation_epochs needs mask_weight > 0 (stage 1 trains on the mask loss alone)")
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
@@ -51,12 +62,39 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Ten
     return per.sum() / known.sum().clamp(min=1), per.sum(0).detach()
 
 
+# CelebA's 5 landmarks as (x, y) pairs: left eye, right eye, nose, left mouth, right mouth. A
+# horizontal flip mirrors x and swaps left with right.
+_MIRRORED_LANDMARKS = [1, 0, 2, 4, 3]
+
+
+def flip_targets(masks: torch.Tensor | None, landmarks: torch.Tensor | None, flip: torch.Tensor):
+    """Mirror the rows ``flip`` of (B, A, m, m) masks and (B, 10) landmarks in [0, 1] as the images were."""
+    if masks is not None:
+        masks = torch.where(flip.view(-1, 1, 1, 1), masks.flip(-1), masks)
+    if landmarks is not None:
+        mirrored = landmarks.view(-1, 5, 2)[:, _MIRRORED_LANDMARKS].clone()
+        mirrored[..., 0] = 1 - mirrored[..., 0]
+        landmarks = torch.where(flip.view(-1, 1), mirrored.view(-1, 10), landmarks)
+    return masks, landmarks
+
+
+def mask_mse(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """MSE of (B, A, h, w) localisation maps against (B, A, m, m) 0/1 masks resized by nearest
+    neighbour (the paper's downsampling) to the maps' side."""
+    target = F.interpolate(masks.float(), size=maps.shape[-2:], mode="nearest")
+    return F.mse_loss(maps, target)
+
+
 class MultiTaskTrainer:
     """Fit a model (possibly DDP-wrapped) epoch by epoch; see module docstring."""
 
     def __init__(self, model: nn.Module, cfg: MultiTaskTrainerConfig, device: torch.device,
-                 pos_weight: np.ndarray | None = None):
+                 pos_weight: np.ndarray | None = None, trained: np.ndarray | None = None):
+        """``trained``: (A,) bool, the attributes to learn (default all); the others' labels are
+        treated as unknown, so their outputs get no gradient and no metrics."""
         self.model, self.cfg, self.device = model, cfg, torch.device(device)
+        self.untrained = None if trained is None or np.all(trained) else \
+            torch.as_tensor(~np.asarray(trained, bool), device=self.device)
         self.module = getattr(model, "module", model)  # the bare model under DDP
         self.cuda = self.device.type == "cuda"
         params = [p for p in model.parameters() if p.requires_grad]
@@ -74,25 +112,51 @@ class MultiTaskTrainer:
     def stopped(self) -> bool:
         return self.bad_epochs >= self.cfg.patience
 
-    def _forward(self, pixels: np.ndarray, train: bool) -> dict[str, torch.Tensor]:
+    def _labels(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        """The batch's labels as (B, A) long, -1 where unknown or not trained."""
+        labels = torch.as_tensor(batch["labels"], device=self.device).long()
+        return labels if self.untrained is None else labels.masked_fill(self.untrained, -1)
+
+    @property
+    def segmenting(self) -> bool:
+        """In stage 1 (mask loss alone)?"""
+        return self.epoch < self.cfg.segmentation_epochs
+
+    def _forward(self, pixels: np.ndarray, train: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(model outputs in float32, which rows were flipped)."""
         x = to_input(pixels, self.cfg.image_size, self.device, channels_last=self.cuda)
+        flip = torch.zeros(len(x), dtype=torch.bool)
         if train and self.cfg.online_flip:
             flip = torch.rand(len(x), generator=self.flip_generator) < 0.5
             x[flip.to(x.device)] = x[flip.to(x.device)].flip(-1)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
             out = self.model(x)
-        return {k: v.float() for k, v in out.items()}
+        return {k: v.float() for k, v in out.items()}, flip.to(self.device)
 
-    def _loss(self, out: dict[str, torch.Tensor], batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.as_tensor(batch["labels"], device=self.device).long()
-        loss, per_attr = masked_bce(out["attributes"], labels, self.pos_weight)
-        for head, key in (("bbox", "bbox"), ("landmarks", "landmarks_target")):
-            if head in out and key in batch:
-                target = torch.as_tensor(batch[key], device=self.device, dtype=torch.float32)
-                ok = torch.isfinite(target).all(1)
-                if ok.any():
-                    loss = loss + F.mse_loss(out[head][ok], target[ok])
-        return loss, per_attr
+    def _loss(self, out: dict[str, torch.Tensor], batch: dict[str, np.ndarray], flip: torch.Tensor
+              ) -> torch.Tensor:
+        """The training loss of one batch (see module docstring for its parts and stages)."""
+        masks = landmarks = None
+        if "masks" in out and "masks" in batch and self.cfg.mask_weight > 0:
+            masks = torch.as_tensor(batch["masks"], device=self.device)
+        if "landmarks" in out and "landmarks" in batch:  # crop pixels -> [0, 1]
+            landmarks = torch.as_tensor(batch["landmarks"], device=self.device, dtype=torch.float32)
+            landmarks = landmarks / batch["image"].shape[1]
+        masks, landmarks = flip_targets(masks, landmarks, flip)
+        loss = torch.zeros((), device=self.device)
+        if masks is not None:
+            loss = loss + self.cfg.mask_weight * mask_mse(out["masks"], masks)
+        elif self.segmenting:
+            raise ValueError("segmentation stage without masks: the model has no mask output or the "
+                             "prepared data none (prepare --masks)")
+        if self.segmenting:
+            return loss
+        loss = loss + masked_bce(out["attributes"], self._labels(batch), self.pos_weight)[0]
+        if landmarks is not None:
+            ok = torch.isfinite(landmarks).all(1)
+            if ok.any():
+                loss = loss + F.mse_loss(out["landmarks"][ok], landmarks[ok])
+        return loss
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of (0-based) ``epoch``."""
@@ -107,9 +171,10 @@ class MultiTaskTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total, seen = 0.0, 0
+        segmenting = self.segmenting
         for batch in train_batches:
-            out = self._forward(batch["image"], train=True)
-            loss, _ = self._loss(out, batch)
+            out, flip = self._forward(batch["image"], train=True)
+            loss = self._loss(out, batch, flip)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.grad_clip:
@@ -121,7 +186,9 @@ class MultiTaskTrainer:
         self.epoch += 1
         record = {"epoch": self.epoch, "lr": lr, "loss": total / max(seen, 1), "val_loss": val["loss"],
                   "val_accuracy": float(np.nanmean(val["metrics"]["accuracy"][val["metrics"]["count"] > 0]))}
-        if val["loss"] < self.best_val_loss - 1e-6:
+        if segmenting:  # the attribute layer has not trained yet: no best epoch, no patience used
+            record["stage"] = "segmentation"
+        elif val["loss"] < self.best_val_loss - 1e-6:
             self.best_val_loss, self.best_epoch, self.bad_epochs = val["loss"], self.epoch, 0
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
         else:
@@ -136,13 +203,13 @@ class MultiTaskTrainer:
         self.model.eval()
         probs, labels, loss_sum, count = [], [], 0.0, 0
         for batch in batches:
-            logits = self._forward(batch["image"], train=False)["attributes"]
-            y = torch.as_tensor(batch["labels"], device=self.device).long()
+            logits = self._forward(batch["image"], train=False)[0]["attributes"]
+            y = self._labels(batch)
             _, per_attr = masked_bce(logits, y)  # unweighted: comparable across settings
             loss_sum += float(per_attr.sum())
             count += int((y >= 0).sum())
             probs.append(torch.sigmoid(logits).cpu().numpy())
-            labels.append(batch["labels"])
+            labels.append(y.cpu().numpy().astype(np.int8))
         if not probs:
             return np.zeros((0, len(ATTRIBUTES)), np.float32), np.zeros((0, len(ATTRIBUTES)), np.int8), math.nan
         return np.concatenate(probs), np.concatenate(labels), loss_sum / max(count, 1)

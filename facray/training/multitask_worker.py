@@ -21,7 +21,7 @@ import numpy as np
 
 from facray.attributes import ATTRIBUTES
 from facray.run_folder import RunFolder
-from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size
+from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size, uses_masks
 from facray.training.run_record import inject_failure_once
 from facray.training.splits import SplitSpec, array_batches, load_split_arrays
 
@@ -53,8 +53,10 @@ def train_per_worker(config: dict) -> None:
     pos_weight = np.asarray(config["positive_weights"], np.float32) if cfg.class_balance else None
     tcfg = MultiTaskTrainerConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, image_size=size, patience=cfg.patience,
                                   online_flip=cfg.online_flip, seed=cfg.seed,
-                                  lr_schedule=cfg.lr_schedule, epochs=cfg.epochs)
-    trainer = MultiTaskTrainer(model, tcfg, device, pos_weight)
+                                  lr_schedule=cfg.lr_schedule, epochs=cfg.epochs, mask_weight=cfg.mask_weight,
+                                  segmentation_epochs=cfg.segmentation_epochs)
+    trained = np.isin(ATTRIBUTES, config["labelled_attributes"])
+    trainer = MultiTaskTrainer(model, tcfg, device, pos_weight, trained)
     resumed_from = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -90,11 +92,11 @@ def _batch_sources(cfg: TrainConfig, meta: dict, rank: int, world: int):
     import ray.train
     if cfg.data == "stream":
         from facray.training.streaming import stream_batches
-        shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val", "test")}
+        shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val", "test")}  # see train_multitask
         return (lambda e: stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e),
                 lambda: stream_batches(shards["val"], 256, meta, None),
                 lambda: stream_batches(shards["test"], 256, meta, None))
-    data = load_split_arrays(SplitSpec.of(cfg), ("image",))
+    data = load_split_arrays(SplitSpec.of(cfg), ("image", "masks") if uses_masks(cfg) else ("image",))
     return (lambda e: array_batches(data["train"], cfg.batch_size, True, cfg.seed, e, rank, world),
             lambda: array_batches(data["val"], 256),
             lambda: array_batches(data["test"], 256))

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from facray.attributes import ATTRIBUTES
+from facray.attributes import ATTRIBUTES, resolve_attributes
 from facray.config import config_to_dict
 from facray.run_folder import RunFolder
-from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size
+from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size, uses_masks
 from facray.training.metrics import positive_weights
 from facray.training.multitask_worker import train_per_worker
 from facray.training.run_record import claim_run
@@ -58,6 +58,12 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
     input_size(cfg)  # an unknown model fails here, before Ray starts, with the known names
     if cfg.data == "stream" and cfg.val_split == "holdout":
         raise ValueError("--val-split holdout needs --data memory; give the prepared data a val split for stream mode")
+    selected = set(resolve_attributes(cfg.attributes))  # a typo fails here with the known names
+    if uses_masks(cfg):
+        from facray.data.prepared import read_metadata
+        if not read_metadata(cfg.prepared).get("mask_size"):
+            raise ValueError(f"{cfg.model} trains on weak masks, and {cfg.prepared} has none: prepare it with "
+                             f"--masks, or train without segmentation (--mask-weight 0)")
     counts = check_splits(SplitSpec.of(cfg))
     run, digest = claim_run(cfg)
     if run.is_multitask and run.metrics().get("settings_hash") == digest:
@@ -73,11 +79,13 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
     # From the training labels, once, here (stream-mode workers never hold them all).
     labels = train_labels(SplitSpec.of(cfg))
     loop_config = {"cfg": asdict(cfg), "settings_hash": digest, "positive_weights": positive_weights(labels, cfg.max_pos_weight).tolist(),
-                   "labelled_attributes": [a for j, a in enumerate(ATTRIBUTES) if (labels[:, j] >= 0).any()]}
+                   "labelled_attributes": [a for j, a in enumerate(ATTRIBUTES)
+                                           if a in selected and (labels[:, j] >= 0).any()]}
     stream = {}
     if cfg.data == "stream":
         from facray.training.streaming import split_datasets
-        stream = {"datasets": split_datasets(SplitSpec.of(cfg), ("image",)),
+        columns = ("image", "masks") if uses_masks(cfg) else ("image",)
+        stream = {"datasets": split_datasets(SplitSpec.of(cfg), columns),
                   "dataset_config": ray.train.DataConfig(datasets_to_split=["train"])}
     trainer = TorchTrainer(
         train_per_worker, train_loop_config=loop_config, **stream,

@@ -103,7 +103,7 @@ def array_batches(data: dict[str, np.ndarray], batch_size: int, shuffle: bool = 
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     if world > 1:
         order = order[: n - n % world][rank::world]
-    keys = [k for k in ("image", "sketch", "labels", "bbox", "landmarks_target") if k in data]
+    keys = [k for k in ("image", "sketch", "labels", "landmarks", "masks") if k in data]
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         yield {k: data[k][idx] for k in keys}

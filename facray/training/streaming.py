@@ -20,7 +20,9 @@ def split_datasets(spec: SplitSpec, columns: tuple[str, ...] = ("image", "sketch
                          "in memory); give the prepared data a val split for stream mode")
     fs, path = storage.filesystem(shard_dir(spec.prepared))
     ds = ray.data.read_parquet(path, filesystem=fs)
-    keep = [c for c in ("image_id", "split", "variant", "error", *ATTRIBUTES, *columns) if c in ds.schema().names]
+    from facray.data.prepared import LANDMARK_FIELDS
+    keep = [c for c in ("image_id", "split", "variant", "error", *ATTRIBUTES, *LANDMARK_FIELDS, *columns)
+            if c in ds.schema().names]
     ds = ds.select_columns(keep)
 
     def pick(split: str, originals: bool):
