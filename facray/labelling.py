@@ -27,7 +27,8 @@ def preprocessing_for(predictor, crop_method: str = "detect", detector: str = "a
                       max_pixels: int | None = None) -> ops.Chain:
     crop = predictor.crop
     stages = [ops.ImageDecoder(max_pixels),
-              ops.FaceCropper(crop["size"], crop.get("margin", 0.35), crop_method, "wild", detector)]
+              ops.FaceCropper(crop["size"], crop.get("margin", 0.35), crop_method, "wild", detector,
+                              centre=crop.get("centre", "face"))]
     if predictor.needs_sketch:
         stages.append(ops.Sketcher(predictor.sketch_channels))
     return ops.Chain(*stages)

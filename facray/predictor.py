@@ -10,7 +10,7 @@ A predictor is a directory, in one of two formats behind one interface (``predic
   with a logit per attribute; ``weights.pt`` is its state dict, the manifest names the model and
   its arguments.
 
-``manifest.json`` holds the format and version, the crop the model expects (size, margin), the
+``manifest.json`` holds the format and version, the crop the model expects (size, margin, centre), the
 input size, per attribute its decision threshold (chosen on validation) and validation/test
 accuracy, the SHA-256 of the weights file and the shape of every tensor, so a manifest that does
 not match its weights fails at load time, before any image is read.

@@ -85,3 +85,13 @@ def test_batch_labeller_times_every_stage_and_labels_like_label_batch(preprocess
 ])
 def test_actor_pools_are_sized_to_the_machine(cfg, resources, expected):
     assert pool_sizes(cfg, resources) == expected
+
+
+def test_labelling_crops_as_the_model_was_trained():
+    """A model trained on nose-centred crops gets nose-centred crops of the same size and margin."""
+    from types import SimpleNamespace
+    predictor = SimpleNamespace(crop={"size": 48, "margin": 0.2, "centre": "nose"}, needs_sketch=False)
+    cropper = preprocessing_for(predictor).ops[1]
+    assert (cropper.size, cropper.margin, cropper.centre) == (48, 0.2, "nose")
+    older = SimpleNamespace(crop={"size": 48, "margin": 0.35}, needs_sketch=False)  # manifests before centres
+    assert preprocessing_for(older).ops[1].centre == "face"

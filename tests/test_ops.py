@@ -70,3 +70,24 @@ def test_detected_landmarks_stand_in_for_a_landmark_file(synth_copy):
     assert np.isfinite(lms).all() and ((lms > 0) & (lms < 64)).all()
     assert (lms[:, 0, 0] < lms[:, 1, 0]).all()  # left eye left of right eye, as CelebA orders them
     assert out["masks"][found].any(axis=(1, 2, 3)).all()  # every found face has masks drawn
+
+
+def test_nose_centred_crops_put_the_nose_landmark_in_the_middle(synth_copy):
+    """The KTH paper's crops: centred on the nose, the face's scale kept; face crops are not."""
+    table = read_celeba(synth_copy).iloc[:8]
+    nose = {}
+    for centre in ("face", "nose"):
+        cfg = PrepareConfig(size=64, augment=1, centre=centre)
+        out = preprocessing_chain(cfg, "aligned", serialize=False)(_batch(table))
+        assert out["face_found"].all()
+        nose[centre] = out["landmarks"].reshape(-1, 5, 2)[:, 2]
+        eyes = out["landmarks"].reshape(-1, 5, 2)[:, :2]
+        if centre == "nose":
+            assert (out["crop_method"] == "landmarks+nose").all()
+            eye_distance = np.linalg.norm(eyes[:, 1] - eyes[:, 0], axis=1)
+    np.testing.assert_allclose(nose["nose"], 32.0, atol=0.01)
+    assert np.abs(nose["face"] - 32.0).max() > 1.0  # face crops centre the lifted face box instead
+    assert (eye_distance > 10).all()  # same margin: the face keeps its size in the crop
+    import pytest
+    with pytest.raises(ValueError, match="crop centre must be one of"):
+        ops.FaceCropper(centre="chin")

@@ -35,6 +35,8 @@ class PrepareConfig:
     size: int = option(180, "crop side in pixels (ABM-CNN: 180)")
     margin: float = option(0.35, "crop margin around the face box, per side")
     crop: Literal["auto", "landmarks", "bbox", "aligned", "detect", "full"] = option("auto", "auto | landmarks | bbox | aligned | detect | full")
+    centre: Literal["face", "nose"] = option("face", "crop centre: face | nose (the KTH paper's nose-centred "
+                                                     "crops; needs landmarks: a landmark file or YuNet)")
     augment: int = option(9, "variants per train image (ABM-CNN: 9; 1 = none)")
     masks: bool = option(False, "also write AttParseNet weak masks")
     mask_size: int = option(48, "side of the weak masks")
@@ -76,7 +78,7 @@ def read_table(cfg: PrepareConfig) -> pd.DataFrame:
 def preprocessing_chain(cfg: PrepareConfig, image_kind: str, serialize: bool = True) -> ops.Chain:
     """The stages in order; the same chain (minus augmentation) serves the labelling job."""
     stages = [ops.ImageDecoder(cfg.max_pixels),
-              ops.FaceCropper(cfg.size, cfg.margin, cfg.crop, image_kind, cfg.detector, cfg.min_face)]
+              ops.FaceCropper(cfg.size, cfg.margin, cfg.crop, image_kind, cfg.detector, cfg.min_face, cfg.centre)]
     if cfg.masks:
         stages.append(ops.MaskDrawer(cfg.mask_size))
     stages += [ops.Augmenter(cfg.augment, cfg.seed), ops.Sketcher(cfg.sketch_channels)]
@@ -170,7 +172,8 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
     ds.write_parquet(shard_path, filesystem=fs)
     summary = summarise(out, storage.join(out, shards), len(table), time.perf_counter() - start, detector)
     storage.write_text(storage.join(out, "config.yaml"), config_text(cfg))
-    write_metadata(out, shards=shards, size=cfg.size, margin=cfg.margin, image_format=cfg.image_format,
+    write_metadata(out, shards=shards, size=cfg.size, margin=cfg.margin, centre=cfg.centre,
+                   image_format=cfg.image_format,
                    sketch_channels=cfg.sketch_channels,
                    mask_size=cfg.mask_size if cfg.masks else None, augment=cfg.augment,
                    dataset=cfg.dataset, root=str(cfg.root), image_kind=image_kind, detector=detector)

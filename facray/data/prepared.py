@@ -85,6 +85,12 @@ def read_metadata(out: str | Path) -> dict:
     return meta
 
 
+def prepared_crop(meta: dict) -> dict:
+    """How the prepared images were cropped, as a predictor's manifest records it so labelling
+    crops new images the same way."""
+    return {"size": meta["size"], "margin": meta.get("margin", 0.35), "centre": meta.get("centre", "face")}
+
+
 def shard_dir(out: str | Path, meta: dict | None = None) -> str:
     """The current shard folder (a path or URI) named by ``prepared.json``."""
     meta = meta if meta is not None else read_metadata(out)

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from facray.config import option
-from facray.data.prepared import read_metadata
+from facray.data.prepared import prepared_crop, read_metadata
 from facray.predictor import MANIFEST, load_predictor, set_thresholds, write_predictor
 from facray.run_folder import RunFolder
 from facray.training.splits import SplitSpec
@@ -94,7 +94,7 @@ def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
                         "val_accuracy": _num(row.val_accuracy), "test_accuracy": _num(row.test_accuracy),
                         "real_val_accuracy": _num(row.real_val_accuracy),
                         "sketch_val_accuracy": _num(row.sketch_val_accuracy)})
-    crop = {"size": prepared_meta["size"], "margin": prepared_meta.get("margin", 0.35)}
+    crop = prepared_crop(prepared_meta)
     write_predictor(dest, choices, weights, crop, image_size, prepared_meta["sketch_channels"],
                     extra={"source_run": str(run.root), "thresholds": "0.5"})
     if cfg.thresholds == "validation":

@@ -105,6 +105,7 @@ def _batch_sources(cfg: TrainConfig, meta: dict, rank: int, world: int):
 def write_final_outputs(run: RunFolder, trainer, val_batches, test_batches, labelled_attributes: list[str],
                         cfg: TrainConfig, meta: dict, digest: str, resumed_from: int) -> None:
     """Best weights, thresholds on validation, test metrics, the predictor (rank 0, last epoch)."""
+    from facray.data.prepared import prepared_crop
     from facray.predictor import write_multitask_predictor
     from facray.training.metrics import attribute_metrics, choose_thresholds
 
@@ -126,7 +127,7 @@ def write_final_outputs(run: RunFolder, trainer, val_batches, test_batches, labe
     state = {k: v.detach().cpu() for k, v in trainer.module.state_dict().items()}
     choices = [{k: r[k] for k in ("attribute", "threshold", "val_accuracy", "test_accuracy")} for r in per_attr]
     write_multitask_predictor(run.model_dir, cfg.model, cfg.model_kwargs(), state,
-                              {"size": meta["size"], "margin": meta.get("margin", 0.35)}, trainer.cfg.image_size,
+                              prepared_crop(meta), trainer.cfg.image_size,
                               choices, extra={"name": f"{REGISTERED_PREFIX}{cfg.model}:{digest[:8]}",
                                               "settings_hash": digest})
     record = {"model": cfg.model, "settings_hash": digest, "status": "finished", "best_epoch": trainer.best_epoch,
