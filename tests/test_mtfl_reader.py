@@ -55,3 +55,14 @@ def test_missing_image(tmp_path):
     with pytest.raises(DatasetError, match="training.txt:2: .*1022_0_0.jpg does not exist"):
         read_mtfl(tmp_path)
     assert len(read_mtfl(tmp_path, skip_missing=True)) == 1
+
+
+def test_abm_split_gives_mtfl_train_a_seeded_validation_and_test_split(tmp_path):
+    """mtfl_train has no testing.txt: --split abm cuts its rows 70/15/15, the same for a seed."""
+    from facray.data.pipeline import PrepareConfig, read_table
+    root = _make(tmp_path, rows=ROWS * 10)
+    cfg = PrepareConfig(dataset="mtfl", root=str(root), split="abm", seed=3)
+    splits = read_table(cfg).split
+    assert splits.value_counts().to_dict() == {"train": 14, "val": 3, "test": 3}
+    assert splits.tolist() == read_table(cfg).split.tolist()
+    assert (read_table(PrepareConfig(dataset="mtfl", root=str(root))).split == "train").all()

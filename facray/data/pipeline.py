@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
 from facray import storage
 from facray.config import config_text, option
 from facray.data import ops
-from facray.data.celeba import read_celeba
+from facray.data.celeba import abm_split, read_celeba
 from facray.data.folder import read_image_folder
 from facray.data.mtfl import read_mtfl
 from facray.data.prepared import Serializer, read_metadata, write_metadata
@@ -41,7 +42,8 @@ class PrepareConfig:
     masks: bool = option(False, "also write AttParseNet weak masks")
     mask_size: int = option(48, "side of the weak masks")
     sketch_channels: int = option(1, "pencil sketch channels: 1 or 3")
-    split: Literal["official", "abm"] = option("official", "official | abm (70/15/15 seeded)")
+    split: Literal["official", "abm"] = option("official", "official (the dataset's own files) | abm (70/15/15 "
+                                                           "seeded, CelebA or MTFL)")
     seed: int = option(0, "seed of the ABM split and the augmentations")
     limit: int = option(0, "use only the first N images (0 = all)")
     skip_missing: bool = option(False, "go on without missing images (counted)")
@@ -64,6 +66,9 @@ def read_table(cfg: PrepareConfig) -> pd.DataFrame:
         table = read_celeba(cfg.root, split=cfg.split, seed=cfg.seed, skip_missing=cfg.skip_missing)
     elif cfg.dataset == "mtfl":
         table = read_mtfl(cfg.root, skip_missing=cfg.skip_missing)
+        if cfg.split == "abm":  # e.g. mtfl_train, which has no test file: a seeded 70/15/15 of its rows
+            parts = abm_split(len(table), cfg.seed)
+            table["split"] = np.array(["train", "val", "test"], dtype=object)[parts]
     elif cfg.dataset == "folder":
         table = read_image_folder(cfg.root)
     else:
