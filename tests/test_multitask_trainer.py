@@ -28,9 +28,26 @@ def _data(n=32, size=32, seed=0):
 
 
 def test_every_family_has_a_tiny_variant():
-    families = {"abm-trunk", "resnet18", "resnet50", "vgg19-transfer", "inception-v3"}
+    families = {"abm-trunk", "resnet18", "resnet50", "vgg19-transfer", "inception-v3", "attparsenet",
+                "cascade-cnn", "tcdcn"}
     assert families <= set(list_models())
-    assert {"abm-trunk-tiny", "resnet-tiny", "vgg-transfer-tiny", "inception-v3-tiny"} <= set(TINY)
+    assert {"abm-trunk-tiny", "resnet-tiny", "vgg-transfer-tiny", "inception-v3-tiny", "attparsenet-tiny",
+            "cascade-cnn-tiny", "tcdcn-tiny"} <= set(TINY)
+
+
+def test_the_kth_papers_cnns_have_their_layers():
+    import torch.nn as nn
+    from facray.models.mtfl import Inception
+    cascade = build_model("cascade-cnn")
+    convs = [m for m in cascade.features if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [128] * 4 and sum(isinstance(m, nn.MaxPool2d) for m in cascade.features) == 4
+    assert sum(isinstance(m, Inception) for m in cascade.features) == 1
+    assert sum(isinstance(m, nn.Linear) for m in cascade.modules()) == 1
+    tcdcn = build_model("tcdcn")
+    convs = [m for m in tcdcn.features if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size[0]) for c in convs] == [(20, 5), (48, 3), (64, 3), (80, 2)]
+    assert sum(isinstance(m, nn.MaxPool2d) for m in tcdcn.features) == 3
+    assert [m.out_features for m in tcdcn.classifier if isinstance(m, nn.Linear)] == [256, 40]
 
 
 @pytest.mark.parametrize("name", TINY)

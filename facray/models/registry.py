@@ -22,6 +22,7 @@ import torchvision
 
 from facray.attributes import ATTRIBUTES
 from facray.models.attparsenet import PAPER_WIDTHS, AttParseNet
+from facray.models.mtfl import TCDCN, CascadeCNN
 from facray.models.multitask import AbmTrunk, TorchvisionClassifier, VGGTransfer, vgg_features
 
 
@@ -144,6 +145,26 @@ def attparsenet_narrow(image_size: int, num_outputs: int, **kw) -> nn.Module:
 @register_model("attparsenet-tiny", 32, mask_output=True)
 def attparsenet_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return AttParseNet(image_size, num_outputs, widths=(4, 8, 8, 8, 8), **kw)
+
+
+@register_model("cascade-cnn", 64)
+def cascade_cnn(image_size: int, num_outputs: int, **kw) -> nn.Module:
+    return CascadeCNN(image_size, num_outputs, **kw)
+
+
+@register_model("cascade-cnn-tiny", 32)
+def cascade_cnn_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
+    return CascadeCNN(image_size, num_outputs, width=8, **kw)
+
+
+@register_model("tcdcn", 64)
+def tcdcn(image_size: int, num_outputs: int, **kw) -> nn.Module:
+    return TCDCN(image_size, num_outputs, **kw)
+
+
+@register_model("tcdcn-tiny", 32)
+def tcdcn_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
+    return TCDCN(image_size, num_outputs, widths=(4, 8, 8, 8), hidden=16, **kw)
 
 
 # ---- building and weights ---------------------------------------------------------------------
