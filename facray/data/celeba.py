@@ -34,7 +34,7 @@ LANDMARK_COLUMNS = ("lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_
 BBOX_COLUMNS = ("x_1", "y_1", "width", "height")
 PARTITION_NAMES = {0: "train", 1: "val", 2: "test"}
 IMAGE_DIRS = {"img_align_celeba": "aligned", "img_celeba": "wild"}
-SPLITS = ("official", "abm")
+SPLITS = ("official", "abm", "identity")
 
 
 @dataclass
@@ -246,6 +246,30 @@ def abm_split(n: int, seed: int = 0, fractions: tuple[float, float, float] = (0.
     return np.random.default_rng(seed).permutation(parts.astype(np.int8))
 
 
+def identity_split(identities: np.ndarray, seed: int = 0,
+                   fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)) -> np.ndarray:
+    """Closed-set identification's split: every person's photos are divided train/val/test
+    (seeded), so the people in test were all seen in training. 0/1/2 per row.
+
+    A person with one photo trains only; with two or three, one tests and the rest train; with
+    four or more, about ``fractions`` of them (at least one test and one validation photo).
+    Rows of unknown identity (-1) are split as :func:`abm_split` does.
+    """
+    identities = np.asarray(identities)
+    parts = np.zeros(len(identities), np.int8)
+    rng = np.random.default_rng(seed)
+    unknown = identities < 0
+    parts[unknown] = abm_split(int(unknown.sum()), seed, fractions)
+    for person in np.unique(identities[~unknown]):
+        rows = rng.permutation(np.flatnonzero(identities == person))
+        n = len(rows)
+        n_test = 0 if n < 2 else max(1, int(round(fractions[2] * n)))
+        n_val = max(1, int(round(fractions[1] * n))) if n >= 4 else 0
+        parts[rows[:n_test]] = 2
+        parts[rows[n_test:n_test + n_val]] = 1
+    return parts
+
+
 def _list_images(image_dir: Path) -> set[str]:
     # A name that is not UTF-8 can never match a label row; it is listed (escaped) as an orphan.
     with os.scandir(image_dir) as it:
@@ -258,8 +282,10 @@ def read_celeba(root: str | Path, split: str = "official", seed: int = 0,
 
     Args:
         root: folder holding ``img_align_celeba/`` (or ``img_celeba/``) and the list files.
-        split: ``"official"`` (``list_eval_partition``) or ``"abm"`` (random 70/15/15, seeded).
-        seed: seed of the ABM split.
+        split: ``"official"`` (``list_eval_partition``), ``"abm"`` (random 70/15/15, seeded) or
+            ``"identity"`` (each person's photos 70/15/15: closed-set identification, see
+            :func:`identity_split`; needs ``identity_CelebA.txt``).
+        seed: seed of the ABM and identity splits.
         skip_missing: go on without label rows whose image is missing and ignore images with no
             label row; both are counted in ``table.attrs["skipped"]``. Without it they raise.
     """
@@ -312,13 +338,17 @@ def read_celeba(root: str | Path, split: str = "official", seed: int = 0,
         parts = table["partition"].to_numpy()
     else:
         parts = abm_split(len(table), seed)
-    table["split"] = pd.Categorical.from_codes(parts, categories=["train", "val", "test"])
 
     if files.identity is not None:
         ident = _read_keyed_table(files.identity, ("identity",), False, False, dtype=int)
         table["identity"] = ids.map(ident["identity"]).fillna(-1).astype(np.int64).to_numpy()
     else:
         table["identity"] = np.int64(-1)
+    if split == "identity":
+        if files.identity is None:
+            raise DatasetError(f"{files.root}: split='identity' needs identity_CelebA.txt")
+        parts = identity_split(table["identity"].to_numpy(), seed)
+    table["split"] = pd.Categorical.from_codes(parts, categories=["train", "val", "test"])
     for key, cols in (("bbox", BBOX_COLUMNS), ("landmarks", LANDMARK_COLUMNS)):
         path = getattr(files, key)
         if path is not None:

@@ -42,8 +42,9 @@ class PrepareConfig:
     masks: bool = option(False, "also write AttParseNet weak masks")
     mask_size: int = option(48, "side of the weak masks")
     sketch_channels: int = option(1, "pencil sketch channels: 1 or 3")
-    split: Literal["official", "abm"] = option("official", "official (the dataset's own files) | abm (70/15/15 "
-                                                           "seeded, CelebA or MTFL)")
+    split: Literal["official", "abm", "identity"] = option(
+        "official", "official (the dataset's own files) | abm (70/15/15 seeded, CelebA or MTFL) | identity "
+                    "(each person's photos 70/15/15: closed-set identification, CelebA)")
     seed: int = option(0, "seed of the ABM split and the augmentations")
     limit: int = option(0, "use only the first N images (0 = all)")
     skip_missing: bool = option(False, "go on without missing images (counted)")

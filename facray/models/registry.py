@@ -22,6 +22,7 @@ import torchvision
 
 from facray.attributes import ATTRIBUTES
 from facray.models.attparsenet import PAPER_WIDTHS, AttParseNet
+from facray.models.joint import JointAttributeIdentityNet
 from facray.models.mtfl import TCDCN, CascadeCNN
 from facray.models.multitask import AbmTrunk, TorchvisionClassifier, VGGTransfer, vgg_features
 
@@ -34,15 +35,16 @@ class ModelSpec:
     torchvision_name: str | None = None  # whose weights `pretrained` / a backbone state dict fit
     global_pool: bool = False  # has a global-average-pooled trunk (CAMs possible)
     mask_output: bool = False  # also returns localisation maps ("masks"), trained on prepared masks
+    identity_output: bool = False  # also classifies identities (takes num_identities)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, input_size: int, torchvision_name: str | None = None, global_pool: bool = False,
-                   mask_output: bool = False):
+                   mask_output: bool = False, identity_output: bool = False):
     def wrap(fn):
-        _REGISTRY[name] = ModelSpec(name, fn, input_size, torchvision_name, global_pool, mask_output)
+        _REGISTRY[name] = ModelSpec(name, fn, input_size, torchvision_name, global_pool, mask_output, identity_output)
         return fn
     return wrap
 
@@ -165,6 +167,22 @@ def tcdcn(image_size: int, num_outputs: int, **kw) -> nn.Module:
 @register_model("tcdcn-tiny", 32)
 def tcdcn_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return TCDCN(image_size, num_outputs, widths=(4, 8, 8, 8), hidden=16, **kw)
+
+
+@register_model("joint-attr-id", 112, global_pool=True, identity_output=True)
+def joint_attr_id(image_size: int, num_outputs: int, **kw) -> nn.Module:
+    return JointAttributeIdentityNet(image_size, num_outputs, **kw)
+
+
+@register_model("joint-attr-id-narrow", 64, global_pool=True, identity_output=True)
+def joint_attr_id_narrow(image_size: int, num_outputs: int, **kw) -> nn.Module:
+    """A quarter of the paper's widths, 1,024-unit branches: the joint network on a CPU."""
+    return JointAttributeIdentityNet(image_size, num_outputs, widths=(16, 32, 64, 128, 128), hidden=1024, **kw)
+
+
+@register_model("joint-attr-id-tiny", 32, global_pool=True, identity_output=True)
+def joint_attr_id_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
+    return JointAttributeIdentityNet(image_size, num_outputs, widths=(4, 8, 8, 16, 16), hidden=16, **kw)
 
 
 # ---- building and weights ---------------------------------------------------------------------

@@ -77,6 +77,11 @@ class TrainConfig(RunOptions):
     mask_weight: float = option(1.0, "models with localisation maps (attparsenet): weight of the mask MSE; "
                                      "0 = the same network without segmentation")
     segmentation_epochs: int = option(0, "attparsenet: first epochs on the mask loss alone (paper: 10)")
+    identity_weight: float = option(1.0, "joint-attr-id: weight of the identity cross-entropy; 0 = attributes "
+                                         "alone (no identity branch)")
+    attribute_weight: float = option(1.0, "weight of the attribute BCE; 0 with joint-attr-id = identity alone")
+    fusion: Literal["identity", "all"] = option("identity", "joint-attr-id: attributes fused with the pooled "
+                                                            "features (the paper's 10 identity ones, or all 40)")
     epochs: int = option(20, "epoch budget")
     batch_size: int = option(64, "images per step per worker")
     lr: float = option(1e-3, "AdamW learning rate")
@@ -95,15 +100,25 @@ class TrainConfig(RunOptions):
     experiment: str = option("facray-multitask", "MLflow experiment")
 
     def model_kwargs(self) -> dict:
-        if not self.model.startswith("vgg"):
-            return {}
-        return {"train_base": self.train_base, "bbox_head": self.bbox_head, "landmark_head": self.landmark_head}
+        """The builder arguments that come from the config (an identity model's number of
+        identities comes from the data: :func:`uses_identities`)."""
+        if self.model.startswith("vgg"):
+            return {"train_base": self.train_base, "bbox_head": self.bbox_head, "landmark_head": self.landmark_head}
+        if self.model.startswith("joint-attr-id"):
+            return {"fusion": self.fusion}
+        return {}
 
 
 def uses_masks(cfg: TrainConfig) -> bool:
     """Does this run train on the prepared weak masks?"""
     from facray.models.registry import model_spec
     return model_spec(cfg.model).mask_output and cfg.mask_weight > 0
+
+
+def uses_identities(cfg: TrainConfig) -> bool:
+    """Does this run train an identity branch on the prepared identities?"""
+    from facray.models.registry import model_spec
+    return model_spec(cfg.model).identity_output and cfg.identity_weight > 0
 
 
 def input_size(cfg: TrainConfig) -> int:

@@ -100,3 +100,17 @@ def positive_weights(labels: np.ndarray, cap: float) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
     return np.clip(w, 1.0, cap).astype(np.float32)
+
+
+def identification_metrics(scores: np.ndarray, targets: np.ndarray, max_rank: int = 20) -> dict:
+    """Closed-set identification of (N, K) identity scores against (N,) true class indices (-1 =
+    not a training identity, left out): the CMC curve (share of probes whose identity is among
+    the top k, k = 1..max_rank), top-1 and top-5."""
+    known = targets >= 0
+    scores, targets = scores[known], targets[known]
+    if not len(targets):
+        return {"top1": float("nan"), "top5": float("nan"), "cmc": [], "count": 0}
+    true = scores[np.arange(len(targets)), targets]
+    rank = (scores > true[:, None]).sum(1)  # 0-based rank of the true identity (ties count in its favour)
+    cmc = [float((rank < k).mean()) for k in range(1, min(max_rank, scores.shape[1]) + 1)]
+    return {"top1": cmc[0], "top5": cmc[min(4, len(cmc) - 1)], "cmc": cmc, "count": int(len(targets))}

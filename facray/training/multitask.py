@@ -10,6 +10,10 @@ it, see :mod:`facray.training.ray_multitask`), on CPU or GPU, with or without DD
   (0 = the same network without segmentation, the paper's ablation). The paper's two stages:
   the first ``segmentation_epochs`` train on the mask loss alone (no early stopping yet), then
   mask MSE + BCE. Online flips flip the masks and landmark targets with the image.
+- Identities (the joint attribute-identity network, models with an ``"identity"`` output):
+  cross-entropy over the batch's ``identity_index`` (-1 = none, left out), weighted by
+  ``identity_weight`` and summed with ``attribute_weight`` x BCE; early stopping watches the same
+  weighted sum on validation, and evaluation adds closed-set identification (top-1, top-5, CMC).
 - Learning rate: constant, or cosine-annealed from ``lr`` towards 0 over the ``epochs`` budget
   (set per epoch from the epoch counter, so a resumed run continues the same curve).
 - Early stopping on validation loss (``patience`` epochs), best weights kept and restored.
@@ -31,7 +35,7 @@ import torch.nn.functional as F
 
 from facray.attributes import ATTRIBUTES
 from facray.models.inputs import to_input
-from facray.training.metrics import attribute_metrics
+from facray.training.metrics import attribute_metrics, identification_metrics
 
 
 @dataclass
@@ -47,6 +51,8 @@ class MultiTaskTrainerConfig:
     epochs: int = 0  # the budget the cosine schedule spans; 0 = constant
     mask_weight: float = 1.0  # weight of the localisation-map MSE (models with a "masks" output)
     segmentation_epochs: int = 0  # stage 1: epochs on the mask loss alone (AttParseNet: 10)
+    attribute_weight: float = 1.0  # weight of the attribute BCE (0: identity alone)
+    identity_weight: float = 1.0  # weight of the identity cross-entropy (models with an "identity" output)
 
     def __post_init__(self):
         if self.segmentation_epochs and self.mask_weight <= 0:
@@ -151,7 +157,13 @@ class MultiTaskTrainer:
                              "prepared data none (prepare --masks)")
         if self.segmenting:
             return loss
-        loss = loss + masked_bce(out["attributes"], self._labels(batch), self.pos_weight)[0]
+        if self.cfg.attribute_weight > 0:
+            loss = loss + self.cfg.attribute_weight * masked_bce(out["attributes"], self._labels(batch),
+                                                                 self.pos_weight)[0]
+        if "identity" in out and "identity_index" in batch and self.cfg.identity_weight > 0:
+            target = torch.as_tensor(batch["identity_index"], device=self.device).long()
+            if (target >= 0).any():
+                loss = loss + self.cfg.identity_weight * F.cross_entropy(out["identity"], target, ignore_index=-1)
         if landmarks is not None:
             ok = torch.isfinite(landmarks).all(1)
             if ok.any():
@@ -186,6 +198,8 @@ class MultiTaskTrainer:
         self.epoch += 1
         record = {"epoch": self.epoch, "lr": lr, "loss": total / max(seen, 1), "val_loss": val["loss"],
                   "val_accuracy": float(np.nanmean(val["metrics"]["accuracy"][val["metrics"]["count"] > 0]))}
+        if "identity" in val:
+            record.update(val_identity_top1=val["identity"]["top1"], val_identity_loss=val["identity"]["loss"])
         if segmenting:  # the attribute layer has not trained yet: no best epoch, no patience used
             record["stage"] = "segmentation"
         elif val["loss"] < self.best_val_loss - 1e-6:
@@ -198,26 +212,44 @@ class MultiTaskTrainer:
         return record
 
     @torch.no_grad()
-    def predict(self, batches) -> tuple[np.ndarray, np.ndarray, float]:
-        """(probabilities, labels, mean masked BCE) over ``batches`` with the current weights."""
+    def predict(self, batches) -> tuple[np.ndarray, np.ndarray, float, dict | None]:
+        """(probabilities, labels, mean masked BCE, identities) over ``batches`` with the current
+        weights; identities: ``{"scores": (N, K), "targets": (N,)}`` for models with an identity
+        output fed ``identity_index``, else None."""
         self.model.eval()
         probs, labels, loss_sum, count = [], [], 0.0, 0
+        scores, targets = [], []
         for batch in batches:
-            logits = self._forward(batch["image"], train=False)[0]["attributes"]
+            out = self._forward(batch["image"], train=False)[0]
+            logits = out["attributes"]
+            if "identity" in out and "identity_index" in batch:
+                scores.append(out["identity"].cpu().numpy())
+                targets.append(np.asarray(batch["identity_index"], np.int64))
             y = self._labels(batch)
             _, per_attr = masked_bce(logits, y)  # unweighted: comparable across settings
             loss_sum += float(per_attr.sum())
             count += int((y >= 0).sum())
             probs.append(torch.sigmoid(logits).cpu().numpy())
             labels.append(y.cpu().numpy().astype(np.int8))
+        identities = {"scores": np.concatenate(scores), "targets": np.concatenate(targets)} if scores else None
         if not probs:
-            return np.zeros((0, len(ATTRIBUTES)), np.float32), np.zeros((0, len(ATTRIBUTES)), np.int8), math.nan
-        return np.concatenate(probs), np.concatenate(labels), loss_sum / max(count, 1)
+            return np.zeros((0, len(ATTRIBUTES)), np.float32), np.zeros((0, len(ATTRIBUTES)), np.int8), math.nan, None
+        return np.concatenate(probs), np.concatenate(labels), loss_sum / max(count, 1), identities
 
     def evaluate(self, batches, thresholds: np.ndarray | float = 0.5) -> dict:
-        probs, labels, loss = self.predict(batches)
-        return {"loss": loss, "probs": probs, "labels": labels,
-                "metrics": attribute_metrics(probs, labels, thresholds)}
+        """Attribute metrics, and identification for identity models. ``loss``: what early
+        stopping watches (the weighted sum of the training objectives, see module docstring)."""
+        probs, labels, bce, identities = self.predict(batches)
+        result = {"loss": bce, "attribute_loss": bce, "probs": probs, "labels": labels,
+                  "metrics": attribute_metrics(probs, labels, thresholds)}
+        if identities is not None and self.cfg.identity_weight > 0:
+            known = identities["targets"] >= 0
+            ce = float(F.cross_entropy(torch.as_tensor(identities["scores"][known]),
+                                       torch.as_tensor(identities["targets"][known]))) if known.any() else math.nan
+            result["identity"] = {**identification_metrics(identities["scores"], identities["targets"]), "loss": ce}
+            result["loss"] = (self.cfg.attribute_weight * bce if self.cfg.attribute_weight > 0 else 0.0) \
+                + self.cfg.identity_weight * ce
+        return result
 
     def restore_best(self) -> None:
         if self.best_state is not None:

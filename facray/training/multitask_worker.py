@@ -23,7 +23,7 @@ from facray.attributes import ATTRIBUTES
 from facray.run_folder import RunFolder
 from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size, uses_masks
 from facray.training.run_record import inject_failure_once
-from facray.training.splits import SplitSpec, array_batches, load_split_arrays
+from facray.training.splits import SplitSpec, array_batches, identity_indices, load_split_arrays
 
 
 def train_per_worker(config: dict) -> None:
@@ -43,18 +43,19 @@ def train_per_worker(config: dict) -> None:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     size = input_size(cfg)
-    model = build_model(cfg.model, size, pretrained=cfg.pretrained, weights_file=cfg.weights, **cfg.model_kwargs())
+    model = build_model(cfg.model, size, pretrained=cfg.pretrained, weights_file=cfg.weights, **config["model_kwargs"])
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     meta = read_metadata(cfg.prepared)
-    train_batches, val_batches, test_batches = _batch_sources(cfg, meta, rank, world)
+    train_batches, val_batches, test_batches = _batch_sources(cfg, meta, rank, world, np.asarray(config["identities"]))
     pos_weight = np.asarray(config["positive_weights"], np.float32) if cfg.class_balance else None
     tcfg = MultiTaskTrainerConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, image_size=size, patience=cfg.patience,
                                   online_flip=cfg.online_flip, seed=cfg.seed,
                                   lr_schedule=cfg.lr_schedule, epochs=cfg.epochs, mask_weight=cfg.mask_weight,
-                                  segmentation_epochs=cfg.segmentation_epochs)
+                                  segmentation_epochs=cfg.segmentation_epochs, attribute_weight=cfg.attribute_weight,
+                                  identity_weight=cfg.identity_weight)
     trained = np.isin(ATTRIBUTES, config["labelled_attributes"])
     trainer = MultiTaskTrainer(model, tcfg, device, pos_weight, trained)
     resumed_from = 0
@@ -81,14 +82,15 @@ def train_per_worker(config: dict) -> None:
             torch.save(trainer.state_dict(), Path(d) / "trainer.pt")
             if last:
                 write_final_outputs(RunFolder(d), trainer, val_batches(), test_batches(), config["labelled_attributes"],
-                                    cfg, meta, config["settings_hash"], resumed_from)
+                                    cfg, config["model_kwargs"], meta, config["settings_hash"], resumed_from)
             ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def _batch_sources(cfg: TrainConfig, meta: dict, rank: int, world: int):
+def _batch_sources(cfg: TrainConfig, meta: dict, rank: int, world: int, identities: np.ndarray):
     """(train(epoch), val(), test()) batch iterators: from memory (each worker loads the arrays and
     takes its equal share of every epoch) or from Ray Data shards (``--data stream``; the train
-    dataset is split equally between workers by Ray Train)."""
+    dataset is split equally between workers by Ray Train). ``identities``: an identity model's
+    classes (each row gets its ``identity_index``)."""
     import ray.train
     if cfg.data == "stream":
         from facray.training.streaming import stream_batches
@@ -97,13 +99,16 @@ def _batch_sources(cfg: TrainConfig, meta: dict, rank: int, world: int):
                 lambda: stream_batches(shards["val"], 256, meta, None),
                 lambda: stream_batches(shards["test"], 256, meta, None))
     data = load_split_arrays(SplitSpec.of(cfg), ("image", "masks") if uses_masks(cfg) else ("image",))
+    if len(identities):
+        for part in data.values():
+            part["identity_index"] = identity_indices(part["identity"], identities)
     return (lambda e: array_batches(data["train"], cfg.batch_size, True, cfg.seed, e, rank, world),
             lambda: array_batches(data["val"], 256),
             lambda: array_batches(data["test"], 256))
 
 
 def write_final_outputs(run: RunFolder, trainer, val_batches, test_batches, labelled_attributes: list[str],
-                        cfg: TrainConfig, meta: dict, digest: str, resumed_from: int) -> None:
+                        cfg: TrainConfig, model_kwargs: dict, meta: dict, digest: str, resumed_from: int) -> None:
     """Best weights, thresholds on validation, test metrics, the predictor (rank 0, last epoch)."""
     from facray.data.prepared import prepared_crop
     from facray.predictor import write_multitask_predictor
@@ -126,7 +131,7 @@ def write_final_outputs(run: RunFolder, trainer, val_batches, test_batches, labe
                          "confusion": [[m["tn"], m["fp"]], [m["fn"], m["tp"]]], "test_count": m["count"]})
     state = {k: v.detach().cpu() for k, v in trainer.module.state_dict().items()}
     choices = [{k: r[k] for k in ("attribute", "threshold", "val_accuracy", "test_accuracy")} for r in per_attr]
-    write_multitask_predictor(run.model_dir, cfg.model, cfg.model_kwargs(), state,
+    write_multitask_predictor(run.model_dir, cfg.model, model_kwargs, state,
                               prepared_crop(meta), trainer.cfg.image_size,
                               choices, extra={"name": f"{REGISTERED_PREFIX}{cfg.model}:{digest[:8]}",
                                               "settings_hash": digest})
@@ -135,4 +140,8 @@ def write_final_outputs(run: RunFolder, trainer, val_batches, test_batches, labe
               "history": trainer.history, "attributes": per_attr,
               "mean_test_accuracy": float(np.mean([r["test_accuracy"] for r in per_attr])),
               "mean_test_accuracy_at_0.5": float(np.mean([r["test_accuracy_at_0.5"] for r in per_attr]))}
+    if "identity" in test:  # closed-set identification of the test photos among the training identities
+        record["identity"] = {"test_top1": test["identity"]["top1"], "test_top5": test["identity"]["top5"],
+                              "test_cmc": test["identity"]["cmc"], "test_count": test["identity"]["count"],
+                              "classes": model_kwargs["num_identities"]}
     run.write_metrics(record)

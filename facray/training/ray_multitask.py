@@ -17,11 +17,11 @@ from dataclasses import asdict
 from facray.attributes import ATTRIBUTES, resolve_attributes
 from facray.config import config_to_dict
 from facray.run_folder import RunFolder
-from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size, uses_masks
+from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size, uses_identities, uses_masks
 from facray.training.metrics import positive_weights
 from facray.training.multitask_worker import train_per_worker
 from facray.training.run_record import claim_run
-from facray.training.splits import SplitSpec, check_splits, train_labels
+from facray.training.splits import SplitSpec, check_splits, train_identities, train_labels
 
 
 def _callback_class():
@@ -64,6 +64,15 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
         if not read_metadata(cfg.prepared).get("mask_size"):
             raise ValueError(f"{cfg.model} trains on weak masks, and {cfg.prepared} has none: prepare it with "
                              f"--masks, or train without segmentation (--mask-weight 0)")
+    identities = []
+    if uses_identities(cfg):
+        if cfg.data == "stream":
+            raise ValueError(f"{cfg.model} with identities needs --data memory")
+        identities = train_identities(SplitSpec.of(cfg)).tolist()
+        if len(identities) < 2:
+            raise ValueError(f"{cfg.prepared}: the training rows have {len(identities)} known identities; "
+                             f"{cfg.model} needs a dataset with identities (CelebA's identity_CelebA.txt; "
+                             f"prepare --split identity for closed-set identification), or --identity-weight 0")
     counts = check_splits(SplitSpec.of(cfg))
     run, digest = claim_run(cfg)
     if run.is_multitask and run.metrics().get("settings_hash") == digest:
@@ -78,7 +87,8 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
     # From the training labels, once, here (stream-mode workers never hold them all).
     labels = train_labels(SplitSpec.of(cfg))
-    loop_config = {"cfg": asdict(cfg), "settings_hash": digest, "positive_weights": positive_weights(labels, cfg.max_pos_weight).tolist(),
+    model_kwargs = {**cfg.model_kwargs(), **({"num_identities": len(identities)} if identities else {})}
+    loop_config = {"cfg": asdict(cfg), "settings_hash": digest, "model_kwargs": model_kwargs, "identities": identities, "positive_weights": positive_weights(labels, cfg.max_pos_weight).tolist(),
                    "labelled_attributes": [a for j, a in enumerate(ATTRIBUTES)
                                            if a in selected and (labels[:, j] >= 0).any()]}
     stream = {}

@@ -73,6 +73,26 @@ def train_labels(spec: SplitSpec) -> np.ndarray:
     return labels["labels"]
 
 
+def train_identities(spec: SplitSpec) -> np.ndarray:
+    """The identities of the training rows, sorted, unknown (-1) left out: the classes of an
+    identity model (class ``i`` is identity ``train_identities(spec)[i]``)."""
+    from facray.data.prepared import read_prepared
+    rows = read_prepared(spec.prepared, (spec.train_split,), columns=())
+    ids = np.asarray(rows["identity"], np.int64) if "identity" in rows else np.zeros(0, np.int64)
+    if spec.val_split == "holdout":
+        ids = ids[~holdout_mask(rows["image_id"], spec.holdout, spec.seed)]
+    return np.unique(ids[ids >= 0])
+
+
+def identity_indices(identities: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Each row's class index in ``classes`` (sorted), -1 for identities not among them."""
+    identities = np.asarray(identities, np.int64)
+    if not len(classes):
+        return np.full(len(identities), -1, np.int64)
+    pos = np.clip(np.searchsorted(classes, identities), 0, len(classes) - 1)
+    return np.where(classes[pos] == identities, pos, -1)
+
+
 def check_splits(spec: SplitSpec) -> dict[str, int]:
     """Count usable rows per split on the driver, so a wrong split name fails before Ray starts."""
     from facray.data.prepared import shard_dataset
@@ -103,7 +123,7 @@ def array_batches(data: dict[str, np.ndarray], batch_size: int, shuffle: bool = 
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     if world > 1:
         order = order[: n - n % world][rank::world]
-    keys = [k for k in ("image", "sketch", "labels", "landmarks", "masks") if k in data]
+    keys = [k for k in ("image", "sketch", "labels", "landmarks", "masks", "identity_index") if k in data]
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         yield {k: data[k][idx] for k in keys}
