@@ -151,10 +151,21 @@ def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
                + (f": {', '.join(stuck)}" if stuck else ""))
     (out / "report.md").write_text((shown.to_markdown(index=False, floatfmt=".3f") if _has_tabulate()
                                     else shown.round(3).to_string(index=False)) + f"\n\n{summary}\n")
+    artifacts = ["report.csv", "report.md", "accuracy_per_attribute.png"]
     if multitask:
-        model = run.metrics()["model"]
+        record = run.metrics()
         plot_accuracy(table, {"threshold 0.5": "test_accuracy_at_0.5", "validation thresholds": "test_accuracy"},
-                      out / "accuracy_per_attribute.png", f"{model} per attribute")
+                      out / "accuracy_per_attribute.png", f"{record['model']} per attribute")
+        write_cam_grid(run, splits, list(table.attribute), out / "cam_grid.png")
+        artifacts.append("cam_grid.png")
+        if "identity" in record:
+            ident = record["identity"]
+            plot_cmc(ident["test_cmc"], out / "identity_cmc.png",
+                     f"{record['model']}: closed-set identification, {ident['classes']} identities")
+            artifacts.append("identity_cmc.png")
+            with (out / "report.md").open("a") as f:
+                f.write(f"\nIdentification ({ident['test_count']} test photos, {ident['classes']} training "
+                        f"identities): top-1 {ident['test_top1']:.3f}, top-5 {ident['test_top5']:.3f}\n")
     else:
         plot_accuracy(table, {"real": "real_test_accuracy", "sketch": "sketch_test_accuracy",
                               "combined": "combined_test_accuracy"}, out / "accuracy_per_attribute.png",
@@ -171,9 +182,55 @@ def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
                 ("real_test_accuracy", "sketch_test_accuracy", "combined_test_accuracy", "majority_accuracy")
             mlflow.log_metrics({f"mean_{k}": float(means[k]) for k in keys if pd.notna(means[k])})
             mlflow.log_metric("one_class_attributes", len(stuck))
-            for f in ("report.csv", "report.md", "accuracy_per_attribute.png"):
+            if multitask and "identity" in record:
+                mlflow.log_metrics({"test_identity_top1": record["identity"]["test_top1"],
+                                    "test_identity_top5": record["identity"]["test_top5"]})
+            for f in artifacts:
                 mlflow.log_artifact(str(out / f))
     return full, out
+
+
+# Attributes whose evidence has a clear place on a face, shown first in the CAM grid.
+CAM_ATTRIBUTES = ("Smiling", "Eyeglasses", "Bangs", "Wearing_Hat", "Male", "Bald", "Mustache", "Wearing_Lipstick")
+
+
+def write_cam_grid(run: RunFolder, splits: dict, trained: list[str], path: Path, images: int = 6,
+                   attributes: int = 4) -> None:
+    """Class activation maps (Grad-CAM, :mod:`facray.models.cam`) of the run's model on the first
+    test crops, for up to ``attributes`` trained attributes: the paper's per-attribute CAMs."""
+    import cv2
+
+    from facray.attributes import ATTRIBUTE_INDEX
+    from facray.data.prepared import read_prepared
+    from facray.models.cam import cam_grid
+    from facray.models.inputs import to_input
+    from facray.models.registry import model_spec
+    from facray.predictor import load_predictor
+
+    predictor = load_predictor(run.model_dir)
+    crops = read_prepared(splits["prepared"], (splits["test_split"],), ("image",), variants=("original",),
+                          limit=images)["image"]
+    chosen = [a for a in CAM_ATTRIBUTES if a in trained] or trained
+    model = predictor.model
+    layer = model.get_submodule(model_spec(predictor.manifest["model"]).cam_layer)
+    x = to_input(crops, predictor.image_size, predictor.device)
+    grid = cam_grid(model, layer, crops, x, [(ATTRIBUTE_INDEX[a], a) for a in chosen[:attributes]])
+    cv2.imwrite(str(path), grid)
+
+
+def plot_cmc(cmc: list[float], path: Path, title: str) -> None:
+    """The cumulative match characteristic: identification rate by rank."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ranks = np.arange(1, len(cmc) + 1)
+    ax.plot(ranks, cmc, marker="o", ms=3)
+    ax.set(xlabel="rank", ylabel="identification rate", ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _has_tabulate() -> bool:

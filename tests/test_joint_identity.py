@@ -132,3 +132,13 @@ def test_identity_split_joint_training_on_ray(ray_session, tmp_path):
     assert 0 <= ident["test_top1"] <= ident["test_top5"] <= 1 and len(ident["test_cmc"]) == 8
     alone = train_multitask(TrainConfig(out=str(tmp_path / "attrs"), identity_weight=0, **base))
     assert "identity" not in alone and len(alone["attributes"]) == 40
+
+    # evaluate: the CMC curve and the class activation maps as files (and MLflow artifacts)
+    from facray.predictor import load_predictor
+    from facray.reports import EvaluateConfig, evaluate_run
+    _, report = evaluate_run(EvaluateConfig(run=str(tmp_path / "joint")))
+    assert (report / "identity_cmc.png").stat().st_size > 0 and (report / "cam_grid.png").stat().st_size > 0
+    assert "top-1" in (report / "report.md").read_text()
+    predictor = load_predictor(tmp_path / "joint")  # labelling needs no identities, only attributes
+    probs = predictor.predict_proba(np.zeros((2, 32, 32, 3), np.uint8))
+    assert probs.shape == (2, 40) and np.isfinite(probs).all()

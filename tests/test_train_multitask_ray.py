@@ -44,6 +44,7 @@ def test_ddp_two_workers_interrupted_resumes_then_evaluates_and_labels(ray_sessi
     report = pd.read_csv(out / "report" / "report.csv")
     assert {"test_accuracy", "test_accuracy_at_0.5", "majority_accuracy", "one_class_only"} <= set(report.columns)
     assert "predict one class only" in (out / "report" / "report.md").read_text()
+    assert (out / "report" / "cam_grid.png").stat().st_size > 0
 
     from facray.data.synth import write_unlabelled_faces
     from facray.labelling_ray import LabelConfig, label_images

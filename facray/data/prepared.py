@@ -140,10 +140,11 @@ def batch_arrays(batch: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarr
 
 def read_prepared(out: str | Path, splits: tuple[str, ...] | None = None,
                   columns: tuple[str, ...] = ("image", "sketch"), include_errors: bool = False,
-                  variants: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+                  variants: tuple[str, ...] | None = None, limit: int | None = None) -> dict[str, np.ndarray]:
     """Load prepared rows into memory as arrays: ``image`` (N, S, S, 3), ``sketch`` (N, S, S[, 3]),
     ``labels`` (N, 40) int8, ``landmarks`` (N, 10), ``masks`` (N, 40, m, m) if asked, plus the
-    scalar columns. Rows with an error are left out unless ``include_errors``.
+    scalar columns. Rows with an error are left out unless ``include_errors``. ``limit``: only the
+    first rows found (a sample, without reading the rest).
     """
     meta = read_metadata(out)
     dataset = shard_dataset(out, meta)
@@ -159,7 +160,8 @@ def read_prepared(out: str | Path, splits: tuple[str, ...] | None = None,
     scalar = [c for c in ("image_id", "path", "split", "variant", "identity", "face_found",
                           "crop_method", "error", "error_kind") if c in dataset.schema.names]
     wanted = scalar + list(ATTRIBUTES) + list(LANDMARK_FIELDS) + [c for c in columns if c in dataset.schema.names]
-    table: pa.Table = dataset.to_table(columns=wanted, filter=filt)
+    table: pa.Table = dataset.head(limit, columns=wanted, filter=filt) if limit else \
+        dataset.to_table(columns=wanted, filter=filt)
     # Shards come back in file order; sort so results do not depend on how Ray wrote them.
     table = table.sort_by([("image_id", "ascending"), ("variant", "ascending")])
     result = {c: table[c].to_numpy(zero_copy_only=False) for c in scalar}

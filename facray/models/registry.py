@@ -33,7 +33,7 @@ class ModelSpec:
     build: Callable[..., nn.Module]
     input_size: int  # default side in pixels
     torchvision_name: str | None = None  # whose weights `pretrained` / a backbone state dict fit
-    global_pool: bool = False  # has a global-average-pooled trunk (CAMs possible)
+    cam_layer: str = "features"  # the last convolutional feature map (class activation maps)
     mask_output: bool = False  # also returns localisation maps ("masks"), trained on prepared masks
     identity_output: bool = False  # also classifies identities (takes num_identities)
 
@@ -41,10 +41,10 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, input_size: int, torchvision_name: str | None = None, global_pool: bool = False,
+def register_model(name: str, input_size: int, torchvision_name: str | None = None, cam_layer: str = "features",
                    mask_output: bool = False, identity_output: bool = False):
     def wrap(fn):
-        _REGISTRY[name] = ModelSpec(name, fn, input_size, torchvision_name, global_pool, mask_output, identity_output)
+        _REGISTRY[name] = ModelSpec(name, fn, input_size, torchvision_name, cam_layer, mask_output, identity_output)
         return fn
     return wrap
 
@@ -75,12 +75,12 @@ def _resnet(builder, image_size: int, num_outputs: int, **kw) -> nn.Module:
     return TorchvisionClassifier(builder(weights=None, **kw), num_outputs)
 
 
-@register_model("resnet18", 128, "resnet18", global_pool=True)
+@register_model("resnet18", 128, "resnet18", cam_layer="backbone.layer4")
 def resnet18(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return _resnet(torchvision.models.resnet18, image_size, num_outputs, **kw)
 
 
-@register_model("resnet50", 128, "resnet50", global_pool=True)
+@register_model("resnet50", 128, "resnet50", cam_layer="backbone.layer4")
 def resnet50(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return _resnet(torchvision.models.resnet50, image_size, num_outputs, **kw)
 
@@ -101,7 +101,7 @@ class _TinyResNet(torchvision.models.ResNet):
         self.fc = nn.Linear(64, 1000)
 
 
-@register_model("resnet-tiny", 32, global_pool=True)
+@register_model("resnet-tiny", 32, cam_layer="backbone.layer4")
 def resnet_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return TorchvisionClassifier(_TinyResNet(), num_outputs)
 
@@ -121,13 +121,13 @@ def vgg_transfer_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
                        hidden=16, **kw)
 
 
-@register_model("inception-v3", 299, "inception_v3", global_pool=True)
+@register_model("inception-v3", 299, "inception_v3", cam_layer="backbone.Mixed_7c")
 def inception_v3(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return TorchvisionClassifier(torchvision.models.inception_v3(weights=None, aux_logits=False,
                                                                  init_weights=True, **kw), num_outputs)
 
 
-@register_model("inception-v3-tiny", 75, "inception_v3", global_pool=True)
+@register_model("inception-v3-tiny", 75, "inception_v3", cam_layer="backbone.Mixed_7c")
 def inception_v3_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     """The full Inception v3 code at its smallest legal input (75 px): the real architecture, cheap."""
     return inception_v3(image_size, num_outputs, **kw)
@@ -169,18 +169,18 @@ def tcdcn_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return TCDCN(image_size, num_outputs, widths=(4, 8, 8, 8), hidden=16, **kw)
 
 
-@register_model("joint-attr-id", 112, global_pool=True, identity_output=True)
+@register_model("joint-attr-id", 112, identity_output=True)
 def joint_attr_id(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return JointAttributeIdentityNet(image_size, num_outputs, **kw)
 
 
-@register_model("joint-attr-id-narrow", 64, global_pool=True, identity_output=True)
+@register_model("joint-attr-id-narrow", 64, identity_output=True)
 def joint_attr_id_narrow(image_size: int, num_outputs: int, **kw) -> nn.Module:
     """A quarter of the paper's widths, 1,024-unit branches: the joint network on a CPU."""
     return JointAttributeIdentityNet(image_size, num_outputs, widths=(16, 32, 64, 128, 128), hidden=1024, **kw)
 
 
-@register_model("joint-attr-id-tiny", 32, global_pool=True, identity_output=True)
+@register_model("joint-attr-id-tiny", 32, identity_output=True)
 def joint_attr_id_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return JointAttributeIdentityNet(image_size, num_outputs, widths=(4, 8, 8, 16, 16), hidden=16, **kw)
 
