@@ -1,4 +1,4 @@
-"""Contact sheet of a prepared folder: crops over their sketches (and masks when present), as one PNG.
+"""Contact sheet of a prepared folder: crops over their sketches (and weak masks over the crop when present), as one PNG.
 
     python bench/contact_sheet.py PREPARED --out sheet.png [--n 24] [--split train] [--errors]
 """
@@ -31,9 +31,14 @@ def main():
         sk = rows["sketch"][i]
         sk = cv2.cvtColor(sk, cv2.COLOR_GRAY2BGR) if sk.ndim == 2 else sk
         column = [img, sk]
-        if "masks" in rows:
-            m = cv2.resize(rows["masks"][i].max(0) * 255, img.shape[:2][::-1], interpolation=cv2.INTER_NEAREST)
-            column.append(cv2.cvtColor(m, cv2.COLOR_GRAY2BGR))
+        if "masks" in rows:  # the union of the 40 weak masks, tinted over the crop, landmarks in red
+            m = cv2.resize(rows["masks"][i].max(0), img.shape[:2][::-1], interpolation=cv2.INTER_NEAREST) > 0
+            tinted = rows["image"][i].copy()
+            tinted[m] = (0.5 * tinted[m] + 0.5 * np.array([0, 200, 0])).astype(np.uint8)
+            for x, y in rows["landmarks"][i].reshape(5, 2):
+                if np.isfinite(x):
+                    cv2.circle(tinted, (int(round(x)), int(round(y))), 1, (0, 0, 255), -1)
+            column.append(tinted)
         tiles.append(np.vstack(column))
     per_row = 12
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % per_row)
