@@ -175,3 +175,38 @@ def test_cosine_schedule_spans_the_epoch_budget_and_sets_the_optimiser_rate():
     assert trainer.optimizer.param_groups[0]["lr"] == trainer.lr_at(1)
     constant = MultiTaskTrainer(model, MultiTaskTrainerConfig(lr=1e-2, epochs=4), torch.device("cpu"))
     assert {constant.lr_at(e) for e in range(4)} == {0.01}
+
+
+def _params(module):
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def _changed(before, module):
+    return {k for k, v in module.named_parameters() if not torch.equal(before[k], v)}
+
+
+def test_bottleneck_retraining_learns_the_new_head_only():
+    torch.manual_seed(0)
+    data = _data(n=32, size=32)
+    model = build_model("resnet-tiny", 32, train_base=False)
+    before = _params(model)
+    bn_stats = model.backbone.bn1.running_mean.clone()
+    trainer = MultiTaskTrainer(model, MultiTaskTrainerConfig(image_size=32), "cpu", head_modules=("backbone.fc",))
+    trainer.fit_epoch(array_batches(data, 8, shuffle=True), array_batches(data, 16))
+    assert _changed(before, model) == {"backbone.fc.weight", "backbone.fc.bias"}
+    assert torch.equal(model.backbone.bn1.running_mean, bn_stats)  # the base's statistics stay too
+
+
+def test_fine_tuning_trains_the_head_first_then_the_base_at_a_lower_rate():
+    torch.manual_seed(0)
+    data = _data(n=32, size=32)
+    model = build_model("resnet-tiny", 32)
+    cfg = MultiTaskTrainerConfig(lr=1e-2, image_size=32, head_epochs=1, base_lr_scale=0.1, weight_decay=0)
+    trainer = MultiTaskTrainer(model, cfg, "cpu", head_modules=model_spec("resnet-tiny").head)
+    before = _params(model)
+    trainer.fit_epoch(array_batches(data, 8, shuffle=True), array_batches(data, 16))
+    assert _changed(before, model) == {"backbone.fc.weight", "backbone.fc.bias"}
+    trainer.fit_epoch(array_batches(data, 8, shuffle=True), array_batches(data, 16))
+    assert "backbone.conv1.weight" in _changed(before, model)
+    rates = {g["role"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert rates == {"head": pytest.approx(1e-2), "base": pytest.approx(1e-3)}

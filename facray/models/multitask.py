@@ -63,9 +63,10 @@ class AbmTrunk(nn.Module):
 
 
 class TorchvisionClassifier(nn.Module):
-    """A torchvision backbone whose last layer is replaced by ``num_outputs`` logits."""
+    """A torchvision backbone whose last layer is replaced by ``num_outputs`` logits.
+    ``train_base=False`` freezes everything but that layer (the KTH paper's bottleneck retraining)."""
 
-    def __init__(self, backbone: nn.Module, num_outputs: int = len(ATTRIBUTES)):
+    def __init__(self, backbone: nn.Module, num_outputs: int = len(ATTRIBUTES), train_base: bool = True):
         super().__init__()
         self.normalize = Normalize()
         self.backbone = backbone
@@ -73,6 +74,16 @@ class TorchvisionClassifier(nn.Module):
             backbone.fc = nn.Linear(backbone.fc.in_features, num_outputs)
         else:
             raise ValueError(f"{type(backbone).__name__}: no 'fc' layer to replace")
+        self.train_base = train_base
+        if not train_base:
+            for name, p in backbone.named_parameters():
+                p.requires_grad_(name.startswith("fc."))
+
+    def train(self, mode: bool = True) -> "TorchvisionClassifier":
+        super().train(mode)
+        if not self.train_base:  # a frozen base keeps its batch-norm statistics (and no dropout)
+            self.backbone.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.backbone(self.normalize(x))

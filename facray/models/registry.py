@@ -36,15 +36,17 @@ class ModelSpec:
     cam_layer: str = "features"  # the last convolutional feature map (class activation maps)
     mask_output: bool = False  # also returns localisation maps ("masks"), trained on prepared masks
     identity_output: bool = False  # also classifies identities (takes num_identities)
+    head: tuple[str, ...] = ("head",)  # the modules that are new on a pretrained base (fine-tuning)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, input_size: int, torchvision_name: str | None = None, cam_layer: str = "features",
-                   mask_output: bool = False, identity_output: bool = False):
+                   mask_output: bool = False, identity_output: bool = False, head: tuple[str, ...] = ("head",)):
     def wrap(fn):
-        _REGISTRY[name] = ModelSpec(name, fn, input_size, torchvision_name, cam_layer, mask_output, identity_output)
+        _REGISTRY[name] = ModelSpec(name, fn, input_size, torchvision_name, cam_layer, mask_output, identity_output,
+                                    head)
         return fn
     return wrap
 
@@ -71,16 +73,16 @@ def abm_trunk_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return AbmTrunk(image_size, num_outputs, hidden=32, channels=(4, 8), **kw)
 
 
-def _resnet(builder, image_size: int, num_outputs: int, **kw) -> nn.Module:
-    return TorchvisionClassifier(builder(weights=None, **kw), num_outputs)
+def _resnet(builder, image_size: int, num_outputs: int, train_base: bool = True, **kw) -> nn.Module:
+    return TorchvisionClassifier(builder(weights=None, **kw), num_outputs, train_base)
 
 
-@register_model("resnet18", 128, "resnet18", cam_layer="backbone.layer4")
+@register_model("resnet18", 128, "resnet18", cam_layer="backbone.layer4", head=("backbone.fc",))
 def resnet18(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return _resnet(torchvision.models.resnet18, image_size, num_outputs, **kw)
 
 
-@register_model("resnet50", 128, "resnet50", cam_layer="backbone.layer4")
+@register_model("resnet50", 128, "resnet50", cam_layer="backbone.layer4", head=("backbone.fc",))
 def resnet50(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return _resnet(torchvision.models.resnet50, image_size, num_outputs, **kw)
 
@@ -101,86 +103,86 @@ class _TinyResNet(torchvision.models.ResNet):
         self.fc = nn.Linear(64, 1000)
 
 
-@register_model("resnet-tiny", 32, cam_layer="backbone.layer4")
-def resnet_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
-    return TorchvisionClassifier(_TinyResNet(), num_outputs)
+@register_model("resnet-tiny", 32, cam_layer="backbone.layer4", head=("backbone.fc",))
+def resnet_tiny(image_size: int, num_outputs: int, train_base: bool = True) -> nn.Module:
+    return TorchvisionClassifier(_TinyResNet(), num_outputs, train_base)
 
 
 VGG19_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
                 512, 512, 512, 512, "M"]
 
 
-@register_model("vgg19-transfer", 224, "vgg19")
+@register_model("vgg19-transfer", 224, "vgg19", head=("trunk", "heads"))
 def vgg19_transfer(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return VGGTransfer(vgg_features(VGG19_CONFIG), 512, image_size, num_outputs, **kw)
 
 
-@register_model("vgg-transfer-tiny", 32)
+@register_model("vgg-transfer-tiny", 32, head=("trunk", "heads"))
 def vgg_transfer_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return VGGTransfer(vgg_features([4, "M", 8, "M", 8, "M", 16, "M", 16, "M"]), 16, image_size, num_outputs,
                        hidden=16, **kw)
 
 
-@register_model("inception-v3", 299, "inception_v3", cam_layer="backbone.Mixed_7c")
-def inception_v3(image_size: int, num_outputs: int, **kw) -> nn.Module:
+@register_model("inception-v3", 299, "inception_v3", cam_layer="backbone.Mixed_7c", head=("backbone.fc",))
+def inception_v3(image_size: int, num_outputs: int, train_base: bool = True, **kw) -> nn.Module:
     return TorchvisionClassifier(torchvision.models.inception_v3(weights=None, aux_logits=False,
-                                                                 init_weights=True, **kw), num_outputs)
+                                                                 init_weights=True, **kw), num_outputs, train_base)
 
 
-@register_model("inception-v3-tiny", 75, "inception_v3", cam_layer="backbone.Mixed_7c")
+@register_model("inception-v3-tiny", 75, "inception_v3", cam_layer="backbone.Mixed_7c", head=("backbone.fc",))
 def inception_v3_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     """The full Inception v3 code at its smallest legal input (75 px): the real architecture, cheap."""
     return inception_v3(image_size, num_outputs, **kw)
 
 
-@register_model("attparsenet", 128, mask_output=True)
+@register_model("attparsenet", 128, mask_output=True, head=("classifier",))
 def attparsenet(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return AttParseNet(image_size, num_outputs, **kw)
 
 
-@register_model("attparsenet-narrow", 64, mask_output=True)
+@register_model("attparsenet-narrow", 64, mask_output=True, head=("classifier",))
 def attparsenet_narrow(image_size: int, num_outputs: int, **kw) -> nn.Module:
     """A quarter of the paper's widths (1/16 of the compute): AttParseNet on a CPU."""
     return AttParseNet(image_size, num_outputs, widths=tuple(w // 4 for w in PAPER_WIDTHS), **kw)
 
 
-@register_model("attparsenet-tiny", 32, mask_output=True)
+@register_model("attparsenet-tiny", 32, mask_output=True, head=("classifier",))
 def attparsenet_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return AttParseNet(image_size, num_outputs, widths=(4, 8, 8, 8, 8), **kw)
 
 
-@register_model("cascade-cnn", 64)
+@register_model("cascade-cnn", 64, head=("classifier",))
 def cascade_cnn(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return CascadeCNN(image_size, num_outputs, **kw)
 
 
-@register_model("cascade-cnn-tiny", 32)
+@register_model("cascade-cnn-tiny", 32, head=("classifier",))
 def cascade_cnn_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return CascadeCNN(image_size, num_outputs, width=8, **kw)
 
 
-@register_model("tcdcn", 64)
+@register_model("tcdcn", 64, head=("classifier",))
 def tcdcn(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return TCDCN(image_size, num_outputs, **kw)
 
 
-@register_model("tcdcn-tiny", 32)
+@register_model("tcdcn-tiny", 32, head=("classifier",))
 def tcdcn_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return TCDCN(image_size, num_outputs, widths=(4, 8, 8, 8), hidden=16, **kw)
 
 
-@register_model("joint-attr-id", 112, identity_output=True)
+@register_model("joint-attr-id", 112, identity_output=True, head=("attribute_branch", "identity_branch"))
 def joint_attr_id(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return JointAttributeIdentityNet(image_size, num_outputs, **kw)
 
 
-@register_model("joint-attr-id-narrow", 64, identity_output=True)
+@register_model("joint-attr-id-narrow", 64, identity_output=True, head=("attribute_branch", "identity_branch"))
 def joint_attr_id_narrow(image_size: int, num_outputs: int, **kw) -> nn.Module:
     """A quarter of the paper's widths, 1,024-unit branches: the joint network on a CPU."""
     return JointAttributeIdentityNet(image_size, num_outputs, widths=(16, 32, 64, 128, 128), hidden=1024, **kw)
 
 
-@register_model("joint-attr-id-tiny", 32, identity_output=True)
+@register_model("joint-attr-id-tiny", 32, identity_output=True, head=("attribute_branch", "identity_branch"))
 def joint_attr_id_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return JointAttributeIdentityNet(image_size, num_outputs, widths=(4, 8, 8, 16, 16), hidden=16, **kw)
 

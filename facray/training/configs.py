@@ -69,7 +69,12 @@ class TrainConfig(RunOptions):
     image_size: int = option(0, "model input side; 0 = the model's default")
     pretrained: str | None = option(None, "torchvision weights name (DEFAULT, IMAGENET1K_V1; downloads once)")
     weights: str | None = option(None, "local state dict to start from (torchvision backbone or facray model)")
-    train_base: bool = option(False, "vgg19-transfer: also train the convolutional base")
+    train_base: bool | None = option(None, "train the base under the new head: default yes, but vgg19-transfer's "
+                                           "is frozen (seed 004); --no-train-base on resnet/inception = the "
+                                           "KTH paper's bottleneck retraining")
+    head_epochs: int = option(0, "fine-tuning: the first epochs train only the new head, then all layers")
+    base_lr_scale: float = option(1.0, "fine-tuning: the base's learning rate relative to --lr after the head "
+                                       "epochs (KTH: 0.1)")
     bbox_head: bool = option(False, "vgg19-transfer: bbox regression head (MSE)")
     landmark_head: bool = option(False, "vgg19-transfer: landmark regression head (MSE)")
     attributes: str = option("all", "attributes to train: comma list, or all / identity / abm / rendered "
@@ -103,9 +108,12 @@ class TrainConfig(RunOptions):
         """The builder arguments that come from the config (an identity model's number of
         identities comes from the data: :func:`uses_identities`)."""
         if self.model.startswith("vgg"):
-            return {"train_base": self.train_base, "bbox_head": self.bbox_head, "landmark_head": self.landmark_head}
+            return {"train_base": bool(self.train_base), "bbox_head": self.bbox_head,
+                    "landmark_head": self.landmark_head}
         if self.model.startswith("joint-attr-id"):
             return {"fusion": self.fusion}
+        if self.model.startswith(("resnet", "inception")) and self.train_base is False:
+            return {"train_base": False}
         return {}
 
 

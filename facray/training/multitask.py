@@ -15,7 +15,10 @@ it, see :mod:`facray.training.ray_multitask`), on CPU or GPU, with or without DD
   ``identity_weight`` and summed with ``attribute_weight`` x BCE; early stopping watches the same
   weighted sum on validation, and evaluation adds closed-set identification (top-1, top-5, CMC).
 - Learning rate: constant, or cosine-annealed from ``lr`` towards 0 over the ``epochs`` budget
-  (set per epoch from the epoch counter, so a resumed run continues the same curve).
+  (set per epoch from the epoch counter, so a resumed run continues the same curve). Fine-tuning
+  a pretrained base (the KTH paper's InceptionV3): the first ``head_epochs`` train only the new
+  head (the base's rate is 0; DDP still sees every parameter), then the base trains at
+  ``base_lr_scale`` x the rate.
 - Early stopping on validation loss (``patience`` epochs), best weights kept and restored.
 - Per-attribute decision thresholds chosen on validation to maximise accuracy
   (:func:`facray.training.metrics.choose_thresholds`); 0.5 stays available for comparison.
@@ -51,6 +54,8 @@ class MultiTaskTrainerConfig:
     epochs: int = 0  # the budget the cosine schedule spans; 0 = constant
     mask_weight: float = 1.0  # weight of the localisation-map MSE (models with a "masks" output)
     segmentation_epochs: int = 0  # stage 1: epochs on the mask loss alone (AttParseNet: 10)
+    head_epochs: int = 0  # fine-tuning: epochs in which only the new head learns
+    base_lr_scale: float = 1.0  # the base's rate relative to lr after the head epochs
     attribute_weight: float = 1.0  # weight of the attribute BCE (0: identity alone)
     identity_weight: float = 1.0  # weight of the identity cross-entropy (models with an "identity" output)
 
@@ -95,16 +100,23 @@ class MultiTaskTrainer:
     """Fit a model (possibly DDP-wrapped) epoch by epoch; see module docstring."""
 
     def __init__(self, model: nn.Module, cfg: MultiTaskTrainerConfig, device: torch.device,
-                 pos_weight: np.ndarray | None = None, trained: np.ndarray | None = None):
+                 pos_weight: np.ndarray | None = None, trained: np.ndarray | None = None,
+                 head_modules: tuple[str, ...] = ()):
         """``trained``: (A,) bool, the attributes to learn (default all); the others' labels are
-        treated as unknown, so their outputs get no gradient and no metrics."""
+        treated as unknown, so their outputs get no gradient and no metrics. ``head_modules``:
+        names of the modules that are new on a pretrained base (:attr:`ModelSpec.head`); the
+        rest is the base, whose rate follows ``head_epochs`` / ``base_lr_scale``."""
         self.model, self.cfg, self.device = model, cfg, torch.device(device)
         self.untrained = None if trained is None or np.all(trained) else \
             torch.as_tensor(~np.asarray(trained, bool), device=self.device)
         self.module = getattr(model, "module", model)  # the bare model under DDP
         self.cuda = self.device.type == "cuda"
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        head_ids = {id(p) for name in head_modules for p in self.module.get_submodule(name).parameters()}
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if id(p) in head_ids or not head_ids], "role": "head"},
+                  {"params": [p for p in params if head_ids and id(p) not in head_ids], "role": "base"}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
         self.pos_weight = None if pos_weight is None else torch.as_tensor(pos_weight, device=self.device)
         self.flip_generator = torch.Generator().manual_seed(cfg.seed + 17)
         self.epoch = 0
@@ -180,8 +192,9 @@ class MultiTaskTrainer:
         """One epoch of training, then validation and early-stopping bookkeeping. Returns the record."""
         self.model.train()
         lr = self.lr_at(self.epoch)
+        base_lr = 0.0 if self.epoch < self.cfg.head_epochs else lr * self.cfg.base_lr_scale
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = base_lr if group["role"] == "base" else lr
         total, seen = 0.0, 0
         segmenting = self.segmenting
         for batch in train_batches:

@@ -33,7 +33,7 @@ def train_per_worker(config: dict) -> None:
     import ray.train.torch
 
     from facray.data.prepared import read_metadata
-    from facray.models.registry import build_model
+    from facray.models.registry import build_model, model_spec
     from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig
 
     cfg = TrainConfig(**config["cfg"])
@@ -55,9 +55,10 @@ def train_per_worker(config: dict) -> None:
                                   online_flip=cfg.online_flip, seed=cfg.seed,
                                   lr_schedule=cfg.lr_schedule, epochs=cfg.epochs, mask_weight=cfg.mask_weight,
                                   segmentation_epochs=cfg.segmentation_epochs, attribute_weight=cfg.attribute_weight,
-                                  identity_weight=cfg.identity_weight)
+                                  identity_weight=cfg.identity_weight, head_epochs=cfg.head_epochs,
+                                  base_lr_scale=cfg.base_lr_scale)
     trained = np.isin(ATTRIBUTES, config["labelled_attributes"])
-    trainer = MultiTaskTrainer(model, tcfg, device, pos_weight, trained)
+    trainer = MultiTaskTrainer(model, tcfg, device, pos_weight, trained, model_spec(cfg.model).head)
     resumed_from = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
