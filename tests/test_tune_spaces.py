@@ -31,3 +31,11 @@ def test_kth_grid_is_the_papers():
     from tune_spaces import abm_lr_epochs
     assert abm_lr_epochs.SPACE["lr"]["grid_search"] == [1e-3, 1e-4, 1e-5]
     assert abm_lr_epochs.SPACE["epochs"]["grid_search"] == [25, 63, 125, 250]
+
+
+def test_mtfl_grid_is_the_papers_over_the_multitask_config():
+    from facray.training.configs import TrainConfig
+    from tune_spaces import mtfl_lr_epochs
+    assert mtfl_lr_epochs.CONFIG is TrainConfig
+    assert mtfl_lr_epochs.SPACE["lr"]["grid_search"] == [1e-3, 1e-4, 1e-5]
+    assert mtfl_lr_epochs.SPACE["epochs"]["grid_search"] == [25, 63, 125, 250]
