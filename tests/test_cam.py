@@ -60,3 +60,14 @@ def test_every_family_has_a_cam_layer(name):
     images = (x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
     grid = cam_grid(model, model.get_submodule(spec.cam_layer), images, x, [(4, "Bald"), (31, "Smiling")], tile=32)
     assert grid.shape == (18 + 2 * 32, 3 * 32, 3) and grid.dtype == np.uint8
+
+
+def test_maps_of_unpadded_networks_are_placed_over_the_centre_they_see():
+    """AttParseNet's unpadded convolutions see the input's centre only: 13 px of rim at 64 px."""
+    from facray.models.cam import feature_border
+    model = build_model("attparsenet-tiny", 64).eval()
+    assert feature_border(model, model.features, 64, 19) == 13
+    cam = grad_cam(model, model.features, torch.rand(2, 3, 64, 64), 3)
+    assert cam.shape == (2, 64, 64) and (cam[:, :13] == 0).all() and (cam[:, :, -13:] == 0).all()
+    resnet = build_model("resnet-tiny", 128).eval()
+    assert feature_border(resnet, resnet.backbone.layer4, 128, 4) == 0

@@ -38,10 +38,44 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, attribute: int
     maps, grads = saved["maps"], saved["maps"].grad
     weights = grads.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * maps).sum(1, keepdim=True)).detach().float()
-    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    peak = cam.flatten(1).max(1).values.clamp(min=1e-8).view(-1, 1, 1)
     model.zero_grad(set_to_none=True)
+    side = x.shape[-1]
+    border = feature_border(model, layer, side, cam.shape[-1])
+    cam = F.interpolate(cam, size=(side - 2 * border,) * 2, mode="bilinear", align_corners=False)[:, 0]
+    cam = F.pad(cam, (border,) * 4)  # the map covers the input's centre: unpadded convolutions lose the rim
+    peak = cam.flatten(1).max(1).values.clamp(min=1e-8).view(-1, 1, 1)
     return (cam / peak).cpu().numpy()
+
+
+class _Stop(Exception):
+    pass
+
+
+def feature_border(model: nn.Module, layer: nn.Module, side: int, map_side: int) -> int:
+    """Pixels of the input's rim that ``layer``'s map does not cover. Found by probing: the map's
+    side grows by one per ``stride`` input pixels, so two input sizes give the stride and the
+    offset (0 for padded networks such as ResNet; 13 for AttParseNet at 64 px)."""
+    probe = side + 64
+
+    def stop(_, __, output):
+        raise _Stop(output.shape[-1])
+
+    handle = layer.register_forward_hook(stop)
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, probe, probe, device=next(model.parameters()).device))
+        bigger = None
+    except _Stop as found:
+        bigger = found.args[0]
+    except RuntimeError:  # a head that needs the trained size; the trunk never got there
+        bigger = None
+    finally:
+        handle.remove()
+    if not bigger or bigger == map_side:
+        return 0
+    stride = (probe - side) / (bigger - map_side)
+    border = round((side - stride * map_side) / 2)
+    return border if 0 < border < side // 2 else 0
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
