@@ -111,7 +111,7 @@ def test_prepare_masks_train_on_ray_and_label_with_two_attributes(ray_session, t
     plain, masked = tmp_path / "plain", tmp_path / "masked"
     prepare(PrepareConfig(root=str(root), out=str(plain), size=32, augment=1, num_actors=1, batch_size=16))
     base = dict(model="attparsenet-tiny", image_size=32, epochs=2, segmentation_epochs=1, batch_size=16,
-                cpus_per_worker=0.5, num_workers=1, attributes="Male,Smiling", data="stream")
+                cpus_per_worker=0.5, num_workers=2, attributes="Male,Smiling", data="stream")  # DDP in stage 1
     with pytest.raises(ValueError, match="prepare it with --masks"):
         train_multitask(TrainConfig(prepared=str(plain), out=str(tmp_path / "nomask"), **base))
     prepare(PrepareConfig(root=str(root), out=str(masked), size=32, augment=1, masks=True, mask_size=16,

@@ -21,7 +21,7 @@ import numpy as np
 
 from facray.attributes import ATTRIBUTES
 from facray.run_folder import RunFolder
-from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size, uses_masks
+from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size, uses_identities, uses_masks
 from facray.training.run_record import inject_failure_once
 from facray.training.splits import SplitSpec, array_batches, identity_indices, load_split_arrays
 
@@ -47,7 +47,12 @@ def train_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
+    # Parameters a step may leave out of the graph: AttParseNet's classifier in its mask-only
+    # stage, an identity branch on a batch of unknown people, a bbox head with no bbox data.
+    # DDP must be told, or it waits for their gradients forever.
+    optional_outputs = cfg.segmentation_epochs > 0 or uses_identities(cfg) or cfg.bbox_head
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": True} if optional_outputs else None)
     meta = read_metadata(cfg.prepared)
     train_batches, val_batches, test_batches = _batch_sources(cfg, meta, rank, world, np.asarray(config["identities"]))
     pos_weight = np.asarray(config["positive_weights"], np.float32) if cfg.class_balance else None
