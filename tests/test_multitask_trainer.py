@@ -210,3 +210,21 @@ def test_fine_tuning_trains_the_head_first_then_the_base_at_a_lower_rate():
     assert "backbone.conv1.weight" in _changed(before, model)
     rates = {g["role"]: g["lr"] for g in trainer.optimizer.param_groups}
     assert rates == {"head": pytest.approx(1e-2), "base": pytest.approx(1e-3)}
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_every_registered_head_is_a_module_of_its_model(name):
+    # A typo in a registry head would silently train nothing at the head rate; the identity branch
+    # exists only when the model is built with identities.
+    extra = {"num_identities": 3} if model_spec(name).identity_output else {}
+    modules = dict(build_model(name, **extra).named_modules())
+    assert set(model_spec(name).head) <= set(modules)
+
+
+def test_a_head_the_model_was_built_without_is_skipped():
+    model = build_model("joint-attr-id-tiny", 32)  # no identities: no identity branch
+    trainer = MultiTaskTrainer(model, MultiTaskTrainerConfig(image_size=32), "cpu",
+                               head_modules=model_spec("joint-attr-id-tiny").head)
+    head_params = {id(p) for p in model.attribute_branch.parameters()}
+    (group,) = [g for g in trainer.optimizer.param_groups if g["role"] == "head"]
+    assert {id(p) for p in group["params"]} == head_params

@@ -111,7 +111,10 @@ class MultiTaskTrainer:
             torch.as_tensor(~np.asarray(trained, bool), device=self.device)
         self.module = getattr(model, "module", model)  # the bare model under DDP
         self.cuda = self.device.type == "cuda"
-        head_ids = {id(p) for name in head_modules for p in self.module.get_submodule(name).parameters()}
+        # A head the model was built without (the identity branch when there are no identities) is
+        # simply absent: an optional submodule set to None is not a module to get_submodule.
+        modules = dict(self.module.named_modules())
+        head_ids = {id(p) for name in head_modules if name in modules for p in modules[name].parameters()}
         params = [p for p in self.module.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if id(p) in head_ids or not head_ids], "role": "head"},
                   {"params": [p for p in params if head_ids and id(p) not in head_ids], "role": "base"}]
