@@ -12,7 +12,8 @@ from facray.attributes import ATTRIBUTES
 from facray.data.transforms import attribute_masks
 from facray.models.attparsenet import PAPER_WIDTHS, AttParseNet, map_side
 from facray.models.registry import build_model
-from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig, flip_targets, mask_mse
+from facray.training.losses import flip_targets, mask_mse
+from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig
 from facray.training.splits import array_batches
 
 

@@ -9,7 +9,8 @@ import torch
 from facray.attributes import ATTRIBUTES
 from facray.models.registry import build_model, list_models, model_spec
 from facray.training.metrics import attribute_metrics, choose_thresholds, positive_weights
-from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig, masked_bce
+from facray.training.losses import masked_bce
+from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig
 from facray.training.splits import array_batches
 
 TINY = [n for n in list_models() if n.endswith("-tiny")]
