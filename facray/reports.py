@@ -161,7 +161,7 @@ def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
         if "identity" in record:
             ident = record["identity"]
             plot_cmc(ident["test_cmc"], out / "identity_cmc.png",
-                     f"{record['model']}: closed-set identification, {ident['classes']} identities")
+                     f"{record['model']}: closed-set identification,\n{ident['classes']} identities")
             artifacts.append("identity_cmc.png")
             with (out / "report.md").open("a") as f:
                 f.write(f"\nIdentification ({ident['test_count']} test photos, {ident['classes']} training "
@@ -227,6 +227,7 @@ def plot_cmc(cmc: list[float], path: Path, title: str) -> None:
     ranks = np.arange(1, len(cmc) + 1)
     ax.plot(ranks, cmc, marker="o", ms=3)
     ax.set(xlabel="rank", ylabel="identification rate", ylim=(0, 1), title=title)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # ranks are whole
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
