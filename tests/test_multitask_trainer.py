@@ -229,3 +229,14 @@ def test_a_head_the_model_was_built_without_is_skipped():
     head_params = {id(p) for p in model.attribute_branch.parameters()}
     (group,) = [g for g in trainer.optimizer.param_groups if g["role"] == "head"]
     assert {id(p) for p in group["params"]} == head_params
+
+
+def test_a_threshold_that_wins_by_chance_on_validation_stays_at_half():
+    # Scores carrying no shift: the exact validation optimum moves off 0.5 by luck; the sign test
+    # keeps 0.5. A real shift (every score 0.3 too high) passes the test.
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, (300, 1)).astype(np.int8)
+    probs = np.clip(0.5 + 0.2 * (labels - 0.5) + rng.normal(0, 0.2, labels.shape), 0, 1)
+    assert choose_thresholds(probs, labels, min_z=0)[0] != 0.5
+    assert choose_thresholds(probs, labels)[0] == 0.5
+    assert choose_thresholds(np.clip(probs + 0.3, 0, 1), labels)[0] > 0.7

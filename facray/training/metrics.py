@@ -52,8 +52,16 @@ class PassStats:
         return {prefix + k: v for k, v in m.items()}
 
 
-def choose_thresholds(probs: np.ndarray, labels: np.ndarray, default: float = 0.5) -> np.ndarray:
-    """Per attribute, the threshold maximising validation accuracy (ties: the one nearest 0.5).
+def choose_thresholds(probs: np.ndarray, labels: np.ndarray, default: float = 0.5, min_z: float = 2.0
+                      ) -> np.ndarray:
+    """Per attribute, the threshold maximising validation accuracy (ties: the one nearest 0.5),
+    kept only where it beats ``default`` by a sign test on the validation rows it decides
+    differently: wins - losses >= ``min_z`` x sqrt(wins + losses); otherwise ``default``.
+
+    Why the test: with a few hundred validation images the exact optimum often wins by one or two
+    images, and on unseen data such thresholds lowered the mean (celebahq_dev, 8 runs: up to -0.46
+    points; with ``min_z=2`` no worse than -0.09 and +0.10 on average, bench/RESULTS.md). Scores
+    that are really shifted (class-balanced training) pass it easily. ``min_z=0``: the exact optimum.
 
     Candidates are the midpoints between sorted distinct probabilities, so the choice is exact on
     the validation set; an attribute without labelled rows keeps ``default``.
@@ -72,7 +80,11 @@ def choose_thresholds(probs: np.ndarray, labels: np.ndarray, default: float = 0.
         correct = pos_above + neg_below  # candidate i: threshold just below p[i] (i = n: above all)
         cuts = np.concatenate([[p[0] - 1e-6], (p[1:] + p[:-1]) / 2, [p[-1] + 1e-6]])
         best = np.flatnonzero(correct == correct.max())
-        out[j] = float(np.clip(cuts[best[np.argmin(np.abs(cuts[best] - default))]], 0.0, 1.0))
+        cut = float(np.clip(cuts[best[np.argmin(np.abs(cuts[best] - default))]], 0.0, 1.0))
+        moved, stays = p >= cut, p >= default
+        gain = int(((moved == (y == 1)).sum()) - (stays == (y == 1)).sum())
+        if gain > 0 and gain >= min_z * np.sqrt(int((moved != stays).sum())):
+            out[j] = cut
     return out
 
 
