@@ -59,7 +59,7 @@ def choose_thresholds(probs: np.ndarray, labels: np.ndarray, default: float = 0.
     differently: wins - losses >= ``min_z`` x sqrt(wins + losses); otherwise ``default``.
 
     Why the test: with a few hundred validation images the exact optimum often wins by one or two
-    images, and on unseen data such thresholds lowered the mean (celebahq_dev, 8 runs: up to -0.46
+    images, and on unseen data such thresholds lowered the mean (real data, 8 runs: up to -0.47
     points; with ``min_z=2`` no worse than -0.09 and +0.10 on average, bench/RESULTS.md). Scores
     that are really shifted (class-balanced training) pass it easily. ``min_z=0``: the exact optimum.
 
