@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from facray.attributes import ATTRIBUTES
 from facray.data import ops
@@ -91,3 +92,38 @@ def test_nose_centred_crops_put_the_nose_landmark_in_the_middle(synth_copy):
     import pytest
     with pytest.raises(ValueError, match="crop centre must be one of"):
         ops.FaceCropper(centre="chin")
+
+
+def test_serializer_round_trips_every_image_format():
+    """raw and png give back the exact pixels; jpeg (quality 95) stays within a few grey levels on a
+    smooth face-like image and keeps the shapes (a one-channel sketch stays one channel); an
+    unknown format is refused where it is named."""
+    from facray.data.prepared import IMAGE_FORMATS, Serializer, decode_column
+    yy, xx = np.mgrid[0:32, 0:32]
+    image = np.dstack([(xx * 8) % 256, (yy * 8) % 256, ((xx + yy) * 4) % 256]).astype(np.uint8)
+    images = np.stack([image, image[::-1]])
+    sketches = images[..., 0].copy()
+    batch = {ops.IMAGE: images, ops.SKETCH: sketches, ops.PATH: np.array(["a", "b"], dtype=object)}
+    for fmt in IMAGE_FORMATS:
+        row = Serializer(fmt)(dict(batch))
+        got = decode_column(row[ops.IMAGE], images.shape[1:], fmt)
+        got_sketch = decode_column(row[ops.SKETCH], sketches.shape[1:], fmt)
+        if fmt == "jpeg":
+            assert np.abs(got.astype(int) - images).mean() < 3
+            assert np.abs(got_sketch.astype(int) - sketches).mean() < 3
+        else:
+            np.testing.assert_array_equal(got, images)
+            np.testing.assert_array_equal(got_sketch, sketches)
+    with pytest.raises(ValueError, match="jpeg.*got 'webp'"):
+        Serializer("webp")
+
+
+def test_no_sketch_stage_when_sketch_channels_is_zero(synth_copy):
+    """``--sketch-channels 0``: multi-task models read no sketches, so none are drawn or stored."""
+    table = read_celeba(synth_copy).iloc[:4]
+    cfg = PrepareConfig(size=32, augment=1, sketch_channels=0)
+    chain = preprocessing_chain(cfg, "aligned", serialize=False)
+    assert not any(isinstance(s, ops.Sketcher) for s in chain.ops)
+    out = chain(_batch(table))
+    assert ops.SKETCH not in out and out[ops.IMAGE].shape == (4, 32, 32, 3)
+    assert "sketch" not in preprocessing_chain(cfg, "aligned")(_batch(table))  # nor a sketch column

@@ -188,3 +188,10 @@ def test_in_stack_lr_sweep_keeps_each_attributes_best_lr(ray_session, prepared_s
         best = max(logged, key=lambda lr: (logged[lr]["best"]["val_accuracy"], lr))
         assert c["lr"] == best and c["val_accuracy"] == logged[best]["best"]["val_accuracy"]
     assert load_predictor(dest).attributes == ["Eyeglasses", "Smiling"]
+
+
+def test_sketch_jobs_on_data_prepared_without_sketches_are_refused_before_ray(tmp_path):
+    from facray.data.prepared import write_metadata
+    write_metadata(tmp_path / "prepared", size=32, sketch_channels=0, image_format="jpeg", shards="shards-x")
+    with pytest.raises(ValueError, match="without sketches.*--modalities real"):
+        train_binary_models(_cfg(tmp_path / "prepared", tmp_path / "run"))

@@ -41,14 +41,17 @@ class PrepareConfig:
     augment: int = option(9, "variants per train image (ABM-CNN: 9; 1 = none)")
     masks: bool = option(False, "also write AttParseNet weak masks")
     mask_size: int = option(48, "side of the weak masks")
-    sketch_channels: int = option(1, "pencil sketch channels: 1 or 3")
+    sketch_channels: Literal[0, 1, 3] = option(1, "pencil sketch channels: 1 or 3; 0 = none (multi-task models "
+                                                      "read no sketches; the ABM sketch modality needs them)")
     split: Literal["official", "abm", "identity"] = option(
         "official", "official (the dataset's own files) | abm (70/15/15 seeded, CelebA or MTFL) | identity "
                     "(each person's photos 70/15/15: closed-set identification, CelebA)")
     seed: int = option(0, "seed of the ABM split and the augmentations")
     limit: int = option(0, "use only the first N images (0 = all)")
     skip_missing: bool = option(False, "go on without missing images (counted)")
-    image_format: Literal["raw", "png"] = option("raw", "raw (no decode at train time) | png")
+    image_format: Literal["raw", "png", "jpeg"] = option(
+        "raw", "raw (no decode at train time) | png (lossless, ~1/2 the disk) | jpeg (quality 95, ~1/10: "
+               "to ship to a remote cluster)")
     num_actors: int = option(2, "preprocessing actors")
     cpus_per_actor: float = option(0.5, "CPUs reserved per actor (fractions "
                                                                "leave room for reads on small machines)")
@@ -87,7 +90,9 @@ def preprocessing_chain(cfg: PrepareConfig, image_kind: str, serialize: bool = T
               ops.FaceCropper(cfg.size, cfg.margin, cfg.crop, image_kind, cfg.detector, cfg.min_face, cfg.centre)]
     if cfg.masks:
         stages.append(ops.MaskDrawer(cfg.mask_size))
-    stages += [ops.Augmenter(cfg.augment, cfg.seed), ops.Sketcher(cfg.sketch_channels)]
+    stages.append(ops.Augmenter(cfg.augment, cfg.seed))
+    if cfg.sketch_channels:
+        stages.append(ops.Sketcher(cfg.sketch_channels))
     if serialize:
         stages.append(Serializer(cfg.image_format))
     return ops.Chain(*stages)

@@ -24,6 +24,7 @@ from dataclasses import asdict
 import pandas as pd
 
 from facray.config import config_to_dict
+from facray.data.prepared import read_metadata
 from facray.run_folder import RunFolder
 from facray.training.binary_worker import train_jobs_per_worker
 from facray.training.configs import TrainBinaryConfig
@@ -134,6 +135,9 @@ def train_binary_models(cfg: TrainBinaryConfig, callbacks: tuple = (), parent_ru
     from facray.tracking import log_binary_jobs
 
     jobs = make_jobs(cfg.attributes, cfg.modalities, cfg.epochs, cfg.paper_epochs, cfg.lrs)
+    if "sketch" in cfg.modalities and not read_metadata(cfg.prepared).get("sketch_channels"):
+        raise ValueError(f"{cfg.prepared} was prepared without sketches (--sketch-channels 0): train with "
+                         "--modalities real, or prepare again with sketches")
     counts = check_splits(SplitSpec.of(cfg))
     run, digest = claim_run(cfg)
     done = run.finished_job_keys(digest)
