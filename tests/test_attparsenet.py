@@ -12,7 +12,8 @@ from facray.attributes import ATTRIBUTES
 from facray.data.transforms import attribute_masks
 from facray.models.attparsenet import PAPER_WIDTHS, AttParseNet, map_side
 from facray.models.registry import build_model
-from facray.training.losses import flip_targets, mask_mse
+from facray.training.augment import flip_targets
+from facray.training.losses import mask_mse
 from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig
 from facray.training.splits import array_batches
 
@@ -131,3 +132,32 @@ def test_prepare_masks_train_on_ray_and_label_with_two_attributes(ray_session, t
     assert rows[["Male_prob", "Smiling_prob"]].notna().all().all()
     others = [a for a in ATTRIBUTES if a not in ("Male", "Smiling")]
     assert rows[others].isna().all().all()  # not predicted: empty, never invented
+
+
+def test_jitter_moves_the_mask_targets_with_the_images():
+    """With online jitter the stage-1 loss is the MSE against the masks warped by the batch's own
+    matrices (after its flips), and training through it still lowers the plain mask error."""
+    from facray.training.augment import Jitter, warp_targets
+    torch.manual_seed(0)
+    data = _masked_data()
+    model = build_model("attparsenet-tiny", 32)
+    cfg = MultiTaskTrainerConfig(lr=3e-3, image_size=32, segmentation_epochs=3, patience=5,
+                                 jitter=Jitter(shift=0.1, scale=0.1, rotate=10))
+    trainer = MultiTaskTrainer(model, cfg, "cpu")
+    batch = {k: v[:8] for k, v in data.items()}
+    out, flip, theta = trainer._forward(batch["image"], train=True)
+    assert theta is not None and theta.shape == (8, 2, 3)
+    masks, _ = flip_targets(torch.as_tensor(batch["masks"]), None, flip)
+    expected = mask_mse(out["masks"], warp_targets(masks, None, theta)[0])
+    torch.testing.assert_close(trainer._loss(out, batch, flip, theta), expected)
+    assert not torch.allclose(expected, mask_mse(out["masks"], masks))
+
+    def plain_error():
+        model.eval()
+        with torch.no_grad():
+            return mask_mse(model(torch.as_tensor(data["image"]).permute(0, 3, 1, 2).float() / 255)["masks"],
+                            torch.as_tensor(data["masks"])).item()
+    before = plain_error()
+    for _ in range(3):
+        trainer.fit_epoch(array_batches(data, 8, shuffle=True), array_batches(data, 16))
+    assert plain_error() < before

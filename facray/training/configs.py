@@ -96,6 +96,9 @@ class TrainConfig(RunOptions):
     class_balance: bool = option(False, "weight positives by negatives/positives per attribute (rare attributes)")
     max_pos_weight: float = option(10.0, "cap of the class-balance weight")
     online_flip: bool = option(True, "random horizontal flips while training")
+    jitter_shift: float = option(0.0, "online jitter: largest shift, as a fraction of the side (e.g. 0.06)")
+    jitter_scale: float = option(0.0, "online jitter: zoom drawn from [1 - s, 1 + s] (e.g. 0.1)")
+    jitter_rotate: float = option(0.0, "online jitter: largest rotation, degrees (e.g. 10)")
     seed: int = option(0, "seed of weights, shuffling and flips")
     data: Literal["memory", "stream"] = option("memory", "memory (each worker loads the prepared arrays) | "
                                                          "stream (Ray Data feeds the workers)")
@@ -115,6 +118,19 @@ class TrainConfig(RunOptions):
         if self.model.startswith(("resnet", "inception")) and self.train_base is False:
             return {"train_base": False}
         return {}
+
+
+def trainer_config(cfg: TrainConfig):
+    """The pure trainer's settings (:class:`facray.training.multitask.MultiTaskTrainerConfig`) for a
+    ``facray train`` config: what every worker runs, and what a run without Ray (bench/) runs."""
+    from facray.training.augment import Jitter
+    from facray.training.multitask import MultiTaskTrainerConfig
+    return MultiTaskTrainerConfig(
+        lr=cfg.lr, weight_decay=cfg.weight_decay, image_size=input_size(cfg), patience=cfg.patience,
+        online_flip=cfg.online_flip, jitter=Jitter(cfg.jitter_shift, cfg.jitter_scale, cfg.jitter_rotate),
+        seed=cfg.seed, lr_schedule=cfg.lr_schedule, epochs=cfg.epochs, mask_weight=cfg.mask_weight,
+        segmentation_epochs=cfg.segmentation_epochs, attribute_weight=cfg.attribute_weight,
+        identity_weight=cfg.identity_weight, head_epochs=cfg.head_epochs, base_lr_scale=cfg.base_lr_scale)
 
 
 def uses_masks(cfg: TrainConfig) -> bool:

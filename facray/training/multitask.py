@@ -9,7 +9,9 @@ it, see :mod:`facray.training.ray_multitask`), on CPU or GPU, with or without DD
   weak masks, downsampled by nearest neighbour to the maps' side, weighted by ``mask_weight``
   (0 = the same network without segmentation, the paper's ablation). The paper's two stages:
   the first ``segmentation_epochs`` train on the mask loss alone (no early stopping yet), then
-  mask MSE + BCE. Online flips flip the masks and landmark targets with the image.
+  mask MSE + BCE.
+- Online augmentation on the device: flips and an optional affine jitter; masks and landmark
+  targets move with their image (:mod:`facray.training.augment`).
 - Identities (the joint attribute-identity network, models with an ``"identity"`` output):
   cross-entropy over the batch's ``identity_index`` (-1 = none, left out), weighted by
   ``identity_weight`` and summed with ``attribute_weight`` x BCE; early stopping watches the same
@@ -38,7 +40,8 @@ import torch.nn.functional as F
 
 from facray.attributes import ATTRIBUTES
 from facray.models.inputs import to_input
-from facray.training.losses import flip_targets, mask_mse, masked_bce
+from facray.training.augment import Jitter, flip_targets, random_affine, warp, warp_targets
+from facray.training.losses import mask_mse, masked_bce
 from facray.training.metrics import attribute_metrics, identification_metrics
 
 
@@ -49,6 +52,7 @@ class MultiTaskTrainerConfig:
     image_size: int = 128
     patience: int = 3
     online_flip: bool = True
+    jitter: Jitter = Jitter()  # online shift / zoom / rotation (:mod:`facray.training.augment`)
     seed: int = 0
     grad_clip: float = 5.0
     lr_schedule: str = "constant"  # constant | cosine (over ``epochs``)
@@ -112,19 +116,26 @@ class MultiTaskTrainer:
         """In stage 1 (mask loss alone)?"""
         return self.epoch < self.cfg.segmentation_epochs
 
-    def _forward(self, pixels: np.ndarray, train: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """(model outputs in float32, which rows were flipped)."""
+    def _forward(self, pixels: np.ndarray, train: bool
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """(model outputs in float32, which rows were flipped, the jitter's affine matrices or None)."""
         x = to_input(pixels, self.cfg.image_size, self.device, channels_last=self.cuda)
-        flip = torch.zeros(len(x), dtype=torch.bool)
+        flip, theta = torch.zeros(len(x), dtype=torch.bool), None
         if train and self.cfg.online_flip:
             flip = torch.rand(len(x), generator=self.flip_generator) < 0.5
-            x[flip.to(x.device)] = x[flip.to(x.device)].flip(-1)
+            # torch.where, not boolean indexing: indexing by a mask waits for the GPU every step.
+            x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+        if train and self.cfg.jitter.active:
+            theta = random_affine(len(x), self.cfg.jitter, self.flip_generator)
+            x = warp(x, theta)
+        if self.cuda and train:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
             out = self.model(x)
-        return {k: v.float() for k, v in out.items()}, flip.to(self.device)
+        return {k: v.float() for k, v in out.items()}, flip.to(self.device), theta
 
-    def _loss(self, out: dict[str, torch.Tensor], batch: dict[str, np.ndarray], flip: torch.Tensor
-              ) -> torch.Tensor:
+    def _loss(self, out: dict[str, torch.Tensor], batch: dict[str, np.ndarray], flip: torch.Tensor,
+              theta: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss of one batch (see module docstring for its parts and stages)."""
         masks = landmarks = None
         if "masks" in out and "masks" in batch and self.cfg.mask_weight > 0:
@@ -133,6 +144,8 @@ class MultiTaskTrainer:
             landmarks = torch.as_tensor(batch["landmarks"], device=self.device, dtype=torch.float32)
             landmarks = landmarks / batch["image"].shape[1]
         masks, landmarks = flip_targets(masks, landmarks, flip)
+        if theta is not None:
+            masks, landmarks = warp_targets(masks, landmarks, theta)
         loss = torch.zeros((), device=self.device)
         if masks is not None:
             loss = loss + self.cfg.mask_weight * mask_mse(out["masks"], masks)
@@ -167,21 +180,21 @@ class MultiTaskTrainer:
         base_lr = 0.0 if self.epoch < self.cfg.head_epochs else lr * self.cfg.base_lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = base_lr if group["role"] == "base" else lr
-        total, seen = 0.0, 0
+        total, seen = torch.zeros((), device=self.device), 0  # summed on the device: no sync per step
         segmenting = self.segmenting
         for batch in train_batches:
-            out, flip = self._forward(batch["image"], train=True)
-            loss = self._loss(out, batch, flip)
+            out, flip, theta = self._forward(batch["image"], train=True)
+            loss = self._loss(out, batch, flip, theta)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
-            total += float(loss.detach()) * len(batch["labels"])
+            total += loss.detach() * len(batch["labels"])
             seen += len(batch["labels"])
         val = self.evaluate(val_batches)
         self.epoch += 1
-        record = {"epoch": self.epoch, "lr": lr, "loss": total / max(seen, 1), "val_loss": val["loss"],
+        record = {"epoch": self.epoch, "lr": lr, "loss": float(total) / max(seen, 1), "val_loss": val["loss"],
                   "val_accuracy": float(np.nanmean(val["metrics"]["accuracy"][val["metrics"]["count"] > 0]))}
         if "identity" in val:
             record.update(val_identity_top1=val["identity"]["top1"], val_identity_loss=val["identity"]["loss"])

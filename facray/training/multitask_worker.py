@@ -21,7 +21,8 @@ import numpy as np
 
 from facray.attributes import ATTRIBUTES
 from facray.run_folder import RunFolder
-from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size, uses_identities, uses_masks
+from facray.training.configs import (REGISTERED_PREFIX, TrainConfig, input_size, trainer_config, uses_identities,
+                                     uses_masks)
 from facray.training.run_record import inject_failure_once
 from facray.training.splits import SplitSpec, array_batches, identity_indices, load_split_arrays
 
@@ -33,8 +34,9 @@ def train_per_worker(config: dict) -> None:
     import ray.train.torch
 
     from facray.data.prepared import read_metadata
+    from facray.models.inputs import to_channels_last
     from facray.models.registry import build_model, model_spec
-    from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig
+    from facray.training.multitask import MultiTaskTrainer
 
     cfg = TrainConfig(**config["cfg"])
     ctx = ray.train.get_context()
@@ -46,7 +48,7 @@ def train_per_worker(config: dict) -> None:
     model = build_model(cfg.model, size, pretrained=cfg.pretrained, weights_file=cfg.weights, **config["model_kwargs"])
     device = ray.train.torch.get_device()
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     # Parameters a step may leave out of the graph: AttParseNet's classifier in its mask-only
     # stage, an identity branch on a batch of unknown people, a bbox head with no bbox data.
     # DDP must be told, or it waits for their gradients forever.
@@ -56,12 +58,7 @@ def train_per_worker(config: dict) -> None:
     meta = read_metadata(cfg.prepared)
     train_batches, val_batches, test_batches = _batch_sources(cfg, meta, rank, world, np.asarray(config["identities"]))
     pos_weight = np.asarray(config["positive_weights"], np.float32) if cfg.class_balance else None
-    tcfg = MultiTaskTrainerConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, image_size=size, patience=cfg.patience,
-                                  online_flip=cfg.online_flip, seed=cfg.seed,
-                                  lr_schedule=cfg.lr_schedule, epochs=cfg.epochs, mask_weight=cfg.mask_weight,
-                                  segmentation_epochs=cfg.segmentation_epochs, attribute_weight=cfg.attribute_weight,
-                                  identity_weight=cfg.identity_weight, head_epochs=cfg.head_epochs,
-                                  base_lr_scale=cfg.base_lr_scale)
+    tcfg = trainer_config(cfg)
     trained = np.isin(ATTRIBUTES, config["labelled_attributes"])
     trainer = MultiTaskTrainer(model, tcfg, device, pos_weight, trained, model_spec(cfg.model).head)
     resumed_from = 0
