@@ -65,6 +65,8 @@ class LabelConfig:
     z_dim: int = option(0, "with --generator: latent size (0 = the module's z_dim)")
     tracking_uri: str | None = option(None, "MLflow URI for models:/ and runs:/ models")
     torch_threads: int = option(1, "torch threads per CPU actor")
+    compile: bool = option(False, "torch.compile the predictor's networks (one H100: 2.8-3x the forward; "
+                                  "the first batches wait for the compiler)")
 
 
 # ---- inputs and previous results (driver, pure) -------------------------------------------------
@@ -206,12 +208,12 @@ def output_lock(out: str):
 
 # ---- Ray actors -----------------------------------------------------------------------------------
 
-def _predictor_from(model_ref, device: str = "cpu"):
+def _predictor_from(model_ref, cfg: LabelConfig, device: str = "cpu"):
     """Build the predictor from the verified parts the driver put in the object store: actors
     never open the tracking store (a cluster's workers may not reach it)."""
     import ray
     manifest, weights = ray.get(model_ref[0])
-    return build_predictor(manifest, weights, device)
+    return build_predictor(manifest, weights, device, cfg.compile)
 
 
 class LabelActor:
@@ -222,7 +224,7 @@ class LabelActor:
         import torch
         cv2.setNumThreads(1)
         torch.set_num_threads(max(1, cfg.torch_threads))
-        predictor = _predictor_from(model_ref)
+        predictor = _predictor_from(model_ref, cfg)
         self.labeller = BatchLabeller(predictor, preprocessing_for(predictor, cfg.crop, cfg.detector, cfg.max_pixels))
 
     def __call__(self, batch):
@@ -235,7 +237,7 @@ class PreprocessForLabelActor:
     def __init__(self, model_ref, cfg: LabelConfig):
         import cv2
         cv2.setNumThreads(1)
-        predictor = _predictor_from(model_ref)
+        predictor = _predictor_from(model_ref, cfg)
         self.labeller = BatchLabeller(predictor, preprocessing_for(predictor, cfg.crop, cfg.detector, cfg.max_pixels))
 
     def __call__(self, batch):
@@ -247,7 +249,8 @@ class PredictActor:
 
     def __init__(self, model_ref, cfg: LabelConfig):
         import torch
-        self.labeller = BatchLabeller(_predictor_from(model_ref, "cuda" if torch.cuda.is_available() else "cpu"), None)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.labeller = BatchLabeller(_predictor_from(model_ref, cfg, device), None)
 
     def __call__(self, batch):
         return self.labeller(batch)

@@ -13,6 +13,7 @@ from facray.labelling_ray import LabelConfig, pool_sizes, smoke_model
 from facray.models.abm import ABMCNN
 from facray.models.inputs import to_input
 from facray.models.registry import build_model, list_models, model_spec
+import facray.predictor
 from facray.predictor import load_predictor, read_predictor, write_multitask_predictor
 
 
@@ -27,8 +28,14 @@ def preprocessed(tmp_path_factory):
     return model, predictor, batch
 
 
-def test_stacked_forward_matches_each_model_run_on_its_own(preprocessed):
+@pytest.mark.parametrize("kind", ["loop", "grouped"])
+def test_stacked_forward_matches_each_model_run_on_its_own(preprocessed, kind, monkeypatch):
+    """Both stack kinds (CPUs get the loop, GPUs the grouped stack, whose 5-D weights once made
+    the predictor's channels-last conversion fail before any GPU run) give each model's output."""
     model, predictor, batch = preprocessed
+    if kind != "loop":
+        monkeypatch.setattr(facray.predictor, "default_stack_kind", lambda device: kind)
+        predictor = load_predictor(model)
     manifest, weights = read_predictor(model)
     expected = np.full((len(batch["path"]), len(ATTRIBUTES)), np.nan, np.float32)
     with torch.no_grad():
@@ -42,6 +49,8 @@ def test_stacked_forward_matches_each_model_run_on_its_own(preprocessed):
     got = predictor.predict_proba(batch["image"], batch["sketch"])
     assert {"real", "sketch"} == set(predictor.stacks)  # both modalities exercised
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    monkeypatch.setattr(facray.predictor, "PREDICT_CHUNK", 4)  # 6 rows: a chunk of 4, then of 2
+    np.testing.assert_allclose(predictor.predict_proba(batch["image"], batch["sketch"]), got, atol=1e-6)
     assert not predictor.weights  # the stacks hold the only copy of the weights
 
 
@@ -119,3 +128,11 @@ def test_every_family_labels_through_the_predictor_interface(preprocessed, tmp_p
     assert np.isnan(np.delete(probs, columns, axis=1)).all()
     decisions = predictor.decide(probs)
     assert set(np.unique(decisions[:, columns])) <= {0, 1} and (np.delete(decisions, columns, axis=1) == -1).all()
+
+
+def test_compiled_predictor_gives_the_same_probabilities(preprocessed):
+    """``facray label --compile``: torch.compile changes the speed, not the answers."""
+    model, predictor, batch = preprocessed
+    compiled = load_predictor(model, compiled=True)
+    np.testing.assert_allclose(compiled.predict_proba(batch["image"], batch["sketch"]),
+                               predictor.predict_proba(batch["image"], batch["sketch"]), atol=1e-5)

@@ -17,3 +17,14 @@ def to_input(pixels, image_size: int, device: torch.device, channels_last: bool 
     if x.shape[-1] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="area" if x.shape[-1] > image_size else "bilinear")
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """Channels-last for every 4-D parameter and buffer, in place. ``Module.to(memory_format=...)``
+    refuses a module holding any 5-D tensor, as the grouped ABM stack does (its convolution weights
+    carry a leading model dimension and are reshaped to 4-D at each call)."""
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return module
