@@ -33,7 +33,6 @@ import torch
 
 from common import SHARED_DATA, TreeMemory
 from facray.labelling import BatchLabeller, format_stage_seconds, label_batch, preprocessing_for, stage_seconds
-from facray.labelling_ray import LabelConfig, label_images
 from facray.models.abm import ABMCNN
 from facray.predictor import load_predictor, read_predictor
 
@@ -165,6 +164,7 @@ def main():
     p.add_argument("--plain-forward", choices=("models", "facray"), default="models")
     p.add_argument("--skip-plain", action="store_true")
     args = p.parse_args()
+    from facray.labelling_ray import LabelConfig, label_images  # Ray only here: the plain loop runs without it
 
     model = args.model or str(trained_predictor(Path(args.work), args.size, args.epochs))
     predictor = load_predictor(model)
