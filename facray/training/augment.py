@@ -71,3 +71,26 @@ def warp_targets(masks: torch.Tensor | None, landmarks: torch.Tensor | None, the
         moved = (points - theta[:, None, :, 2]) @ inverse.transpose(1, 2)
         landmarks = ((moved + 1) / 2).reshape(-1, 10)
     return masks, landmarks
+
+
+def augment_images(x: torch.Tensor, online_flip: bool, jitter: Jitter, generator: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Flip (each row with probability 1/2), then jitter, a (B, C, H, W) batch. Returns (images,
+    which rows were flipped (on ``x``'s device), the jitter's matrices or None). The draws come
+    from ``generator`` on the CPU, so a run repeats exactly on any device."""
+    flip, theta = torch.zeros(len(x), dtype=torch.bool), None
+    if online_flip:
+        flip = torch.rand(len(x), generator=generator) < 0.5
+        # torch.where, not boolean indexing: indexing by a mask waits for the GPU every step.
+        x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    if jitter.active:
+        theta = random_affine(len(x), jitter, generator)
+        x = warp(x, theta)
+    return x, flip.to(x.device), theta
+
+
+def augment_targets(masks: torch.Tensor | None, landmarks: torch.Tensor | None, flip: torch.Tensor,
+                    theta: torch.Tensor | None):
+    """Masks and landmarks moved as :func:`augment_images` moved their images."""
+    masks, landmarks = flip_targets(masks, landmarks, flip)
+    return warp_targets(masks, landmarks, theta) if theta is not None else (masks, landmarks)

@@ -22,8 +22,7 @@ it, see :mod:`facray.training.ray_multitask`), on CPU or GPU, with or without DD
   head (the base's rate is 0; DDP still sees every parameter), then the base trains at
   ``base_lr_scale`` x the rate.
 - Early stopping on validation loss (``patience`` epochs), best weights kept and restored.
-- Per-attribute decision thresholds chosen on validation to maximise accuracy
-  (:func:`facray.training.metrics.choose_thresholds`); 0.5 stays available for comparison.
+- Per-attribute thresholds chosen on validation (:func:`facray.training.metrics.choose_thresholds`).
 - ``state_dict`` holds everything a resume needs (model, optimiser, epoch, best, history) as
   tensors, dicts and lists, so checkpoints load with ``weights_only=True``.
 """
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 
 from facray.attributes import ATTRIBUTES
 from facray.models.inputs import to_input
-from facray.training.augment import Jitter, flip_targets, random_affine, warp, warp_targets
+from facray.training.augment import Jitter, augment_images, augment_targets
 from facray.training.losses import mask_mse, masked_bce
 from facray.training.metrics import attribute_metrics, identification_metrics
 
@@ -120,19 +119,13 @@ class MultiTaskTrainer:
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """(model outputs in float32, which rows were flipped, the jitter's affine matrices or None)."""
         x = to_input(pixels, self.cfg.image_size, self.device, channels_last=self.cuda)
-        flip, theta = torch.zeros(len(x), dtype=torch.bool), None
-        if train and self.cfg.online_flip:
-            flip = torch.rand(len(x), generator=self.flip_generator) < 0.5
-            # torch.where, not boolean indexing: indexing by a mask waits for the GPU every step.
-            x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
-        if train and self.cfg.jitter.active:
-            theta = random_affine(len(x), self.cfg.jitter, self.flip_generator)
-            x = warp(x, theta)
-        if self.cuda and train:
-            x = x.contiguous(memory_format=torch.channels_last)
+        flip, theta = torch.zeros(len(x), dtype=torch.bool, device=self.device), None
+        if train:
+            x, flip, theta = augment_images(x, self.cfg.online_flip, self.cfg.jitter, self.flip_generator)
+            x = x.contiguous(memory_format=torch.channels_last) if self.cuda else x
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
             out = self.model(x)
-        return {k: v.float() for k, v in out.items()}, flip.to(self.device), theta
+        return {k: v.float() for k, v in out.items()}, flip, theta
 
     def _loss(self, out: dict[str, torch.Tensor], batch: dict[str, np.ndarray], flip: torch.Tensor,
               theta: torch.Tensor | None = None) -> torch.Tensor:
@@ -143,9 +136,7 @@ class MultiTaskTrainer:
         if "landmarks" in out and "landmarks" in batch:  # crop pixels -> [0, 1]
             landmarks = torch.as_tensor(batch["landmarks"], device=self.device, dtype=torch.float32)
             landmarks = landmarks / batch["image"].shape[1]
-        masks, landmarks = flip_targets(masks, landmarks, flip)
-        if theta is not None:
-            masks, landmarks = warp_targets(masks, landmarks, theta)
+        masks, landmarks = augment_targets(masks, landmarks, flip, theta)
         loss = torch.zeros((), device=self.device)
         if masks is not None:
             loss = loss + self.cfg.mask_weight * mask_mse(out["masks"], masks)
