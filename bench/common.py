@@ -43,16 +43,28 @@ class TreeMemory:
             frontier += kids
         return tree
 
+    @staticmethod
+    def _name(pid: int) -> str:
+        """A process's title (Ray names its workers ``ray::LabelActor`` and the like)."""
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().split(b"\0")
+        return os.path.basename(words[0].decode(errors="replace").split()[0]) if words and words[0] else "?"
+
     @classmethod
     def current(cls) -> dict[str, int]:
-        """Bytes now: rss and pss summed over this process tree, system-wide used memory."""
+        """Bytes now: rss and pss summed over this process tree, system-wide used memory; and
+        ``by_name``: pss per process title (the driver is ``driver``)."""
         rss = pss = 0
+        by_name: dict[str, int] = {}
         for pid in cls._tree():
             try:
                 with open(f"/proc/{pid}/statm") as f:
                     rss += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
                 with open(f"/proc/{pid}/smaps_rollup") as f:
-                    pss += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+                    mine = next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+                pss += mine
+                name = "driver" if pid == os.getpid() else cls._name(pid)
+                by_name[name] = by_name.get(name, 0) + mine
             except (OSError, StopIteration):
                 pass
         info = {}
@@ -60,18 +72,23 @@ class TreeMemory:
             for line in f:
                 key, value = line.split(":")
                 info[key] = int(value.split()[0]) * 1024
-        return {"rss": rss, "pss": pss, "system": info["MemTotal"] - info["MemAvailable"]}
+        return {"rss": rss, "pss": pss, "system": info["MemTotal"] - info["MemAvailable"], "by_name": by_name}
 
     def __enter__(self):
         self.baseline = self.current()
         self.peak = dict(self.baseline)
+        self.peak_by_name = self.baseline.pop("by_name")  # pss per title when the tree's pss peaked
+        del self.peak["by_name"]
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
     def _sample(self):
-        for k, v in self.current().items():
-            self.peak[k] = max(self.peak[k], v)
+        now = self.current()
+        if now["pss"] > self.peak["pss"]:
+            self.peak_by_name = now["by_name"]
+        for k in self.KINDS:
+            self.peak[k] = max(self.peak[k], now[k])
 
     def _run(self):
         while not self._stop.wait(self.interval):
@@ -92,3 +109,8 @@ class TreeMemory:
 
     def format(self) -> str:
         return "memory growth " + ", ".join(f"{k} {self.growth(k):.2f} GB" for k in self.KINDS)
+
+    def format_by_name(self, top: int = 8) -> str:
+        """PSS per process title at the tree's peak (absolute, not growth), largest first."""
+        items = sorted(self.peak_by_name.items(), key=lambda kv: -kv[1])[:top]
+        return "pss at peak by process: " + ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in items)

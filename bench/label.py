@@ -189,6 +189,7 @@ def main():
     facray = summary.inputs / seconds
     print(f"facray label (Ray Data, start-up incl.): {facray:8.1f} img/s   faces found {summary.faces_found}/{summary.inputs}")
     print(f"  {mem.format()}")
+    print(f"  {mem.format_by_name()}")
     print("  wall clock: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary.phases.items()))
     print(f"  stages: {format_stage_seconds(summary.stages)}")
     if not args.skip_plain:
