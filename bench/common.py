@@ -48,7 +48,13 @@ class TreeMemory:
         """A process's title (Ray names its workers ``ray::LabelActor`` and the like)."""
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             words = f.read().split(b"\0")
-        return os.path.basename(words[0].decode(errors="replace").split()[0]) if words and words[0] else "?"
+        if not words or not words[0]:
+            return "?"
+        name = os.path.basename(words[0].decode(errors="replace").split()[0])
+        if name.startswith("python"):  # Ray's helper processes: name them by script or module
+            script = next((w.decode(errors="replace") for w in words[1:] if w and not w.startswith(b"-")), "")
+            name = "/".join(Path(script).parts[-2:]) or name
+        return name
 
     @classmethod
     def current(cls) -> dict[str, int]:
@@ -110,7 +116,7 @@ class TreeMemory:
     def format(self) -> str:
         return "memory growth " + ", ".join(f"{k} {self.growth(k):.2f} GB" for k in self.KINDS)
 
-    def format_by_name(self, top: int = 8) -> str:
+    def format_by_name(self, top: int = 14) -> str:
         """PSS per process title at the tree's peak (absolute, not growth), largest first."""
         items = sorted(self.peak_by_name.items(), key=lambda kv: -kv[1])[:top]
         return "pss at peak by process: " + ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in items)

@@ -16,6 +16,7 @@ images, else generated StyleGAN-like faces.
 
     python bench/label.py --n 3000
     python bench/label.py --n 20000 --skip-plain     # memory stays flat?
+    python bench/label.py --n 3000 --preprocess-actors 2 --torch-threads 2   # split: torch in one actor
 """
 from __future__ import annotations
 
@@ -56,10 +57,13 @@ def trained_predictor(work: Path, size: int, epochs: int) -> Path:
     return combined
 
 
-def make_inputs(folder: Path, n: int) -> Path:
+def make_inputs(folder: Path, n: int, min_side: int = 0) -> Path:
     source = SHARED_DATA / "stylegan_sample"
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if min_side:  # e.g. 1024: only the full-size generated faces (what StyleGAN on FFHQ writes)
+            import cv2
+            files = [p for p in files if min(cv2.imread(str(p)).shape[:2]) >= min_side]
     else:  # in a subprocess, for the reason given in trained_predictor
         generated = folder.parent / "generated"
         subprocess.run([sys.executable, "-m", "facray.cli", "data", "synth", "--unlabelled", "--out", str(generated),
@@ -125,7 +129,7 @@ class CropDataset(torch.utils.data.Dataset):
         if self.labeller is None:  # built in the worker process
             import cv2
             cv2.setNumThreads(1)
-            self.labeller = BatchLabeller(self.predictor, preprocessing_for(self.predictor))
+            self.labeller = BatchLabeller(self.predictor, preprocessing_for(self.predictor.manifest))
         return self.labeller.preprocess({"path": np.array([self.paths[i]], dtype=object)})
 
 
@@ -161,6 +165,10 @@ def main():
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-actors", type=int, default=0, help="facray label --num-actors (0: sized to the machine)")
+    p.add_argument("--preprocess-actors", type=int, default=0,
+                   help="facray label --preprocess-actors (on CPU N > 0: torch-free preprocess actors feeding predict actors)")
+    p.add_argument("--torch-threads", type=int, default=1, help="facray label --torch-threads")
+    p.add_argument("--min-side", type=int, default=0, help="only input images at least this large (1024: full-size faces)")
     p.add_argument("--plain-forward", choices=("models", "facray"), default="models")
     p.add_argument("--skip-plain", action="store_true")
     args = p.parse_args()
@@ -169,7 +177,7 @@ def main():
     model = args.model or str(trained_predictor(Path(args.work), args.size, args.epochs))
     predictor = load_predictor(model)
     tmp = Path(tempfile.mkdtemp(prefix="facray-bench-label-"))
-    folder = make_inputs(tmp / "images", args.n)
+    folder = make_inputs(tmp / "images", args.n, args.min_side)
     paths = sorted(str(q) for q in folder.iterdir())
     sketched = sum(c["modality"] == "sketch" for c in predictor.choices) if hasattr(predictor, "stacks") else 0
     print(f"{len(paths)} images ({'stylegan_sample' if (SHARED_DATA / 'stylegan_sample').is_dir() else 'generated'}"
@@ -184,7 +192,8 @@ def main():
     with TreeMemory() as mem:
         start = time.perf_counter()
         summary = label_images(LabelConfig(images=str(folder), model=model, out=str(tmp / "labels.csv"),
-                                           batch_size=args.batch_size, num_actors=args.num_actors))
+                                           batch_size=args.batch_size, num_actors=args.num_actors,
+                                           preprocess_actors=args.preprocess_actors, torch_threads=args.torch_threads))
         seconds = time.perf_counter() - start
     facray = summary.inputs / seconds
     print(f"facray label (Ray Data, start-up incl.): {facray:8.1f} img/s   faces found {summary.faces_found}/{summary.inputs}")

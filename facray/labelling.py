@@ -1,8 +1,8 @@
 """Label images with a facray predictor: the pure per-batch part (no Ray).
 
 :func:`preprocessing_for` builds the decode -> face crop (detector: generated faces come with no
-landmark files) -> sketch (only when some attribute's chosen modality is sketch) chain the
-predictor expects; :func:`label_batch` turns a preprocessed batch into output rows: ``path``,
+landmark files) -> sketch (only when some attribute's chosen modality is sketch) chain a
+predictor's manifest asks for; :func:`label_batch` turns a preprocessed batch into output rows: ``path``,
 ``face_found``, ``error``, 40 ``<Attribute>_prob``, 40 ``<Attribute>`` decisions (1/0, empty when
 the image failed or the predictor does not cover the attribute) and ``model``.
 :class:`BatchLabeller` does both for one process and times every stage (``seconds_<stage>``
@@ -23,14 +23,27 @@ STAGE_PREFIX = "seconds_"  # per-row share of a batch's time in one stage
 STAGES = ("decode", "detect", "crop", "sketch", "predict")
 
 
-def preprocessing_for(predictor, crop_method: str = "detect", detector: str = "auto",
+def needs_sketch(manifest: dict) -> bool:
+    """Whether a predictor's manifest has any attribute decided on the pencil sketch."""
+    return any(c.get("modality") == "sketch" for c in manifest["attributes"])
+
+
+# Rows decoded at once: a batch of 64 generated faces at 1024 px is 200 MB of decoded pixels in
+# each actor, its 64 px crops 0.8 MB; in slices of 8 only 25 MB of full-size images are alive.
+DECODE_SLICE = 8
+
+
+def preprocessing_for(manifest: dict, crop_method: str = "detect", detector: str = "auto",
                       max_pixels: int | None = None) -> ops.Chain:
-    crop = predictor.crop
-    stages = [ops.ImageDecoder(max_pixels),
-              ops.FaceCropper(crop["size"], crop.get("margin", 0.35), crop_method, "wild", detector,
-                              centre=crop.get("centre", "face"))]
-    if predictor.needs_sketch:
-        stages.append(ops.Sketcher(predictor.sketch_channels))
+    """The decode -> crop -> sketch chain a predictor expects, from its manifest alone: no torch
+    and no weights, so the CPU actors that feed GPU predict actors stay light."""
+    crop = manifest["crop"]
+    stages = [ops.InSlices(ops.Chain(
+        ops.ImageDecoder(max_pixels),
+        ops.FaceCropper(crop["size"], crop.get("margin", 0.35), crop_method, "wild", detector,
+                        centre=crop.get("centre", "face"))), DECODE_SLICE)]
+    if needs_sketch(manifest):
+        stages.append(ops.Sketcher(manifest.get("sketch_channels", 1)))
     return ops.Chain(*stages)
 
 
@@ -83,8 +96,9 @@ def format_stage_seconds(stages: dict[str, float]) -> str:
 
 
 class BatchLabeller:
-    """Preprocess (unless ``chain`` is None: done upstream) and label batches in one process,
-    timing each stage. What the labelling actors run and what the benchmark's plain loop times."""
+    """Preprocess (unless ``chain`` is None: done upstream) and label batches (unless
+    ``predictor`` is None: done downstream) in one process, timing each stage. What the labelling
+    actors run and what the benchmark's plain loop times."""
 
     def __init__(self, predictor, chain: ops.Chain | None):
         self.predictor, self.chain = predictor, chain

@@ -35,7 +35,9 @@ from facray.config import option
 from facray.data.errors import DatasetError, OutputLockedError
 from facray.labelling import (OUTPUT_COLUMNS, PROB_COLUMNS, BatchLabeller, format_stage_seconds, label_batch,
                               preprocessing_for, stage_seconds)
-from facray.predictor import build_predictor, read_predictor
+
+# No torch at import: GPU mode's preprocess actors run this module and never need it (torch costs
+# a process about 0.5 GB); facray.predictor is imported where a predictor is built.
 
 KEY_COLUMNS = ["path", "size", "mtime_ns", "model"]
 
@@ -53,8 +55,9 @@ class LabelConfig:
     cpus_per_actor: float = option(0.5, "CPUs reserved per actor (a fraction, so Ray Data's read and "
                                         "write tasks always find a CPU)")
     gpus: float = option(0.0, "GPUs per predict actor (0 = CPU)")
-    preprocess_actors: int = option(0, "with GPUs: CPU actors decoding and cropping; 0 = one per CPU left "
-                                       "after the predict actors")
+    preprocess_actors: int = option(0, "CPU actors decoding and cropping for separate predict actors: with "
+                                       "GPUs 0 = one per CPU left after the predict actors; on CPU N > 0 "
+                                       "splits the same way (torch only in the predict actors: less memory)")
     crop: Literal["detect", "full", "auto"] = option("detect", "detect | full | auto (see facray prepare)")
     detector: str = option("auto", "face detector: auto (YuNet if yuface is installed, else Haar) | yunet | "
                                    "haar | a YuNet .onnx file")
@@ -208,49 +211,52 @@ def output_lock(out: str):
 
 # ---- Ray actors -----------------------------------------------------------------------------------
 
-def _predictor_from(model_ref, cfg: LabelConfig, device: str = "cpu"):
-    """Build the predictor from the verified parts the driver put in the object store: actors
-    never open the tracking store (a cluster's workers may not reach it)."""
+def _predictor_from(manifest: dict, weights_ref, cfg: LabelConfig, device: str = "cpu"):
+    """Build the predictor from the verified parts the driver gave: the manifest, and the weights
+    in the object store. Actors never open the tracking store (a cluster's workers may not reach it)."""
     import ray
-    manifest, weights = ray.get(model_ref[0])
-    return build_predictor(manifest, weights, device, cfg.compile)
+
+    from facray.predictor import build_predictor
+    return build_predictor(manifest, ray.get(weights_ref[0]), device, cfg.compile)
+
+
+def _preprocessing(manifest: dict, cfg: LabelConfig):
+    import cv2
+    cv2.setNumThreads(1)
+    return preprocessing_for(manifest, cfg.crop, cfg.detector, cfg.max_pixels)
 
 
 class LabelActor:
     """CPU mode: decode, crop, sketch and predict in one actor (no object-store hop between)."""
 
-    def __init__(self, model_ref, cfg: LabelConfig):
-        import cv2
+    def __init__(self, manifest: dict, weights_ref, cfg: LabelConfig):
         import torch
-        cv2.setNumThreads(1)
         torch.set_num_threads(max(1, cfg.torch_threads))
-        predictor = _predictor_from(model_ref, cfg)
-        self.labeller = BatchLabeller(predictor, preprocessing_for(predictor, cfg.crop, cfg.detector, cfg.max_pixels))
+        self.labeller = BatchLabeller(_predictor_from(manifest, weights_ref, cfg), _preprocessing(manifest, cfg))
 
     def __call__(self, batch):
         return self.labeller(batch)
 
 
 class PreprocessForLabelActor:
-    """GPU mode, CPU side: decode, crop and sketch."""
+    """Split mode (with GPUs, or ``--preprocess-actors`` on CPU), CPU side: decode, crop and sketch,
+    from the manifest alone (no torch, no weights)."""
 
-    def __init__(self, model_ref, cfg: LabelConfig):
-        import cv2
-        cv2.setNumThreads(1)
-        predictor = _predictor_from(model_ref, cfg)
-        self.labeller = BatchLabeller(predictor, preprocessing_for(predictor, cfg.crop, cfg.detector, cfg.max_pixels))
+    def __init__(self, manifest: dict, weights_ref, cfg: LabelConfig):
+        self.labeller = BatchLabeller(None, _preprocessing(manifest, cfg))
 
     def __call__(self, batch):
         return self.labeller.preprocess(batch)
 
 
 class PredictActor:
-    """GPU mode, GPU side: the predictor on ``cuda``."""
+    """Split mode, predicting side: the predictor on ``cuda`` if the actor has a GPU, else on CPU."""
 
-    def __init__(self, model_ref, cfg: LabelConfig):
+    def __init__(self, manifest: dict, weights_ref, cfg: LabelConfig):
         import torch
+        torch.set_num_threads(max(1, cfg.torch_threads))
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.labeller = BatchLabeller(_predictor_from(model_ref, cfg, device), None)
+        self.labeller = BatchLabeller(_predictor_from(manifest, weights_ref, cfg, device), None)
 
     def __call__(self, batch):
         return self.labeller(batch)
@@ -310,7 +316,10 @@ def generate_images(cfg: LabelConfig, out: str) -> str:
     return str(folder)
 
 
-ACTOR_MEMORY = 1.0e9  # a labelling actor: torch, OpenCV, the model and a batch of decoded images
+ACTOR_MEMORY = 1.0e9  # an actor that predicts: torch, OpenCV, the model and a batch of images
+# One that only decodes and crops: no torch, 0.18 GB PSS each on 2 cores (bench/label.py); 1024 px
+# inputs decoded 8 at a time add 25 MB.
+PREPROCESS_ACTOR_MEMORY = 0.4e9
 
 
 def pool_sizes(cfg: LabelConfig, resources: dict) -> tuple[int, int]:
@@ -318,13 +327,14 @@ def pool_sizes(cfg: LabelConfig, resources: dict) -> tuple[int, int]:
     what the user gave, else sized to the cluster: on CPU one fused actor per CPU; with GPUs one
     predict actor per GPU share and every CPU left over decoding, so no GPU waits on one CPU stage.
     Either way no more actors than the memory holds."""
-    cpus, gpus = int(resources.get("CPU", 1)), resources.get("GPU", 0)
-    by_memory = max(1, int(resources.get("memory", ACTOR_MEMORY) // ACTOR_MEMORY))
+    cpus, gpus, memory = int(resources.get("CPU", 1)), resources.get("GPU", 0), resources.get("memory", ACTOR_MEMORY)
     if cfg.gpus > 0:
         predict = cfg.num_actors or max(1, int(gpus // cfg.gpus))
-        preprocess = cfg.preprocess_actors or max(1, min(cpus - predict, by_memory - predict))
-        return predict, preprocess
-    return cfg.num_actors or max(1, min(cpus, by_memory)), 0
+        by_memory = int((memory - predict * ACTOR_MEMORY) // PREPROCESS_ACTOR_MEMORY)
+        return predict, cfg.preprocess_actors or max(1, min(cpus - predict, by_memory))
+    if cfg.preprocess_actors:  # CPU, split as on a GPU node
+        return cfg.num_actors or 1, cfg.preprocess_actors
+    return cfg.num_actors or max(1, min(cpus, int(memory // ACTOR_MEMORY))), 0
 
 
 # glibc gives each thread of a process its own malloc arena; the decode, detect and forward buffers
@@ -334,22 +344,23 @@ def pool_sizes(cfg: LabelConfig, resources: dict) -> tuple[int, int]:
 ACTOR_RUNTIME_ENV = {"env_vars": {"MALLOC_ARENA_MAX": "2"}}
 
 
-def run_pipeline(todo: pd.DataFrame, model_ref, cfg: LabelConfig, part: str) -> None:
+def run_pipeline(todo: pd.DataFrame, manifest: dict, weights_ref, cfg: LabelConfig, part: str) -> None:
     import ray
     num_actors, preprocess_actors = pool_sizes(cfg, ray.cluster_resources())
     cfg = replace(cfg, num_actors=num_actors, preprocess_actors=preprocess_actors)
-    print(f"labelling with {num_actors} {'predict' if cfg.gpus else 'CPU'} actor(s)"
-          + (f" fed by {preprocess_actors} preprocess actor(s)" if cfg.gpus else ""), flush=True)
+    split = preprocess_actors > 0
+    print(f"labelling with {num_actors} {'predict' if split else 'CPU'} actor(s)"
+          + (f" fed by {preprocess_actors} preprocess actor(s)" if split else ""), flush=True)
     rows_per_block = max(1, min(cfg.batch_size * 4, -(-len(todo) // (4 * max(cfg.num_actors, 1)))))
     bounds = np.arange(0, len(todo), rows_per_block)
     ds = ray.data.from_pandas([todo[["path", "size", "mtime_ns"]].iloc[b:b + rows_per_block].reset_index(drop=True) for b in bounds])
-    # The weights in a list: the actors fetch them themselves with ray.get.
-    actors = dict(fn_constructor_args=([model_ref], cfg), batch_format="numpy", batch_size=cfg.batch_size,
+    # The weights in a list: the actors that predict fetch them themselves with ray.get.
+    actors = dict(fn_constructor_args=(manifest, [weights_ref], cfg), batch_format="numpy", batch_size=cfg.batch_size,
                   num_cpus=cfg.cpus_per_actor, runtime_env=ACTOR_RUNTIME_ENV)
-    if cfg.gpus > 0:
+    if split:
         ds = ds.map_batches(PreprocessForLabelActor, compute=ray.data.ActorPoolStrategy(size=cfg.preprocess_actors),
                             **actors)
-        ds = ds.map_batches(PredictActor, num_gpus=cfg.gpus, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        ds = ds.map_batches(PredictActor, num_gpus=cfg.gpus or None, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
                             **actors)
     else:
         ds = ds.map_batches(LabelActor, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), **actors)
@@ -389,6 +400,7 @@ def label_images(cfg: LabelConfig) -> LabelSummary:
 
 
 def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
+    from facray.predictor import build_predictor, read_predictor
     from facray.runtime import init_ray
 
     start = time.perf_counter()
@@ -425,11 +437,11 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     if len(todo):
         import ray
         init_ray(dashboard=False)
-        model_ref = ray.put((manifest, weights))
+        weights_ref = ray.put(weights)
         del predictor, weights  # the actors build their own; the driver keeps only names and thresholds
         phases["start-up"] = time.perf_counter() - start
         part = storage.join(parts_dir(out), f"run-{int(time.time() * 1000)}")
-        run_pipeline(todo, model_ref, cfg, part)
+        run_pipeline(todo, manifest, weights_ref, cfg, part)
         new += [_read_parquet(p) for p in storage.list_files(part, (".parquet",))]
         phases["pipeline"] = time.perf_counter() - start - phases["start-up"]
     written = time.perf_counter()

@@ -15,7 +15,7 @@ class FacrayPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from facray.labelling import label_batch, preprocessing_for
-        chain = preprocessing_for(self.predictor)
+        chain = preprocessing_for(self.predictor.manifest)
         batch = {"path": model_input["path"].astype(str).to_numpy(dtype=object)}
         return pd.DataFrame(label_batch(chain(batch), self.predictor))
 

@@ -41,11 +41,13 @@ def synth_copy(synth_root, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole test session: 2 CPUs, no dashboard (tests ask for fractions)."""
+    """One local Ray for the whole test session: 2 CPUs, no dashboard (tests ask for fractions),
+    and one declared GPU that does not exist, so the GPU-mode labelling pipeline runs here with
+    its predict actor on the CPU (nothing else asks for GPUs)."""
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

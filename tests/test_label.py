@@ -12,7 +12,7 @@ import torch
 
 from facray.attributes import ATTRIBUTES
 from facray.data.synth import write_unlabelled_faces
-from facray.labelling import OUTPUT_COLUMNS
+from facray.labelling import OUTPUT_COLUMNS, PROB_COLUMNS
 from facray.labelling_ray import LabelConfig, label_images, smoke_model
 from facray.predictor import PredictorError, load_predictor
 
@@ -239,6 +239,24 @@ def test_broken_manifest_is_a_clear_error_naming_the_file(tmp_path, model, edit,
     assert str(broken / "manifest.json") in str(e.value)
 
 
+@pytest.mark.parametrize("split", [dict(gpus=1.0, preprocess_actors=1), dict(preprocess_actors=1)], ids=["gpu", "cpu"])
+def test_split_mode_preprocesses_and_predicts_in_separate_actors_with_the_same_rows(ray_session, model, tmp_path,
+                                                                                   split):
+    """``--gpus`` (or ``--preprocess-actors`` on CPU): CPU actors decode, crop and sketch, predict
+    actors run the model. The test session declares one GPU that does not exist, so the GPU case
+    runs the GPU-mode pipeline whole with its predict actor on the CPU."""
+    folder = tmp_path / "imgs"
+    _images(folder, n=9, seed=5)
+    (folder / "broken.png").write_bytes(b"not a png")
+    _label(folder, model, tmp_path / "fused.csv")
+    summary = _label(folder, model, tmp_path / "split.csv", **split)
+    fused, got = _read(tmp_path / "fused.csv"), _read(tmp_path / "split.csv")
+    assert len(got) == 10 and got.error.str.contains("broken.png").sum() == 1
+    pd.testing.assert_frame_equal(got.drop(columns=PROB_COLUMNS), fused.drop(columns=PROB_COLUMNS))
+    np.testing.assert_allclose(got[PROB_COLUMNS].to_numpy(float), fused[PROB_COLUMNS].to_numpy(float), atol=1e-5)
+    assert list(summary.stages) == ["decode", "detect", "crop", "sketch", "predict"]
+
+
 def test_ray_pipeline_gives_the_in_process_probabilities_and_says_where_time_went(ray_session, model, tmp_path):
     from facray.labelling import BatchLabeller, preprocessing_for
     folder = tmp_path / "imgs"
@@ -246,7 +264,7 @@ def test_ray_pipeline_gives_the_in_process_probabilities_and_says_where_time_wen
     summary = _label(folder, model, tmp_path / "labels.csv")
     rows = _read(tmp_path / "labels.csv").set_index("path")
     predictor = load_predictor(model)
-    local = BatchLabeller(predictor, preprocessing_for(predictor))({"path": np.array([str(p) for p in paths], dtype=object)})
+    local = BatchLabeller(predictor, preprocessing_for(predictor.manifest))({"path": np.array([str(p) for p in paths], dtype=object)})
     for i, p in enumerate(paths):
         for a in ATTRIBUTES:
             assert rows.loc[str(p), f"{a}_prob"] == pytest.approx(local[f"{a}_prob"][i], abs=1e-5)

@@ -8,6 +8,7 @@ import torch
 
 from facray.attributes import ATTRIBUTES
 from facray.data.synth import write_unlabelled_faces
+from facray.data.ops import Sketcher
 from facray.labelling import STAGE_PREFIX, BatchLabeller, label_batch, preprocessing_for, stage_seconds
 from facray.labelling_ray import LabelConfig, pool_sizes, smoke_model
 from facray.models.abm import ABMCNN
@@ -24,7 +25,7 @@ def preprocessed(tmp_path_factory):
     model = smoke_model(tmp / "predictor", crop_size=40)
     paths = write_unlabelled_faces(tmp / "faces", n=6, seed=1, sizes=(160, 96))
     predictor = load_predictor(model)
-    batch = preprocessing_for(predictor)({"path": np.array([str(p) for p in paths], dtype=object)})
+    batch = preprocessing_for(predictor.manifest)({"path": np.array([str(p) for p in paths], dtype=object)})
     return model, predictor, batch
 
 
@@ -68,7 +69,7 @@ def test_multitask_predictor_matches_the_plain_module(preprocessed, tmp_path):
 
 def test_batch_labeller_times_every_stage_and_labels_like_label_batch(preprocessed):
     model, predictor, batch = preprocessed
-    labeller = BatchLabeller(predictor, preprocessing_for(predictor))
+    labeller = BatchLabeller(predictor, preprocessing_for(predictor.manifest))
     rows = labeller({"path": batch["path"]})
     import pandas as pd
     table = pd.DataFrame(rows)
@@ -91,6 +92,8 @@ def test_batch_labeller_times_every_stage_and_labels_like_label_batch(preprocess
     (LabelConfig(num_actors=3), {"CPU": 2, "memory": 16e9}, (3, 0)),               # as given
     (LabelConfig(gpus=1), {"CPU": 16, "GPU": 2, "memory": 64e9}, (2, 14)),         # every spare CPU decodes
     (LabelConfig(gpus=0.5, preprocess_actors=4), {"CPU": 8, "GPU": 1, "memory": 64e9}, (2, 4)),
+    (LabelConfig(gpus=1), {"CPU": 16, "GPU": 1, "memory": 4e9}, (1, 7)),          # light ones, still capped
+    (LabelConfig(preprocess_actors=2), {"CPU": 2, "memory": 16e9}, (1, 2)),         # CPU, split as asked
 ])
 def test_actor_pools_are_sized_to_the_machine(cfg, resources, expected):
     assert pool_sizes(cfg, resources) == expected
@@ -98,12 +101,36 @@ def test_actor_pools_are_sized_to_the_machine(cfg, resources, expected):
 
 def test_labelling_crops_as_the_model_was_trained():
     """A model trained on nose-centred crops gets nose-centred crops of the same size and margin."""
-    from types import SimpleNamespace
-    predictor = SimpleNamespace(crop={"size": 48, "margin": 0.2, "centre": "nose"}, needs_sketch=False)
-    cropper = preprocessing_for(predictor).ops[1]
+    manifest = {"crop": {"size": 48, "margin": 0.2, "centre": "nose"}, "attributes": []}
+    cropper = preprocessing_for(manifest).ops[0].chain.ops[1]
     assert (cropper.size, cropper.margin, cropper.centre) == (48, 0.2, "nose")
-    older = SimpleNamespace(crop={"size": 48, "margin": 0.35}, needs_sketch=False)  # manifests before centres
-    assert preprocessing_for(older).ops[1].centre == "face"
+    older = {"crop": {"size": 48, "margin": 0.35}, "attributes": []}  # manifests before centres
+    assert preprocessing_for(older).ops[0].chain.ops[1].centre == "face"
+
+
+def test_preprocess_actor_needs_neither_torch_nor_weights(preprocessed, tmp_path):
+    """GPU mode's CPU actors build their chain from the manifest: sketches exactly when the
+    predictor has sketch models, and no torch in the process (it costs about 0.5 GB each)."""
+    import json
+    import subprocess
+    import sys
+    model, predictor, batch = preprocessed
+    assert predictor.needs_sketch and isinstance(preprocessing_for(predictor.manifest).ops[-1], Sketcher)
+    photo_only = {**predictor.manifest, "attributes": [{**c, "modality": "real"} for c in predictor.manifest["attributes"]]}
+    assert not any(isinstance(op, Sketcher) for op in preprocessing_for(photo_only).ops)
+    (tmp_path / "manifest.json").write_text(json.dumps(predictor.manifest))
+    script = (
+        "import json, sys, numpy as np\n"
+        "from facray.labelling_ray import LabelConfig, PreprocessForLabelActor\n"
+        f"manifest = json.load(open({str(tmp_path / 'manifest.json')!r}))\n"
+        "actor = PreprocessForLabelActor(manifest, [None], LabelConfig())\n"
+        f"out = actor({{'path': np.array({[str(p) for p in batch['path']]!r}, dtype=object)}})\n"
+        "np.save(sys.argv[1], out['image'])\n"
+        "print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "crops.npy")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+    np.testing.assert_array_equal(np.load(tmp_path / "crops.npy"), batch["image"])
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if n.endswith("-tiny")])

@@ -127,3 +127,25 @@ def test_no_sketch_stage_when_sketch_channels_is_zero(synth_copy):
     out = chain(_batch(table))
     assert ops.SKETCH not in out and out[ops.IMAGE].shape == (4, 32, 32, 3)
     assert "sketch" not in preprocessing_chain(cfg, "aligned")(_batch(table))  # nor a sketch column
+
+
+def test_decoding_in_slices_gives_the_whole_batch_result_and_timings(tmp_path):
+    """Labelling decodes and crops 8 rows at a time (full-size images of one slice alive, not of
+    the batch): rows, errors, crops and the stage names are those of the whole-batch chain."""
+    from facray.data.synth import write_unlabelled_faces
+    paths = [str(p) for p in write_unlabelled_faces(tmp_path / "faces", n=6, seed=4, sizes=(160, 96))]
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    batch = {"path": np.array(sorted(paths + [str(tmp_path / "broken.png")]), dtype=object)}
+
+    def decode_and_crop():
+        return ops.Chain(ops.ImageDecoder(), ops.FaceCropper(32, method="detect"))
+
+    whole = decode_and_crop()
+    sliced = ops.Chain(ops.InSlices(decode_and_crop(), rows=3))
+    expected, got = whole(batch), sliced(batch)
+    assert set(got) == set(expected)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+    assert got["error_kind"].tolist().count("not_an_image") == 1
+    assert set(sliced.take_seconds()) == set(whole.take_seconds()) == {"decode", "detect", "crop"}
+    assert sliced.ops[0].chain.seconds == {"decode": 0.0, "detect": 0.0, "crop": 0.0}  # taken, not kept

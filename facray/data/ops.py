@@ -292,3 +292,25 @@ class Chain:
     def take_seconds(self) -> dict[str, float]:
         seconds, self.seconds = self.seconds, {}
         return seconds
+
+
+class InSlices:
+    """Run ``chain`` on slices of ``rows`` rows and join the results, so that what the chain
+    holds per row only for a moment (a decoded full-size image before its crop) is alive for one
+    slice at a time, not for the whole batch. The chain's stage timings pass through; slicing and
+    joining count to its last stage."""
+
+    def __init__(self, chain: Chain, rows: int):
+        self.chain, self.rows = chain, max(1, rows)
+        self.stage = getattr(chain.ops[-1], "stage", type(chain.ops[-1]).__name__)
+
+    @property
+    def sub_seconds(self) -> dict[str, float]:
+        return self.chain.seconds  # the enclosing Chain reads and resets these
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch[PATH])
+        if n <= self.rows:
+            return self.chain(batch)
+        parts = [self.chain({k: v[i:i + self.rows] for k, v in batch.items()}) for i in range(0, n, self.rows)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
