@@ -16,7 +16,7 @@ images, else generated StyleGAN-like faces.
 
     python bench/label.py --n 3000
     python bench/label.py --n 20000 --skip-plain     # memory stays flat?
-    python bench/label.py --n 3000 --preprocess-actors 2 --torch-threads 2   # split: torch in one actor
+    python bench/label.py --n 3000 --layout fused     # every actor decodes and predicts
 """
 from __future__ import annotations
 
@@ -165,9 +165,9 @@ def main():
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-actors", type=int, default=0, help="facray label --num-actors (0: sized to the machine)")
-    p.add_argument("--preprocess-actors", type=int, default=0,
-                   help="facray label --preprocess-actors (on CPU N > 0: torch-free preprocess actors feeding predict actors)")
-    p.add_argument("--torch-threads", type=int, default=1, help="facray label --torch-threads")
+    p.add_argument("--layout", choices=("split", "fused"), default="split", help="facray label --layout")
+    p.add_argument("--preprocess-actors", type=int, default=0, help="facray label --preprocess-actors (0: sized to the machine)")
+    p.add_argument("--torch-threads", type=int, default=0, help="facray label --torch-threads (0: sized to the machine)")
     p.add_argument("--min-side", type=int, default=0, help="only input images at least this large (1024: full-size faces)")
     p.add_argument("--plain-forward", choices=("models", "facray"), default="models")
     p.add_argument("--skip-plain", action="store_true")
@@ -192,7 +192,7 @@ def main():
     with TreeMemory() as mem:
         start = time.perf_counter()
         summary = label_images(LabelConfig(images=str(folder), model=model, out=str(tmp / "labels.csv"),
-                                           batch_size=args.batch_size, num_actors=args.num_actors,
+                                           batch_size=args.batch_size, layout=args.layout, num_actors=args.num_actors,
                                            preprocess_actors=args.preprocess_actors, torch_threads=args.torch_threads))
         seconds = time.perf_counter() - start
     facray = summary.inputs / seconds

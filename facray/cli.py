@@ -195,7 +195,7 @@ def run_label(args: argparse.Namespace) -> int:
     cfg = resolve_config(LabelConfig, args)
     if args.smoke_test:
         from facray.data.synth import write_unlabelled_faces
-        smoke = dict(batch_size=4, num_actors=1)
+        smoke = dict(batch_size=4, num_actors=1, preprocess_actors=1)
         _refuse_smoke_overrides(args, ["images", "model", *smoke])
         base = Path(cfg.out).resolve().parent / "smoke_label"
         folder, model = base / "images", base / "untrained_predictor"

@@ -50,14 +50,16 @@ class LabelConfig:
     format: Literal["csv", "parquet"] = option("csv", "csv | parquet")
     overwrite: bool = option(False, "relabel everything instead of resuming")
     batch_size: int = option(64, "images per batch")
-    num_actors: int = option(0, "actors (CPU: decode+predict fused; GPU: predictors); 0 = one per CPU "
-                                "(GPU mode: per GPU share), capped by memory")
+    layout: Literal["split", "fused"] = option("split", "split: torch-free CPU actors decode and crop for "
+                                                      "predict actors (torch and the weights once per predict "
+                                                      "actor); fused: each actor does everything (CPU only)")
+    num_actors: int = option(0, "predict actors (fused: actors); 0 = one per GPU share, on CPU one per 4 "
+                                "CPUs (fused: one per CPU), capped by memory")
     cpus_per_actor: float = option(0.5, "CPUs reserved per actor (a fraction, so Ray Data's read and "
                                         "write tasks always find a CPU)")
     gpus: float = option(0.0, "GPUs per predict actor (0 = CPU)")
-    preprocess_actors: int = option(0, "CPU actors decoding and cropping for separate predict actors: with "
-                                       "GPUs 0 = one per CPU left after the predict actors; on CPU N > 0 "
-                                       "splits the same way (torch only in the predict actors: less memory)")
+    preprocess_actors: int = option(0, "split: CPU actors decoding and cropping; 0 = one per CPU (with GPUs: "
+                                       "per CPU left after the predict actors), capped by memory")
     crop: Literal["detect", "full", "auto"] = option("detect", "detect | full | auto (see facray prepare)")
     detector: str = option("auto", "face detector: auto (YuNet if yuface is installed, else Haar) | yunet | "
                                    "haar | a YuNet .onnx file")
@@ -67,7 +69,8 @@ class LabelConfig:
     seed: int = option(0, "with --generator: first seed (one seed per image)")
     z_dim: int = option(0, "with --generator: latent size (0 = the module's z_dim)")
     tracking_uri: str | None = option(None, "MLflow URI for models:/ and runs:/ models")
-    torch_threads: int = option(1, "torch threads per CPU actor")
+    torch_threads: int = option(0, "torch threads per actor that predicts; 0 = fused 1, split on CPU "
+                                   "the predict actor's share of the CPUs (at most 4)")
     compile: bool = option(False, "torch.compile the predictor's networks (one H100: 2.8-3x the forward; "
                                   "the first batches wait for the compiler)")
 
@@ -227,7 +230,7 @@ def _preprocessing(manifest: dict, cfg: LabelConfig):
 
 
 class LabelActor:
-    """CPU mode: decode, crop, sketch and predict in one actor (no object-store hop between)."""
+    """Fused layout: decode, crop, sketch and predict in one actor (no object-store hop between)."""
 
     def __init__(self, manifest: dict, weights_ref, cfg: LabelConfig):
         import torch
@@ -239,8 +242,7 @@ class LabelActor:
 
 
 class PreprocessForLabelActor:
-    """Split mode (with GPUs, or ``--preprocess-actors`` on CPU), CPU side: decode, crop and sketch,
-    from the manifest alone (no torch, no weights)."""
+    """Split layout, CPU side: decode, crop and sketch, from the manifest alone (no torch, no weights)."""
 
     def __init__(self, manifest: dict, weights_ref, cfg: LabelConfig):
         self.labeller = BatchLabeller(None, _preprocessing(manifest, cfg))
@@ -250,7 +252,7 @@ class PreprocessForLabelActor:
 
 
 class PredictActor:
-    """Split mode, predicting side: the predictor on ``cuda`` if the actor has a GPU, else on CPU."""
+    """Split layout, predicting side: the predictor on ``cuda`` if the actor has a GPU, else on CPU."""
 
     def __init__(self, manifest: dict, weights_ref, cfg: LabelConfig):
         import torch
@@ -322,19 +324,27 @@ ACTOR_MEMORY = 1.0e9  # an actor that predicts: torch, OpenCV, the model and a b
 PREPROCESS_ACTOR_MEMORY = 0.4e9
 
 
-def pool_sizes(cfg: LabelConfig, resources: dict) -> tuple[int, int]:
-    """(label or predict actors, preprocess actors) for ``resources`` (``ray.cluster_resources()``):
-    what the user gave, else sized to the cluster: on CPU one fused actor per CPU; with GPUs one
-    predict actor per GPU share and every CPU left over decoding, so no GPU waits on one CPU stage.
-    Either way no more actors than the memory holds."""
+def pool_sizes(cfg: LabelConfig, resources: dict) -> tuple[int, int, int]:
+    """(label or predict actors, preprocess actors, torch threads per predicting actor) for
+    ``resources`` (``ray.cluster_resources()``): what the user gave, else sized to the cluster.
+
+    Split (the default): with GPUs one predict actor per GPU share and every CPU left over
+    decoding, so no GPU waits on one CPU stage; on CPU one predict actor per 4 CPUs with a thread
+    per CPU (at most 4) and a preprocess actor per CPU. The CPUs are oversubscribed on purpose:
+    Ray Data's backpressure pauses the preprocess actors whenever prediction falls behind, so the
+    cores go where the work is (2 cores: the fused layout's speed with 0.3 GB less, bench/label.py).
+    Fused: one actor per CPU. Never more actors than the memory holds."""
     cpus, gpus, memory = int(resources.get("CPU", 1)), resources.get("GPU", 0), resources.get("memory", ACTOR_MEMORY)
+    if cfg.layout == "fused":
+        return cfg.num_actors or max(1, min(cpus, int(memory // ACTOR_MEMORY))), 0, cfg.torch_threads or 1
     if cfg.gpus > 0:
         predict = cfg.num_actors or max(1, int(gpus // cfg.gpus))
-        by_memory = int((memory - predict * ACTOR_MEMORY) // PREPROCESS_ACTOR_MEMORY)
-        return predict, cfg.preprocess_actors or max(1, min(cpus - predict, by_memory))
-    if cfg.preprocess_actors:  # CPU, split as on a GPU node
-        return cfg.num_actors or 1, cfg.preprocess_actors
-    return cfg.num_actors or max(1, min(cpus, int(memory // ACTOR_MEMORY))), 0
+        threads, spare = cfg.torch_threads or 1, cpus - predict
+    else:
+        predict = cfg.num_actors or max(1, min(cpus // 4, int(memory // ACTOR_MEMORY) - 1))
+        threads, spare = cfg.torch_threads or max(1, min(4, cpus // predict)), cpus
+    by_memory = int((memory - predict * ACTOR_MEMORY) // PREPROCESS_ACTOR_MEMORY)
+    return predict, cfg.preprocess_actors or max(1, min(spare, by_memory)), threads
 
 
 # glibc gives each thread of a process its own malloc arena; the decode, detect and forward buffers
@@ -346,12 +356,14 @@ ACTOR_RUNTIME_ENV = {"env_vars": {"MALLOC_ARENA_MAX": "2"}}
 
 def run_pipeline(todo: pd.DataFrame, manifest: dict, weights_ref, cfg: LabelConfig, part: str) -> None:
     import ray
-    num_actors, preprocess_actors = pool_sizes(cfg, ray.cluster_resources())
-    cfg = replace(cfg, num_actors=num_actors, preprocess_actors=preprocess_actors)
-    split = preprocess_actors > 0
-    print(f"labelling with {num_actors} {'predict' if split else 'CPU'} actor(s)"
+    if cfg.layout == "fused" and cfg.gpus > 0:
+        raise ValueError("--layout fused runs on CPU; with --gpus preprocess actors feed the GPU actors (split)")
+    num_actors, preprocess_actors, threads = pool_sizes(cfg, ray.cluster_resources())
+    cfg = replace(cfg, num_actors=num_actors, preprocess_actors=preprocess_actors, torch_threads=threads)
+    split = cfg.layout == "split"
+    print(f"labelling with {num_actors} {'predict' if split else 'CPU'} actor(s) of {threads} torch thread(s)"
           + (f" fed by {preprocess_actors} preprocess actor(s)" if split else ""), flush=True)
-    rows_per_block = max(1, min(cfg.batch_size * 4, -(-len(todo) // (4 * max(cfg.num_actors, 1)))))
+    rows_per_block = max(1, min(cfg.batch_size * 4, -(-len(todo) // (4 * max(cfg.num_actors, cfg.preprocess_actors, 1)))))
     bounds = np.arange(0, len(todo), rows_per_block)
     ds = ray.data.from_pandas([todo[["path", "size", "mtime_ns"]].iloc[b:b + rows_per_block].reset_index(drop=True) for b in bounds])
     # The weights in a list: the actors that predict fetch them themselves with ray.get.

@@ -115,7 +115,7 @@ DRIVER = textwrap.dedent('''
         storage.write_bytes(f"s3://{bucket}/images/{p.name}", p.read_bytes())
     storage.write_bytes(f"s3://{bucket}/images/broken.jpg", b"not a jpeg")
     summary = label_images(LabelConfig(images=f"s3://{bucket}/images", model=uri, tracking_uri=tracking,
-                                       out=f"s3://{bucket}/out/labels.csv", batch_size=4, num_actors=1))
+                                       out=f"s3://{bucket}/out/labels.csv", batch_size=4, num_actors=1, preprocess_actors=1))
     print(summary.format())
 ''')
 

@@ -29,8 +29,9 @@ def _images(folder, n=4, seed=0):
 
 
 def _label(images, model, out, **kw):
-    return label_images(LabelConfig(images=str(images), model=str(model), out=str(out), batch_size=4,
-                                    num_actors=1, **kw))
+    """Small pools for 2 CPUs: one predict actor fed by one preprocess actor (split), or one actor."""
+    kw = {"num_actors": 1, "preprocess_actors": 0 if kw.get("layout") == "fused" else 1, **kw}
+    return label_images(LabelConfig(images=str(images), model=str(model), out=str(out), batch_size=4, **kw))
 
 
 def _read(out):
@@ -153,7 +154,7 @@ def test_torchscript_generator_as_the_image_source(ray_session, model, tmp_path)
     torch.jit.script(TinyGenerator()).save(str(gen))
     out = tmp_path / "gen_labels.csv"
     summary = label_images(LabelConfig(generator=str(gen), num=5, seed=100, model=str(model), out=str(out),
-                                       batch_size=2, num_actors=1))
+                                       batch_size=2, num_actors=1, preprocess_actors=1))
     rows = _read(out)
     assert summary.inputs == 5 and len(rows) == 5
     assert [os.path.basename(p) for p in rows.path] == [f"seed{s:08d}.png" for s in range(100, 105)]
@@ -239,16 +240,15 @@ def test_broken_manifest_is_a_clear_error_naming_the_file(tmp_path, model, edit,
     assert str(broken / "manifest.json") in str(e.value)
 
 
-@pytest.mark.parametrize("split", [dict(gpus=1.0, preprocess_actors=1), dict(preprocess_actors=1)], ids=["gpu", "cpu"])
-def test_split_mode_preprocesses_and_predicts_in_separate_actors_with_the_same_rows(ray_session, model, tmp_path,
-                                                                                   split):
-    """``--gpus`` (or ``--preprocess-actors`` on CPU): CPU actors decode, crop and sketch, predict
-    actors run the model. The test session declares one GPU that does not exist, so the GPU case
-    runs the GPU-mode pipeline whole with its predict actor on the CPU."""
+@pytest.mark.parametrize("split", [dict(gpus=1.0), dict()], ids=["gpu", "cpu"])
+def test_split_layout_labels_as_the_fused_one(ray_session, model, tmp_path, split):
+    """Split (the default): CPU actors decode, crop and sketch without torch, predict actors run
+    the model; fused: one actor does all. Same rows. The test session declares one GPU that does
+    not exist, so the GPU case runs the GPU-mode pipeline whole with its predict actor on the CPU."""
     folder = tmp_path / "imgs"
     _images(folder, n=9, seed=5)
     (folder / "broken.png").write_bytes(b"not a png")
-    _label(folder, model, tmp_path / "fused.csv")
+    _label(folder, model, tmp_path / "fused.csv", layout="fused")
     summary = _label(folder, model, tmp_path / "split.csv", **split)
     fused, got = _read(tmp_path / "fused.csv"), _read(tmp_path / "split.csv")
     assert len(got) == 10 and got.error.str.contains("broken.png").sum() == 1

@@ -87,13 +87,15 @@ def test_batch_labeller_times_every_stage_and_labels_like_label_batch(preprocess
 
 
 @pytest.mark.parametrize("cfg, resources, expected", [
-    (LabelConfig(), {"CPU": 2, "memory": 16e9}, (2, 0)),                           # one fused actor per CPU
-    (LabelConfig(), {"CPU": 16, "memory": 6e9}, (6, 0)),                           # capped by memory
-    (LabelConfig(num_actors=3), {"CPU": 2, "memory": 16e9}, (3, 0)),               # as given
-    (LabelConfig(gpus=1), {"CPU": 16, "GPU": 2, "memory": 64e9}, (2, 14)),         # every spare CPU decodes
-    (LabelConfig(gpus=0.5, preprocess_actors=4), {"CPU": 8, "GPU": 1, "memory": 64e9}, (2, 4)),
-    (LabelConfig(gpus=1), {"CPU": 16, "GPU": 1, "memory": 4e9}, (1, 7)),          # light ones, still capped
-    (LabelConfig(preprocess_actors=2), {"CPU": 2, "memory": 16e9}, (1, 2)),         # CPU, split as asked
+    (LabelConfig(), {"CPU": 2, "memory": 16e9}, (1, 2, 2)),                        # split: one predict actor
+    (LabelConfig(), {"CPU": 16, "memory": 64e9}, (4, 16, 4)),                      # one per 4 CPUs
+    (LabelConfig(), {"CPU": 16, "memory": 4e9}, (3, 2, 4)),                        # capped by memory
+    (LabelConfig(layout="fused"), {"CPU": 2, "memory": 16e9}, (2, 0, 1)),          # one fused actor per CPU
+    (LabelConfig(layout="fused"), {"CPU": 16, "memory": 6e9}, (6, 0, 1)),          # capped by memory
+    (LabelConfig(layout="fused", num_actors=3), {"CPU": 2, "memory": 16e9}, (3, 0, 1)),  # as given
+    (LabelConfig(gpus=1), {"CPU": 16, "GPU": 2, "memory": 64e9}, (2, 14, 1)),      # every spare CPU decodes
+    (LabelConfig(gpus=0.5, preprocess_actors=4), {"CPU": 8, "GPU": 1, "memory": 64e9}, (2, 4, 1)),
+    (LabelConfig(gpus=1), {"CPU": 16, "GPU": 1, "memory": 4e9}, (1, 7, 1)),       # light ones, still capped
 ])
 def test_actor_pools_are_sized_to_the_machine(cfg, resources, expected):
     assert pool_sizes(cfg, resources) == expected

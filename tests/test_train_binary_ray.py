@@ -71,7 +71,7 @@ def test_fused_two_workers_mlflow_rerun_combine_evaluate(ray_session, prepared_s
     from facray.labelling_ray import LabelConfig, label_images
     write_unlabelled_faces(tmp_path / "faces", n=2, seed=3, sizes=(96,))
     labelled = label_images(LabelConfig(images=str(tmp_path / "faces"), model=uri, out=str(tmp_path / "l.csv"),
-                                        tracking_uri=mlflow.get_tracking_uri(), num_actors=1, batch_size=2))
+                                        tracking_uri=mlflow.get_tracking_uri(), num_actors=1, preprocess_actors=1, batch_size=2))
     assert labelled.inputs == 2 and labelled.model == predictor.name
 
     from facray.reports import EvaluateConfig, evaluate_run

@@ -51,7 +51,7 @@ def test_ddp_two_workers_interrupted_resumes_then_evaluates_and_labels(ray_sessi
     write_unlabelled_faces(tmp_path / "faces", n=3, seed=4, sizes=(96,))
     labelled = label_images(LabelConfig(images=str(tmp_path / "faces"), model=record["registered"],
                                         out=str(tmp_path / "l.csv"), tracking_uri=mlflow.get_tracking_uri(),
-                                        num_actors=1, batch_size=2))
+                                        num_actors=1, preprocess_actors=1, batch_size=2))
     rows = pd.read_csv(tmp_path / "l.csv", keep_default_na=False, na_values=[""])
     assert labelled.inputs == 3 and rows.Male_prob.between(0, 1).all()
     probs = rows[[f"{a}_prob" for a in predictor.attributes]].to_numpy()
