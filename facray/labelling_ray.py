@@ -356,8 +356,6 @@ ACTOR_RUNTIME_ENV = {"env_vars": {"MALLOC_ARENA_MAX": "2"}}
 
 def run_pipeline(todo: pd.DataFrame, manifest: dict, weights_ref, cfg: LabelConfig, part: str) -> None:
     import ray
-    if cfg.layout == "fused" and cfg.gpus > 0:
-        raise ValueError("--layout fused runs on CPU; with --gpus preprocess actors feed the GPU actors (split)")
     num_actors, preprocess_actors, threads = pool_sizes(cfg, ray.cluster_resources())
     cfg = replace(cfg, num_actors=num_actors, preprocess_actors=preprocess_actors, torch_threads=threads)
     split = cfg.layout == "split"
@@ -404,6 +402,8 @@ class LabelSummary:
 def label_images(cfg: LabelConfig) -> LabelSummary:
     """Label ``cfg.images`` (or generated images) with ``cfg.model`` into ``cfg.out`` (a path or
     URI), holding a lock on ``cfg.out`` for the whole run."""
+    if cfg.layout == "fused" and cfg.gpus > 0:
+        raise ValueError("--layout fused runs on CPU; with --gpus preprocess actors feed the GPU actors (split)")
     out = cfg.out if storage.is_uri(cfg.out) else str(Path(cfg.out).expanduser().resolve())
     if not storage.is_uri(out):
         Path(out).parent.mkdir(parents=True, exist_ok=True)

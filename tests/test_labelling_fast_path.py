@@ -101,6 +101,14 @@ def test_actor_pools_are_sized_to_the_machine(cfg, resources, expected):
     assert pool_sizes(cfg, resources) == expected
 
 
+def test_fused_layout_on_gpus_is_refused_before_anything_runs(tmp_path):
+    from facray.labelling_ray import label_images
+    with pytest.raises(ValueError, match="--layout fused runs on CPU"):
+        label_images(LabelConfig(images=str(tmp_path), model=str(tmp_path), out=str(tmp_path / "l.csv"),
+                                 layout="fused", gpus=1))
+    assert not (tmp_path / "l.csv.lock").exists()
+
+
 def test_labelling_crops_as_the_model_was_trained():
     """A model trained on nose-centred crops gets nose-centred crops of the same size and margin."""
     manifest = {"crop": {"size": 48, "margin": 0.2, "centre": "nose"}, "attributes": []}
