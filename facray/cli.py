@@ -312,7 +312,16 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def selected_command(argv: list[str]) -> str | None:
+    """The command ``argv`` names (``label``, ``data check``...), or None."""
+    words = [w for w in argv if not w.startswith("-")][:2]
+    return next((name for name in COMMANDS if name.split() == words[:len(name.split())]), None)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser; with ``only``, the arguments of that command alone are built: each
+    builder imports its config's module, and ``facray label`` must not import the training code
+    (and torch with it) into its driver."""
     parser = argparse.ArgumentParser(prog="facray", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -326,13 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
                 g = sub.add_parser(words[0], help=f"{words[0]} commands")
                 groups[words[0]] = g.add_subparsers(dest="subcommand", required=True)
             p = groups[words[0]].add_parser(words[1], help=help_text, description=help_text)
-        build(p)
+        if only in (None, name):
+            build(p)
         p.set_defaults(handler_=run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(selected_command(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -16,16 +16,12 @@ import numpy as np
 
 from facray.attributes import ATTRIBUTES
 from facray.data import ops
+from facray.manifest import needs_sketch
 
 PROB_COLUMNS = [f"{a}_prob" for a in ATTRIBUTES]
 OUTPUT_COLUMNS = ["path", "face_found", "error", *PROB_COLUMNS, *ATTRIBUTES, "model"]
 STAGE_PREFIX = "seconds_"  # per-row share of a batch's time in one stage
 STAGES = ("decode", "detect", "crop", "sketch", "predict")
-
-
-def needs_sketch(manifest: dict) -> bool:
-    """Whether a predictor's manifest has any attribute decided on the pencil sketch."""
-    return any(c.get("modality") == "sketch" for c in manifest["attributes"])
 
 
 # Rows decoded at once: a batch of 64 generated faces at 1024 px is 200 MB of decoded pixels in

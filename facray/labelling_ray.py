@@ -35,6 +35,7 @@ from facray.config import option
 from facray.data.errors import DatasetError, OutputLockedError
 from facray.labelling import (OUTPUT_COLUMNS, PROB_COLUMNS, BatchLabeller, format_stage_seconds, label_batch,
                               preprocessing_for, stage_seconds)
+from facray.manifest import PredictorError, PredictorInfo, locate_predictor, read_weights_file
 
 # No torch at import: GPU mode's preprocess actors run this module and never need it (torch costs
 # a process about 0.5 GB); facray.predictor is imported where a predictor is built.
@@ -216,11 +217,36 @@ def output_lock(out: str):
 
 def _predictor_from(manifest: dict, weights_ref, cfg: LabelConfig, device: str = "cpu"):
     """Build the predictor from the verified parts the driver gave: the manifest, and the weights
-    in the object store. Actors never open the tracking store (a cluster's workers may not reach it)."""
+    file's bytes in the object store. Actors never open the tracking store (a cluster's workers
+    may not reach it)."""
     import ray
 
-    from facray.predictor import build_predictor
-    return build_predictor(manifest, ray.get(weights_ref[0]), device, cfg.compile)
+    from facray.predictor import build_predictor, load_weights
+    weights = load_weights(ray.get(weights_ref[0]), manifest, Path(cfg.model))
+    return build_predictor(manifest, weights, device, cfg.compile)
+
+
+def _check_weights(manifest: dict, weights_ref, path: str) -> None:
+    import ray
+
+    from facray.predictor import load_weights
+    load_weights(ray.get(weights_ref[0]), manifest, Path(path))
+
+
+def put_verified_weights(blob: bytes, manifest: dict, path: Path):
+    """The weights file's bytes into the object store, loaded and checked once (tensors only, the
+    models the manifest names, their shapes) in a worker that exits afterwards: the driver never
+    imports torch (about 0.5 GB a process), and a bad weights file fails before any image is read."""
+    import ray
+    ref = ray.put(blob)
+    check = ray.remote(num_cpus=0.5, max_calls=1)(_check_weights)
+    try:
+        ray.get(check.remote(manifest, [ref], str(path)))
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, PredictorError):
+            raise e.cause from None
+        raise
+    return ref
 
 
 def _preprocessing(manifest: dict, cfg: LabelConfig):
@@ -412,17 +438,19 @@ def label_images(cfg: LabelConfig) -> LabelSummary:
 
 
 def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
-    from facray.predictor import build_predictor, read_predictor
     from facray.runtime import init_ray
 
     start = time.perf_counter()
     _set_tracking(cfg)
-    # Resolve and verify once, before any image is read; the actors get these verified parts.
-    manifest, weights = read_predictor(cfg.model)
-    predictor = build_predictor(manifest, weights)
-    model_name = predictor.name
+    # Resolve and check once, before any image is read (the tensors in put_verified_weights); the
+    # actors get these verified parts. No torch in the driver.
+    path, manifest = locate_predictor(cfg.model)
+    blob = read_weights_file(path, manifest)
+    predictor = PredictorInfo(manifest)
+    model_name, weights_ref = predictor.name, None
     if cfg.generator:
         init_ray(dashboard=False)
+        weights_ref = put_verified_weights(blob, manifest, path)
         images = generate_images(cfg, out)
     else:
         if not cfg.images:
@@ -447,10 +475,9 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
                                     predictor))] if len(unnamable) else []
     phases = {}
     if len(todo):
-        import ray
         init_ray(dashboard=False)
-        weights_ref = ray.put(weights)
-        del predictor, weights  # the actors build their own; the driver keeps only names and thresholds
+        weights_ref = weights_ref or put_verified_weights(blob, manifest, path)
+        del blob  # in the object store now
         phases["start-up"] = time.perf_counter() - start
         part = storage.join(parts_dir(out), f"run-{int(time.time() * 1000)}")
         run_pipeline(todo, manifest, weights_ref, cfg, part)

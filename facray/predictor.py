@@ -20,7 +20,7 @@ not match its weights fails at load time, before any image is read.
 """
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,30 +29,14 @@ import numpy as np
 import torch
 
 from facray.attributes import ATTRIBUTES, MODALITIES
+# The torch-free half (finding, reading and checking predictor folders) lives in facray.manifest;
+# its names are re-exported here, where callers have always found them.
+from facray.manifest import (FORMAT, MANIFEST, MULTITASK_FORMAT, VERSION, WEIGHTS, PredictorError,  # noqa: F401
+                             Thresholded, locate_predictor, read_weights_file, sha256, thresholds_of)
 from facray.models.abm import build_stack, default_stack_kind
 from facray.models.inputs import to_channels_last, to_input
-from facray.run_folder import RunFolder, RunFolderError
-
-FORMAT = "facray-abm-combined"
-MULTITASK_FORMAT = "facray-multitask"
-FORMATS = (FORMAT, MULTITASK_FORMAT)
-VERSION = 1
-MANIFEST, WEIGHTS = "manifest.json", "weights.pt"
-
 
 PREDICT_CHUNK = 256  # rows per forward call of a combined predictor (see predict_proba)
-
-
-class PredictorError(ValueError):
-    """A predictor is missing, incomplete or inconsistent."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_predictor(dest: str | Path, choices: list[dict], weights: dict[str, dict[str, torch.Tensor]],
@@ -98,35 +82,8 @@ def set_thresholds(dest: str | Path, thresholds: dict[str, float], how: str) -> 
     path.write_text(json.dumps(manifest, indent=1))
 
 
-class _Thresholded:
-    """Decisions and naming shared by both predictor kinds."""
-    manifest: dict
-    thresholds: np.ndarray
-
-    def decide(self, probs: np.ndarray) -> np.ndarray:
-        """1/0 per attribute at each attribute's threshold; -1 where not covered."""
-        d = (probs >= self.thresholds).astype(np.int8)
-        d[:, np.isnan(self.thresholds)] = -1
-        return d
-
-    @property
-    def attributes(self) -> list[str]:
-        return [c["attribute"] for c in self.manifest["attributes"]]
-
-    @property
-    def name(self) -> str:
-        return self.manifest.get("name") or f"{self.manifest['format']}:{self.manifest['weights_sha256'][:12]}"
-
-
-def _thresholds(choices: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    columns = np.array([ATTRIBUTES.index(c["attribute"]) for c in choices], dtype=np.int64)
-    thresholds = np.full(len(ATTRIBUTES), np.nan)
-    thresholds[columns] = [c.get("threshold", 0.5) for c in choices]
-    return columns, thresholds
-
-
 @dataclass
-class CombinedPredictor(_Thresholded):
+class CombinedPredictor(Thresholded):
     """Maps a batch of cropped images (+ sketches) to 40 probabilities (NaN for attributes the
     predictor does not cover)."""
     manifest: dict
@@ -139,7 +96,7 @@ class CombinedPredictor(_Thresholded):
         self.image_size = self.manifest["image_size"]
         self.crop = self.manifest["crop"]
         self.sketch_channels = self.manifest["sketch_channels"]
-        self.columns, self.thresholds = _thresholds(self.choices)
+        self.columns, self.thresholds = thresholds_of(self.choices)
         # One stack per modality: all of a modality's models run in one call.
         kind = default_stack_kind(self.device)
         # Layout by kind, as measured: the CPU loop stack runs 2.1x faster channels-last (oneDNN);
@@ -196,7 +153,7 @@ def _for_inference(module: torch.nn.Module, device: torch.device, channels_last:
     return to_channels_last(module) if channels_last else module
 
 
-class MultiTaskPredictor(_Thresholded):
+class MultiTaskPredictor(Thresholded):
     """One network, a sigmoid per attribute; attributes the model was not trained on are NaN."""
 
     def __init__(self, manifest: dict, model: torch.nn.Module, device: torch.device, compiled: bool = False):
@@ -207,7 +164,7 @@ class MultiTaskPredictor(_Thresholded):
         self.choices = manifest["attributes"]
         self.image_size, self.crop = manifest["image_size"], manifest["crop"]
         self.sketch_channels = 0
-        self.columns, self.thresholds = _thresholds(self.choices)
+        self.columns, self.thresholds = thresholds_of(self.choices)
         self.needs_sketch = False
 
     @torch.inference_mode()
@@ -224,27 +181,6 @@ class MultiTaskPredictor(_Thresholded):
         return out
 
 
-def is_model_uri(text: str) -> bool:
-    """``models:/...``, ``runs:/...``, ``s3://...`` and the like, unless a local path of that name exists."""
-    return ":/" in text and not Path(text).exists()
-
-
-def _resolve_uri(uri: str) -> Path:
-    """An MLflow model URI -> local directory holding ``manifest.json``."""
-    import mlflow
-    if uri.startswith("models:/") and uri.endswith("@latest"):
-        uri = uri[: -len("@latest")] + "/latest"  # MLflow reserves 'latest' as an alias name
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except Exception as e:  # noqa: BLE001 - MLflow raises several types for a bad URI
-        raise PredictorError(f"{uri}: cannot fetch the model from MLflow "
-                             f"(tracking URI {mlflow.get_tracking_uri()}): {e}") from e
-    found = sorted(local.rglob(MANIFEST))
-    if not found:
-        raise PredictorError(f"{uri}: no {MANIFEST} in the model's artifacts (not a facray predictor)")
-    return found[0].parent
-
-
 def read_predictor(uri_or_path: str | Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
     """Read and verify a predictor directory or MLflow model URI: ``(manifest, weights)``.
 
@@ -253,37 +189,15 @@ def read_predictor(uri_or_path: str | Path) -> tuple[dict, dict[str, dict[str, t
     tensor shapes, or a weights file holding anything but tensors (``weights_only=True``: a pickle
     payload is refused, never run).
     """
-    text = str(uri_or_path)
-    path = _resolve_uri(text) if is_model_uri(text) else Path(text)
-    if path.is_file() and path.name == MANIFEST:
-        path = path.parent
-    if not (path / MANIFEST).is_file():  # a run folder: its `facray train` / `facray combine` output
-        try:
-            path = RunFolder(path).predictor_dir()
-        except RunFolderError:
-            pass
-    if not (path / MANIFEST).is_file():
-        raise PredictorError(f"{path}: no {MANIFEST} (expected a predictor written by `facray combine` or "
-                             "`facray train`, or their run folder)")
+    path, manifest = locate_predictor(uri_or_path)
+    return manifest, load_weights(read_weights_file(path, manifest), manifest, path)
+
+
+def load_weights(blob: bytes, manifest: dict, path: Path) -> dict:
+    """The tensors of a weights file's bytes (``path``: the predictor folder, for messages), checked
+    against the manifest: tensors only, every model the manifest names, every shape."""
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PredictorError(f"{path / MANIFEST}: not a readable JSON manifest ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") not in FORMATS:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise PredictorError(f"{path / MANIFEST}: format is {found!r}, expected one of {', '.join(FORMATS)}")
-    missing = [k for k in ("weights_sha256", "tensor_shapes", "attributes", "image_size", "crop",
-                           "sketch_channels") if k not in manifest]
-    if missing:
-        raise PredictorError(f"{path / MANIFEST}: missing {', '.join(missing)} (incomplete or hand-edited manifest)")
-    if not (path / WEIGHTS).is_file():
-        raise PredictorError(f"{path}: {WEIGHTS} is missing")
-    digest = sha256(path / WEIGHTS)
-    if digest != manifest["weights_sha256"]:
-        raise PredictorError(f"{path / WEIGHTS}: SHA-256 {digest[:12]}... does not match the manifest's "
-                             f"{str(manifest['weights_sha256'])[:12]}... (weights replaced or corrupted)")
-    try:
-        weights = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+        weights = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError...
         # torch's own text suggests weights_only=False, which would run the file's code: never.
         raise PredictorError(f"{path / WEIGHTS}: not a tensors-only weights file, refused without "
@@ -292,7 +206,7 @@ def read_predictor(uri_or_path: str | Path) -> tuple[dict, dict[str, dict[str, t
         raise PredictorError(f"{path / WEIGHTS}: expected a dict of state dicts, got {type(weights).__name__}")
     if manifest["format"] == MULTITASK_FORMAT:
         _check_multitask(path, manifest, weights)
-        return manifest, weights
+        return weights
     for c in manifest["attributes"]:
         if c.get("attribute") not in ATTRIBUTES or c.get("modality") not in MODALITIES:
             raise PredictorError(f"{path / MANIFEST}: unknown attribute/modality {c.get('attribute')}/{c.get('modality')}")
@@ -302,7 +216,7 @@ def read_predictor(uri_or_path: str | Path) -> tuple[dict, dict[str, dict[str, t
         shapes = {n: list(t.shape) for n, t in weights[key].items()}
         if shapes != manifest["tensor_shapes"].get(key):
             raise PredictorError(f"{path / WEIGHTS}: tensor shapes of {key} differ from the manifest")
-    return manifest, weights
+    return weights
 
 
 def _check_multitask(path: Path, manifest: dict, weights: dict) -> None:

@@ -173,3 +173,26 @@ def test_compiled_predictor_gives_the_same_probabilities(preprocessed):
     compiled = load_predictor(model, compiled=True)
     np.testing.assert_allclose(compiled.predict_proba(batch["image"], batch["sketch"]),
                                predictor.predict_proba(batch["image"], batch["sketch"]), atol=1e-5)
+
+
+def test_the_label_driver_never_imports_torch(preprocessed):
+    """``facray label``'s driver parses its arguments, finds and checks the predictor (manifest,
+    SHA-256) and decides error rows without torch: the tensors are checked in a worker. Torch costs
+    a process about 0.5 GB."""
+    import subprocess
+    import sys
+    model, predictor, _ = preprocessed
+    script = (
+        "import sys, numpy as np\n"
+        "from facray.cli import build_parser, selected_command\n"
+        "build_parser(selected_command(['label', '--images', 'x']))\n"
+        "from facray.labelling import label_batch\n"
+        "from facray.manifest import PredictorInfo, locate_predictor, read_weights_file\n"
+        f"path, manifest = locate_predictor({str(model)!r})\n"
+        "read_weights_file(path, manifest)\n"
+        "info = PredictorInfo(manifest)\n"
+        "rows = label_batch({'path': np.array(['a.png'], dtype=object), 'error': np.array(['a.png: bad'], dtype=object)}, info)\n"
+        "print(info.name, info.needs_sketch, rows['error'][0], 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [predictor.name, str(predictor.needs_sketch), "a.png:", "bad", "False"]
