@@ -16,7 +16,7 @@ PURE_MODULES = [
     "facray.training.multitask", "facray.training.metrics", "facray.training.splits", "facray.training.jobs",
     "facray.training.run_record", "facray.training.ray_multitask", "facray.reports", "facray.tracking",
     "facray.run_folder", "facray.training.configs", "facray.training.binary_worker",
-    "facray.training.multitask_worker", "facray.training.stack_optim", "facray.training.combine",
+    "facray.training.multitask_worker", "facray.training.stack_optim", "facray.training.combine", "facray.manifest",
 ]
 
 
