@@ -207,7 +207,7 @@ def write_cam_grid(run: RunFolder, splits: dict, trained: list[str], path: Path,
     from facray.models.registry import model_spec
     from facray.predictor import load_predictor
 
-    predictor = load_predictor(run.model_dir)
+    predictor = load_predictor(run.model_dir, fold_norms=False)  # CAMs hook into the modules as trained
     crops = read_prepared(splits["prepared"], (splits["test_split"],), ("image",), variants=("original",),
                           limit=images)["image"]
     chosen = [a for a in CAM_ATTRIBUTES if a in trained] or trained

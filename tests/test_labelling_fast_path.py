@@ -55,16 +55,36 @@ def test_stacked_forward_matches_each_model_run_on_its_own(preprocessed, kind, m
     assert not predictor.weights  # the stacks hold the only copy of the weights
 
 
+def with_trained_norms(net: torch.nn.Module) -> torch.nn.Module:
+    """Batch norms with the statistics and affine terms of a trained network, not the identity a
+    fresh one starts as, so that folding them into the convolutions is really tested."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+def batch_norms(net: torch.nn.Module) -> int:
+    return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
 def test_multitask_predictor_matches_the_plain_module(preprocessed, tmp_path):
     _, _, batch = preprocessed
     torch.manual_seed(0)
-    net = build_model("abm-trunk-tiny", 40).eval()
+    net = with_trained_norms(build_model("abm-trunk-tiny", 40))
     choices = [{"attribute": a, "threshold": 0.5, "val_accuracy": None, "test_accuracy": None} for a in ATTRIBUTES]
     folder = write_multitask_predictor(tmp_path / "mt", "abm-trunk-tiny", {}, net.state_dict(),
                                        {"size": 40, "margin": 0.35}, 40, choices)
     with torch.no_grad():
         expected = torch.sigmoid(net(to_input(batch["image"], 40, torch.device("cpu")))["attributes"]).numpy()
-    np.testing.assert_allclose(load_predictor(folder).predict_proba(batch["image"]), expected, atol=1e-5)
+    predictor = load_predictor(folder)
+    assert batch_norms(net) > 0 and batch_norms(predictor.model) == 0  # folded into the convolutions
+    np.testing.assert_allclose(predictor.predict_proba(batch["image"]), expected, atol=1e-5)
+    unfolded = load_predictor(folder, fold_norms=False)  # what class activation maps hook into
+    assert batch_norms(unfolded.model) == batch_norms(net)
+    np.testing.assert_allclose(unfolded.predict_proba(batch["image"]), expected, atol=1e-5)
 
 
 def test_batch_labeller_times_every_stage_and_labels_like_label_batch(preprocessed):
@@ -151,12 +171,13 @@ def test_every_family_labels_through_the_predictor_interface(preprocessed, tmp_p
     torch.manual_seed(0)
     spec = model_spec(name)
     kwargs = {"num_identities": 3} if spec.identity_output else {}
-    net = build_model(name, spec.input_size, **kwargs).eval()
+    net = with_trained_norms(build_model(name, spec.input_size, **kwargs))
     trained = ["Male", "Smiling"]
     choices = [{"attribute": a, "threshold": 0.5, "val_accuracy": None, "test_accuracy": None} for a in trained]
     folder = write_multitask_predictor(tmp_path / name, name, kwargs, net.state_dict(), {"size": 40, "margin": 0.35},
                                        spec.input_size, choices)
     predictor = load_predictor(folder)
+    assert batch_norms(predictor.model) == 0  # every family traces, its batch norms folded
     probs = predictor.predict_proba(batch["image"])
     with torch.no_grad():
         expected = torch.sigmoid(net(to_input(batch["image"], spec.input_size, torch.device("cpu")))["attributes"])
