@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from facray.manifest import (FORMAT, MANIFEST, MULTITASK_FORMAT, VERSION, WEIGHT
                              Thresholded, locate_predictor, read_weights_file, sha256, thresholds_of)
 from facray.models.abm import build_stack, default_stack_kind
 from facray.models.inputs import to_channels_last, to_input
+
+log = logging.getLogger(__name__)
 
 PREDICT_CHUNK = 256  # rows per forward call of a combined predictor (see predict_proba)
 
@@ -165,8 +168,7 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     try:
         return fuse(model.eval(), inplace=True)
     except Exception as error:  # noqa: BLE001 - any tracing failure leaves the model as it was
-        import logging
-        logging.getLogger(__name__).info("batch norm not folded for %s: %s", type(model).__name__, error)
+        log.info("batch norm not folded for %s: %s", type(model).__name__, error)
         return model
 
 
