@@ -79,16 +79,19 @@ class LabelConfig:
 # ---- inputs and previous results (driver, pure) -------------------------------------------------
 
 def list_inputs(images: str) -> pd.DataFrame:
-    """``path``, ``size``, ``mtime_ns`` (-1 when unknown) and ``error`` of every input image.
+    """``path``, ``size``, ``mtime_ns`` (-1 when unknown) and ``error`` of every input image, by
+    the one listing rule (:mod:`facray.data.folder`); what it skipped, and why, is in
+    ``attrs["skipped"]`` / ``attrs["skipped_text"]``.
 
-    A local file whose name is not UTF-8 is listed under its escaped name with an error: Arrow and
-    CSV cannot hold the name, and one such file must not sink the job.
+    A local file whose name is not UTF-8 is listed under a distinct escaped name with an error:
+    Arrow and CSV cannot hold the name, and one such file must not sink the job.
     """
-    from facray.data.folder import IMAGE_SUFFIXES, is_utf8_name, list_images, list_uri_images, printable_name
+    from facray.data.folder import is_utf8_name, list_source, printable_names
     is_uri = storage.is_uri(images)
-    paths = list_uri_images(images) if is_uri else list_images(images)
+    listing = list_source(images)
+    paths = listing.paths
     if not paths:
-        raise DatasetError(f"{images}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+        raise DatasetError(f"{images}: no images found ({listing.format_skipped() or 'nothing there'})")
     sizes, mtimes = [], []
     if is_uri:
         fs, _ = storage.filesystem(images)
@@ -104,10 +107,12 @@ def list_inputs(images: str) -> pd.DataFrame:
             except OSError:
                 sizes.append(-1)
                 mtimes.append(-1)
-    names = [printable_name(p) for p in paths]
+    names = printable_names(paths)
     errors = ["" if is_utf8_name(p) else f"{n}: file name is not valid UTF-8; rename the file to label it"
               for p, n in zip(paths, names)]
-    return pd.DataFrame({"path": names, "size": sizes, "mtime_ns": mtimes, "error": errors})
+    table = pd.DataFrame({"path": names, "size": sizes, "mtime_ns": mtimes, "error": errors})
+    table.attrs.update(skipped=dict(listing.skipped), skipped_text=listing.format_skipped())
+    return table
 
 
 def index_path(out: str) -> str:
@@ -416,9 +421,11 @@ class LabelSummary:
     model: str
     phases: dict  # wall-clock seconds on the driver: start-up, pipeline, write
     stages: dict  # seconds summed over the actors, per stage (decode, detect, crop, sketch, predict)
+    skipped: str = ""  # files of the source that are not inputs, by reason (Listing.format_skipped)
 
     def format(self) -> str:
         return (f"labelled {self.labelled} new image(s), reused {self.reused}, {self.inputs} rows in {self.out}\n"
+                + (f"  not inputs: {self.skipped}\n" if self.skipped else "") +
                 f"  model: {self.model}\n  faces found: {self.faces_found}/{self.inputs - self.errors}, "
                 f"errors: {self.errors}, {self.seconds:.1f}s\n"
                 "  wall clock: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.phases.items()) + "\n"
@@ -496,7 +503,8 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     errors = int((rows.error.fillna("") != "").sum())
     return LabelSummary(len(rows), int(fresh.sum()), len(todo) + len(unnamable),
                         int(rows.face_found.astype(bool).sum()), errors, time.perf_counter() - start, out,
-                        model_name, phases, stage_seconds(pd.concat(new)) if new else {})
+                        model_name, phases, stage_seconds(pd.concat(new)) if new else {},
+                        inputs.attrs.get("skipped_text", ""))
 
 
 def smoke_model(folder: Path, crop_size: int = 48) -> Path:

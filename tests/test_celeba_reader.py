@@ -205,3 +205,24 @@ def test_partition_value_out_of_range_names_file_and_line(synth_copy):
     f.write_text("\n".join(lines) + "\n")
     with pytest.raises(DatasetError, match=rf"list_eval_partition.txt:5: {name}: partition is '7', expected one of 0, 1, 2"):
         read_celeba(synth_copy)
+
+
+@pytest.mark.parametrize("folder", ["img_align_celeba_png", "img_align_celeba"])
+def test_png_edition_matches_list_names_by_stem(synth_copy, synth_root, folder):
+    """CelebA's official PNG edition: the list files name 000001.jpg, the folder holds 000001.png
+    (as extracted, and with the folder renamed to img_align_celeba)."""
+    import cv2
+    jpegs = synth_copy / "img_align_celeba"
+    pngs = synth_copy / "png_tmp"
+    pngs.mkdir()
+    for f in sorted(jpegs.iterdir()):
+        cv2.imwrite(str(pngs / (f.stem + ".png")), cv2.imread(str(f)))
+    shutil.rmtree(jpegs)
+    pngs.rename(synth_copy / folder)
+    (synth_copy / folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    with pytest.warns(UserWarning, match=r"matched their list name by stem \(e.g. 000001.jpg -> 000001.png"):
+        table = read_celeba(synth_copy)
+    reference = read_celeba(synth_root)
+    assert len(table) == len(reference) and list(table.image_id) == list(reference.image_id)
+    assert all(p.endswith(".png") for p in table.path)
+    assert table.attrs["skipped"]["not an image"] == 1  # the .DS_Store, counted, not an error

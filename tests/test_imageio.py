@@ -108,3 +108,54 @@ def test_other_formats_decode(fmt):
     assert out.shape == (60, 40, 3)
     if fmt != "gif":  # GIF is palettised: colours change
         assert np.abs(out.astype(int) - FACE).mean() < 3
+
+
+def _with_orientation(rgb: np.ndarray, fmt: str, orientation: int) -> bytes:
+    Image = pytest.importorskip("PIL.Image")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    extra = {"lossless": True} if fmt == "WEBP" else {"quality": 95} if fmt == "JPEG" else {}
+    Image.fromarray(rgb).save(buf, fmt, exif=exif.tobytes(), **extra)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF", "JPEG"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_format_is_shown_upright_as_a_viewer_shows_it(fmt, orientation):
+    """Pillow's exif_transpose is the reference viewer; lossless formats must match it exactly."""
+    ImageOps = pytest.importorskip("PIL.ImageOps")
+    Image = pytest.importorskip("PIL.Image")
+    rgb = np.random.default_rng(orientation).integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    data = _with_orientation(rgb, fmt, orientation)
+    viewer = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))[..., ::-1]
+    got = decode_image(data, f"x.{fmt.lower()}")
+    assert got.shape == viewer.shape
+    assert np.abs(got.astype(int) - viewer).max() <= (4 if fmt == "JPEG" else 0)
+
+
+def test_a_turned_face_decodes_to_the_upright_pixels_in_png_and_webp():
+    """The issue's case: the same pixels stored turned 90 degrees with Orientation 6 (PNG eXIf,
+    lossless WebP) decode to exactly the upright PNG's pixels."""
+    upright = np.random.default_rng(5).integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    stored = np.ascontiguousarray(np.rot90(upright, 1))  # turned anticlockwise: 6 turns it back
+    reference = decode_image(cv2.imencode(".png", upright[..., ::-1])[1].tobytes(), "up.png")
+    for fmt in ("PNG", "WEBP"):
+        assert np.array_equal(decode_image(_with_orientation(stored, fmt, 6), f"turned.{fmt}"), reference)
+
+
+def test_avif_decodes_and_heif_without_a_decoder_is_named():
+    Image = pytest.importorskip("PIL.Image")
+    buf = io.BytesIO()
+    try:
+        Image.fromarray(FACE[..., ::-1]).save(buf, "AVIF", quality=90)
+    except (KeyError, OSError):
+        pytest.skip("this Pillow writes no AVIF")
+    assert decode_image(buf.getvalue(), "x.avif").shape == FACE.shape
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+    try:  # pillow-heif is optional; without it the error names the format
+        import pillow_heif  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImageError, match=r"x.heic: HEIF image: this install cannot decode HEIF") as e:
+            decode_image(heic, "x.heic")
+        assert e.value.kind == "unsupported"

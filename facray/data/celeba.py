@@ -25,7 +25,7 @@ import pandas as pd
 
 from facray.attributes import ATTRIBUTES
 from facray.data.errors import DatasetError, where
-from facray.data.folder import IMAGE_SUFFIXES, printable_name
+from facray.data.folder import list_images, printable_name
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ LANDMARK_COLUMNS = ("lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_
                     "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y")
 BBOX_COLUMNS = ("x_1", "y_1", "width", "height")
 PARTITION_NAMES = {0: "train", 1: "val", 2: "test"}
-IMAGE_DIRS = {"img_align_celeba": "aligned", "img_celeba": "wild"}
+# The official folders; img_align_celeba_png/ is the official lossless edition (its files are
+# .png while the list files still name .jpg: matched by stem, see match_image_files).
+IMAGE_DIRS = {"img_align_celeba": "aligned", "img_align_celeba_png": "aligned", "img_celeba": "wild"}
 SPLITS = ("official", "abm", "identity")
 
 
@@ -270,10 +272,30 @@ def identity_split(identities: np.ndarray, seed: int = 0,
     return parts
 
 
-def _list_images(image_dir: Path) -> set[str]:
-    # A name that is not UTF-8 can never match a label row; it is listed (escaped) as an orphan.
-    with os.scandir(image_dir) as it:
-        return {printable_name(e.name) for e in it if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)}
+def match_image_files(names: list[str], image_dir: Path) -> tuple[list[str | None], list[str], dict]:
+    """Match list-file image names to the files in ``image_dir`` (by the one listing rule).
+
+    A name matches its file exactly, else a file with the same stem and another image suffix
+    (CelebA's PNG edition: lists name ``000001.jpg``, the folder holds ``000001.png``). Returns the
+    file name for each list name (None when missing), the files no name matched (orphans) and what
+    the listing skipped (reason -> count). A file name that is not UTF-8 can never match a label
+    row; it is an orphan under its escaped name.
+    """
+    listing = list_images(image_dir, recursive=False)
+    on_disk = [printable_name(os.path.basename(p)) for p in listing.paths]
+    exact = set(on_disk)
+    by_stem: dict[str, list[str]] = {}
+    for f in on_disk:
+        by_stem.setdefault(os.path.splitext(f)[0], []).append(f)
+    matched = []
+    for name in names:
+        if name in exact:
+            matched.append(name)
+        else:
+            same_stem = by_stem.get(os.path.splitext(name)[0], [])
+            matched.append(same_stem[0] if len(same_stem) == 1 else None)
+    used = {m for m in matched if m is not None}
+    return matched, sorted(exact - used), dict(listing.skipped)
 
 
 def read_celeba(root: str | Path, split: str = "official", seed: int = 0,
@@ -296,11 +318,13 @@ def read_celeba(root: str | Path, split: str = "official", seed: int = 0,
     notes = files.notes + notes
     linenos = table.attrs.pop("linenos")
 
-    on_disk = _list_images(files.image_dir)
-    labelled = set(table["image_id"])
-    missing_mask = ~table["image_id"].isin(on_disk).to_numpy()
-    orphans = sorted(on_disk - labelled)
-    skipped = {"missing_image": int(missing_mask.sum()), "unlabelled_image": len(orphans)}
+    file_names, orphans, not_images = match_image_files(table["image_id"].tolist(), files.image_dir)
+    missing_mask = np.array([f is None for f in file_names], dtype=bool)
+    skipped = {"missing_image": int(missing_mask.sum()), "unlabelled_image": len(orphans), **not_images}
+    renamed = [(n, f) for n, f in zip(table["image_id"], file_names) if f is not None and f != n]
+    if renamed:
+        notes.append(f"{len(renamed)} image(s) matched their list name by stem (e.g. {renamed[0][0]} -> "
+                     f"{renamed[0][1]}: CelebA's PNG edition)")
     if (missing_mask.any() or orphans) and not skip_missing:
         problems = [f"{where(files.attributes, ln)}: image {name!r} is listed but "
                     f"{files.image_dir / name} does not exist"
@@ -310,14 +334,16 @@ def read_celeba(root: str | Path, split: str = "official", seed: int = 0,
         raise DatasetError(f"{files.root}: {skipped['missing_image']} labelled image(s) missing, "
                            f"{len(orphans)} image(s) without labels (pass skip_missing / "
                            "--skip-missing to go on without them)", problems)
+    table.insert(1, "path", [str(files.image_dir / f) if f is not None else "" for f in file_names])
     if missing_mask.any():
         notes.append(f"skipped {skipped['missing_image']} label row(s) whose image is missing")
         table = table[~missing_mask].reset_index(drop=True)
     if orphans:
         notes.append(f"ignored {len(orphans)} image(s) with no label row")
+    for reason, n in not_images.items():
+        notes.append(f"{files.image_dir}: skipped {n} file(s): {reason}")
 
     ids = table["image_id"]
-    table.insert(1, "path", [str(files.image_dir / i) for i in ids])
 
     if files.partition is not None:
         part = _read_keyed_table(files.partition, ("partition",), False, False, dtype=int, allowed=(0, 1, 2))
