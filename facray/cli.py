@@ -8,11 +8,32 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
-from facray.data.errors import DatasetError, OutputLockedError
+from facray.data.errors import DatasetError, OutputError, OutputLockedError
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's pre-emption, ``kill``): ends a command as Ctrl-C does, exit 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _stop_local_ray() -> None:
+    """Shut down the Ray this process started or joined (its checkpoints and parts are on disk)."""
+    if "ray" in sys.modules:
+        try:
+            import ray
+            if ray.is_initialized():
+                ray.shutdown()
+        except Exception:  # noqa: BLE001 - leaving anyway; the reaper stops what is left
+            pass
 
 def _build_data_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", type=Path, help="CelebA-layout folder (or MTFL folder with training.txt)")
@@ -346,15 +367,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    on_main_thread = threading.current_thread() is threading.main_thread()  # signals go there only
+    if on_main_thread:
+        previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.handler_(args)
-    except (DatasetError, ValueError, FileNotFoundError, OutputLockedError) as e:
+    except (DatasetError, ValueError, FileNotFoundError, OutputLockedError, OutputError) as e:
         print(f"facray: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        # Outputs are replaced atomically, so what was there before is intact.
-        print("facray: interrupted; finished work is kept and the next run resumes from it", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as e:
+        # The one interrupt handler of every command. A second Ctrl-C must not cut the clean-up
+        # short. Outputs are replaced atomically and finished work (checkpoints, label parts) is on
+        # disk, so the same command resumes.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop_local_ray()
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"facray: {how}; finished work is kept: re-run the same command to resume", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGTERM, previous[1])
 
 
 if __name__ == "__main__":

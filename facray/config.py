@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -20,9 +22,34 @@ import yaml
 C = TypeVar("C")
 
 
-def option(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's keyword
-    """A config field with its help text (the one place a key is declared and documented)."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def option(default: Any, help: str, path: bool = False) -> Any:  # noqa: A002 - mirrors argparse's keyword
+    """A config field with its help text (the one place a key is declared and documented).
+    ``path=True``: a local path or URI that :func:`absolute_paths` makes absolute on the driver."""
+    return dataclasses.field(default=default, metadata={"help": help, "path": path})
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def absolute_location(value: str) -> str:
+    """A local path made absolute against this process's working folder (``~`` expanded);
+    URIs (``s3://``, ``models:/``, ``http://``) unchanged, except a relative SQLite store
+    (``sqlite:///store/mlflow.db`` becomes ``sqlite:////abs/store/mlflow.db``)."""
+    text = str(value)
+    if text.startswith("sqlite:///") and not text.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.abspath(os.path.expanduser(text[len("sqlite:///"):]))
+    if _SCHEME.match(text) and not os.path.exists(text):
+        return text
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def absolute_paths(cfg: C) -> C:
+    """``cfg`` with every path field made absolute here, on the driver, before anything reaches a
+    Ray worker or actor: a worker's working folder is not the user's, so a relative ``--prepared``
+    would name another place there."""
+    changes = {f.name: absolute_location(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+               if f.metadata.get("path") and getattr(cfg, f.name)}
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -124,7 +151,7 @@ def resolve_config(cls: type[C], args: argparse.Namespace | None = None,
             put(k.strip(), v.strip(), item)
     for k, v in (overrides or {}).items():
         put(k, v, "code")
-    return cls(**values)
+    return absolute_paths(cls(**values))
 
 
 def config_to_dict(cfg) -> dict[str, Any]:

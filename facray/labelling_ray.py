@@ -31,8 +31,8 @@ import pandas as pd
 
 from facray import storage
 from facray.attributes import ATTRIBUTES
-from facray.config import option
-from facray.data.errors import DatasetError, OutputLockedError
+from facray.config import absolute_paths, option
+from facray.data.errors import DatasetError, OutputError, OutputLockedError
 from facray.labelling import (OUTPUT_COLUMNS, PROB_COLUMNS, BatchLabeller, format_stage_seconds, label_batch,
                               preprocessing_for, stage_seconds)
 from facray.manifest import PredictorError, PredictorInfo, locate_predictor, read_weights_file
@@ -45,9 +45,9 @@ KEY_COLUMNS = ["path", "size", "mtime_ns", "model"]
 
 @dataclass
 class LabelConfig:
-    images: str = option("", "folder (recursive), glob, .txt list of paths, or URI")
-    model: str = option("", "predictor folder or MLflow URI (models:/name@alias, runs:/...)")
-    out: str = option("labels.csv", "output file (.csv, or .parquet with --format parquet)")
+    images: str = option("", "folder (recursive), glob, .txt list of paths, or URI", path=True)
+    model: str = option("", "predictor folder or MLflow URI (models:/name@alias, runs:/...)", path=True)
+    out: str = option("labels.csv", "output file (.csv, or .parquet with --format parquet)", path=True)
     format: Literal["csv", "parquet"] = option("csv", "csv | parquet")
     overwrite: bool = option(False, "relabel everything instead of resuming")
     batch_size: int = option(64, "images per batch")
@@ -65,11 +65,11 @@ class LabelConfig:
     detector: str = option("auto", "face detector: auto (YuNet if yuface is installed, else Haar) | yunet | "
                                    "haar | a YuNet .onnx file")
     max_pixels: int = option(50_000_000, "refuse larger images")
-    generator: str | None = option(None, "TorchScript generator file: z -> image")
+    generator: str | None = option(None, "TorchScript generator file: z -> image", path=True)
     num: int = option(0, "with --generator: images to generate")
     seed: int = option(0, "with --generator: first seed (one seed per image)")
     z_dim: int = option(0, "with --generator: latent size (0 = the module's z_dim)")
-    tracking_uri: str | None = option(None, "MLflow URI for models:/ and runs:/ models")
+    tracking_uri: str | None = option(None, "MLflow URI for models:/ and runs:/ models", path=True)
     torch_threads: int = option(0, "torch threads per actor that predicts; 0 = fused 1, split on CPU "
                                    "the predict actor's share of the CPUs (at most 4)")
     compile: bool = option(False, "torch.compile the predictor's networks (one H100: 2.8-3x the forward; "
@@ -178,12 +178,26 @@ def write_atomically(rows: pd.DataFrame, out: str, fmt: str) -> None:
     index = io.BytesIO()
     rows[KEY_COLUMNS].to_parquet(index, index=False)
     for location, data in ((index_path(out), index.getvalue()), (out, buf.getvalue())):
+        _write_whole(location, data)
+
+
+def _write_whole(location: str, data: bytes) -> None:
+    """Write a file readers see whole or not at all: one object on a store; locally a temporary
+    name then ``os.replace``, the temporary file removed if the write fails (a full disk). A
+    failure is an :class:`OutputError` naming the location and the problem."""
+    try:
         if storage.is_uri(location):
             storage.write_bytes(location, data)
-        else:
-            tmp = Path(location).with_name(f".{Path(location).name}.tmp-{os.getpid()}")
+            return
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(location).with_name(f".{Path(location).name}.tmp-{os.getpid()}")
+        try:
             tmp.write_bytes(data)
             os.replace(tmp, location)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as e:
+        raise OutputError(f"{location}: cannot write ({getattr(e, 'strerror', None) or e})") from None
 
 
 @contextlib.contextmanager
@@ -334,10 +348,6 @@ def generate_images(cfg: LabelConfig, out: str) -> str:
     """Run the generator on Ray (GPU actors with --gpus) and return the folder of PNGs: beside a
     local output, in the temporary folder for a URI output."""
     import ray
-    if not cfg.num:
-        raise ValueError("--generator needs --num N")
-    if not Path(cfg.generator).is_file():
-        raise FileNotFoundError(f"{cfg.generator}: generator file not found")
     name = out.rsplit("/", 1)[-1].rsplit(".", 1)[0] + "_generated"
     folder = Path(tempfile.gettempdir()) / name if storage.is_uri(out) else Path(out).parent / name
     ds = ray.data.range(cfg.num).map_batches(lambda b: {"id": b["id"] + cfg.seed}, batch_format="numpy")
@@ -405,8 +415,45 @@ def run_pipeline(todo: pd.DataFrame, manifest: dict, weights_ref, cfg: LabelConf
                             **actors)
     else:
         ds = ds.map_batches(LabelActor, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), **actors)
-    fs, path = storage.filesystem(part)
-    ds.write_parquet(path, filesystem=fs)
+    with PartWriter(part, flush_rows=8 * cfg.batch_size) as writer:
+        for block in ds.iter_batches(batch_size=None, batch_format="pandas"):
+            writer.add(block)
+
+
+class PartWriter:
+    """Finished rows to durable Parquet parts under ``folder`` as they arrive, so a killed run
+    loses at most ``flush_rows`` rows or ``flush_seconds`` of work (a re-run reuses the parts).
+
+    The driver writes them itself from the pipeline's output stream: Ray Data's ``write_parquet``
+    held its writes back under its resource budget (the first part of a 79 s run appeared at 74 s).
+    Each part is written whole (a temporary name then ``os.replace`` locally, one object on a
+    store), so a reader never sees half of one.
+    """
+
+    def __init__(self, folder: str, flush_rows: int = 512, flush_seconds: float = 10.0):
+        self.folder, self.flush_rows, self.flush_seconds = folder, flush_rows, flush_seconds
+        self.pending: list[pd.DataFrame] = []
+        self.parts, self.last = 0, time.monotonic()
+
+    def add(self, rows: pd.DataFrame) -> None:
+        self.pending.append(rows)
+        if sum(map(len, self.pending)) >= self.flush_rows or time.monotonic() - self.last >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            buf = io.BytesIO()
+            pd.concat(self.pending, ignore_index=True).to_parquet(buf, index=False)
+            _write_whole(storage.join(self.folder, f"part-{self.parts:06d}.parquet"), buf.getvalue())
+            self.parts += 1
+            self.pending = []
+        self.last = time.monotonic()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.flush()  # also on an error or an interrupt: what is finished is kept
 
 
 @dataclass
@@ -435,6 +482,7 @@ class LabelSummary:
 def label_images(cfg: LabelConfig) -> LabelSummary:
     """Label ``cfg.images`` (or generated images) with ``cfg.model`` into ``cfg.out`` (a path or
     URI), holding a lock on ``cfg.out`` for the whole run."""
+    cfg = absolute_paths(cfg)
     if cfg.layout == "fused" and cfg.gpus > 0:
         raise ValueError("--layout fused runs on CPU; with --gpus preprocess actors feed the GPU actors (split)")
     out = cfg.out if storage.is_uri(cfg.out) else str(Path(cfg.out).expanduser().resolve())
@@ -444,10 +492,30 @@ def label_images(cfg: LabelConfig) -> LabelSummary:
         return _label_locked(cfg, out)
 
 
+def preflight(cfg: LabelConfig, out: str) -> None:
+    """What ``label`` depends on, checked before Ray starts (see :mod:`facray.preflight`): the
+    generator file, the output's folder (a probe write: a full disk or an unreachable store fails
+    here, not after the run), the tracking store an MLflow model URI needs. The model itself is
+    checked by :func:`facray.manifest.locate_predictor` and :func:`put_verified_weights`."""
+    from facray.preflight import check_generator_file, check_tracking_store, check_writable
+    if cfg.generator:
+        if not cfg.num:
+            raise ValueError("--generator needs --num N")
+        check_generator_file(cfg.generator)
+    elif not cfg.images:
+        raise ValueError("--images (or --generator) is required")
+    check_writable(out.rsplit("/", 1)[0] if storage.is_uri(out) else str(Path(out).parent))
+    if cfg.model.startswith(("models:/", "runs:/")):
+        uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            check_tracking_store(uri)
+
+
 def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     from facray.runtime import init_ray
 
     start = time.perf_counter()
+    preflight(cfg, out)
     _set_tracking(cfg)
     # Resolve and check once, before any image is read (the tensors in put_verified_weights); the
     # actors get these verified parts. No torch in the driver.
@@ -460,8 +528,6 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
         weights_ref = put_verified_weights(blob, manifest, path)
         images = generate_images(cfg, out)
     else:
-        if not cfg.images:
-            raise ValueError("--images (or --generator) is required")
         images = cfg.images
     inputs = list_inputs(images)
     if cfg.overwrite:
@@ -497,7 +563,11 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     missing = set(inputs.path) - set(rows.path)
     if missing:
         raise RuntimeError(f"{len(missing)} input(s) have no output row (e.g. {sorted(missing)[:3]})")
-    write_atomically(rows, out, cfg.format)
+    try:
+        write_atomically(rows, out, cfg.format)
+    except OutputError as e:
+        raise OutputError(f"{e}; the labelled rows are kept in {parts_dir(out)}: free space (or fix access) "
+                          "and re-run the same command to write them") from None
     storage.delete_dir(parts_dir(out))
     phases["write"] = time.perf_counter() - written
     errors = int((rows.error.fillna("") != "").sum())

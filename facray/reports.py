@@ -31,12 +31,12 @@ from facray.training.jobs import PAPER_TABLE
 
 @dataclass
 class EvaluateConfig:
-    run: str = option("runs/abm", "the run folder (train-binary + combine, or train)")
-    out: str = option("", "report folder (default <run>/report)")
+    run: str = option("runs/abm", "the run folder (train-binary + combine, or train)", path=True)
+    out: str = option("", "report folder (default <run>/report)", path=True)
     prepared: str | None = option(None, "the prepared data the run trained on, if it moved (default: as "
-                                        "recorded in the run; its version is checked either way)")
+                                        "recorded in the run; its version is checked either way)", path=True)
     log_mlflow: bool = option(True, "log the report to MLflow")
-    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)")
+    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)", path=True)
     experiment: str | None = option(None, "MLflow experiment (default: facray-abm or facray-multitask, "
                                           "by the run's kind)")
 

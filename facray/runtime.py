@@ -1,13 +1,35 @@
 """Start or join Ray: the one place facray calls ``ray.init``.
 
 Runs on the driver. Under ``ray job submit`` (``RAY_ADDRESS`` set) it joins the cluster; otherwise
-it starts a local Ray sized to this machine, its dashboard bound to 127.0.0.1, so the same
-command works on a laptop and on a cluster.
+it starts a local Ray sized to this machine, every server of it bound to 127.0.0.1 (a local run has
+no reason to listen beyond loopback), with a reaper (:mod:`facray.reaper`) that stops it should the
+driver be killed. The same command works on a laptop and on a cluster.
 """
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
+
+# Ray's switch for a single-machine Ray: the node's address becomes 127.0.0.1 and the GCS, raylet,
+# agents and workers listen there only (checked with ss: without it they bind *:PORT). Ray reads it
+# at import (ray_constants.ENABLE_RAY_CLUSTER) and its child processes from their environment.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _local_only() -> None:
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    from ray._private import ray_constants
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process may have imported Ray already
+
+
+def _start_reaper() -> None:
+    """``python -m facray.reaper <this pid>`` in its own session, so a Ctrl-C to the terminal's
+    process group or a kill of the driver does not take it down with the driver."""
+    subprocess.Popen([sys.executable, "-m", "facray.reaper", str(os.getpid())], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                     close_fds=True)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True,
@@ -26,7 +48,37 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         ray.init(address=address, **kwargs)
     else:
         # The dashboard (127.0.0.1 only) also serves the State API that Ray Train polls.
+        _local_only()
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
+        _start_reaper()
     ctx = ray.data.DataContext.get_current()
     # Progress bars want a terminal; under CI/jobs Ray logs a progress line instead.
     ctx.enable_progress_bars = bool(os.environ.get("FACRAY_PROGRESS", "")) or os.isatty(2)
+
+
+def fit_in_thread(trainer):
+    """``trainer.fit()`` (a Ray Train trainer) run in a helper thread, the main thread waiting.
+
+    Ray Train installs its own SIGINT handler when ``fit`` runs on the main thread: the first
+    Ctrl-C "gracefully aborts" the run, whose end the caller cannot tell from a failure, and the
+    handler stays installed afterwards (measured: Ctrl-C twice to ``facray train`` exited 2 with
+    nothing printed). Off the main thread Ray installs none, so Ctrl-C and SIGTERM reach facray's
+    one handler (:func:`facray.cli.main`) as usual: it shuts Ray down and says how to resume; the
+    last checkpoint is kept.
+    """
+    import threading
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - handed back to the caller's thread as it is
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]

@@ -23,6 +23,11 @@ class DatasetError(ValueError):
         super().__init__(text)
 
 
+class OutputError(RuntimeError):
+    """An output cannot be written (a full disk, no permission, an unreachable store); the message
+    names the location and the problem."""
+
+
 class OutputLockedError(RuntimeError):
     """Another run is writing the same output (e.g. two ``facray label`` runs into one file)."""
 

@@ -31,8 +31,8 @@ from facray.data.transforms import FaceDetector
 @dataclass
 class PrepareConfig:
     dataset: Literal["celeba", "mtfl", "folder"] = option("celeba", "celeba | mtfl | folder")
-    root: str = option("", "dataset folder (folder: also a glob or .txt list)")
-    out: str = option("prepared", "output folder")
+    root: str = option("", "dataset folder (folder: also a glob or .txt list)", path=True)
+    out: str = option("prepared", "output folder", path=True)
     size: int = option(180, "crop side in pixels (ABM-CNN: 180)")
     margin: float = option(0.35, "crop margin around the face box, per side")
     crop: Literal["auto", "landmarks", "bbox", "aligned", "detect", "full"] = option("auto", "auto | landmarks | bbox | aligned | detect | full")

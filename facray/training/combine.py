@@ -26,15 +26,15 @@ REGISTERED_NAME = "facray-abm-combined"
 
 @dataclass
 class CombineConfig:
-    run: str = option("runs/abm", "the train-binary output folder")
-    out: str = option("", "predictor folder (default <run>/combined)")
+    run: str = option("runs/abm", "the train-binary output folder", path=True)
+    out: str = option("", "predictor folder (default <run>/combined)", path=True)
     prepared: str | None = option(None, "the prepared data the run trained on, if it moved (default: as "
-                                        "recorded in the run; its version is checked either way)")
+                                        "recorded in the run; its version is checked either way)", path=True)
     register: bool = option(True, "log to MLflow and register the model")
     registered_name: str = option(REGISTERED_NAME, "MLflow registered model name")
     thresholds: Literal["validation", "0.5"] = option("validation", "per-attribute decision thresholds chosen "
                                                       "on the validation rows, or 0.5 for all")
-    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)")
+    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)", path=True)
     experiment: str = option("facray-abm", "MLflow experiment")
 
 

@@ -28,13 +28,13 @@ class RunOptions:
     max_failures: int = option(3, "worker failures tolerated (resume from checkpoint)")
     fail_at_epoch: int = option(0, "testing: raise once at the start of this epoch")
     overwrite: bool = option(False, "discard a run in --out trained with other settings and start afresh")
-    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)")
+    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)", path=True)
 
 
 @dataclass
 class TrainBinaryConfig(RunOptions):
-    prepared: str = option("prepared", "folder written by `facray prepare`")
-    out: str = option("runs/abm", "output folder (jobs, checkpoints, MLflow store)")
+    prepared: str = option("prepared", "folder written by `facray prepare`", path=True)
+    out: str = option("runs/abm", "output folder (jobs, checkpoints, MLflow store)", path=True)
     attributes: str = option("all", "comma list, or all / identity / abm / rendered")
     modalities: tuple[str, ...] = option(MODALITIES, "real,sketch")
     epochs: int = option(20, "epoch budget per job (paper: 15 or 20)")
@@ -64,11 +64,11 @@ class TrainBinaryConfig(RunOptions):
 @dataclass
 class TrainConfig(RunOptions):
     model: str = option("abm-trunk", "registered model (facray train --list-models)")
-    prepared: str = option("prepared", "folder or URI written by `facray prepare`")
-    out: str = option("runs/multitask", "run folder (model, checkpoints, report, MLflow store)")
+    prepared: str = option("prepared", "folder or URI written by `facray prepare`", path=True)
+    out: str = option("runs/multitask", "run folder (model, checkpoints, report, MLflow store)", path=True)
     image_size: int = option(0, "model input side; 0 = the model's default")
     pretrained: str | None = option(None, "torchvision weights name (DEFAULT, IMAGENET1K_V1; downloads once)")
-    weights: str | None = option(None, "local state dict to start from (torchvision backbone or facray model)")
+    weights: str | None = option(None, "local state dict to start from (torchvision backbone or facray model)", path=True)
     train_base: bool | None = option(None, "train the base under the new head: default yes, but vgg19-transfer's "
                                            "is frozen (seed 004); --no-train-base on resnet/inception = the "
                                            "KTH paper's bottleneck retraining")
@@ -155,8 +155,8 @@ class SweepConfig:
     """``facray sweep``: the sweep's own settings. The trials' trainer config is the space's
     ``CONFIG``, built from ``trial_config`` and the ``key=value`` arguments that are not sweep keys."""
     space: str = option("tune_spaces/abm_lr_epochs.py", "search space: a .py file or a module name")
-    out: str = option("runs/sweep", "sweep folder: a run folder per trial, results.csv, the plot, MLflow store")
-    trial_config: str | None = option(None, "YAML of the trainer config every trial starts from")
+    out: str = option("runs/sweep", "sweep folder: a run folder per trial, results.csv, the plot, MLflow store", path=True)
+    trial_config: str | None = option(None, "YAML of the trainer config every trial starts from", path=True)
     num_samples: int = option(1, "Tune num_samples: repeats of the grid, or the trials of a random space")
     scheduler: Literal["space", "fifo", "asha"] = option("space", "space (its SCHEDULER, else fifo) | fifo (every "
                                                                   "trial to its end) | asha (stop poor trials early)")
@@ -165,6 +165,6 @@ class SweepConfig:
     cpus_per_trial: float = option(1.0, "CPUs of each trial's training worker")
     gpus_per_trial: float = option(0.0, "GPUs of each trial's worker; a fraction puts several trials on one GPU")
     experiment: str = option("facray-sweep", "MLflow experiment")
-    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)")
+    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)", path=True)
     registered_name: str = option("", "MLflow name of the best trial's model (default facray-sweep-<space>)")
     overwrite: bool = option(False, "discard a sweep in --out run with other settings and start afresh")

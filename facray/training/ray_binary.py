@@ -23,7 +23,7 @@ from dataclasses import asdict
 
 import pandas as pd
 
-from facray.config import config_to_dict
+from facray.config import absolute_paths, config_to_dict
 from facray.data.prepared import read_metadata
 from facray.run_folder import RunFolder
 from facray.training.binary_worker import train_jobs_per_worker
@@ -56,6 +56,8 @@ def _run_trainer(cfg: TrainBinaryConfig, shared: dict, assignments: list[list[di
     :func:`train_binary_models` computed once for every run (settings hash, class-balance weights)."""
     import ray.train
     from ray.train.torch import TorchTrainer
+
+    from facray.runtime import fit_in_thread
     total_epochs = max((j["max_epochs"] for a in assignments for j in a), default=0)
     datasets, data_config = _datasets(cfg)
     kwargs = {"datasets": datasets, "dataset_config": data_config} if datasets else {}
@@ -70,7 +72,7 @@ def _run_trainer(cfg: TrainBinaryConfig, shared: dict, assignments: list[list[di
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or []),
         **kwargs)
-    return trainer.fit()
+    return fit_in_thread(trainer)
 
 
 def _collect(result_checkpoint, out: str) -> list[str]:
@@ -131,15 +133,19 @@ def train_binary_models(cfg: TrainBinaryConfig, callbacks: tuple = (), parent_ru
     ``cfg.out`` must be a run of the same settings (or new, or ``cfg.overwrite``): see
     :mod:`facray.training.run_record`.
     """
+    from facray.preflight import check_training_run
     from facray.runtime import init_ray
     from facray.tracking import log_binary_jobs
 
+    cfg = absolute_paths(cfg)
     jobs = make_jobs(cfg.attributes, cfg.modalities, cfg.epochs, cfg.paper_epochs, cfg.lrs)
     if "sketch" in cfg.modalities and not read_metadata(cfg.prepared).get("sketch_channels"):
         raise ValueError(f"{cfg.prepared} was prepared without sketches (--sketch-channels 0): train with "
                          "--modalities real, or prepare again with sketches")
     counts = check_splits(SplitSpec.of(cfg))
     run, digest = claim_run(cfg)
+    if parent_run_id is None:  # a sweep checks its store once, not in every trial
+        check_training_run(cfg)
     done = run.finished_job_keys(digest)
     todo = [j for j in jobs if j.key not in done]
     print(f"{len(jobs)} jobs: {len(done & {j.key for j in jobs})} already finished, {len(todo)} to run "

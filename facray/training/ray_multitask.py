@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from facray.attributes import ATTRIBUTES, resolve_attributes
-from facray.config import config_to_dict
+from facray.config import absolute_paths, config_to_dict
 from facray.run_folder import RunFolder
 from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size, uses_identities, uses_masks
 from facray.training.metrics import positive_weights
@@ -52,9 +52,11 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from facray.runtime import init_ray
+    from facray.preflight import check_training_run
+    from facray.runtime import fit_in_thread, init_ray
     from facray.tracking import finish_training_run, start_training_run
 
+    cfg = absolute_paths(cfg)
     input_size(cfg)  # an unknown model fails here, before Ray starts, with the known names
     if cfg.data == "stream" and cfg.val_split == "holdout":
         raise ValueError("--val-split holdout needs --data memory; give the prepared data a val split for stream mode")
@@ -78,6 +80,8 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
     if run.is_multitask and run.metrics().get("settings_hash") == digest:
         print(f"{run.root}: already trained with these settings (model in {run.model_dir})", flush=True)
         return run.metrics()
+    if parent_run_id is None:  # a sweep checks its store once, not in every trial
+        check_training_run(cfg)
     print(f"training {cfg.model} on {cfg.num_workers} worker(s); rows: "
           + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
     init_ray()
@@ -106,7 +110,7 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[_callback_class()(tracking_uri, run_id), *callbacks]))
-    result = trainer.fit()
+    result = fit_in_thread(trainer)
     with result.checkpoint.as_directory() as d:
         record = run.take_model_from(RunFolder(d))
     record["registered"] = finish_training_run(tracking_uri, run_id, run, record,

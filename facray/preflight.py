@@ -1,0 +1,101 @@
+"""Checks made on the driver before Ray starts any work: what a run depends on and can be checked
+here is checked here, so a run never trains for an hour and then fails on something that was
+wrong from the start. Each failure is a :class:`PreflightError`: one line naming the thing and
+the way out (the CLI prints it without a traceback).
+
+Pure Python on the driver; MLflow is imported only by :func:`check_tracking_store`, and nothing
+here imports torch (the label driver stays torch-free).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import zipfile
+from pathlib import Path
+
+
+class PreflightError(ValueError):
+    """Something a run depends on is unusable; the message names it and the fix."""
+
+
+@contextlib.contextmanager
+def _answer_quickly(seconds: int = 10):
+    """MLflow's HTTP client retries a dead server for minutes (291 s measured against a closed
+    port): during the check, one try with a short timeout."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(seconds)}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+def check_tracking_store(tracking_uri: str, experiment: str | None = None) -> None:
+    """The MLflow store at ``tracking_uri`` answers (within ~10 s), and ``experiment``, if it
+    exists, is not deleted (MLflow refuses to log into a deleted experiment, which a run would
+    only find after training). An absent experiment is fine: the run creates it."""
+    import mlflow
+    with _answer_quickly():
+        try:
+            client = mlflow.MlflowClient(tracking_uri)
+            found = client.get_experiment_by_name(experiment) if experiment else None
+            if not experiment:
+                client.search_experiments(max_results=1)
+        except Exception as e:  # noqa: BLE001 - any failure to reach the store is the same refusal
+            raise PreflightError(f"MLflow tracking store {tracking_uri}: cannot use it ({_first_line(e)}); start "
+                                 "or fix it, or pass another --tracking-uri") from None
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise PreflightError(
+            f"MLflow experiment {experiment!r} in {tracking_uri} is deleted; restore it "
+            f"(MLFLOW_TRACKING_URI='{tracking_uri}' mlflow experiments restore --experiment-id {found.experiment_id}) "
+            "or pass --experiment NEW_NAME")
+
+
+def check_training_run(cfg) -> None:
+    """Before a training run (``train``, ``train-binary``) starts Ray: its MLflow store answers
+    and its experiment is usable (the store under ``cfg.out`` by default, which
+    :func:`facray.training.run_record.claim_run` has created by then)."""
+    from facray.tracking import resolve_tracking_uri
+    check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, cfg.out), cfg.experiment)
+
+
+def check_generator_file(path: str) -> None:
+    """``path`` is a TorchScript module (what ``torch.jit.save`` writes: a zip with a ``code/``
+    folder), checked without torch and without unpickling anything. A raw pickle or a
+    ``torch.save`` checkpoint (a zip without code) is refused before Ray starts."""
+    p = Path(path)
+    if not p.is_file():
+        raise PreflightError(f"{path}: generator file not found")
+    how = ("facray needs a TorchScript generator z -> image in [-1, 1] (N, 3, H, W): save one with "
+           "torch.jit.script(G).save(PATH) or torch.jit.trace(G, z).save(PATH)")
+    if not zipfile.is_zipfile(p):
+        raise PreflightError(f"{path}: not a TorchScript file (a raw pickle or another format); {how}")
+    with zipfile.ZipFile(p) as z:
+        names = z.namelist()
+    if not any("/code/" in n for n in names):
+        raise PreflightError(f"{path}: a torch.save checkpoint, not a TorchScript module; {how}")
+
+
+def check_writable(location: str) -> None:
+    """A folder (local, or a prefix on an object store) where a run will write: created if
+    missing, and a probe file written and removed there. Refuses with the location and the
+    reason (no space, no permission, an unreachable endpoint) before any work starts."""
+    from facray import storage
+    probe = storage.join(location, f".facray-write-probe-{os.getpid()}")
+    try:
+        storage.write_bytes(probe, b"")
+        fs, path = storage.filesystem(probe)
+        fs.delete_file(path)
+    except OSError as e:
+        raise PreflightError(f"{location}: cannot write there ({_first_line(e)}); check the path, "
+                             "its permissions and free space, or the store's endpoint and credentials") from None
