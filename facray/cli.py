@@ -15,25 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from facray.data.errors import DatasetError, OutputError, OutputLockedError
-
-
-class Terminated(BaseException):
-    """SIGTERM (a scheduler's pre-emption, ``kill``): ends a command as Ctrl-C does, exit 143."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
-def _stop_local_ray() -> None:
-    """Shut down the Ray this process started or joined (its checkpoints and parts are on disk)."""
-    if "ray" in sys.modules:
-        try:
-            import ray
-            if ray.is_initialized():
-                ray.shutdown()
-        except Exception:  # noqa: BLE001 - leaving anyway; the reaper stops what is left
-            pass
+from facray.runtime import Terminated, raise_terminated, stop_ray
 
 def _build_data_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", type=Path, help="CelebA-layout folder (or MTFL folder with training.txt)")
@@ -369,26 +351,26 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     on_main_thread = threading.current_thread() is threading.main_thread()  # signals go there only
     if on_main_thread:
-        previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _raise_terminated)
+        previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        return args.handler_(args)
+        code = args.handler_(args)
     except (DatasetError, ValueError, FileNotFoundError, OutputLockedError, OutputError) as e:
         print(f"facray: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except (KeyboardInterrupt, Terminated) as e:
-        # The one interrupt handler of every command. A second Ctrl-C must not cut the clean-up
-        # short. Outputs are replaced atomically and finished work (checkpoints, label parts) is on
-        # disk, so the same command resumes.
+        # The one interrupt handler of every command. Further signals are ignored from here to the
+        # exit, so a second Ctrl-C cannot cut the clean-up short. Outputs are replaced atomically
+        # and finished work (checkpoints, label parts) is on disk: the same command resumes.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _stop_local_ray()
+        stop_ray()
         how = "terminated" if isinstance(e, Terminated) else "interrupted"
         print(f"facray: {how}; finished work is kept: re-run the same command to resume", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
-    finally:
-        if on_main_thread:
-            signal.signal(signal.SIGINT, previous[0])
-            signal.signal(signal.SIGTERM, previous[1])
+    if on_main_thread:  # an in-process caller (a test, a notebook) gets its handlers back
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    return code
 
 
 if __name__ == "__main__":

@@ -27,6 +27,14 @@ def _done(t: float) -> None:
     print(f"   ({time.perf_counter() - t:.0f}s)", flush=True)
 
 
+def _prepared_with(cfg) -> bool:
+    """Did a finished ``prepare`` write ``cfg.out`` with exactly ``cfg``'s settings?"""
+    from facray.config import config_text
+    folder = Path(cfg.out)
+    done = (folder / "prepared.json").is_file() and (folder / "config.yaml").is_file()
+    return done and (folder / "config.yaml").read_text() == config_text(cfg)
+
+
 def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> dict:
     """Generate data under ``out`` and run the whole chain on it; return where things are."""
     from facray.data.pipeline import PrepareConfig, prepare
@@ -45,9 +53,14 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> d
     _done(t)
 
     t = _step("2/7 prepare on Ray Data: crop, sketch, 3 augmentations per train image -> Parquet")
-    summary = prepare(PrepareConfig(root=str(data_root), out=str(out / "prepared"), size=48, augment=3,
-                                    seed=seed))
-    print(summary.format())
+    prepare_cfg = PrepareConfig(root=str(data_root), out=str(out / "prepared"), size=48, augment=3, seed=seed)
+    if _prepared_with(prepare_cfg):
+        # Preparing again would make a new shard version, and the runs below (trained on the old
+        # one) would rightly refuse it: an earlier demo's data with the same settings is reused.
+        print(f"   reusing {prepare_cfg.out}: prepared by an earlier demo with the same settings "
+              "(the runs below resume; delete the folder to start afresh)")
+    else:
+        print(prepare(prepare_cfg).format())
     _done(t)
 
     t = _step(f"3/7 train-binary on Ray Train: {len(DEMO_ATTRIBUTES)} attributes x real/sketch, fused, "

@@ -536,8 +536,9 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     else:
         done = previous_rows(out, cfg.format)
     merged = inputs.merge(done[["path", "size", "mtime_ns", "model"]], on="path", how="left", suffixes=("", "_done"))
+    # Nullable columns (parts read back from Parquet) compare to NA where nothing was done: not fresh.
     fresh = ((merged["size"] == merged["size_done"]) & (merged["mtime_ns"] == merged["mtime_ns_done"])
-             & (merged["model"] == predictor.name)).to_numpy()
+             & (merged["model"] == predictor.name)).fillna(False).to_numpy(dtype=bool)
     todo = inputs[~fresh]
     print(f"{len(inputs)} input image(s): {int(fresh.sum())} already labelled, {len(todo)} to label "
           f"with {predictor.name} ({len(predictor.attributes)} attributes"

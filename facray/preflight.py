@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -36,8 +37,13 @@ def _answer_quickly(seconds: int = 10):
 
 
 def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
+    """The cause in a few words: an OS error's ``[Errno N] reason`` when the text holds one
+    (requests wraps it in three layers), else the first line."""
+    text = str(error).strip()
+    errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
+    if errno:
+        return errno.group(0).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def check_tracking_store(tracking_uri: str, experiment: str | None = None) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 
 # Ray's switch for a single-machine Ray: the node's address becomes 127.0.0.1 and the GCS, raylet,
 # agents and workers listen there only (checked with ss: without it they bind *:PORT). Ray reads it
@@ -22,6 +24,35 @@ def _local_only() -> None:
     os.environ[LOCAL_ONLY_ENV] = "0"
     from ray._private import ray_constants
     ray_constants.ENABLE_RAY_CLUSTER = False  # this process may have imported Ray already
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's pre-emption, ``kill``): ends a command as Ctrl-C does (exit 143)."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def stop_ray() -> None:
+    """Shut down the Ray this process started (or leave the cluster it joined); checkpoints and
+    label parts are on disk already. Never raises: the caller is on its way out."""
+    if "ray" in sys.modules:
+        try:
+            import ray
+            if ray.is_initialized():
+                # Ray's own actors print tracebacks to the driver as they are torn down (measured:
+                # PlacementGroupCleaner on Ctrl-C to `facray train`); they stay in the session's
+                # logs, and the user reads facray's one line instead. Ray's private dispatcher: no
+                # public switch exists after ray.init(log_to_driver=True).
+                try:
+                    from ray._private.ray_logging import global_worker_stdstream_dispatcher
+                    global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")
+                except Exception:  # noqa: BLE001 - a Ray without it: the tracebacks show, nothing worse
+                    pass
+                ray.shutdown()
+        except Exception:  # noqa: BLE001 - leaving anyway; the reaper stops what is left
+            pass
 
 
 def _start_reaper() -> None:
@@ -51,6 +82,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         _local_only()
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
         _start_reaper()
+    if threading.current_thread() is threading.main_thread():
+        # ray.init replaces the SIGTERM handler with one that exits at once; facray's (installed by
+        # facray.cli.main) ends the command as Ctrl-C does: one line, Ray shut down, exit 143.
+        signal.signal(signal.SIGTERM, raise_terminated)
     ctx = ray.data.DataContext.get_current()
     # Progress bars want a terminal; under CI/jobs Ray logs a progress line instead.
     ctx.enable_progress_bars = bool(os.environ.get("FACRAY_PROGRESS", "")) or os.isatty(2)

@@ -68,6 +68,60 @@ def test_one_row_per_input_with_errors_probabilities_and_thresholds(ray_session,
     assert not (tmp_path / "new_dir" / "labels.csv.parts").exists()
 
 
+def test_links_formats_and_orientation_every_input_is_a_row(ray_session, model, tmp_path):
+    """The defects issue's Kind 1 and 2 through the whole command: folders reached by directory
+    links are walked (a loop is not), AVIF is labelled, an undecodable HEIC is an error row naming
+    its format, a sidecar is counted as skipped, and a face stored turned with EXIF Orientation 6
+    (PNG eXIf, lossless WebP) gets exactly the upright PNG's row."""
+    from PIL import Image
+    faces = _images(tmp_path / "faces", n=3)
+    for run in ("gen_run1", "gen_run2"):
+        (tmp_path / run).mkdir()
+    shutil.copy(faces[0], tmp_path / "gen_run1" / "a.png")
+    shutil.copy(faces[1], tmp_path / "gen_run2" / "b.png")
+    src = tmp_path / "to_label"
+    src.mkdir()
+    os.symlink("../gen_run1", src / "run1")
+    os.symlink("../gen_run2", src / "run2")
+    os.symlink("../to_label", tmp_path / "gen_run1" / "loop")  # back to the source: a loop
+    upright = np.asarray(Image.open(faces[2]).convert("RGB"))
+    Image.fromarray(upright).save(src / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned = Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1)))
+    turned.save(src / "turned.png", exif=exif.tobytes())
+    turned.save(src / "turned.webp", lossless=True, exif=exif.tobytes())
+    Image.fromarray(upright).save(src / "face.avif", quality=95)
+    (src / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
+    (src / "meta.json").write_text("{}")
+    summary = _label(src, model, tmp_path / "labels.csv")
+    rows = _read(tmp_path / "labels.csv").set_index("path")
+    assert sorted(os.path.relpath(p, src) for p in rows.index) == [
+        "face.avif", "phone.heic", "run1/a.png", "run2/b.png", "turned.png", "turned.webp", "upright.png"]
+    assert "not an image 1" in summary.skipped and "directory link loop" in summary.skipped
+    assert "HEIF image: this install cannot decode HEIF" in rows.loc[str(src / "phone.heic"), "error"]
+    assert pd.isna(rows.loc[str(src / "face.avif"), "error"])
+    probs = rows[PROB_COLUMNS]
+    for name in ("turned.png", "turned.webp"):
+        assert np.array_equal(probs.loc[str(src / name)].to_numpy(), probs.loc[str(src / "upright.png")].to_numpy())
+
+
+def test_part_writer_keeps_finished_rows_steadily(tmp_path):
+    """Rows reach durable parts every few batches or seconds, not at the end of the run."""
+    from facray.labelling_ray import PartWriter
+    folder = tmp_path / "parts"
+    with PartWriter(str(folder), flush_rows=10, flush_seconds=3600) as writer:
+        for i in range(5):
+            writer.add(pd.DataFrame({"path": [f"{i}-{k}" for k in range(4)]}))
+            if i == 1:
+                assert not list(folder.glob("*.parquet"))  # 8 rows: still pending
+        assert len(list(folder.glob("*.parquet"))) == 1  # flushed at 12 rows; 8 pending
+    assert len(list(folder.glob("*.parquet"))) == 2  # the rest on close (also on an error)
+    assert sorted(pd.concat(pd.read_parquet(p) for p in folder.glob("*.parquet")).path) == \
+        sorted(f"{i}-{k}" for i in range(5) for k in range(4))
+    assert not list(folder.glob(".*"))  # no temporary files left
+
+
 def test_resume_labels_only_new_or_changed_images(ray_session, model, tmp_path):
     folder, out = tmp_path / "imgs", tmp_path / "labels.csv"
     _images(folder, n=4)
@@ -173,15 +227,18 @@ def test_non_utf8_file_name_is_one_error_row_not_a_failed_job(ray_session, model
     good = _images(folder, n=2)
     bad_name = os.path.join(os.fsencode(folder), b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
     shutil.copy(good[0], bad_name)
+    shutil.copy(good[1], folder / "caf\\xe9.png")  # a real name that equals the escape
     out = tmp_path / "labels.csv"
     summary = _label(folder, model, out)
     rows = _read(out)
-    assert len(rows) == 3 == summary.inputs
+    assert len(rows) == 4 == summary.inputs and rows.path.is_unique
+    assert pd.isna(rows.set_index("path").loc[str(folder / "caf\\xe9.png"), "error"])  # labelled
+    rows = rows[rows.path != str(folder / "caf\\xe9.png")].reset_index(drop=True)
     bad = rows[rows.path.str.contains("caf")].iloc[0]
-    assert bad.path == str(folder / "caf\\xe9.png")  # listed under its escaped name
+    assert bad.path.startswith(str(folder / "caf\\xe9.png"))  # its escaped name, made distinct
     assert "file name is not valid UTF-8" in bad.error and pd.isna(bad.Male_prob)
     assert rows[~rows.path.str.contains("caf")].error.isna().all()
-    assert _label(folder, model, out).reused == 3  # resumes like any other row
+    assert _label(folder, model, out).reused == 4  # resumes like any other row
 
 
 def test_two_runs_into_one_output_the_second_refuses_at_once(ray_session, model, tmp_path):

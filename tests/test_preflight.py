@@ -1,0 +1,104 @@
+"""What a run depends on is checked on the driver before Ray starts: each failure one line naming
+the thing and the fix, within seconds (the defects issue's Kind 3 and 5)."""
+from __future__ import annotations
+
+import os
+import pickle
+import time
+import zipfile
+
+import pytest
+
+from facray.cli import main
+from facray.config import absolute_location, resolve_config
+from facray.labelling_ray import LabelConfig
+from facray.preflight import PreflightError, check_generator_file, check_tracking_store, check_writable
+from facray.training.configs import TrainBinaryConfig, TrainConfig
+
+
+def test_deleted_experiment_is_refused_naming_it_and_the_way_out(tmp_path, prepared_small, capsys):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    (tmp_path / "store").mkdir()
+    client = mlflow.MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("facray-abm"))
+    with pytest.raises(PreflightError, match=r"experiment 'facray-abm' in .* is deleted; restore it .*"
+                                             r"mlflow experiments restore --experiment-id \d+.* or pass --experiment"):
+        check_tracking_store(uri, "facray-abm")
+    check_tracking_store(uri, "another-one")  # absent is fine: the run creates it
+    # Through the command, before any worker starts: exit 2, one line, no jobs trained.
+    start = time.monotonic()
+    code = main(["train-binary", "--prepared", str(prepared_small), "--out", str(tmp_path / "run"),
+                 "--attributes", "Smiling", "--modalities", "real", "--epochs", "1", "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("facray:")]
+    assert code == 2 and len(ours) == 1 and "is deleted" in ours[0] and "Traceback" not in err
+    assert not list((tmp_path / "run").glob("jobs/*/model.pt")) and time.monotonic() - start < 60
+
+
+def test_unreachable_tracking_server_is_refused_within_seconds():
+    start = time.monotonic()
+    with pytest.raises(PreflightError, match=r"MLflow tracking store http://127.0.0.1:9: cannot use it "
+                                             r"\(.*(refused|Errno).*\); start or fix it"):
+        check_tracking_store("http://127.0.0.1:9", "facray-multitask")
+    assert time.monotonic() - start < 30  # MLflow's own retries took 291 s
+
+
+def test_generator_must_be_torchscript_checked_without_running_anything(tmp_path):
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps({"z": 1}))
+    with pytest.raises(PreflightError, match=r"raw.pkl: not a TorchScript file .*torch.jit.script\(G\).save"):
+        check_generator_file(str(raw))
+    saved = tmp_path / "checkpoint.pt"  # what torch.save writes: a zip with data.pkl, no code/
+    with zipfile.ZipFile(saved, "w") as z:
+        z.writestr("checkpoint/data.pkl", pickle.dumps({"z": 1}))
+    with pytest.raises(PreflightError, match=r"checkpoint.pt: a torch.save checkpoint, not a TorchScript module"):
+        check_generator_file(str(saved))
+    with pytest.raises(PreflightError, match="generator file not found"):
+        check_generator_file(str(tmp_path / "missing.pt"))
+    scripted = tmp_path / "gen.pt"
+    with zipfile.ZipFile(scripted, "w") as z:
+        z.writestr("gen/code/__torch__/G.py", "")
+        z.writestr("gen/data.pkl", b"")
+    check_generator_file(str(scripted))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
+def test_unwritable_output_folder_is_refused(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    with pytest.raises(PreflightError, match=r"ro: cannot write there"):
+        check_writable(str(folder))
+
+
+def test_output_on_a_file_is_refused_and_a_good_folder_keeps_no_probe(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(PreflightError, match=r"a_file: cannot write there"):
+        check_writable(str(tmp_path / "a_file"))
+    check_writable(str(tmp_path / "new" / "folder"))
+    assert os.listdir(tmp_path / "new" / "folder") == []
+
+
+def test_label_refuses_a_pickle_generator_before_ray(tmp_path, capsys):
+    raw = tmp_path / "g.pt"
+    raw.write_bytes(pickle.dumps([1, 2]))
+    start = time.monotonic()
+    code = main(["label", "--generator", str(raw), "--num", "3", "--model", str(tmp_path / "m"),
+                 "--out", str(tmp_path / "x.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a TorchScript file" in err and time.monotonic() - start < 20
+
+
+def test_relative_paths_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_config(TrainConfig, overrides={"prepared": "prepared", "out": "runs/x",
+                                                  "tracking_uri": "sqlite:///store/mlflow.db"})
+    assert cfg.prepared == str(tmp_path / "prepared") and cfg.out == str(tmp_path / "runs" / "x")
+    assert cfg.tracking_uri == f"sqlite:///{tmp_path}/store/mlflow.db"
+    assert cfg.model == "abm-trunk"  # a model name is not a path
+    binary = resolve_config(TrainBinaryConfig, overrides={"prepared": "s3://bucket/prepared"})
+    assert binary.prepared == "s3://bucket/prepared"
+    label = resolve_config(LabelConfig, overrides={"images": "to_label/**/*.png", "model": "models:/m@newest"})
+    assert label.images == str(tmp_path / "to_label" / "**" / "*.png") and label.model == "models:/m@newest"
+    assert absolute_location("~/x") == os.path.expanduser("~/x")
