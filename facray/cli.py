@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import signal
 import sys
 import threading
@@ -159,7 +160,7 @@ def _smoke_prepared(out: Path) -> Path:
 def _tracking_hint(uri: str | None, out) -> str:
     from facray.tracking import resolve_tracking_uri
     uri = resolve_tracking_uri(uri, out)
-    return f"{uri}  (view: mlflow ui --backend-store-uri {uri})"
+    return f"{uri}  (view: mlflow ui --backend-store-uri {shlex.quote(uri)})"
 
 
 def run_combine(args: argparse.Namespace) -> int:

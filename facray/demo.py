@@ -8,6 +8,7 @@ Sizes are small so it finishes in a few minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -123,5 +124,5 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> d
     print("\nDone. Outputs:")
     for k, v in where.items():
         print(f"  {k:<21} {v}")
-    print(f"  view MLflow: mlflow ui --backend-store-uri {where['mlflow']}")
+    print(f"  view MLflow: mlflow ui --backend-store-uri {shlex.quote(where['mlflow'])}")
     return where

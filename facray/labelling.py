@@ -53,6 +53,16 @@ def label_batch(batch: dict[str, np.ndarray], predictor) -> dict[str, np.ndarray
     if ok.any():
         sketches = batch[ops.SKETCH][ok] if ops.SKETCH in batch else None
         probs[ok] = predictor.predict_proba(batch[ops.IMAGE][ok], sketches)
+        # A row with no error always has every probability its model covers (uncovered attributes
+        # stay empty): a non-finite one becomes an error, never an empty row with 0 decisions.
+        covered = predictor.decide(np.zeros((1, len(ATTRIBUTES)), np.float32))[0] >= 0
+        broken = ok & ~np.isfinite(probs[:, covered]).all(1)
+        if broken.any():
+            errors = errors.copy()
+            errors[broken] = [f"{p}: the model gave non-finite probabilities (broken weights)"
+                              for p in np.asarray(batch[ops.PATH], dtype=object)[broken]]
+            probs[broken] = np.nan
+            ok = errors == ""
     decisions = predictor.decide(probs).astype(np.float32)
     decisions[~ok] = np.nan
     decisions[decisions < 0] = np.nan  # attributes the predictor does not cover

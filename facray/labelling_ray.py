@@ -177,8 +177,11 @@ def write_atomically(rows: pd.DataFrame, out: str, fmt: str) -> None:
         table.to_csv(buf, index=False, float_format="%.6g")
     index = io.BytesIO()
     rows[KEY_COLUMNS].to_parquet(index, index=False)
-    for location, data in ((index_path(out), index.getvalue()), (out, buf.getvalue())):
-        _write_whole(location, data)
+    # The index says which rows of the output are current: it goes first out of the way and last
+    # back in, so a failure between the two writes (a full disk) never pairs new keys with old rows.
+    storage.delete_file(index_path(out))
+    _write_whole(out, buf.getvalue())
+    _write_whole(index_path(out), index.getvalue())
 
 
 def _write_whole(location: str, data: bytes) -> None:
@@ -205,7 +208,7 @@ def output_lock(out: str):
     """Hold an exclusive lock on ``out`` for the whole run, or refuse at once.
 
     ``flock`` on ``<out>.lock`` (local outputs; the kernel drops it when the process dies, so a
-    killed run never leaves a stale lock). An object store has no locks: a URI output is locked
+    killed run never leaves a stale lock; a run that ends, refused or not, removes the file). An object store has no locks: a URI output is locked
     on this machine, where every ``ray job submit`` driver of the cluster runs (the head).
     """
     if storage.is_uri(out):
@@ -214,21 +217,32 @@ def output_lock(out: str):
         lock_file = folder / (hashlib.sha256(out.encode()).hexdigest()[:24] + ".lock")
     else:
         lock_file = Path(out + ".lock")
-    handle = open(lock_file, "a+")
-    try:
+    while True:
+        handle = open(lock_file, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
+            handle.close()
             raise OutputLockedError(f"{out}: another facray label run is writing it ({holder}, lock {lock_file}); "
                                     "wait for it or choose another --out") from None
+        # The previous holder removes the file as it finishes: if it did so between our open and
+        # our lock, we hold a lock on a file nobody else will open; take the new one instead.
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(lock_file).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
         handle.flush()
         yield
     finally:
+        lock_file.unlink(missing_ok=True)  # while still held: no lock file outlives its run
         handle.close()  # releases the lock
 
 
@@ -497,7 +511,7 @@ def preflight(cfg: LabelConfig, out: str) -> None:
     generator file, the output's folder (a probe write: a full disk or an unreachable store fails
     here, not after the run), the tracking store an MLflow model URI needs. The model itself is
     checked by :func:`facray.manifest.locate_predictor` and :func:`put_verified_weights`."""
-    from facray.preflight import check_generator_file, check_tracking_store, check_writable
+    from facray.preflight import PreflightError, check_generator_file, check_tracking_store, check_writable
     if cfg.generator:
         if not cfg.num:
             raise ValueError("--generator needs --num N")
@@ -507,8 +521,10 @@ def preflight(cfg: LabelConfig, out: str) -> None:
     check_writable(out.rsplit("/", 1)[0] if storage.is_uri(out) else str(Path(out).parent))
     if cfg.model.startswith(("models:/", "runs:/")):
         uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if uri:
-            check_tracking_store(uri)
+        if not uri:  # MLflow's default would create an empty ./mlflow.db, which holds no model
+            raise PreflightError(f"--model {cfg.model}: an MLflow model URI needs the store that registered it: "
+                                 "--tracking-uri (e.g. sqlite:///runs/abm/mlflow.db) or MLFLOW_TRACKING_URI")
+        check_tracking_store(uri, read_only=True)
 
 
 def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:

@@ -7,8 +7,11 @@ loads the tensors and builds the networks.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +54,17 @@ def is_model_uri(text: str) -> bool:
 
 
 def resolve_uri(uri: str) -> Path:
-    """An MLflow model URI -> local directory holding ``manifest.json``."""
+    """An MLflow model URI -> local directory holding ``manifest.json`` (a private temporary copy)."""
     import mlflow
     if uri.startswith("models:/") and uri.endswith("@latest"):
         uri = uri[: -len("@latest")] + "/latest"  # MLflow reserves 'latest' as an alias name
+    # Into a folder facray owns, never in place: for a store on local disk MLflow would hand back
+    # the registry's own folder and write its registered_model_meta there (on a read-only share:
+    # "Read-only file system"; on a writable one: a write into the registry at every read).
+    dest = Path(tempfile.mkdtemp(prefix="facray-model-"))
+    atexit.register(shutil.rmtree, dest, ignore_errors=True)  # read into memory long before the exit
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     except Exception as e:  # noqa: BLE001 - MLflow raises several types for a bad URI
         raise PredictorError(f"{uri}: cannot fetch the model from MLflow "
                              f"(tracking URI {mlflow.get_tracking_uri()}): {e}") from e

@@ -226,6 +226,7 @@ def load_weights(blob: bytes, manifest: dict, path: Path) -> dict:
         raise PredictorError(f"{path / WEIGHTS}: expected a dict of state dicts, got {type(weights).__name__}")
     if manifest["format"] == MULTITASK_FORMAT:
         _check_multitask(path, manifest, weights)
+        _check_finite(path, weights)
         return weights
     for c in manifest["attributes"]:
         if c.get("attribute") not in ATTRIBUTES or c.get("modality") not in MODALITIES:
@@ -236,7 +237,23 @@ def load_weights(blob: bytes, manifest: dict, path: Path) -> dict:
         shapes = {n: list(t.shape) for n, t in weights[key].items()}
         if shapes != manifest["tensor_shapes"].get(key):
             raise PredictorError(f"{path / WEIGHTS}: tensor shapes of {key} differ from the manifest")
+    _check_finite(path, weights)
     return weights
+
+
+def _check_finite(path: Path, weights: dict) -> None:
+    """Refuse weights holding NaN or infinity (a run that diverged): they would label every image
+    with empty probabilities and a 0 decision, as if that meant something."""
+    def tensors(tree, prefix=""):
+        for name, value in tree.items():
+            if isinstance(value, dict):
+                yield from tensors(value, f"{prefix}{name}.")
+            elif torch.is_tensor(value) and value.is_floating_point():
+                yield prefix + name, value
+    bad = [name for name, t in tensors(weights) if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise PredictorError(f"{path / WEIGHTS}: {len(bad)} tensor(s) hold non-finite values (e.g. {bad[0]}): "
+                             "the run that wrote them diverged; retrain it (a lower --lr)")
 
 
 def _check_multitask(path: Path, manifest: dict, weights: dict) -> None:

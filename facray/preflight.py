@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import zipfile
 from pathlib import Path
 
@@ -46,11 +47,18 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0][:300] if text else type(error).__name__
 
 
-def check_tracking_store(tracking_uri: str, experiment: str | None = None) -> None:
+def check_tracking_store(tracking_uri: str, experiment: str | None = None, read_only: bool = False) -> None:
     """The MLflow store at ``tracking_uri`` answers (within ~10 s), and ``experiment``, if it
     exists, is not deleted (MLflow refuses to log into a deleted experiment, which a run would
-    only find after training). An absent experiment is fine: the run creates it."""
+    only find after training). An absent experiment is fine: the run creates it. ``read_only``
+    (a command that only reads, e.g. ``label --model models:/...``): a SQLite store must exist
+    already; MLflow would create an empty one."""
     import mlflow
+    if read_only and tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        if not db.is_file():
+            raise PreflightError(f"MLflow tracking store {tracking_uri}: no such file; give the store the model "
+                                 "was registered in (e.g. sqlite:///RUN/mlflow.db)")
     with _answer_quickly():
         try:
             client = mlflow.MlflowClient(tracking_uri)
@@ -63,7 +71,7 @@ def check_tracking_store(tracking_uri: str, experiment: str | None = None) -> No
     if found is not None and found.lifecycle_stage == "deleted":
         raise PreflightError(
             f"MLflow experiment {experiment!r} in {tracking_uri} is deleted; restore it "
-            f"(MLFLOW_TRACKING_URI='{tracking_uri}' mlflow experiments restore --experiment-id {found.experiment_id}) "
+            f"(MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)} mlflow experiments restore --experiment-id {found.experiment_id}) "
             "or pass --experiment NEW_NAME")
 
 

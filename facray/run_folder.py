@@ -44,7 +44,7 @@ class RunFolderError(ValueError):
 
 # What --overwrite removes: every trained output, never the MLflow store (its history stays).
 _TRAINED_OUTPUTS = ("jobs", "ray_results", "combined", "model", "metrics.json", "report", "parent_run_id",
-                    "mlflow_logged.json", "jobs_summary.csv", ".injected_failure", "run.json", "tune", "trials",
+                    "mlflow_logged.json", "jobs_summary.csv", ".injected_failure", "failure.txt", "run.json", "tune", "trials",
                     "sweep_results.csv", "sweep_metric.png", "sweep_summary.json")
 
 
@@ -69,6 +69,7 @@ class RunFolder:
     metrics_file = property(lambda self: self.root / "metrics.json")
     report_dir = property(lambda self: self.root / "report")
     failure_marker = property(lambda self: self.root / ".injected_failure")
+    failure_file = property(lambda self: self.root / "failure.txt")  # why the last attempt failed for good
     tune_dir = property(lambda self: self.root / "tune")
     trials_dir = property(lambda self: self.root / "trials")
     sweep_results_file = property(lambda self: self.root / "sweep_results.csv")
@@ -147,6 +148,18 @@ class RunFolder:
         """The run's split fields (train/val/test split, holdout, seed) with the verified prepared
         location: what :meth:`facray.training.splits.SplitSpec.of` takes."""
         return {**self.settings(), "prepared": self.prepared(prepared)}
+
+    # ---- deterministic failures reported by workers ----------------------------------------------
+    def write_failure(self, message: str) -> None:
+        """A worker's one-line reason for a failure that a retry would repeat (a diverged loss):
+        it ends normally instead of raising into Ray Train's retries, and the driver reads this."""
+        self.failure_file.write_text(message)
+
+    def failure(self) -> str | None:
+        return self.failure_file.read_text().strip() if self.failure_file.is_file() else None
+
+    def clear_failure(self) -> None:
+        self.failure_file.unlink(missing_ok=True)
 
     # ---- MLflow bookkeeping ---------------------------------------------------------------------
     def default_tracking_uri(self) -> str:

@@ -101,6 +101,13 @@ def write_text(location: str, text: str) -> None:
     write_bytes(location, text.encode("utf-8"))
 
 
+def delete_file(location: str) -> None:
+    """Remove one file; nothing to do when it does not exist."""
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
 def delete_dir(location: str) -> None:
     """Remove a folder and everything under it; nothing to do when it does not exist."""
     fs, path = filesystem(location)

@@ -226,3 +226,12 @@ def test_png_edition_matches_list_names_by_stem(synth_copy, synth_root, folder):
     assert len(table) == len(reference) and list(table.image_id) == list(reference.image_id)
     assert all(p.endswith(".png") for p in table.path)
     assert table.attrs["skipped"]["not an image"] == 1  # the .DS_Store, counted, not an error
+
+
+def test_a_list_name_outside_the_image_folder_is_refused(synth_copy):
+    lines = _attr_lines(synth_copy)
+    lines[2] = "../../secret.jpg " + lines[2].split(" ", 1)[1]
+    _write_attr_lines(synth_copy, lines)
+    for skip in (False, True):
+        with pytest.raises(DatasetError, match=r"list_attr_celeba.txt:3: image '../../secret.jpg' is outside"):
+            read_celeba(synth_copy, skip_missing=skip)

@@ -76,3 +76,17 @@ def test_non_utf8_names_are_escaped_and_never_collide():
     assert names[0].startswith(literal)
     # Stable: the same inputs give the same names (resuming keys rows by them).
     assert printable_names([raw, literal, "/x/good.jpg"]) == names
+
+
+def test_a_label_list_entry_cannot_climb_out_of_its_folder(tmp_path):
+    import pytest
+
+    from facray.data.errors import DatasetError
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "secret.png").write_bytes(PNG)
+    (tmp_path / "lists" / "ok.png").write_bytes(PNG)
+    (tmp_path / "lists" / "l.txt").write_text("ok.png\n..\\secret.png\n")
+    with pytest.raises(DatasetError, match=r"l.txt:2: '..\\\\secret.png' leaves the list's folder"):
+        list_images(tmp_path / "lists" / "l.txt")
+    (tmp_path / "lists" / "abs.txt").write_text(f"ok.png\n{tmp_path / 'secret.png'}\n")  # absolute: named by the user
+    assert len(list_images(tmp_path / "lists" / "abs.txt").paths) == 2

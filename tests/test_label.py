@@ -253,6 +253,42 @@ def test_two_runs_into_one_output_the_second_refuses_at_once(ray_session, model,
         other = _label(folder, model, tmp_path / "other.csv")  # a different output is fine
         assert other.inputs == 2
     assert _label(folder, model, out).inputs == 2  # released with the first run
+    assert not list(tmp_path.glob("*.lock"))  # no run, finished or refused, leaves its lock file
+    with pytest.raises(PredictorError):
+        _label(folder, tmp_path / "no_model", tmp_path / "refused.csv")
+    assert not list(tmp_path.glob("*.lock"))
+
+
+def test_a_changed_input_is_never_reused_after_a_failed_write(ray_session, model, tmp_path, monkeypatch):
+    """An input (a link) re-pointed at another face; the next run's final write fails (a full
+    disk); with the parts gone, the run after that must still relabel the changed input."""
+    import facray.labelling_ray as labelling
+    from facray.data.errors import OutputError
+    faces = _images(tmp_path / "faces", n=3)
+    folder, out = tmp_path / "imgs", tmp_path / "labels.csv"
+    folder.mkdir()
+    for f in faces[:2]:
+        os.symlink(f, folder / f.name)
+    link = folder / faces[0].name
+    _label(folder, model, out)
+    link.unlink()
+    os.symlink(faces[2], link)  # the same path now shows another face
+    real_write = labelling._write_whole
+
+    def full_disk(location, data):
+        if location == str(out):
+            raise OutputError(f"{location}: cannot write (No space left on device)")
+        real_write(location, data)
+    monkeypatch.setattr(labelling, "_write_whole", full_disk)
+    with pytest.raises(OutputError, match="No space left on device.*kept in"):
+        _label(folder, model, out)
+    monkeypatch.undo()
+    shutil.rmtree(str(out) + ".parts")
+    _label(folder, model, out)
+    reference = tmp_path / "reference.csv"
+    _label(faces[2], model, reference)
+    got = _read(out).set_index("path").loc[str(link), PROB_COLUMNS].to_numpy(float)
+    assert np.allclose(got, _read(reference)[PROB_COLUMNS].to_numpy(float)[0], atol=1e-6)
 
 
 def test_pickle_payload_in_weights_is_refused_without_running_it(tmp_path, model):

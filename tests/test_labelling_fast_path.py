@@ -217,3 +217,44 @@ def test_the_label_driver_never_imports_torch(preprocessed):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [predictor.name, str(predictor.needs_sketch), "a.png:", "bad", "False"]
+
+
+def test_weights_with_non_finite_values_are_refused_at_load(tmp_path):
+    """A predictor written by a run that diverged: refused before any image is labelled."""
+    import io
+
+    from facray.manifest import locate_predictor, read_weights_file
+    from facray.predictor import PredictorError, load_weights
+    folder = smoke_model(tmp_path / "p", crop_size=32)
+    path, manifest = locate_predictor(folder)
+    weights = torch.load(folder / "weights.pt", weights_only=True)
+    first = next(iter(weights))
+    tensor_name = next(n for n, t in weights[first].items() if t.is_floating_point())
+    weights[first][tensor_name].view(-1)[0] = float("nan")
+    buf = io.BytesIO()
+    torch.save(weights, buf)
+    with pytest.raises(PredictorError, match=r"weights.pt: 1 tensor\(s\) hold non-finite values .*diverged"):
+        load_weights(buf.getvalue(), manifest, path)
+    assert load_weights(read_weights_file(path, manifest), manifest, path)  # the intact file loads
+
+
+def test_a_row_without_error_never_has_empty_probabilities():
+    from facray.data import ops
+
+    class Broken:
+        name = "broken"
+
+        def predict_proba(self, images, sketches):
+            probs = np.full((len(images), 40), 0.7, np.float32)
+            probs[0, 3] = np.nan
+            return probs
+
+        def decide(self, probs):
+            return np.where(np.isnan(probs), 0, probs >= 0.5).astype(np.int8)
+
+    batch = {ops.PATH: np.array(["a.png", "b.png"], dtype=object), ops.ERROR: np.array(["", ""], dtype=object),
+             ops.IMAGE: np.zeros((2, 8, 8, 3), np.uint8)}
+    out = label_batch(batch, Broken())
+    assert out["error"][0] == "a.png: the model gave non-finite probabilities (broken weights)"
+    assert np.isnan(out["Smiling_prob"][0]) and np.isnan(out["Smiling"][0])
+    assert out["error"][1] == "" and out["Smiling_prob"][1] == pytest.approx(0.7)

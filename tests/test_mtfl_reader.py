@@ -66,3 +66,17 @@ def test_abm_split_gives_mtfl_train_a_seeded_validation_and_test_split(tmp_path)
     assert splits.value_counts().to_dict() == {"train": 14, "val": 3, "test": 3}
     assert splits.tolist() == read_table(cfg).split.tolist()
     assert (read_table(PrepareConfig(dataset="mtfl", root=str(root))).split == "train").all()
+
+
+def test_a_name_outside_the_dataset_folder_is_refused_with_file_and_line(tmp_path):
+    """MTFL's Windows separators: ``..\\outside\\x.jpg`` must not reach a file beside the root."""
+    root = tmp_path / "mtfl"
+    root.mkdir()
+    (tmp_path / "outside").mkdir()
+    cv2.imwrite(str(tmp_path / "outside" / "secret_outside_root.jpg"), np.full((64, 64, 3), 9, np.uint8))
+    escape = "..\\outside\\secret_outside_root.jpg 1 2 3 4 5 6 7 8 9 10 1 1 1 3"
+    _make(root, rows=[ROWS[0], escape])
+    for skip in (False, True):
+        with pytest.raises(DatasetError, match=r"training.txt:2: image '..\\\\outside\\\\secret_outside_root.jpg' "
+                                               r"is outside the dataset folder"):
+            read_mtfl(root, skip_missing=skip)

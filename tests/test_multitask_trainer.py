@@ -240,3 +240,16 @@ def test_a_threshold_that_wins_by_chance_on_validation_stays_at_half():
     assert choose_thresholds(probs, labels, min_z=0)[0] != 0.5
     assert choose_thresholds(probs, labels)[0] == 0.5
     assert choose_thresholds(np.clip(probs + 0.3, 0, 1), labels)[0] > 0.7
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_epoch_naming_loss_and_lr():
+    from facray.training.run_record import TrainingDiverged
+    torch.manual_seed(0)
+    data = _data(n=32, size=32)
+    model = build_model("abm-trunk-tiny", 32)
+    trainer = MultiTaskTrainer(model, MultiTaskTrainerConfig(lr=1e20, image_size=32, online_flip=False,
+                                                             weight_decay=0), "cpu")
+    with pytest.raises(TrainingDiverged, match=r"training diverged at epoch (1|2|3): loss .*validation loss .*"
+                                               r"at learning rate 1e\+20"):
+        for _ in range(3):
+            trainer.fit_epoch(array_batches(data, 16, shuffle=True), array_batches(data, 16))

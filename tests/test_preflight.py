@@ -102,3 +102,15 @@ def test_relative_paths_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
     label = resolve_config(LabelConfig, overrides={"images": "to_label/**/*.png", "model": "models:/m@newest"})
     assert label.images == str(tmp_path / "to_label" / "**" / "*.png") and label.model == "models:/m@newest"
     assert absolute_location("~/x") == os.path.expanduser("~/x")
+
+
+def test_a_models_uri_without_a_store_is_refused_and_creates_no_store(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "faces").mkdir()
+    args = ["label", "--images", "faces", "--model", "models:/facray-abm-trunk@newest", "--out", "l.csv"]
+    assert main(args) == 2
+    assert "needs the store that registered it" in capsys.readouterr().err
+    assert main([*args, "--tracking-uri", "sqlite:///nowhere/mlflow.db"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("mlflow.db")) and not list(tmp_path.glob("*.lock"))

@@ -49,6 +49,7 @@ def test_ddp_two_workers_interrupted_resumes_then_evaluates_and_labels(ray_sessi
     from facray.data.synth import write_unlabelled_faces
     from facray.labelling_ray import LabelConfig, label_images
     write_unlabelled_faces(tmp_path / "faces", n=3, seed=4, sizes=(96,))
+    store_files = {p for p in out.rglob("*") if p.is_file() and "mlflow.db" not in p.name}
     labelled = label_images(LabelConfig(images=str(tmp_path / "faces"), model=record["registered"],
                                         out=str(tmp_path / "l.csv"), tracking_uri=mlflow.get_tracking_uri(),
                                         num_actors=1, preprocess_actors=1, batch_size=2))
@@ -56,6 +57,9 @@ def test_ddp_two_workers_interrupted_resumes_then_evaluates_and_labels(ray_sessi
     assert labelled.inputs == 3 and rows.Male_prob.between(0, 1).all()
     probs = rows[[f"{a}_prob" for a in predictor.attributes]].to_numpy()
     assert (rows[predictor.attributes].to_numpy() == (probs >= predictor.thresholds)).all()
+    # Reading a registered model writes nothing into the store (MLflow's registered_model_meta
+    # went into the registry's own folder when it was fetched in place).
+    assert {p for p in out.rglob("*") if p.is_file() and "mlflow.db" not in p.name} == store_files
 
     # A re-run with the same settings finds the trained model; other settings are refused.
     again = train_multitask(_cfg(prepared_small, out, fail_at_epoch=2, max_failures=1))
@@ -99,3 +103,19 @@ def test_stream_mode_feeds_two_ddp_workers_from_ray_data(ray_session, prepared_s
     assert all(0 <= r["test_accuracy"] <= 1 for r in record["attributes"])
     with pytest.raises(ValueError, match="holdout needs --data memory"):
         train_multitask(_cfg(prepared_small, tmp_path / "h", data="stream", val_split="holdout"))
+
+
+def test_a_diverging_run_fails_once_and_registers_nothing(ray_session, prepared_small, tmp_path, capsys):
+    """lr 1e20: the first non-finite epoch ends the run in one line, without Ray Train's retries,
+    with no model written and no version registered (the issue's abm-trunk-tiny --lr 1e5 case)."""
+    out = tmp_path / "diverged"
+    code = main(["train", "--prepared", str(prepared_small), "--out", str(out), "--model", "abm-trunk-tiny",
+                 "--image-size", "32", "--epochs", "3", "--batch-size", "16", "--cpus-per-worker", "0.5",
+                 "--lr", "1e20", "--max-failures", "3"])
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("facray:")]
+    assert code == 2 and len(ours) == 1 and "training diverged at epoch" in ours[0] and "1e+20" in ours[0]
+    assert not (out / "model").exists() and not (out / "metrics.json").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{out}/mlflow.db")
+    assert not client.search_registered_models(), "nothing registered"
+    assert "Traceback" not in err

@@ -25,7 +25,7 @@ import pandas as pd
 
 from facray.attributes import ATTRIBUTES
 from facray.data.errors import DatasetError, where
-from facray.data.folder import list_images, printable_name
+from facray.data.folder import inside_root, list_images, printable_name
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +318,10 @@ def read_celeba(root: str | Path, split: str = "official", seed: int = 0,
     notes = files.notes + notes
     linenos = table.attrs.pop("linenos")
 
+    outside = [f"{where(files.attributes, ln)}: image {name!r} is outside the image folder {files.image_dir}"
+               for name, ln in zip(table["image_id"], linenos) if inside_root(files.image_dir, name) is None]
+    if outside:  # never opened, not even with --skip-missing: a list file cannot reach outside its root
+        raise DatasetError(f"{files.attributes}: {len(outside)} image name(s) outside {files.image_dir}", outside)
     file_names, orphans, not_images = match_image_files(table["image_id"].tolist(), files.image_dir)
     missing_mask = np.array([f is None for f in file_names], dtype=bool)
     skipped = {"missing_image": int(missing_mask.sum()), "unlabelled_image": len(orphans), **not_images}

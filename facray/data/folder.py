@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facray.data.errors import DatasetError
+from facray.data.errors import DatasetError, where
 
 # Suffixes of image formats: what OpenCV/Pillow decode here, plus formats users hold that this
 # install may not decode (HEIC/HEIF, JPEG XL): listed all the same, so they get an error row.
@@ -57,6 +57,25 @@ class Listing:
             return ""
         counts = ", ".join(f"{reason} {n}" for reason, n in sorted(self.skipped.items()))
         return f"skipped {sum(self.skipped.values())}: {counts} (e.g. {'; '.join(self.skipped_examples[:3])})"
+
+
+def inside_root(root: str | Path, name: str) -> Path | None:
+    """``root / name`` for a name a list file gives, or None when it would leave ``root``.
+
+    Both separators count (MTFL's lists use Windows ``\\``); an absolute name, a drive letter or
+    ``..`` components that climb out of ``root`` leave it. Judged on the names, not by resolving
+    links: a symlink inside the root stays allowed (folders are often linked in).
+    """
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if name.startswith(("/", "\\")) or (parts and len(parts[0]) == 2 and parts[0][1] == ":"):
+        return None
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else 1
+        if depth < 0:
+            return None
+    normal = os.path.normpath("/".join(parts)) if parts else "."
+    return Path(root) / normal
 
 
 def has_image_signature(path: str, read=None) -> bool:
@@ -183,11 +202,21 @@ def list_images(source: str | Path, recursive: bool = True) -> Listing:
     elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
         lines = p.read_text(encoding="utf-8-sig").splitlines()
         paths = []
-        for line in lines:
+        problems = []
+        for lineno, line in enumerate(lines, 1):
             line = line.strip()
             if line and not line.startswith("#"):
                 q = Path(line).expanduser()
-                paths.append(str(q if q.is_absolute() else p.parent / q))
+                if q.is_absolute():  # the documented form: a list of absolute paths
+                    paths.append(str(q))
+                elif (inside := inside_root(p.parent, line)) is None:
+                    problems.append(f"{where(p, lineno)}: {line!r} leaves the list's folder {p.parent}; "
+                                    "give it as an absolute path")
+                else:
+                    paths.append(str(inside))
+        if problems:
+            raise DatasetError(f"{p}: {len(problems)} entr{'y' if len(problems) == 1 else 'ies'} outside its folder",
+                               problems)
     elif p.is_file():
         paths = [str(p)]
     elif "**" in text:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from facray.data.celeba import LANDMARK_COLUMNS
 from facray.data.errors import DatasetError, where
+from facray.data.folder import inside_root
 
 MTFL_FILES = {"training.txt": "train", "testing.txt": "test"}
 POSES = {1: "left_profile", 2: "left", 3: "frontal", 4: "right", 5: "right_profile"}
@@ -43,6 +44,9 @@ def _parse_mtfl_file(path: Path, root: Path, problems: list[str]) -> list[dict]:
         if gender not in (1, 2) or smile not in (1, 2) or glasses not in (1, 2) or pose not in POSES:
             problems.append(f"{where(path, lineno)}: codes gender={gender} smile={smile} "
                             f"glasses={glasses} pose={pose} out of range (1/2, 1/2, 1/2, 1..5)")
+            continue
+        if inside_root(root, parts[0]) is None:
+            problems.append(f"{where(path, lineno)}: image {parts[0]!r} is outside the dataset folder {root}")
             continue
         relative = Path(*PureWindowsPath(parts[0]).parts)
         xs, ys = coords[:5], coords[5:]

@@ -23,7 +23,7 @@ from facray.attributes import ATTRIBUTES
 from facray.run_folder import RunFolder
 from facray.training.configs import (REGISTERED_PREFIX, TrainConfig, input_size, trainer_config, uses_identities,
                                      uses_masks)
-from facray.training.run_record import inject_failure_once
+from facray.training.run_record import TrainingDiverged, inject_failure_once
 from facray.training.splits import SplitSpec, array_batches, identity_indices, load_split_arrays
 
 
@@ -72,7 +72,15 @@ def train_per_worker(config: dict) -> None:
     while trainer.epoch < cfg.epochs and not trainer.stopped:
         inject_failure_once(cfg.out, cfg.fail_at_epoch, trainer.epoch + 1)
         start = time.perf_counter()
-        record = trainer.fit_epoch(train_batches(trainer.epoch), val_batches())
+        try:
+            record = trainer.fit_epoch(train_batches(trainer.epoch), val_batches())
+        except TrainingDiverged as e:
+            # Every rank stops at the same epoch (check_finite). Retrying would diverge again:
+            # leave the reason for the driver and end normally instead of raising into Ray
+            # Train's retries.
+            if rank == 0:
+                RunFolder(cfg.out).write_failure(str(e))
+            return
         record.update(epoch_seconds=time.perf_counter() - start, resumed_from_epoch=resumed_from)
         last = trainer.epoch == cfg.epochs or trainer.stopped
         print(f"[rank {rank}] epoch {trainer.epoch}/{cfg.epochs}: loss {record['loss']:.4f}, val loss "

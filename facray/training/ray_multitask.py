@@ -20,7 +20,7 @@ from facray.run_folder import RunFolder
 from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size, uses_identities, uses_masks
 from facray.training.metrics import positive_weights
 from facray.training.multitask_worker import train_per_worker
-from facray.training.run_record import claim_run
+from facray.training.run_record import TrainingDiverged, claim_run
 from facray.training.splits import SplitSpec, check_splits, train_identities, train_labels
 
 
@@ -110,7 +110,11 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[_callback_class()(tracking_uri, run_id), *callbacks]))
+    run.clear_failure()
     result = fit_in_thread(trainer)
+    failure = run.failure()
+    if failure:  # a deterministic failure the workers reported (not retried): nothing is kept
+        raise TrainingDiverged(failure)
     with result.checkpoint.as_directory() as d:
         record = run.take_model_from(RunFolder(d))
     record["registered"] = finish_training_run(tracking_uri, run_id, run, record,

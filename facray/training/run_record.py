@@ -17,6 +17,11 @@ from facray.config import config_text, config_to_dict
 from facray.run_folder import RunFolder
 
 
+class TrainingDiverged(ValueError):
+    """The loss became non-finite: the weights are no use, nothing of the run may be kept or
+    registered (raised by the trainers' ``check_finite``; the CLI prints it in one line)."""
+
+
 def inject_failure_once(out: str | Path, fail_at_epoch: int, epoch: int) -> None:
     """Testing aid (``--fail-at-epoch``): raise once, at the start of that epoch; a marker file in
     ``out`` remembers, so the restarted worker goes on."""
