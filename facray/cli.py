@@ -359,16 +359,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"facray: error: {e}", file=sys.stderr)
         code = 2
     except (KeyboardInterrupt, Terminated) as e:
-        # The one interrupt handler of every command. Further signals are ignored from here to the
-        # exit, so a second Ctrl-C cannot cut the clean-up short. Outputs are replaced atomically
-        # and finished work (checkpoints, label parts) is on disk: the same command resumes.
+        # The one interrupt handler of every command. Further signals are ignored while it shuts
+        # Ray down, so a second Ctrl-C cannot cut the clean-up short. Outputs are replaced
+        # atomically and finished work (checkpoints, label parts) is on disk: the same command resumes.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop_ray()
         how = "terminated" if isinstance(e, Terminated) else "interrupted"
         print(f"facray: {how}; finished work is kept: re-run the same command to resume", file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130
-    if on_main_thread:  # an in-process caller (a test, a notebook) gets its handlers back
+        code = 143 if isinstance(e, Terminated) else 130
+    if on_main_thread:
+        # Handlers back as they were: an in-process caller (a test, a notebook) and the processes
+        # it starts later (which inherit an ignored SIGINT) must not stay deaf to Ctrl-C.
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
     return code

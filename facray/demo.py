@@ -31,9 +31,8 @@ def _done(t: float) -> None:
 def _prepared_with(cfg) -> bool:
     """Did a finished ``prepare`` write ``cfg.out`` with exactly ``cfg``'s settings?"""
     from facray.config import config_text
-    folder = Path(cfg.out)
-    done = (folder / "prepared.json").is_file() and (folder / "config.yaml").is_file()
-    return done and (folder / "config.yaml").read_text() == config_text(cfg)
+    from facray.data.prepared import read_prepare_config
+    return read_prepare_config(cfg.out) == config_text(cfg)
 
 
 def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> dict:

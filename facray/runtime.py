@@ -34,10 +34,16 @@ def raise_terminated(signum, frame):
     raise Terminated()
 
 
+_started_here = False  # did init_ray start (or join) the Ray this process uses?
+
+
 def stop_ray() -> None:
-    """Shut down the Ray this process started (or leave the cluster it joined); checkpoints and
-    label parts are on disk already. Never raises: the caller is on its way out."""
-    if "ray" in sys.modules:
+    """Shut down the Ray :func:`init_ray` started (or leave the cluster it joined); checkpoints and
+    label parts are on disk already. A Ray the caller initialised itself (a notebook, a test
+    session) is left alone. Never raises: the caller is on its way out."""
+    global _started_here
+    if _started_here and "ray" in sys.modules:
+        _started_here = False
         try:
             import ray
             if ray.is_initialized():
@@ -70,8 +76,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     work that needs neither Ray Train's state polling nor a job server: labelling."""
     import ray
 
+    global _started_here
     if ray.is_initialized():
         return
+    _started_here = True
     address = address or os.environ.get("RAY_ADDRESS")
     # Worker output (per-epoch progress lines) reaches the driver; Ray's own INFO logs do not.
     kwargs = dict(log_to_driver=True, logging_level=logging.WARNING if quiet else logging.INFO)

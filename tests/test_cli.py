@@ -36,6 +36,9 @@ def test_ctrl_c_is_a_message_not_a_traceback(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
     monkeypatch.setitem(cli.COMMANDS, "combine", (cli.COMMANDS["combine"][0], cli.COMMANDS["combine"][1], interrupted))
+    import signal
+    before = signal.getsignal(signal.SIGINT)
     assert cli.main(["combine", "--run", "x"]) == 130
     err = capsys.readouterr().err
     assert "facray: interrupted" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back

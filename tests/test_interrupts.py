@@ -88,8 +88,11 @@ def test_ctrl_c_twice_during_training_ends_with_one_line_and_exit_130(tmp_path, 
     cmd = [*FACRAY, "train", "--prepared", str(prepared_small), "--out", str(tmp_path / "run"),
            "--model", "abm-trunk-tiny", "--epochs", "300", "--image-size", "32", "--batch-size", "4",
            "--cpus-per-worker", "0.5"]
+    # SIGINT at its default in the child, whatever this process's disposition is (an ignored
+    # SIGINT is inherited, and Python then never raises KeyboardInterrupt).
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if "epoch 2/300" in line:
             break

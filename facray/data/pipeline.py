@@ -24,7 +24,7 @@ from facray.data import ops
 from facray.data.celeba import abm_split, read_celeba
 from facray.data.folder import read_image_folder
 from facray.data.mtfl import read_mtfl
-from facray.data.prepared import Serializer, read_metadata, write_metadata
+from facray.data.prepared import CONFIG_FILE, Serializer, read_metadata, write_metadata
 from facray.data.transforms import FaceDetector
 
 
@@ -182,7 +182,7 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
     fs, shard_path = storage.filesystem(storage.join(out, shards))
     ds.write_parquet(shard_path, filesystem=fs)
     summary = summarise(out, storage.join(out, shards), len(table), time.perf_counter() - start, detector)
-    storage.write_text(storage.join(out, "config.yaml"), config_text(cfg))
+    storage.write_text(storage.join(out, CONFIG_FILE), config_text(cfg))
     write_metadata(out, shards=shards, size=cfg.size, margin=cfg.margin, centre=cfg.centre,
                    image_format=cfg.image_format,
                    sketch_channels=cfg.sketch_channels,

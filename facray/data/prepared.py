@@ -35,6 +35,7 @@ from facray.data import ops
 
 LANDMARK_FIELDS = tuple(f"lm_{i}" for i in range(10))
 META_FILE = "prepared.json"
+CONFIG_FILE = "config.yaml"  # the resolved PrepareConfig the folder was written with
 # Encoded formats: OpenCV extension and parameters. Quality 95: at 128 px the crops differ from raw
 # by about 1 grey level on average, far below the camera JPEG's own noise the images came with.
 ENCODINGS = {"png": (".png", []), "jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95])}
@@ -89,6 +90,15 @@ def read_metadata(out: str | Path) -> dict:
     meta = json.loads(storage.read_text(location))
     meta.setdefault("shards", "shards")  # folders written before shard versions
     return meta
+
+
+def read_prepare_config(out: str | Path) -> str | None:
+    """The resolved config text a *finished* prepare of ``out`` was run with (its
+    ``prepared.json`` written), or None."""
+    meta, config = storage.join(str(out), META_FILE), storage.join(str(out), CONFIG_FILE)
+    if storage.is_file(meta) and storage.is_file(config):
+        return storage.read_text(config)
+    return None
 
 
 def prepared_crop(meta: dict) -> dict:
