@@ -80,6 +80,7 @@ def check_training_run(cfg) -> None:
     and its experiment is usable (the store under ``cfg.out`` by default, which
     :func:`facray.training.run_record.claim_run` has created by then)."""
     from facray.tracking import resolve_tracking_uri
+    check_writable(cfg.out)
     check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, cfg.out), cfg.experiment)
 
 

@@ -140,6 +140,11 @@ def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
     run = RunFolder(cfg.run)
     out = Path(cfg.out).resolve() if cfg.out else run.report_dir
     splits = run.split_settings(cfg.prepared)  # checks the data is the version the run trained on
+    if cfg.log_mlflow:  # before the report is computed: the store answers, the experiment is usable
+        from facray.preflight import check_tracking_store
+        from facray.tracking import resolve_tracking_uri
+        check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, run.root),
+                             cfg.experiment or ("facray-multitask" if run.is_multitask else "facray-abm"))
     out.mkdir(parents=True, exist_ok=True)
     multitask = run.is_multitask
     table = (build_multitask_report if multitask else build_report)(run, splits)

@@ -34,7 +34,9 @@ def resolve_tracking_uri(explicit: str | None, out: str | Path) -> str:
 def setup_mlflow(tracking_uri: str | None, run: RunFolder, experiment: str) -> str:
     """Point MLflow at the store (``tracking_uri``, else the user's, else ``run``'s own) and the
     experiment (created with a local artifact root if new). Returns the tracking URI in use."""
+    from facray.preflight import check_tracking_store
     uri = resolve_tracking_uri(tracking_uri, run.root)
+    check_tracking_store(uri, experiment)  # one line within seconds, not MLflow's retries or traceback
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         artifacts = None

@@ -63,14 +63,22 @@ def test_killed_label_keeps_its_parts_and_leaves_no_ray_behind(tmp_path):
     parts = Path(str(out) + ".parts")
     seen: dict[int, psutil.Process] = {}
     try:
+        listening: set[str] = set()
+
         def first_part_written():
             for p in _tree(driver.pid):
                 seen.setdefault(p.pid, p)
+                try:
+                    listening.update(c.laddr.ip for c in p.net_connections(kind="inet") if c.status == "LISTEN")
+                except psutil.Error:
+                    pass
             return any(parts.glob("*/*.parquet"))
         _wait_for(first_part_written, 240, "the first part file")
     finally:
         driver.kill()  # SIGKILL: no handler runs in the driver
     driver.wait()
+    # A local run's Ray (GCS, raylet, agents, workers) listens on loopback only.
+    assert listening and listening <= {"127.0.0.1", "::1"}, listening
     kept = pd.concat(pd.read_parquet(p) for p in parts.glob("*/*.parquet"))
     assert 0 < len(kept) < 300
     # The reaper (started with the local Ray) stops every process the driver left behind.

@@ -114,3 +114,39 @@ def test_a_models_uri_without_a_store_is_refused_and_creates_no_store(tmp_path, 
     assert main([*args, "--tracking-uri", "sqlite:///nowhere/mlflow.db"]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not list(tmp_path.rglob("mlflow.db")) and not list(tmp_path.glob("*.lock"))
+
+
+def test_an_unreachable_object_store_output_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    start = time.monotonic()
+    with pytest.raises(PreflightError, match=r"^s3://facray-no-bucket/out: cannot write there \(.*\); check"):
+        check_writable("s3://facray-no-bucket/out")
+    assert time.monotonic() - start < 60
+
+
+def test_a_failed_write_names_the_location_and_leaves_no_temporary_file(tmp_path):
+    from facray.data.errors import OutputError
+    from facray.labelling_ray import _write_whole
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    with pytest.raises(OutputError, match=r"blocker/labels.csv: cannot write"):
+        _write_whole(str(tmp_path / "blocker" / "labels.csv"), b"x")
+    _write_whole(str(tmp_path / "ok" / "labels.csv"), b"x")
+    assert os.listdir(tmp_path / "ok") == ["labels.csv"]
+
+
+def test_a_second_demo_reuses_the_prepared_data_of_the_first(prepared_small):
+    """`make demo` twice: the second run must not prepare anew (its runs would refuse the new
+    shard version); it reuses a folder prepared with exactly its settings, and only those."""
+    import dataclasses
+
+    import yaml
+
+    from facray.data.pipeline import PrepareConfig
+    from facray.demo import _prepared_with
+    settings = yaml.safe_load((prepared_small / "config.yaml").read_text())
+    cfg = PrepareConfig(**settings)
+    assert _prepared_with(cfg)
+    assert not _prepared_with(dataclasses.replace(cfg, size=cfg.size + 16))
+    assert not _prepared_with(dataclasses.replace(cfg, out=str(prepared_small.parent / "elsewhere")))

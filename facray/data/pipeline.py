@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from facray import storage
-from facray.config import config_text, option
+from facray.config import absolute_paths, config_text, option
 from facray.data import ops
 from facray.data.celeba import abm_split, read_celeba
 from facray.data.folder import read_image_folder
@@ -161,9 +161,13 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
     from facray.data.datasets import build_image_dataset
     from facray.runtime import init_ray
 
+    from facray.preflight import check_writable
+
+    cfg = absolute_paths(cfg)
     start = time.perf_counter()
     table = read_table(cfg)
     out = cfg.out if storage.is_uri(cfg.out) else str(Path(cfg.out).resolve())
+    check_writable(out)  # before Ray starts: a full disk or an unreachable store fails here
     try:
         previous = read_metadata(out)["shards"]
     except FileNotFoundError:

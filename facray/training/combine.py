@@ -80,6 +80,10 @@ def choose_modalities(records: list[dict]) -> pd.DataFrame:
 def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
     """Write the combined predictor; register it when asked. Returns (folder, model URI or None)."""
     run = RunFolder(cfg.run)
+    if cfg.register:  # before any work: the store answers and the experiment is usable
+        from facray.preflight import check_tracking_store
+        from facray.tracking import resolve_tracking_uri
+        check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, run.root), cfg.experiment)
     dest = Path(cfg.out).resolve() if cfg.out else run.combined_dir
     table = choose_modalities(run.job_records())
     splits = run.split_settings(cfg.prepared)

@@ -111,6 +111,8 @@ def run_fused(cfg: TrainBinaryConfig, shared: dict, jobs: list[BinaryJob], callb
 
 def run_separate(cfg: TrainBinaryConfig, shared: dict, jobs: list[BinaryJob]) -> None:
     from ray import tune
+
+    from facray.runtime import fit_in_thread
     tuner = tune.Tuner(
         tune.with_resources(_separate_trial, {"CPU": 0.01}),
         param_space={"cfg": config_to_dict(cfg), "shared": shared,
@@ -118,7 +120,7 @@ def run_separate(cfg: TrainBinaryConfig, shared: dict, jobs: list[BinaryJob]) ->
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent),
         run_config=tune.RunConfig(name=f"separate-{int(time.time())}",
                                   storage_path=str(RunFolder(cfg.out).ray_results_dir), verbose=0))
-    grid = tuner.fit()
+    grid = fit_in_thread(tuner)  # Ctrl-C reaches facray's one handler (see facray.runtime)
     errors = [str(r.error) for r in grid if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} separate job(s) failed: {errors[:3]}")

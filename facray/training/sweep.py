@@ -82,7 +82,7 @@ def run_sweep(cfg: SweepConfig, overrides: dict | None = None) -> dict:
     """Run (or resume) the sweep; return its summary (best trial, metric, registered model)."""
     import ray.tune as tune
 
-    from facray.runtime import init_ray
+    from facray.runtime import fit_in_thread, init_ray
     from facray.tracking import setup_mlflow
 
     space = load_space(cfg.space)
@@ -112,7 +112,7 @@ def run_sweep(cfg: SweepConfig, overrides: dict | None = None) -> dict:
                                         scheduler=_scheduler(space, cfg, max_t)),
             run_config=tune.RunConfig(name=SWEEP_EXPERIMENT, storage_path=str(sweep.tune_dir),
                                       failure_config=tune.FailureConfig(max_failures=1)))
-    grid = tuner.fit()
+    grid = fit_in_thread(tuner)  # Ctrl-C reaches facray's handler: one line, exit 130; Tune resumes
     table = results_table(grid, space)
     return finish_sweep(sweep, space, cfg, table, uri, parent)
 
@@ -133,10 +133,13 @@ def results_table(grid, space: SearchSpace) -> pd.DataFrame:
     rows = []
     for result in grid:
         metrics = result.metrics or {}
+        config = result.config or {}  # a trial that never started has none
         finished = bool(metrics.get("finished"))
-        status = "error" if result.error else ("finished" if finished else "stopped early")
+        status = ("error" if result.error else "finished" if finished else "stopped early" if metrics
+                  else "not run")
         epochs = int(metrics.get("epochs_run") or metrics.get("epoch") or 0)
-        rows.append({"trial": metrics.get("trial_id") or Path(result.path).name, **{k: result.config[k] for k in sorted(space.space)},
+        rows.append({"trial": metrics.get("trial_id") or Path(result.path).name,
+                     **{k: config.get(k, math.nan) for k in sorted(space.space)},
                      space.metric: metrics.get(space.metric, math.nan), "epochs_run": epochs,
                      "mean_test_accuracy": metrics.get("mean_test_accuracy", math.nan), "status": status,
                      "run_folder": metrics.get("run_folder", "")})
