@@ -100,9 +100,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
 
 
 def fit_in_thread(trainer):
-    """``trainer.fit()`` (a Ray Train trainer) run in a helper thread, the main thread waiting.
+    """``trainer.fit()`` (a Ray Train trainer or a Tune ``Tuner``) run in a helper thread, the main
+    thread waiting.
 
-    Ray Train installs its own SIGINT handler when ``fit`` runs on the main thread: the first
+    Ray Train and Tune install their own SIGINT handlers when ``fit`` runs on the main thread (Tune
+    then saves its state and returns trials that never ran; facray's results table crashed on
+    them). Ray Train's: the first
     Ctrl-C "gracefully aborts" the run, whose end the caller cannot tell from a failure, and the
     handler stays installed afterwards (measured: Ctrl-C twice to ``facray train`` exited 2 with
     nothing printed). Off the main thread Ray installs none, so Ctrl-C and SIGTERM reach facray's
