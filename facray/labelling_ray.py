@@ -429,7 +429,7 @@ def run_pipeline(todo: pd.DataFrame, manifest: dict, weights_ref, cfg: LabelConf
                             **actors)
     else:
         ds = ds.map_batches(LabelActor, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), **actors)
-    with PartWriter(part, flush_rows=8 * cfg.batch_size) as writer:
+    with PartWriter(part, flush_rows=4 * cfg.batch_size, flush_seconds=5.0) as writer:
         for block in ds.iter_batches(batch_size=None, batch_format="pandas"):
             writer.add(block)
 
