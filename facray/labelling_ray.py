@@ -80,8 +80,8 @@ class LabelConfig:
 
 def list_inputs(images: str) -> pd.DataFrame:
     """``path``, ``size``, ``mtime_ns`` (-1 when unknown) and ``error`` of every input image, by
-    the one listing rule (:mod:`facray.data.folder`); what it skipped, and why, is in
-    ``attrs["skipped"]`` / ``attrs["skipped_text"]``.
+    the one listing rule (:mod:`facray.data.folder`); what it skipped, and why, is
+    ``attrs["skipped_text"]`` (:meth:`facray.data.folder.Listing.format_skipped`).
 
     A local file whose name is not UTF-8 is listed under a distinct escaped name with an error:
     Arrow and CSV cannot hold the name, and one such file must not sink the job.
@@ -111,7 +111,7 @@ def list_inputs(images: str) -> pd.DataFrame:
     errors = ["" if is_utf8_name(p) else f"{n}: file name is not valid UTF-8; rename the file to label it"
               for p, n in zip(paths, names)]
     table = pd.DataFrame({"path": names, "size": sizes, "mtime_ns": mtimes, "error": errors})
-    table.attrs.update(skipped=dict(listing.skipped), skipped_text=listing.format_skipped())
+    table.attrs["skipped_text"] = listing.format_skipped()
     return table
 
 
