@@ -182,7 +182,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     cfg = resolve_config(EvaluateConfig, args)
     table, out = evaluate_run(cfg)
     cols = [c for c in ("attribute", "real_test_accuracy", "sketch_test_accuracy", "chosen", "combined_test_accuracy",
-                        "test_accuracy", "test_accuracy_at_0.5", "threshold", "majority_accuracy",
+                        "test_accuracy", "test_accuracy_at_0.5", "balanced_accuracy", "test_balanced_accuracy",
+                        "threshold", "majority_accuracy",
                         "paper_table2_accuracy", "one_class_only") if c in table]
     print(table[cols].round(3).to_string(index=False))
     print((out / "report.md").read_text().rstrip().splitlines()[-1])

@@ -1,8 +1,9 @@
 """``facray evaluate``: the per-attribute report of a training run (``train-binary`` + ``combine``,
 or ``train``). Runs on the driver.
 
-Both kinds report per attribute the test accuracy at the stored decision thresholds, precision,
-recall, the confusion matrix, the majority baseline, and whether the model predicts one class only
+Both kinds report per attribute the test accuracy at the stored decision thresholds, the balanced
+accuracy (mean of the true-positive and true-negative rates: 0.5 at most where the test split holds
+one class, so a perfect score there reads as what it is), precision, recall, the confusion matrix, the majority baseline, and whether the model predicts one class only
 on the test split (an attribute stuck at its majority class); the summary counts those.
 
 For a binary ABM run:
@@ -27,6 +28,7 @@ from facray.config import option
 from facray.run_folder import RunFolder
 from facray.training.combine import best_lr_records, choose_modalities
 from facray.training.jobs import PAPER_TABLE
+from facray.training.metrics import confusion_metrics
 
 
 @dataclass
@@ -64,13 +66,14 @@ def build_report(run: RunFolder, splits: dict) -> pd.DataFrame:
     table["precision"] = [by_key[(a, m)]["test"].get("test_precision") for a, m in zip(table.attribute, table.modality)]
     table["recall"] = [by_key[(a, m)]["test"].get("test_recall") for a, m in zip(table.attribute, table.modality)]
     table["confusion"] = [json.dumps(by_key[(a, m)]["test"].get("confusion")) for a, m in zip(table.attribute, table.modality)]
+    table["balanced_accuracy"] = table.confusion.map(balanced_accuracy)
     table = table.merge(majority_baseline(splits), left_on="attribute", right_index=True, how="left")
     paper = pd.read_csv(PAPER_TABLE, comment="#")[["attribute", "real_val_accuracy", "sketch_val_accuracy",
                                                    "table2_accuracy"]]
     paper.columns = ["attribute", "paper_real_val_accuracy", "paper_sketch_val_accuracy", "paper_table2_accuracy"]
     table = table.merge(paper, on="attribute", how="left")
     cols = ["attribute", "real_test_accuracy", "sketch_test_accuracy", "modality", "test_accuracy",
-            "precision", "recall", "majority_accuracy", "paper_real_val_accuracy",
+            "balanced_accuracy", "precision", "recall", "majority_accuracy", "paper_real_val_accuracy",
             "paper_sketch_val_accuracy", "paper_table2_accuracy", "real_val_accuracy",
             "sketch_val_accuracy", "confusion"]
     table = table[cols].rename(columns={"test_accuracy": "combined_test_accuracy", "modality": "chosen"})
@@ -86,10 +89,19 @@ def build_multitask_report(run: RunFolder, splits: dict) -> pd.DataFrame:
     table = pd.DataFrame(record["attributes"])
     table["confusion"] = table.confusion.map(json.dumps)
     table["one_class_only"] = table.confusion.map(one_class_only)
+    table["test_balanced_accuracy"] = table.confusion.map(balanced_accuracy)
     table = table.merge(majority_baseline(splits), left_on="attribute", right_index=True, how="left")
-    cols = ["attribute", "test_accuracy", "test_accuracy_at_0.5", "threshold", "test_precision", "test_recall",
+    cols = ["attribute", "test_accuracy", "test_accuracy_at_0.5", "test_balanced_accuracy", "threshold",
+            "test_precision", "test_recall",
             "test_f1", "majority_accuracy", "val_accuracy", "one_class_only", "confusion"]
     return table[cols]
+
+
+def balanced_accuracy(confusion_json: str) -> float:
+    """Balanced accuracy of a [[tn, fp], [fn, tp]] confusion
+    (:func:`facray.training.metrics.confusion_metrics`: 0.5 at most on a one-class split)."""
+    (tn, fp), (fn, tp) = json.loads(confusion_json)
+    return float(confusion_metrics([tp], [fp], [fn], [tn])["balanced_accuracy"][0])
 
 
 def one_class_only(confusion_json: str) -> bool:

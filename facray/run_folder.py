@@ -111,6 +111,8 @@ class RunFolder:
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
+            for stale in self.root.glob("failure-*.txt"):
+                stale.unlink()
         self.record_file.write_text(json.dumps({"settings_hash": digest, "settings": settings}, indent=1,
                                                default=str))
 
@@ -150,16 +152,22 @@ class RunFolder:
         return {**self.settings(), "prepared": self.prepared(prepared)}
 
     # ---- deterministic failures reported by workers ----------------------------------------------
-    def write_failure(self, message: str) -> None:
-        """A worker's one-line reason for a failure that a retry would repeat (a diverged loss):
-        it ends normally instead of raising into Ray Train's retries, and the driver reads this."""
-        self.failure_file.write_text(message)
+    def write_failure(self, message: str, train_run: str = "") -> None:
+        """A worker's one-line reason for a failure that a retry would repeat (a diverged loss, a
+        missing file): it ends normally instead of raising into Ray Train's retries, and the driver
+        reads this. ``train_run``: the Ray Train run's name, so runs side by side (``train-binary
+        --mode separate``) keep theirs apart."""
+        self._failure_file(train_run).write_text(message)
 
-    def failure(self) -> str | None:
-        return self.failure_file.read_text().strip() if self.failure_file.is_file() else None
+    def failure(self, train_run: str = "") -> str | None:
+        f = self._failure_file(train_run)
+        return f.read_text().strip() if f.is_file() else None
 
-    def clear_failure(self) -> None:
-        self.failure_file.unlink(missing_ok=True)
+    def clear_failure(self, train_run: str = "") -> None:
+        self._failure_file(train_run).unlink(missing_ok=True)
+
+    def _failure_file(self, train_run: str) -> Path:
+        return self.failure_file.with_name(f"failure-{train_run}.txt") if train_run else self.failure_file
 
     # ---- MLflow bookkeeping ---------------------------------------------------------------------
     def default_tracking_uri(self) -> str:
@@ -179,15 +187,29 @@ class RunFolder:
 
     # ---- binary runs: jobs ----------------------------------------------------------------------
     def job_records(self) -> list[dict]:
-        """Every finished job's ``metrics.json`` with its folder as ``dir``, sorted by key."""
+        """Every finished job's ``metrics.json`` with its folder as ``dir``, sorted by key (a
+        diverged job is not finished: it has no weights, see :meth:`diverged_jobs`)."""
         records = []
         for f in sorted(self.jobs_dir.glob("*/metrics.json")):
             rec = json.loads(f.read_text())
             rec["dir"] = str(f.parent)
-            records.append(rec)
+            if rec.get("status", "finished") == "finished":
+                records.append(rec)
         if not records:
-            raise RunFolderError(f"{self.jobs_dir}: no finished jobs (run `facray train-binary` first)")
+            left = f" ({len(self.diverged_jobs())} diverged)" if self.diverged_jobs() else ""
+            raise RunFolderError(f"{self.jobs_dir}: no finished jobs{left} (run `facray train-binary` first)")
         return records
+
+    def diverged_jobs(self, keys: list[str] | None = None) -> list[str]:
+        """``key: reason`` of each job (of ``keys``; default all) whose training diverged."""
+        out = []
+        for f in sorted(self.jobs_dir.glob("*/metrics.json")):
+            if keys is not None and f.parent.name not in keys:
+                continue
+            rec = json.loads(f.read_text())
+            if rec.get("status") == "diverged":
+                out.append(f"{f.parent.name}: {rec.get('diverged', 'diverged')}")
+        return out
 
     def finished_job_keys(self, settings_hash: str) -> set[str]:
         """Jobs finished under these settings (a job trained with other settings is not done)."""
@@ -197,8 +219,11 @@ class RunFolder:
                 rec = json.loads(f.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            if rec.get("status") == "finished" and rec.get("settings_hash") == settings_hash \
-                    and self.job_weights_file(f.parent).is_file():
+            if rec.get("settings_hash") != settings_hash:
+                continue
+            # A diverged job is done too: trained again with the same settings it would diverge again.
+            if rec.get("status") == "diverged" or (rec.get("status") == "finished"
+                                                    and self.job_weights_file(f.parent).is_file()):
                 done.add(f.parent.name)
         return done
 

@@ -208,3 +208,50 @@ def test_combine_keeps_per_attribute_the_lr_with_the_best_validation_accuracy():
     table = choose_modalities(records).set_index("attribute")
     assert table.loc[A, ["modality", "lr"]].tolist() == ["real", 1e-4]
     assert table.loc[B, ["modality", "lr"]].tolist() == ["sketch", 1e-4]
+
+
+def test_a_diverging_model_stops_alone_and_keeps_no_weights():
+    """lr 1e20 for one model of the stack: its first non-finite epoch stops it (status
+    ``diverged``, the line names epoch, loss and lr), its weights are never kept or tested, and
+    the model beside it trains on with finite weights."""
+    data, val = _data(), _data(seed=1)
+    bad, good = BinaryJob(A, "real", 3, lr=1e20), BinaryJob(B, "real", 3, lr=1e-3)
+    t = _train([bad, good], data, val, 3)
+    st = t.states[bad.key]
+    assert st.stopped == "diverged" and st.epochs_done == 1
+    assert "training diverged at epoch 1" in st.diverged and "1e+20" in st.diverged
+    assert bad.key not in t.best and bad.key not in t.running
+    assert all(torch.isfinite(v).all() for v in t.best[good.key].values() if v.is_floating_point())
+    assert list(t.evaluate_best(array_batches(val, 16))) == [good.key]
+    assert t.job_record(bad.key)["status"] == "diverged" and t.job_record(good.key)["status"] == "finished"
+
+
+def test_balanced_accuracy_reads_one_class_perfection_as_half():
+    """All 30 test faces women, every one called "not Male": accuracy 1.0, balanced accuracy 0.5
+    (the rate of the class with no examples counts 0); a model right on both classes keeps 1.0."""
+    m = confusion_metrics(tp=[0, 5], fp=[0, 0], fn=[0, 0], tn=[30, 25])
+    assert m["accuracy"].tolist() == [1.0, 1.0]
+    assert m["balanced_accuracy"].tolist() == [0.5, 1.0]
+    m = confusion_metrics(tp=[3], fp=[1], fn=[1], tn=[5])
+    assert m["balanced_accuracy"][0] == pytest.approx((3 / 4 + 5 / 6) / 2)
+
+
+def test_one_sided_attributes_are_named_and_not_trained(capsys):
+    """A women-only training split: Male is labelled but all -1, so it is left out (the line says the
+    data, not the model, is one-sided); unlabelled attributes are left out silently; nothing
+    trainable is refused."""
+    from facray.attributes import ATTRIBUTES
+    from facray.training.metrics import one_sided_attributes, trainable_attributes
+    labels = np.random.default_rng(0).integers(0, 2, (50, 40)).astype(np.int8)
+    labels[:, ATTRIBUTE_INDEX["Male"]] = 0
+    labels[:, ATTRIBUTE_INDEX["Bald"]] = -1  # not labelled at all
+    labels[:, ATTRIBUTE_INDEX["Smiling"]] = 1
+    assert set(one_sided_attributes(labels, ATTRIBUTES)) == {"Male", "Smiling"}
+    kept = trainable_attributes(labels, ["Male", "Smiling", "Bald", A], "prep")
+    assert kept == [A]
+    out = capsys.readouterr().out
+    assert "Male: all 50 labelled training rows are negative (-1): the data is one-sided, not the model" in out
+    assert "Smiling: all 50 labelled training rows are positive (1)" in out and "Bald" not in out
+    with pytest.raises(ValueError, match=r"prep: none of the 2 selected attribute\(s\) has labelled training rows "
+                                         r"of both classes \(Male, Smiling\)"):
+        trainable_attributes(labels, ["Male", "Smiling"], "prep")

@@ -195,3 +195,26 @@ def test_sketch_jobs_on_data_prepared_without_sketches_are_refused_before_ray(tm
     write_metadata(tmp_path / "prepared", size=32, sketch_channels=0, image_format="jpeg", shards="shards-x")
     with pytest.raises(ValueError, match="without sketches.*--modalities real"):
         train_binary_models(_cfg(tmp_path / "prepared", tmp_path / "run"))
+
+
+def test_a_diverging_job_keeps_no_weights_fails_the_command_and_combine_leaves_it_out(
+        ray_session, prepared_small, tmp_path, capsys):
+    """lr 1e20 on one attribute of an in-stack pair: that job stops at its first non-finite
+    epoch with no weights (status ``diverged``), the other is kept, the command fails in one line
+    naming the job, a re-run does not train it again, and combine leaves it out."""
+    from facray.cli import main
+    out = tmp_path / "diverge"
+    args = ["train-binary", "--prepared", str(prepared_small), "--out", str(out), "--attributes", "Eyeglasses",
+            "--modalities", "real", "--lrs", "1e20,0.001", "--epochs", "2", "--batch-size", "16",
+            "--image-size", "32", "--cpus-per-worker", "0.5", "--num-workers", "1"]
+    assert main(args) == 2
+    ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("facray:")]
+    assert len(ours) == 1 and "1 of 2 job(s) diverged" in ours[0] and "Eyeglasses__real__lr1e+20" in ours[0]
+    bad, good = out / "jobs/Eyeglasses__real__lr1e+20", out / "jobs/Eyeglasses__real__lr0.001"
+    rec = json.loads((bad / "metrics.json").read_text())
+    assert rec["status"] == "diverged" and "training diverged at epoch 1" in rec["diverged"]
+    assert not (bad / "model.pt").exists() and (good / "model.pt").exists()
+    assert main(args) == 2 and "2 already finished, 0 to run" in capsys.readouterr().out
+    dest, _ = combine(CombineConfig(run=str(out), register=False))
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert [(c["attribute"], c["lr"]) for c in manifest["attributes"]] == [("Eyeglasses", 0.001)]

@@ -99,7 +99,13 @@ def test_list_models(capsys):
 
 def test_stream_mode_feeds_two_ddp_workers_from_ray_data(ray_session, prepared_small, tmp_path):
     record = train_multitask(_cfg(prepared_small, tmp_path / "stream", data="stream", epochs=2, class_balance=True))
-    assert [h["epoch"] for h in record["history"]] == [1, 2] and len(record["attributes"]) == 40
+    from facray.attributes import ATTRIBUTES
+    from facray.training.metrics import one_sided_attributes
+    from facray.training.splits import SplitSpec, train_labels
+    one_sided = one_sided_attributes(train_labels(SplitSpec(str(prepared_small))), ATTRIBUTES)
+    assert one_sided, "the tiny data has an attribute with one class in train: it is left out"
+    assert [h["epoch"] for h in record["history"]] == [1, 2]
+    assert [r["attribute"] for r in record["attributes"]] == [a for a in ATTRIBUTES if a not in one_sided]
     assert all(0 <= r["test_accuracy"] <= 1 for r in record["attributes"])
     with pytest.raises(ValueError, match="holdout needs --data memory"):
         train_multitask(_cfg(prepared_small, tmp_path / "h", data="stream", val_split="holdout"))
@@ -119,3 +125,24 @@ def test_a_diverging_run_fails_once_and_registers_nothing(ray_session, prepared_
     client = mlflow.MlflowClient(f"sqlite:///{out}/mlflow.db")
     assert not client.search_registered_models(), "nothing registered"
     assert "Traceback" not in err
+
+
+def test_a_setup_error_in_the_workers_fails_at_once_not_retried(ray_session, prepared_small, tmp_path, capsys):
+    """A --weights file that fits no backbone fails in the Train workers' setup: an error a retry
+    would repeat, so it ends the run at once (no Ray Train retry, no traceback) in one line that
+    names the file; the same for both workers, neither waits for the other."""
+    import torch
+    weights = tmp_path / "unrelated.pt"
+    torch.save({"foo": torch.zeros(3)}, weights)
+    out = tmp_path / "setup"
+    code = main(["train", "--prepared", str(prepared_small), "--out", str(out), "--model", "abm-trunk-tiny",
+                 "--image-size", "32", "--epochs", "2", "--batch-size", "16", "--cpus-per-worker", "0.5",
+                 "--num-workers", "2", "--weights", str(weights), "--max-failures", "3"])
+    captured = capsys.readouterr()
+    ours = [line for line in captured.err.splitlines() if line.startswith("facray:")]
+    assert code == 2 and len(ours) == 1 and f"ValueError: {weights}: only 0 of" in ours[0]
+    assert "Traceback" not in captured.err and "RETRY" not in captured.err + captured.out
+    assert not (out / "model").exists()
+    code = main(["train", "--prepared", str(prepared_small), "--out", str(tmp_path / "missing"),
+                 "--model", "abm-trunk-tiny", "--weights", str(tmp_path / "nope.pt")])
+    assert code == 2 and f"{tmp_path / 'nope.pt'}: --weights file not found" in capsys.readouterr().err

@@ -93,10 +93,35 @@ def check_dataset(root: str | Path, decode: bool = True, skip_missing: bool = Fa
     positives = table[attrs].sum()
     balance = pd.DataFrame({"positives": positives, "rate": positives / max(len(table), 1)})
     splits = table["split"].value_counts().reindex(["train", "val", "test"], fill_value=0).to_dict()
+    warnings = list(table.attrs.get("warnings", [])) + few_examples_warnings(table)
     identities = int(table["identity"].nunique()) if "identity" in table and (table["identity"] >= 0).any() else 0
     unreadable = find_unreadable(table["path"].tolist()) if decode else []
     return CheckReport(str(root), layout, len(table), splits, identities, balance, unreadable,
-                       table.attrs.get("skipped", {}), list(table.attrs.get("warnings", [])))
+                       table.attrs.get("skipped", {}), warnings)
+
+
+def few_examples_warnings(table: pd.DataFrame) -> list[str]:
+    """One line per split naming every labelled attribute with fewer than
+    :data:`facray.training.metrics.MIN_CLASS_EXAMPLES` positives or negatives there, and one per
+    attribute whose training split holds a single class (no model is trained for it)."""
+    from facray.data.celeba import labels_matrix
+    from facray.training.metrics import MIN_CLASS_EXAMPLES, class_counts, one_sided_attributes
+
+    out = []
+    for split in ("train", "val", "test"):
+        rows = table[table["split"] == split]
+        if not len(rows):
+            continue
+        labels = labels_matrix(rows)
+        pos, neg = class_counts(labels)
+        few = [f"{a} {int(pos[j])}+/{int(neg[j])}-" for j, a in enumerate(ATTRIBUTES)
+               if pos[j] + neg[j] and min(pos[j], neg[j]) < MIN_CLASS_EXAMPLES]
+        if few:
+            out.append(f"{split}: {len(few)} attribute(s) with fewer than {MIN_CLASS_EXAMPLES} positives or "
+                       f"negatives (their figures there mean little): {', '.join(few)}")
+        if split == "train":
+            out += list(one_sided_attributes(labels, ATTRIBUTES).values())
+    return out
 
 
 __all__ = ["CheckReport", "DatasetError", "check_dataset", "find_unreadable"]

@@ -28,6 +28,7 @@ from facray.models.abm import build_stack, default_stack_kind
 from facray.models.inputs import to_input
 from facray.training.jobs import BinaryJob, JobState, job_seed
 from facray.training.metrics import PassStats
+from facray.training.run_record import divergence
 from facray.training.stack_optim import adam_step_per_model_lr, select_with_adam_state
 
 
@@ -163,15 +164,24 @@ class FusedBinaryTrainer:
             if not keys:
                 continue
             tr, va = train_stats[modality].summary(), val_stats[modality].summary("val_")
+            val_count = val_stats[modality].count
             for i, key in enumerate(keys):
                 st = self.states[key]
                 rec = {"epoch": self.epoch, **{k: float(v[i]) for k, v in {**tr, **va}.items()}}
+                records[key] = rec
+                # (no labelled validation rows: the validation loss is NaN and says nothing)
+                diverged = divergence(self.epoch, rec["loss"], rec["val_loss"] if val_count[i] else 0.0,
+                                      self.job_lr(key))
+                if diverged:  # this model only: the others in the stack have their own weights
+                    st.diverge(rec, diverged)
+                    self.best.pop(key, None)
+                    stopped.setdefault(modality, []).append(i)
+                    continue
                 if st.record_epoch(rec, self.cfg.patience) or key not in self.best:
                     # (no labelled validation data: keep the latest)
                     self.best[key] = self.stacks[modality].export(i)
                 if st.stopped:
                     stopped.setdefault(modality, []).append(i)
-                records[key] = rec
         for modality, idx in stopped.items():
             self._drop(modality, idx)
         return records
@@ -191,8 +201,8 @@ class FusedBinaryTrainer:
 
     @torch.no_grad()
     def evaluate_best(self, batches: Iterable[dict], keys: list[str] | None = None) -> dict[str, dict]:
-        """Test metrics of every job's best weights (one pass, all models)."""
-        keys = keys or list(self.states)
+        """Test metrics of every job's best weights (one pass, all models; a diverged job has none)."""
+        keys = [k for k in (keys or self.states) if k in self.best]
         by_mod = {m: [k for k in keys if self.states[k].job.modality == m] for m in MODALITIES}
         stacks = {}
         for m, ks in by_mod.items():
@@ -219,7 +229,7 @@ class FusedBinaryTrainer:
         st = self.states[key]
         best = next((h for h in st.history if h["epoch"] == st.best_epoch), st.history[-1] if st.history else {})
         return {"attribute": st.job.attribute, "modality": st.job.modality, "lr": self.job_lr(key),
-                "status": "finished",
+                "status": "diverged" if st.diverged else "finished", **({"diverged": st.diverged} if st.diverged else {}),
                 "epochs": st.epochs_done, "best_epoch": st.best_epoch, "stopped": st.stopped or "max_epochs",
                 "best": best, "history": st.history, "test": test or {}, "config": asdict(self.cfg)}
 

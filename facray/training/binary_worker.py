@@ -17,7 +17,7 @@ from facray.run_folder import RunFolder
 from facray.training.binary import FusedBinaryTrainer, TrainerConfig
 from facray.training.configs import TrainBinaryConfig
 from facray.training.jobs import BinaryJob, write_job_output
-from facray.training.run_record import inject_failure_once
+from facray.training.run_record import DETERMINISTIC_ERRORS, failed_on_any_rank, inject_failure_once
 from facray.training.splits import SplitSpec, array_batches, load_split_arrays
 from facray.training.streaming import stream_batches
 
@@ -43,10 +43,17 @@ def train_jobs_per_worker(config: dict) -> None:
     total_epochs = config["total_epochs"]
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    meta = read_metadata(cfg.prepared)
-    tcfg = trainer_config(cfg, meta, config.get("positive_weights"))
-    device = ray.train.torch.get_device()
-    trainer = FusedBinaryTrainer(jobs, tcfg, device)
+    try:  # what can fail the same way on every attempt, before any collective
+        meta = read_metadata(cfg.prepared)
+        tcfg = trainer_config(cfg, meta, config.get("positive_weights"))
+        device = ray.train.torch.get_device()
+        trainer = FusedBinaryTrainer(jobs, tcfg, device)
+        train_batches, val_batches, test_batches = _batch_sources(cfg, meta)
+        error = ""
+    except DETERMINISTIC_ERRORS as e:
+        error = f"{type(e).__name__}: {e}"
+    if failed_on_any_rank(cfg.out, error):
+        return
     resumed_from = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -56,18 +63,6 @@ def train_jobs_per_worker(config: dict) -> None:
                 # Tensors, dicts and lists only: a checkpoint on shared storage can never run code.
                 trainer.load_state_dict(torch.load(state, map_location=device, weights_only=True))
                 resumed_from = trainer.epoch
-
-    if cfg.data == "stream":
-        shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val", "test")}
-        train_batches = lambda e: stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e)  # noqa: E731
-        val_batches = lambda: stream_batches(shards["val"], 256, meta, None)  # noqa: E731
-        test_batches = lambda: stream_batches(shards["test"], 256, meta, None)  # noqa: E731
-    else:
-        columns = tuple(c for c, m in (("image", "real"), ("sketch", "sketch")) if m in cfg.modalities)
-        data = load_split_arrays(SplitSpec.of(cfg), columns)
-        train_batches = lambda e: array_batches(data["train"], cfg.batch_size, True, cfg.seed, e)  # noqa: E731
-        val_batches = lambda: array_batches(data["val"], 256)  # noqa: E731
-        test_batches = lambda: array_batches(data["test"], 256)  # noqa: E731
 
     for epoch in range(trainer.epoch, total_epochs):
         inject_failure_once(cfg.out, cfg.fail_at_epoch, epoch + 1)
@@ -94,6 +89,22 @@ def train_jobs_per_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         if last:
             break
+
+
+def _batch_sources(cfg: TrainBinaryConfig, meta: dict):
+    """(train(epoch), val(), test()) batch iterators: from memory (every worker loads the arrays:
+    jobs differ between workers, data not) or from the Ray Data datasets (``--data stream``)."""
+    import ray.train
+    if cfg.data == "stream":
+        shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val", "test")}
+        return (lambda e: stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e),
+                lambda: stream_batches(shards["val"], 256, meta, None),
+                lambda: stream_batches(shards["test"], 256, meta, None))
+    columns = tuple(c for c, m in (("image", "real"), ("sketch", "sketch")) if m in cfg.modalities)
+    data = load_split_arrays(SplitSpec.of(cfg), columns)
+    return (lambda e: array_batches(data["train"], cfg.batch_size, True, cfg.seed, e),
+            lambda: array_batches(data["val"], 256),
+            lambda: array_batches(data["test"], 256))
 
 
 def _any_worker_running(n_running: int, device) -> bool:

@@ -86,6 +86,8 @@ def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
         check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, run.root), cfg.experiment)
     dest = Path(cfg.out).resolve() if cfg.out else run.combined_dir
     table = choose_modalities(run.job_records())
+    for line in run.diverged_jobs():  # no weights: the other modality (if any) is the choice
+        print(f"left out (diverged): {line}", flush=True)
     splits = run.split_settings(cfg.prepared)
     prepared_meta = read_metadata(splits["prepared"])
     weights, choices, image_size = {}, [], None

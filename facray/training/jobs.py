@@ -53,8 +53,15 @@ class JobState:
     best_epoch: int = 0
     bad_epochs: int = 0
     epochs_done: int = 0
-    stopped: str = ""  # "", "early_stopping" or "max_epochs"
+    stopped: str = ""  # "", "early_stopping", "max_epochs" or "diverged"
     history: list[dict] = field(default_factory=list)
+    diverged: str = ""  # why the job diverged (:func:`facray.training.run_record.divergence`)
+
+    def diverge(self, rec: dict, message: str) -> None:
+        """Add the epoch whose loss was not finite and stop: nothing this job trained is kept."""
+        self.history.append(rec)
+        self.epochs_done += 1
+        self.stopped, self.diverged = "diverged", message
 
     def record_epoch(self, rec: dict, patience: int) -> bool:
         """Add one epoch's record (``epoch``, ``val_loss``, ...); True when it is the new best."""
@@ -99,13 +106,15 @@ def make_jobs(attributes: str, modalities: tuple[str, ...], epochs: int, use_pap
 def write_job_output(job_dir: str | Path, trainer, key: str, test: dict,
                      extra: dict | None = None) -> Path:
     """Job ``key``'s weights (an ABMCNN state dict with its shape) and metrics (the job record plus
-    ``extra``) into ``job_dir`` (:meth:`facray.run_folder.RunFolder.job_dir`)."""
+    ``extra``) into ``job_dir`` (:meth:`facray.run_folder.RunFolder.job_dir`). A diverged job
+    writes its metrics (status ``diverged``, the reason) and no weights."""
     d = Path(job_dir)
     d.mkdir(parents=True, exist_ok=True)
     job = trainer.states[key].job
-    torch.save({"state_dict": trainer.best[key], "in_channels": trainer._in_channels(job.modality),
-                "image_size": trainer.cfg.image_size, "dropout": trainer.cfg.dropout,
-                "attribute": job.attribute, "modality": job.modality}, RunFolder.job_weights_file(d))
+    if key in trainer.best:
+        torch.save({"state_dict": trainer.best[key], "in_channels": trainer._in_channels(job.modality),
+                    "image_size": trainer.cfg.image_size, "dropout": trainer.cfg.dropout,
+                    "attribute": job.attribute, "modality": job.modality}, RunFolder.job_weights_file(d))
     # The metrics file marks the job finished, so it goes last (after the weights), whole.
     write_json_atomically(RunFolder.job_metrics_file(d), {**trainer.job_record(key, test), **(extra or {})})
     return d

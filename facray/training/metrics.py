@@ -7,16 +7,72 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from facray.attributes import ATTRIBUTES
+
+# A split with fewer examples of a class than this says little about that class: ``facray data
+# check`` warns per split and attribute. A training split with none trains no model at all
+# (:func:`one_sided_attributes`).
+MIN_CLASS_EXAMPLES = 10
+
+
+def trainable_attributes(labels: np.ndarray, selected: list[str], prepared: str) -> list[str]:
+    """Of ``selected``, the attributes the training rows' (N, 40) ``labels`` can teach: labelled,
+    with both classes. Prints a warning line for each one-sided one
+    (:func:`one_sided_attributes`); raises ``ValueError`` when none is left."""
+    labelled = [a for a in selected if (labels[:, ATTRIBUTES.index(a)] >= 0).any()]
+    one_sided = one_sided_attributes(labels, labelled)
+    for line in one_sided.values():
+        print(f"warning: {line}", flush=True)
+    trainable = [a for a in labelled if a not in one_sided]
+    if not trainable:
+        raise ValueError(f"{prepared}: none of the {len(selected)} selected attribute(s) has labelled training rows "
+                         f"of both classes ({', '.join(selected[:5])}{', ...' if len(selected) > 5 else ''}): "
+                         "nothing to train")
+    return trainable
+
+
 def confusion_metrics(tp, fp, fn, tn) -> dict[str, np.ndarray]:
-    """Accuracy, precision, recall and F1 from confusion counts (arrays of K; 0 where undefined)."""
+    """Accuracy, balanced accuracy, precision, recall and F1 from confusion counts (arrays of K;
+    0 where undefined).
+
+    Balanced accuracy is the mean of the true-positive and true-negative rates, a class with no
+    examples scoring 0: on a split holding one class it is at most 0.5, so a perfect score there
+    (every woman called "not Male") cannot pass for a model that tells the classes apart."""
     tp, fp, fn, tn = (np.asarray(v, np.float64) for v in (tp, fp, fn, tn))
     total = tp + fp + fn + tn
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
         recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        specificity = np.where(tn + fp > 0, tn / (tn + fp), 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
         accuracy = np.where(total > 0, (tp + tn) / total, 0.0)
-    return {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1}
+    return {"accuracy": accuracy, "balanced_accuracy": (recall + specificity) / 2, "precision": precision,
+            "recall": recall, "f1": f1}
+
+
+def class_counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positives and negatives per attribute of (N, A) labels (1, 0; -1 unknown is neither)."""
+    labels = np.asarray(labels)
+    return (labels == 1).sum(0), (labels == 0).sum(0)
+
+
+def one_sided_attributes(labels: np.ndarray, attributes: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Of ``attributes`` (names in the official order's columns of ``labels``, the training rows'
+    (N, 40) labels), those labelled but all of one class, each with the line that says so.
+
+    Such an attribute cannot be learnt: a model "trained" on it answers one class for every face
+    and scores 1.0 on a split of the same class. The trainers train no model for it (a predictor
+    leaves it out, ``facray label`` leaves its column empty)."""
+    pos, neg = class_counts(labels)
+    out = {}
+    for a in attributes:
+        j = ATTRIBUTES.index(a)
+        if pos[j] + neg[j] and not (pos[j] and neg[j]):
+            which = "negative (-1)" if not pos[j] else "positive (1)"
+            out[a] = (f"{a}: all {int(pos[j] + neg[j])} labelled training rows are {which}: the data is "
+                      f"one-sided, not the model; no model is trained for {a} (label leaves it empty); "
+                      f"add images of both classes to train it")
+    return out
 
 
 @dataclass

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from facray.attributes import ATTRIBUTES
 from facray.models.inputs import to_input
-from facray.training.run_record import TrainingDiverged
+from facray.training.run_record import TrainingDiverged, divergence
 from facray.training.augment import Jitter, augment_images, augment_targets
 from facray.training.losses import mask_mse, masked_bce
 from facray.training.metrics import attribute_metrics, identification_metrics
@@ -47,14 +47,11 @@ from facray.training.metrics import attribute_metrics, identification_metrics
 
 def check_finite(epoch: int, loss: float, val_loss: float, lr: float) -> None:
     """Raise :class:`TrainingDiverged` at the first epoch whose training or validation loss is not
-    finite, naming the epoch, the losses and the learning rate. Once per epoch (the loss is summed
-    on the device, so a per-step check would wait for the GPU every step). The validation loss is
-    computed on the same data on every DDP rank from the same weights, so every rank stops at the
-    same epoch."""
-    if not (math.isfinite(loss) and math.isfinite(val_loss)):
-        raise TrainingDiverged(f"training diverged at epoch {epoch}: loss {loss:.4g}, validation loss {val_loss:.4g} "
-                               f"at learning rate {lr:.3g}; nothing was kept or registered: lower --lr (or check "
-                               "the data) and re-run with --overwrite")
+    finite (:func:`facray.training.run_record.divergence`). The validation loss is computed on the
+    same data on every DDP rank from the same weights, so every rank stops at the same epoch."""
+    message = divergence(epoch, loss, val_loss, lr)
+    if message:
+        raise TrainingDiverged(f"{message} (nothing was kept or registered)")
 
 
 @dataclass

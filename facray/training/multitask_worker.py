@@ -23,7 +23,8 @@ from facray.attributes import ATTRIBUTES
 from facray.run_folder import RunFolder
 from facray.training.configs import (REGISTERED_PREFIX, TrainConfig, input_size, trainer_config, uses_identities,
                                      uses_masks)
-from facray.training.run_record import TrainingDiverged, inject_failure_once
+from facray.training.run_record import (DETERMINISTIC_ERRORS, TrainingDiverged, failed_on_any_rank,
+                                         inject_failure_once)
 from facray.training.splits import SplitSpec, array_batches, identity_indices, load_split_arrays
 
 
@@ -33,9 +34,8 @@ def train_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from facray.data.prepared import read_metadata
     from facray.models.inputs import to_channels_last
-    from facray.models.registry import build_model, model_spec
+    from facray.models.registry import model_spec
     from facray.training.multitask import MultiTaskTrainer
 
     cfg = TrainConfig(**config["cfg"])
@@ -44,8 +44,14 @@ def train_per_worker(config: dict) -> None:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    size = input_size(cfg)
-    model = build_model(cfg.model, size, pretrained=cfg.pretrained, weights_file=cfg.weights, **config["model_kwargs"])
+    try:  # what can fail the same way on every attempt, before any collective
+        model, meta, sources = _setup(cfg, config, rank, world)
+        error = ""
+    except DETERMINISTIC_ERRORS as e:
+        error = f"{type(e).__name__}: {e}"
+    if failed_on_any_rank(cfg.out, error):
+        return
+    train_batches, val_batches, test_batches = sources
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         model = to_channels_last(model)
@@ -55,8 +61,6 @@ def train_per_worker(config: dict) -> None:
     optional_outputs = cfg.segmentation_epochs > 0 or uses_identities(cfg) or cfg.bbox_head
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": True} if optional_outputs else None)
-    meta = read_metadata(cfg.prepared)
-    train_batches, val_batches, test_batches = _batch_sources(cfg, meta, rank, world, np.asarray(config["identities"]))
     pos_weight = np.asarray(config["positive_weights"], np.float32) if cfg.class_balance else None
     tcfg = trainer_config(cfg)
     trained = np.isin(ATTRIBUTES, config["labelled_attributes"])
@@ -79,7 +83,7 @@ def train_per_worker(config: dict) -> None:
             # leave the reason for the driver and end normally instead of raising into Ray
             # Train's retries.
             if rank == 0:
-                RunFolder(cfg.out).write_failure(str(e))
+                RunFolder(cfg.out).write_failure(str(e), ray.train.get_context().get_experiment_name())
             return
         record.update(epoch_seconds=time.perf_counter() - start, resumed_from_epoch=resumed_from)
         last = trainer.epoch == cfg.epochs or trainer.stopped
@@ -95,6 +99,17 @@ def train_per_worker(config: dict) -> None:
                 write_final_outputs(RunFolder(d), trainer, val_batches(), test_batches(), config["labelled_attributes"],
                                     cfg, config["model_kwargs"], meta, config["settings_hash"], resumed_from)
             ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _setup(cfg: TrainConfig, config: dict, rank: int, world: int):
+    """The model (on the CPU, not yet wrapped for DDP), the prepared data's metadata and the batch
+    sources: everything a missing file or a bad setting breaks."""
+    from facray.data.prepared import read_metadata
+    from facray.models.registry import build_model
+    model = build_model(cfg.model, input_size(cfg), pretrained=cfg.pretrained, weights_file=cfg.weights,
+                        **config["model_kwargs"])
+    meta = read_metadata(cfg.prepared)
+    return model, meta, _batch_sources(cfg, meta, rank, world, np.asarray(config["identities"]))
 
 
 def _batch_sources(cfg: TrainConfig, meta: dict, rank: int, world: int, identities: np.ndarray):
@@ -137,7 +152,8 @@ def write_final_outputs(run: RunFolder, trainer, val_batches, test_batches, labe
         m = {k: v[j].item() for k, v in test["metrics"].items()}
         per_attr.append({"attribute": ATTRIBUTES[j], "threshold": float(thresholds[j]),
                          "val_accuracy": float(val_tuned["accuracy"][j]), "test_accuracy": m["accuracy"],
-                         "test_accuracy_at_0.5": float(half["accuracy"][j]), "test_precision": m["precision"],
+                         "test_accuracy_at_0.5": float(half["accuracy"][j]),
+                         "test_balanced_accuracy": m["balanced_accuracy"], "test_precision": m["precision"],
                          "test_recall": m["recall"], "test_f1": m["f1"],
                          "confusion": [[m["tn"], m["fp"]], [m["fn"], m["tp"]]], "test_count": m["count"]})
     state = {k: v.detach().cpu() for k, v in trainer.module.state_dict().items()}

@@ -29,8 +29,8 @@ from facray.run_folder import RunFolder
 from facray.training.binary_worker import train_jobs_per_worker
 from facray.training.configs import TrainBinaryConfig
 from facray.training.jobs import BinaryJob, make_jobs
-from facray.training.metrics import positive_weights
-from facray.training.run_record import claim_run
+from facray.training.metrics import positive_weights, trainable_attributes
+from facray.training.run_record import TrainingDiverged, TrainingFailed, claim_run
 from facray.training.splits import SplitSpec, check_splits, train_labels
 from facray.training.streaming import split_datasets
 
@@ -72,7 +72,13 @@ def _run_trainer(cfg: TrainBinaryConfig, shared: dict, assignments: list[list[di
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or []),
         **kwargs)
-    return fit_in_thread(trainer)
+    run = RunFolder(cfg.out)
+    run.clear_failure(name)
+    result = fit_in_thread(trainer)
+    failure = run.failure(name)
+    if failure:  # a deterministic failure the workers reported (not retried)
+        raise TrainingFailed(failure)
+    return result
 
 
 def _collect(result_checkpoint, out: str) -> list[str]:
@@ -145,6 +151,10 @@ def train_binary_models(cfg: TrainBinaryConfig, callbacks: tuple = (), parent_ru
         raise ValueError(f"{cfg.prepared} was prepared without sketches (--sketch-channels 0): train with "
                          "--modalities real, or prepare again with sketches")
     counts = check_splits(SplitSpec.of(cfg))
+    # From the training labels, once (stream-mode workers never hold them all).
+    labels = train_labels(SplitSpec.of(cfg))
+    trainable = trainable_attributes(labels, list(dict.fromkeys(j.attribute for j in jobs)), cfg.prepared)
+    jobs = [j for j in jobs if j.attribute in trainable]
     run, digest = claim_run(cfg)
     if parent_run_id is None:  # a sweep checks its store once, not in every trial
         check_training_run(cfg)
@@ -154,9 +164,7 @@ def train_binary_models(cfg: TrainBinaryConfig, callbacks: tuple = (), parent_ru
           f"({cfg.mode} mode, {cfg.num_workers} worker(s)); rows: " +
           ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
     if todo:
-        # Class balance from the training labels, once (stream-mode workers never hold them all).
-        pos_weights = positive_weights(train_labels(SplitSpec.of(cfg)), cfg.max_pos_weight).tolist() \
-            if cfg.class_balance else None
+        pos_weights = positive_weights(labels, cfg.max_pos_weight).tolist() if cfg.class_balance else None
         shared = {"settings_hash": digest, "positive_weights": pos_weights}
         init_ray()
         if cfg.mode == "fused":
@@ -166,4 +174,9 @@ def train_binary_models(cfg: TrainBinaryConfig, callbacks: tuple = (), parent_ru
     parent = log_binary_jobs(cfg.tracking_uri, run, cfg.experiment, f"train-binary-{cfg.mode}",
                              config_to_dict(cfg), [j.key for j in jobs], digest, parent_run_id)
     run.set_parent_run_id(parent)
+    diverged = run.diverged_jobs([j.key for j in jobs])
+    if diverged:  # the others are kept (and combine uses them); the command still fails
+        raise TrainingDiverged(f"{len(diverged)} of {len(jobs)} job(s) diverged, no weights kept for them "
+                               f"(combine leaves them out): " + "; ".join(diverged[:3])
+                               + ("; ..." if len(diverged) > 3 else ""))
     return pd.read_csv(run.jobs_summary_file)

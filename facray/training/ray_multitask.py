@@ -13,14 +13,15 @@ math in the pure :mod:`facray.training.multitask`.
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 from facray.attributes import ATTRIBUTES, resolve_attributes
 from facray.config import absolute_paths, config_to_dict
 from facray.run_folder import RunFolder
 from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size, uses_identities, uses_masks
-from facray.training.metrics import positive_weights
+from facray.training.metrics import positive_weights, trainable_attributes
 from facray.training.multitask_worker import train_per_worker
-from facray.training.run_record import TrainingDiverged, claim_run
+from facray.training.run_record import TrainingFailed, claim_run
 from facray.training.splits import SplitSpec, check_splits, train_identities, train_labels
 
 
@@ -58,6 +59,8 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
 
     cfg = absolute_paths(cfg)
     input_size(cfg)  # an unknown model fails here, before Ray starts, with the known names
+    if cfg.weights and not Path(cfg.weights).is_file():
+        raise FileNotFoundError(f"{cfg.weights}: --weights file not found")
     if cfg.data == "stream" and cfg.val_split == "holdout":
         raise ValueError("--val-split holdout needs --data memory; give the prepared data a val split for stream mode")
     selected = set(resolve_attributes(cfg.attributes))  # a typo fails here with the known names
@@ -76,6 +79,9 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
                              f"{cfg.model} needs a dataset with identities (CelebA's identity_CelebA.txt; "
                              f"prepare --split identity for closed-set identification), or --identity-weight 0")
     counts = check_splits(SplitSpec.of(cfg))
+    # From the training labels, once, here (stream-mode workers never hold them all).
+    labels = train_labels(SplitSpec.of(cfg))
+    trainable = trainable_attributes(labels, [a for a in ATTRIBUTES if a in selected], cfg.prepared)
     run, digest = claim_run(cfg)
     if run.is_multitask and run.metrics().get("settings_hash") == digest:
         print(f"{run.root}: already trained with these settings (model in {run.model_dir})", flush=True)
@@ -89,12 +95,9 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
                                               config_to_dict(cfg), parent_run_id)
     run.set_parent_run_id(run_id)  # evaluate logs under it
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
-    # From the training labels, once, here (stream-mode workers never hold them all).
-    labels = train_labels(SplitSpec.of(cfg))
     model_kwargs = {**cfg.model_kwargs(), **({"num_identities": len(identities)} if identities else {})}
     loop_config = {"cfg": asdict(cfg), "settings_hash": digest, "model_kwargs": model_kwargs, "identities": identities, "positive_weights": positive_weights(labels, cfg.max_pos_weight).tolist(),
-                   "labelled_attributes": [a for j, a in enumerate(ATTRIBUTES)
-                                           if a in selected and (labels[:, j] >= 0).any()]}
+                   "labelled_attributes": trainable}
     stream = {}
     if cfg.data == "stream":
         from facray.training.streaming import split_datasets
@@ -110,11 +113,12 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[_callback_class()(tracking_uri, run_id), *callbacks]))
-    run.clear_failure()
+    name = f"multitask-{digest[:12]}"
+    run.clear_failure(name)
     result = fit_in_thread(trainer)
-    failure = run.failure()
+    failure = run.failure(name)
     if failure:  # a deterministic failure the workers reported (not retried): nothing is kept
-        raise TrainingDiverged(failure)
+        raise TrainingFailed(failure)
     with result.checkpoint.as_directory() as d:
         record = run.take_model_from(RunFolder(d))
     record["registered"] = finish_training_run(tracking_uri, run_id, run, record,

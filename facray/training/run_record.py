@@ -11,15 +11,57 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 from facray.config import config_text, config_to_dict
 from facray.run_folder import RunFolder
 
 
-class TrainingDiverged(ValueError):
+class TrainingFailed(ValueError):
+    """A Ray Train run ended by a failure a retry would repeat (a missing file, a bad setting, a
+    diverged loss), reported by its workers (:func:`failed_on_any_rank`); nothing of it is kept."""
+
+
+class TrainingDiverged(TrainingFailed):
     """The loss became non-finite: the weights are no use, nothing of the run may be kept or
     registered (raised by the trainers' ``check_finite``; the CLI prints it in one line)."""
+
+
+# Errors a retry would only repeat: the same files, settings and code on every attempt. A Ray
+# Train worker that meets one ends the run at once (:func:`failed_on_any_rank`); Ray Train's
+# retries (``max_failures``) are for lost workers and nodes.
+DETERMINISTIC_ERRORS = (ValueError, TypeError, LookupError, AttributeError, ImportError, FileNotFoundError,
+                        NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def failed_on_any_rank(out: str | Path, error: str) -> bool:
+    """Every Ray Train worker calls this once after its setup, with its error line ("" when none).
+    True when any rank failed: the first failure is written as the run's (rank 0 writes
+    :meth:`RunFolder.write_failure`; the driver raises it) and every rank should return, so no rank
+    waits for another in a collective and nothing is retried. One all-gather of short strings."""
+    import torch.distributed as dist
+    messages = [error]
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        messages = [None] * dist.get_world_size()
+        dist.all_gather_object(messages, error)
+    failed = [m for m in messages if m]
+    if failed and (not distributed or dist.get_rank() == 0):
+        import ray.train
+        RunFolder(out).write_failure(failed[0], ray.train.get_context().get_experiment_name())
+    return bool(failed)
+
+
+def divergence(epoch: int, loss: float, val_loss: float, lr: float) -> str | None:
+    """The line that says training diverged at ``epoch`` when its training or validation loss is
+    not finite (None when both are): the one finiteness rule of every trainer. Checked once per
+    epoch (the loss is summed on the device, so a per-step check would wait for the GPU every
+    step); nothing trained after a non-finite loss is kept."""
+    if math.isfinite(loss) and math.isfinite(val_loss):
+        return None
+    return (f"training diverged at epoch {epoch}: loss {loss:.4g}, validation loss {val_loss:.4g} at learning "
+            f"rate {lr:.3g}; lower --lr (or check the data) and re-run with --overwrite")
 
 
 def inject_failure_once(out: str | Path, fail_at_epoch: int, epoch: int) -> None:
