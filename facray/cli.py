@@ -215,10 +215,11 @@ def run_label(args: argparse.Namespace) -> int:
         raise ValueError("--model is required (a predictor folder or an MLflow model URI)")
     summary = label_images(cfg)
     print(summary.format())
-    if cfg.format == "csv":
+    if cfg.format in ("csv", "parquet"):
         from facray.labelling_ray import read_output
-        head = read_output(summary.out, "csv").head(5)
-        print(head[["path", "face_found", "error", "Smiling_prob", "Smiling", "Male_prob", "Male"]].to_string(index=False))
+        head = read_output(summary.out, cfg.format).head(5)
+        print(head[["image_id", "face_found", "n_faces", "error", "Smiling_prob", "Smiling", "Male_prob",
+                    "Male"]].to_string(index=False))
     return 0
 
 

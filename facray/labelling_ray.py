@@ -33,8 +33,8 @@ from facray import storage
 from facray.attributes import ATTRIBUTES
 from facray.config import absolute_paths, option
 from facray.data.errors import DatasetError, OutputError, OutputLockedError
-from facray.labelling import (OUTPUT_COLUMNS, PROB_COLUMNS, BatchLabeller, format_stage_seconds, label_batch,
-                              preprocessing_for, stage_seconds)
+from facray.labelling import (OUTPUT_COLUMNS, PROB_COLUMNS, BatchLabeller, encode_output, format_stage_seconds,
+                              label_batch, output_table, preprocessing_for, stage_seconds)
 from facray.manifest import PredictorError, PredictorInfo, locate_predictor, read_weights_file
 
 # No torch at import: GPU mode's preprocess actors run this module and never need it (torch costs
@@ -47,8 +47,10 @@ KEY_COLUMNS = ["path", "size", "mtime_ns", "model"]
 class LabelConfig:
     images: str = option("", "folder (recursive), glob, .txt list of paths, or URI", path=True)
     model: str = option("", "predictor folder or MLflow URI (models:/name@alias, runs:/...)", path=True)
-    out: str = option("labels.csv", "output file (.csv, or .parquet with --format parquet)", path=True)
-    format: Literal["csv", "parquet"] = option("csv", "csv | parquet")
+    out: str = option("labels.csv", "output file (.csv; .parquet or .txt with --format)", path=True)
+    format: Literal["csv", "parquet", "celeba"] = option(
+        "csv", "csv | parquet (decisions as nullable integers) | celeba (list_attr_celeba.txt's layout: "
+               "image_id and -1/1 per attribute; rows with errors go to <out>.errors.csv)")
     overwrite: bool = option(False, "relabel everything instead of resuming")
     batch_size: int = option(64, "images per batch")
     layout: Literal["split", "fused"] = option("split", "split: torch-free CPU actors decode and crop for "
@@ -110,13 +112,19 @@ def list_inputs(images: str) -> pd.DataFrame:
     names = printable_names(paths)
     errors = ["" if is_utf8_name(p) else f"{n}: file name is not valid UTF-8; rename the file to label it"
               for p, n in zip(paths, names)]
-    table = pd.DataFrame({"path": names, "size": sizes, "mtime_ns": mtimes, "error": errors})
+    table = pd.DataFrame({"path": names, "image_id": listing.image_ids(names), "size": sizes, "mtime_ns": mtimes,
+                          "error": errors})
     table.attrs["skipped_text"] = listing.format_skipped()
     return table
 
 
 def index_path(out: str) -> str:
     return out + ".index.parquet"
+
+
+def errors_path(out: str) -> str:
+    """Where ``--format celeba`` writes the rows its list cannot hold (errors), with their reason."""
+    return out + ".errors.csv"
 
 
 def parts_dir(out: str) -> str:
@@ -140,9 +148,12 @@ def previous_rows(out: str, fmt: str) -> pd.DataFrame:
     run. Unreadable leftovers are ignored (those images are simply labelled again)."""
     frames = []
     if storage.is_file(out) and storage.is_file(index_path(out)):
-        rows = read_output(out, fmt)
         keys = _read_parquet(index_path(out))
-        frames.append(rows.merge(keys[["path", "size", "mtime_ns"]], on="path", how="inner"))
+        if fmt == "celeba":  # the list holds decisions only: its index holds the whole rows
+            frames.append(keys)
+        else:
+            rows = read_output(out, fmt)
+            frames.append(rows.merge(keys[["path", "size", "mtime_ns"]], on="path", how="inner"))
     for part in storage.list_files(parts_dir(out), (".parquet",)):
         try:
             frames.append(_read_parquet(part))
@@ -154,33 +165,24 @@ def previous_rows(out: str, fmt: str) -> pd.DataFrame:
     return rows.drop_duplicates(subset=["path"], keep="last")
 
 
-def output_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """The output columns with fixed dtypes whatever the mix of rows: decisions 1/0/empty,
-    probabilities floats."""
-    table = rows[OUTPUT_COLUMNS].copy()
-    table[list(ATTRIBUTES)] = table[list(ATTRIBUTES)].astype("float64").round().astype("Int8")
-    table[PROB_COLUMNS] = table[PROB_COLUMNS].astype("float64")
-    table["face_found"] = table["face_found"].astype(bool)
-    table["error"] = table["error"].fillna("").astype(str)
-    return table
-
-
 def write_atomically(rows: pd.DataFrame, out: str, fmt: str) -> None:
     """Write ``out`` so readers see the old or the new file, never half of one: locally a
     temporary file and ``os.replace``; on an object store one object write (atomic there). The
-    index (path, size, mtime, model) goes beside it for resuming."""
-    table = output_table(rows)
-    buf = io.BytesIO()
-    if fmt == "parquet":
-        table.to_parquet(buf, index=False)
-    else:
-        table.to_csv(buf, index=False, float_format="%.6g")
+    index (path, size, mtime, model; for ``celeba``, whose list holds decisions only, the whole
+    rows) goes beside it for resuming; ``celeba`` writes the rows its list cannot hold to
+    :func:`errors_path`. The bytes are :func:`facray.labelling.encode_output`'s."""
+    data, left_out = encode_output(rows, fmt)
     index = io.BytesIO()
-    rows[KEY_COLUMNS].to_parquet(index, index=False)
+    (output_table(rows).assign(size=rows["size"].to_numpy(), mtime_ns=rows["mtime_ns"].to_numpy())
+     if fmt == "celeba" else rows[KEY_COLUMNS]).to_parquet(index, index=False)
     # The index says which rows of the output are current: it goes first out of the way and last
     # back in, so a failure between the two writes (a full disk) never pairs new keys with old rows.
     storage.delete_file(index_path(out))
-    _write_whole(out, buf.getvalue())
+    if fmt == "celeba":
+        storage.delete_file(errors_path(out))
+        if len(left_out):
+            _write_whole(errors_path(out), left_out.to_csv(index=False).encode())
+    _write_whole(out, data)
     _write_whole(index_path(out), index.getvalue())
 
 
@@ -483,12 +485,17 @@ class LabelSummary:
     phases: dict  # wall-clock seconds on the driver: start-up, pipeline, write
     stages: dict  # seconds summed over the actors, per stage (decode, detect, crop, sketch, predict)
     skipped: str = ""  # files of the source that are not inputs, by reason (Listing.format_skipped)
+    multi_face: int = 0  # images in which the detector found more than one face
+    errors_file: str = ""  # --format celeba: where the rows its list cannot hold went
 
     def format(self) -> str:
         return (f"labelled {self.labelled} new image(s), reused {self.reused}, {self.inputs} rows in {self.out}\n"
                 + (f"  not inputs: {self.skipped}\n" if self.skipped else "") +
-                f"  model: {self.model}\n  faces found: {self.faces_found}/{self.inputs - self.errors}, "
-                f"errors: {self.errors}, {self.seconds:.1f}s\n"
+                f"  model: {self.model}\n  faces found: {self.faces_found}/{self.inputs - self.errors} images"
+                + (f" ({self.multi_face} with more than one face: the largest labelled, n_faces says how many)"
+                   if self.multi_face else "") +
+                f", errors: {self.errors}" + (f" (in {self.errors_file})" if self.errors_file else "")
+                + f", {self.seconds:.1f}s\n"
                 "  wall clock: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.phases.items()) + "\n"
                 "  in the actors: " + (format_stage_seconds(self.stages) or "nothing to label"))
 
@@ -580,6 +587,7 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     missing = set(inputs.path) - set(rows.path)
     if missing:
         raise RuntimeError(f"{len(missing)} input(s) have no output row (e.g. {sorted(missing)[:3]})")
+    rows["image_id"] = rows["path"].map(dict(zip(inputs.path, inputs.image_id)))
     try:
         write_atomically(rows, out, cfg.format)
     except OutputError as e:
@@ -588,10 +596,12 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     storage.delete_dir(parts_dir(out))
     phases["write"] = time.perf_counter() - written
     errors = int((rows.error.fillna("") != "").sum())
+    n_faces = pd.to_numeric(rows.get("n_faces"), errors="coerce") if "n_faces" in rows else pd.Series(dtype=float)
     return LabelSummary(len(rows), int(fresh.sum()), len(todo) + len(unnamable),
                         int(rows.face_found.astype(bool).sum()), errors, time.perf_counter() - start, out,
                         model_name, phases, stage_seconds(pd.concat(new)) if new else {},
-                        inputs.attrs.get("skipped_text", ""))
+                        inputs.attrs.get("skipped_text", ""), int((n_faces > 1).sum()),
+                        errors_path(out) if cfg.format == "celeba" and storage.is_file(errors_path(out)) else "")
 
 
 def smoke_model(folder: Path, crop_size: int = 48) -> Path:

@@ -160,9 +160,10 @@ def test_yunet_through_its_c_library_finds_what_yuface_finds_and_does_not_leak(s
     table = read_celeba(synth_root)
     images = [cv2.imread(p) for p in table.path[:10]]
     for image in images:
-        _, boxes, points = yuface.detect(image, 0.5)
-        ours_boxes, ours_points = yunet_faces(image, 0.5)
+        confidences, boxes, points = yuface.detect(image, 0.5)
+        ours_boxes, ours_points, ours_scores = yunet_faces(image, 0.5)
         assert np.array_equal(ours_boxes, boxes) and np.array_equal(ours_points, points)
+        assert np.allclose(ours_scores, np.asarray(confidences).reshape(-1) / 100)
 
     def rss():
         with open("/proc/self/statm") as f:

@@ -107,14 +107,15 @@ def _read_lines(path: Path) -> list[str]:
         raise DatasetError(f"{path}: cannot read list file ({e})") from e
 
 
-def _parse_signed_labels(path: Path, lineno: int, name: str, fields: list[str],
-                         problems: list[str]) -> list[int] | None:
-    if len(fields) != len(ATTRIBUTES):
-        problems.append(f"{where(path, lineno)}: {name}: expected {len(ATTRIBUTES)} attribute "
+def _parse_signed_labels(path: Path, lineno: int, name: str, fields: list[str], problems: list[str],
+                         names: list[str]) -> list[int] | None:
+    """The row's values of the header's attributes ``names``, as 1/0."""
+    if len(fields) != len(names):
+        problems.append(f"{where(path, lineno)}: {name}: expected {len(names)} attribute "
                         f"values, got {len(fields)}")
         return None
     values = []
-    for attr, v in zip(ATTRIBUTES, fields):
+    for attr, v in zip(names, fields):
         if v not in ("1", "-1"):
             problems.append(f"{where(path, lineno)}: {name}: {attr} is {v!r}, expected -1 or 1")
             return None
@@ -122,14 +123,19 @@ def _parse_signed_labels(path: Path, lineno: int, name: str, fields: list[str],
     return values
 
 
-def _check_header(path: Path, lineno: int, names: list[str]) -> list[int]:
-    """Column order of the file's attributes relative to ATTRIBUTES (files may reorder them)."""
-    if sorted(names) != sorted(ATTRIBUTES) or len(set(names)) != len(names):
-        unknown = sorted(set(names) - set(ATTRIBUTES))
-        missing = sorted(set(ATTRIBUTES) - set(names))
-        raise DatasetError(f"{where(path, lineno)}: attribute header does not name the 40 CelebA "
-                           f"attributes (unknown: {unknown}, missing: {missing})")
-    return [names.index(a) for a in ATTRIBUTES]
+def _check_header(path: Path, lineno: int, names: list[str]) -> list[str]:
+    """The file's attribute names, checked: CelebA names, each once, in any order. A file may name
+    a subset (facray's own ``label --format celeba`` output of a partial model, a dataset labelled
+    for a few attributes); the others are unknown."""
+    unknown = [n for n in names if n not in ATTRIBUTES]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if unknown or repeated or not names:
+        raise DatasetError(f"{where(path, lineno)}: attribute header: "
+                           + (f"unknown attribute(s) {unknown}; " if unknown else "")
+                           + (f"repeated {repeated}; " if repeated else "")
+                           + ("no attributes; " if not names else "")
+                           + "expected CelebA attribute names (e.g. Male Smiling), any subset, each once")
+    return names
 
 
 def _duplicates_problem(path: Path, names: list[str], linenos: list[int]) -> list[str]:
@@ -162,7 +168,7 @@ def read_attribute_file(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
         header = [h.strip() for h in lines[0].split(",")]
         if header[0] != "image_id":
             raise DatasetError(f"{where(path, 1)}: first column must be image_id, got {header[0]!r}")
-        order = _check_header(path, 1, header[1:])
+        header_names = _check_header(path, 1, header[1:])
         body = [(i + 1, ln.split(",")) for i, ln in enumerate(lines) if i >= 1 and ln.strip()]
     else:
         if len(lines) < 2:
@@ -171,17 +177,14 @@ def read_attribute_file(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
             declared = int(lines[0].strip())
         except ValueError:
             raise DatasetError(f"{where(path, 1)}: expected the image count, got {lines[0].strip()!r}")
-        order = _check_header(path, 2, lines[1].split())
+        header_names = _check_header(path, 2, lines[1].split())
         body = [(i + 1, ln.split()) for i, ln in enumerate(lines) if i >= 2 and ln.strip()]
     for lineno, parts in body:
         parts = [p.strip() for p in parts]
         if not parts[0]:
             problems.append(f"{where(path, lineno)}: empty image name")
             continue
-        raw = parts[1:]
-        if len(raw) == len(ATTRIBUTES):
-            raw = [raw[j] for j in order]
-        values = _parse_signed_labels(path, lineno, parts[0], raw, problems)
+        values = _parse_signed_labels(path, lineno, parts[0], parts[1:], problems, header_names)
         if values is not None:
             names.append(parts[0])
             linenos.append(lineno)
@@ -192,8 +195,11 @@ def read_attribute_file(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
     if path.suffix != ".csv" and declared != len(rows):
         notes.append(f"{where(path, 1)}: count line says {declared} images but the file has "
                      f"{len(rows)} rows; trusting the rows")
-    table = pd.DataFrame(np.asarray(rows, dtype=np.int8).reshape(-1, len(ATTRIBUTES)),
-                         columns=list(ATTRIBUTES))
+    table = pd.DataFrame(np.asarray(rows, dtype=np.int8).reshape(-1, len(header_names)), columns=header_names)
+    table = table[[a for a in ATTRIBUTES if a in header_names]]  # the official order
+    if len(header_names) < len(ATTRIBUTES):
+        notes.append(f"{path}: labels {len(header_names)} of the 40 attributes; the other "
+                     f"{len(ATTRIBUTES) - len(header_names)} are unknown (left out of training and scores)")
     table.insert(0, "image_id", names)
     table.attrs["linenos"] = linenos
     return table, notes

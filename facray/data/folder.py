@@ -45,6 +45,13 @@ class Listing:
     paths: list[str]
     skipped: Counter = field(default_factory=Counter)
     skipped_examples: list[str] = field(default_factory=list)
+    root: str = ""  # what inputs are named relative to (image_ids): the folder, glob folder or list's folder
+
+    def image_ids(self, names: list[str]) -> list[str]:
+        """Each input's name relative to :attr:`root` with ``/`` separators (``000001.jpg``,
+        ``people/ann.png``): the key CelebA's and FFHQ's lists use. An input outside the root (an
+        absolute entry of a list file) keeps its full name."""
+        return [image_id(name, self.root) for name in names]
 
     def skip(self, reason: str, path: str) -> None:
         self.skipped[reason] += 1
@@ -183,6 +190,22 @@ def _recursive_glob(pattern: str, listing: Listing) -> list[str]:
     return [p for p in _walk(base, matched) if regex.match(os.path.relpath(p, base))]
 
 
+def image_id(name: str, root: str) -> str:
+    """``name`` relative to ``root`` (see :meth:`Listing.image_ids`)."""
+    if not root:
+        return name
+    prefix = root if root.endswith(("/", os.sep)) else root + ("/" if "://" in root else os.sep)
+    if not name.startswith(prefix):
+        return name
+    return name[len(prefix):].replace(os.sep, "/")
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder a glob pattern's matches are under: its path up to the first wildcard."""
+    head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    return os.path.abspath(head if head.endswith(os.sep) else os.path.dirname(head) or ".")
+
+
 def list_images(source: str | Path, recursive: bool = True) -> Listing:
     """The inputs of a folder, glob pattern, ``.txt`` list or single file (see the module docstring).
 
@@ -226,6 +249,12 @@ def list_images(source: str | Path, recursive: bool = True) -> Listing:
     else:
         raise DatasetError(f"{source}: no such folder, file or glob match")
     listing.paths = sorted(os.path.abspath(q) for q in paths)
+    if p.is_dir():
+        listing.root = os.path.abspath(p)
+    elif p.is_file():
+        listing.root = os.path.abspath(p.parent)
+    else:
+        listing.root = _glob_root(os.path.expanduser(text))
     return listing
 
 
@@ -245,6 +274,8 @@ def list_uri_images(uri: str) -> Listing:
             listing.paths.append(location)
         else:
             listing.skip("not an image", location)
+    single = listing.paths == [uri.rstrip("/")]  # one object named: ids relative to its prefix
+    listing.root = uri.rstrip("/").rsplit("/", 1)[0] if single else uri.rstrip("/")
     return listing
 
 

@@ -42,6 +42,12 @@ LABELS = "labels"
 LANDMARKS = "landmarks"
 FACE_FOUND = "face_found"
 CROP_METHOD = "crop_method"
+# What the face-finding step saw: faces in the image (-1: not looked for: a landmark/bbox file or
+# a full-image crop), the chosen face's box (x, y top-left, width, height; source pixels) and the
+# detector's confidence in [0, 1] (NaN where there is none: Haar, or no detector).
+N_FACES = "n_faces"
+FACE_BOX = ("face_x", "face_y", "face_w", "face_h")
+FACE_SCORE = "face_score"
 VARIANT = "variant"
 SPLIT = "split"
 IMAGE_ID = "image_id"
@@ -124,29 +130,30 @@ class FaceCropper:
         self.sub_seconds = {"detect": 0.0}  # of this op's time, how much the detector took
 
     def _box(self, image, landmarks, bbox):
-        """(face box or None, method, the 5 landmarks it implies in source pixels or None)."""
+        """(face box or None, method, the 5 landmarks it implies in source pixels or None, the
+        :class:`facray.data.transforms.Detection` when the detector ran, else None)."""
         from facray.data.transforms import (ALIGNED_CELEBA_LANDMARKS, ALIGNED_CELEBA_SIZE,
                                             face_box_from_bbox, face_box_from_landmarks)
         m = self.method
         if m in ("auto", "landmarks") and np.isfinite(landmarks).all():
             lm = landmarks.reshape(5, 2)
-            return face_box_from_landmarks(lm), "landmarks", lm
+            return face_box_from_landmarks(lm), "landmarks", lm, None
         if (m == "bbox" or (m == "auto" and self.image_kind == "wild")) and bbox is not None \
                 and np.isfinite(bbox).all() and bbox[2] > 0:
-            return face_box_from_bbox(*bbox), "bbox", None
+            return face_box_from_bbox(*bbox), "bbox", None, None
         h, w = image.shape[:2]
         if m == "aligned" or (m == "auto" and self.image_kind == "aligned" and (w, h) == ALIGNED_CELEBA_SIZE):
             lm = ALIGNED_CELEBA_LANDMARKS * (w / ALIGNED_CELEBA_SIZE[0], h / ALIGNED_CELEBA_SIZE[1])
-            return face_box_from_landmarks(lm), "aligned", lm
+            return face_box_from_landmarks(lm), "aligned", lm, None
         if m in ("auto", "detect"):
             start = time.perf_counter()
             found = self.detector.detect(image)
             self.sub_seconds["detect"] += time.perf_counter() - start
             if found is None:
-                return None, "centre", None
+                return None, "centre", None, None
             # The detector's landmarks stand in for a landmark file (masks, nose-centred crops).
-            return found.box, "detect", found.landmarks
-        return None, "full", None
+            return found.box, "detect", found.landmarks, found
+        return None, "full", None, None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from facray.data.celeba import BBOX_COLUMNS, LANDMARK_COLUMNS
@@ -160,10 +167,19 @@ class FaceCropper:
         found = np.zeros(n, bool)
         methods = np.full(n, "error", dtype=object)
         out_lm = np.full((n, 10), np.nan, np.float32)
+        n_faces = np.full(n, -1, np.int16)
+        face_box = np.full((n, 4), np.nan, np.float32)
+        face_score = np.full(n, np.nan, np.float32)
         for i, image in enumerate(batch[IMAGE]):
             if image is None:
                 continue
-            box, methods[i], lm = self._box(image, lms[i], None if bbs is None else bbs[i])
+            box, methods[i], lm, detection = self._box(image, lms[i], None if bbs is None else bbs[i])
+            if detection is not None:
+                n_faces[i], face_box[i], face_score[i] = detection.n_faces, detection.xywh, detection.score
+            elif methods[i] == "centre":  # the detector ran and found none
+                n_faces[i] = 0
+            elif box is not None:  # from a landmark or bbox file: the crop box stands for the face
+                face_box[i] = (box.cx - box.size / 2, box.cy - box.size / 2, box.size, box.size)
             if box is None:
                 crops[i], M = centre_square(image, self.size)
             elif self.centre == "nose" and lm is not None:
@@ -176,7 +192,8 @@ class FaceCropper:
             if lm is not None:
                 out_lm[i] = transform_points(lm, M).reshape(-1)
         out = {k: v for k, v in batch.items() if k not in LANDMARK_COLUMNS and k not in BBOX_COLUMNS}
-        out.update({IMAGE: crops, FACE_FOUND: found, CROP_METHOD: methods, LANDMARKS: out_lm})
+        out.update({IMAGE: crops, FACE_FOUND: found, CROP_METHOD: methods, LANDMARKS: out_lm, N_FACES: n_faces,
+                    FACE_SCORE: face_score, **{c: face_box[:, j] for j, c in enumerate(FACE_BOX)}})
         return out
 
 

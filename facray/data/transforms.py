@@ -76,10 +76,16 @@ DETECTORS = ("auto", "yunet", "haar")
 
 @dataclass(frozen=True)
 class Detection:
-    """The face a detector chose: its box and, when the detector gives them, 5 landmarks (5, 2)
-    (eyes, nose, mouth corners as CelebA orders them), in source pixels."""
+    """The face a detector chose (the largest): its crop box and, when the detector gives them, 5
+    landmarks (5, 2) (eyes, nose, mouth corners as CelebA orders them), in source pixels; the
+    detector's own box ``xywh`` (x, y of the top-left corner, width, height; source pixels), its
+    ``score`` (confidence in [0, 1]; NaN for Haar, which gives none) and how many faces the
+    image holds (``n_faces``, counting this one)."""
     box: FaceBox
     landmarks: np.ndarray | None
+    xywh: tuple[float, float, float, float] = (np.nan, np.nan, np.nan, np.nan)
+    score: float = np.nan
+    n_faces: int = 1
 
 
 def yunet_available() -> bool:
@@ -120,20 +126,21 @@ def _yunet_entry():
     return entry
 
 
-def yunet_faces(image: np.ndarray, min_confidence: float) -> tuple[np.ndarray, np.ndarray]:
-    """(boxes (N, 4) XYWH, landmarks (N, 10)) of the faces YuNet finds in a BGR uint8 image."""
+def yunet_faces(image: np.ndarray, min_confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes (N, 4) XYWH, landmarks (N, 10), scores (N,) in [0, 1]) of the faces YuNet finds in a
+    BGR uint8 image."""
     entry = _yunet_entry()
     if entry is None:
         import yuface
-        _, boxes, points = yuface.detect(image, min_confidence)
-        return boxes, points
+        confidences, boxes, points = yuface.detect(image, min_confidence)
+        return boxes, points, np.asarray(confidences, np.float32).reshape(-1) / 100
     image = np.ascontiguousarray(image)
     result = _yunet_result_buffer()
     entry(result.ctypes.data, image.ctypes.data, image.shape[1], image.shape[0], image.strides[0])
     n = int(result[:4].view(np.int32)[0])
     faces = result[4:4 + 32 * n].view(np.int16).reshape(n, 16)
     faces = faces[faces[:, 0] > min_confidence * 100]
-    return faces[:, 1:5].copy(), faces[:, 5:15].copy()
+    return faces[:, 1:5].copy(), faces[:, 5:15].copy(), faces[:, 0].astype(np.float32) / 100
 
 
 _thread_local = threading.local()
@@ -207,22 +214,24 @@ class FaceDetector:
                                                   minSize=(min_size, min_size))
             if len(faces) == 0:
                 return None
-            x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])
-            return Detection(FaceBox((x + fw / 2) / scale, (y + fh / 2) / scale, max(fw, fh) / scale), None)
+            x, y, fw, fh = (float(v) for v in max(faces, key=lambda f: f[2] * f[3]))
+            return Detection(FaceBox((x + fw / 2) / scale, (y + fh / 2) / scale, max(fw, fh) / scale), None,
+                             (x / scale, y / scale, fw / scale, fh / scale), np.nan, len(faces))
         small = np.ascontiguousarray(small if small.ndim == 3 else cv2.cvtColor(small, cv2.COLOR_GRAY2BGR))
         if self.yunet_cv is not None:
             self.yunet_cv.setInputSize((small.shape[1], small.shape[0]))
             _, faces = self.yunet_cv.detect(small)
             if faces is None or len(faces) == 0:
                 return None
-            boxes, points = faces[:, 0:4], faces[:, 4:14]
+            boxes, points, scores = faces[:, 0:4], faces[:, 4:14], faces[:, 14]
         else:
-            boxes, points = yunet_faces(small, self.min_confidence)
+            boxes, points, scores = yunet_faces(small, self.min_confidence)
             if len(boxes) == 0:
                 return None
         best = int(np.argmax(boxes[:, 2].astype(np.float64) * boxes[:, 3]))
         landmarks = points[best].astype(np.float32).reshape(5, 2) / scale
-        return Detection(face_box_from_landmarks(landmarks), landmarks)
+        return Detection(face_box_from_landmarks(landmarks), landmarks,
+                         tuple(float(v) / scale for v in boxes[best]), float(scores[best]), len(boxes))
 
 
 def crop_square(image: np.ndarray, box: FaceBox, out_size: int, margin: float = 0.35,
