@@ -7,7 +7,8 @@ predictor's manifest asks for; :func:`label_batch` turns a preprocessed batch in
 The output's schema is this module's (:data:`OUTPUT_COLUMNS`, :func:`output_table`, the formats of
 :func:`encode_output`): ``path`` (absolute, or the URI), ``image_id`` (the path relative to the
 ``--images`` folder, glob folder or list file's folder: the key CelebA's and FFHQ's lists use),
-``face_found``, ``n_faces`` (faces the detector found; the largest is labelled), the labelled face's
+``face_found``, ``n_faces`` (faces the detector found; the largest is labelled unless ``--faces all``),
+``face_index`` (0 the largest; with ``--faces all`` one row per face), the labelled face's
 box ``face_x, face_y, face_w, face_h`` (source pixels) and ``face_score`` (detector confidence),
 ``error``, 40 ``<Attribute>_prob``, 40 ``<Attribute>`` decisions (1/0, empty when the image failed
 or the predictor does not cover the attribute) and ``model``.
@@ -27,7 +28,7 @@ from facray.data import ops
 from facray.manifest import needs_sketch
 
 PROB_COLUMNS = [f"{a}_prob" for a in ATTRIBUTES]
-FACE_COLUMNS = [ops.FACE_FOUND, ops.N_FACES, *ops.FACE_BOX, ops.FACE_SCORE]
+FACE_COLUMNS = [ops.FACE_FOUND, ops.N_FACES, ops.FACE_INDEX, *ops.FACE_BOX, ops.FACE_SCORE]
 OUTPUT_COLUMNS = ["path", "image_id", *FACE_COLUMNS, "error", *PROB_COLUMNS, *ATTRIBUTES, "model"]
 FORMATS = ("csv", "parquet", "celeba")
 STAGE_PREFIX = "seconds_"  # per-row share of a batch's time in one stage
@@ -40,14 +41,16 @@ DECODE_SLICE = 8
 
 
 def preprocessing_for(manifest: dict, crop_method: str = "detect", detector: str = "auto",
-                      max_pixels: int | None = None) -> ops.Chain:
+                      max_pixels: int | None = None, faces: str = "largest") -> ops.Chain:
     """The decode -> crop -> sketch chain a predictor expects, from its manifest alone: no torch
-    and no weights, so the CPU actors that feed GPU predict actors stay light."""
+    and no weights, so the CPU actors that feed GPU predict actors stay light. ``faces``:
+    ``largest`` (one row per image) or ``all`` (one row per face found, ``face_index`` 0 the
+    largest; an image with none keeps one row)."""
     crop = manifest["crop"]
     stages = [ops.InSlices(ops.Chain(
         ops.ImageDecoder(max_pixels),
         ops.FaceCropper(crop["size"], crop.get("margin", 0.35), crop_method, "wild", detector,
-                        centre=crop.get("centre", "face"))), DECODE_SLICE)]
+                        centre=crop.get("centre", "face"), faces=faces)), DECODE_SLICE)]
     if needs_sketch(manifest):
         stages.append(ops.Sketcher(manifest.get("sketch_channels", 1)))
     return ops.Chain(*stages)
@@ -79,6 +82,7 @@ def label_batch(batch: dict[str, np.ndarray], predictor) -> dict[str, np.ndarray
     out = {"path": np.asarray(batch[ops.PATH], dtype=object),
            "face_found": np.asarray(batch.get(ops.FACE_FOUND, np.zeros(n, bool)), bool),
            ops.N_FACES: np.asarray(batch.get(ops.N_FACES, np.full(n, -1)), np.int16),
+           ops.FACE_INDEX: np.asarray(batch.get(ops.FACE_INDEX, np.zeros(n)), np.int16),
            **{c: np.asarray(batch.get(c, np.full(n, np.nan)), np.float32) for c in (*ops.FACE_BOX, ops.FACE_SCORE)},
            "error": errors}
     for j, a in enumerate(ATTRIBUTES):
@@ -100,6 +104,7 @@ def output_table(rows: pd.DataFrame) -> pd.DataFrame:
     table[list(ATTRIBUTES)] = table[list(ATTRIBUTES)].astype("float64").round().astype("Int8")
     table[ops.N_FACES] = table[ops.N_FACES].astype("float64").astype("Int16")
     table.loc[table[ops.N_FACES] < 0, ops.N_FACES] = pd.NA  # not looked for: unknown
+    table[ops.FACE_INDEX] = table[ops.FACE_INDEX].astype("float64").fillna(0).astype("int16")
     floats = [*PROB_COLUMNS, *ops.FACE_BOX, ops.FACE_SCORE]
     table[floats] = table[floats].astype("float64")
     table["face_found"] = table["face_found"].fillna(False).astype(bool)
@@ -125,6 +130,8 @@ def encode_output(rows: pd.DataFrame, fmt: str) -> tuple[bytes, pd.DataFrame]:
         return buf.getvalue(), table.iloc[:0]
     if fmt != "celeba":
         raise ValueError(f"output format must be one of {FORMATS}, got {fmt!r}")
+    if (table[ops.FACE_INDEX] > 0).any():
+        raise ValueError("a CelebA-style list holds one row per image: --faces all needs --format csv or parquet")
     ok = table["error"] == ""
     covered = [a for a in ATTRIBUTES if table.loc[ok, a].notna().any()] or list(ATTRIBUTES)
     spaced = ok & table["image_id"].astype(str).str.contains(r"\s")

@@ -40,7 +40,9 @@ from facray.manifest import PredictorError, PredictorInfo, locate_predictor, rea
 # No torch at import: GPU mode's preprocess actors run this module and never need it (torch costs
 # a process about 0.5 GB); facray.predictor is imported where a predictor is built.
 
-KEY_COLUMNS = ["path", "size", "mtime_ns", "model"]
+# What decides whether a finished row is reused: the input unchanged (size, mtime), the same
+# model, the same faces mode (--faces largest | all).
+KEY_COLUMNS = ["path", "size", "mtime_ns", "model", "faces"]
 
 
 @dataclass
@@ -64,6 +66,9 @@ class LabelConfig:
     preprocess_actors: int = option(0, "split: CPU actors decoding and cropping; 0 = one per CPU (with GPUs: "
                                        "per CPU left after the predict actors), capped by memory")
     crop: Literal["detect", "full", "auto"] = option("detect", "detect | full | auto (see facray prepare)")
+    faces: Literal["largest", "all"] = option("largest", "largest: one row per image, its largest face "
+                                                        "(n_faces says how many were found) | all: one row per "
+                                                        "face (face_index 0 = the largest), for group photos")
     detector: str = option("auto", "face detector: auto (YuNet if yuface is installed, else Haar) | yunet | "
                                    "haar | a YuNet .onnx file")
     max_pixels: int = option(50_000_000, "refuse larger images")
@@ -152,17 +157,24 @@ def previous_rows(out: str, fmt: str) -> pd.DataFrame:
         if fmt == "celeba":  # the list holds decisions only: its index holds the whole rows
             frames.append(keys)
         else:
-            rows = read_output(out, fmt)
-            frames.append(rows.merge(keys[["path", "size", "mtime_ns"]], on="path", how="inner"))
+            rows = read_output(out, fmt).drop(columns=["model"])
+            if "face_index" not in rows:
+                rows["face_index"] = 0
+            if "face_index" not in keys:  # an index of an older facray: one row per image
+                keys = keys.assign(face_index=0, faces="largest")
+            frames.append(rows.merge(keys, on=["path", "face_index"], how="inner"))
     for part in storage.list_files(parts_dir(out), (".parquet",)):
         try:
             frames.append(_read_parquet(part))
         except Exception:  # noqa: BLE001 - a part cut off mid-write
             continue
     if not frames:
-        return pd.DataFrame(columns=OUTPUT_COLUMNS + ["size", "mtime_ns"])
+        return pd.DataFrame(columns=list(dict.fromkeys(OUTPUT_COLUMNS + KEY_COLUMNS)))
     rows = pd.concat(frames, ignore_index=True)
-    return rows.drop_duplicates(subset=["path"], keep="last")
+    # Rows of an older facray: no faces mode (it labelled the largest face only), one face each.
+    rows["faces"] = rows["faces"].fillna("largest") if "faces" in rows else "largest"
+    rows["face_index"] = rows["face_index"].fillna(0) if "face_index" in rows else 0
+    return rows.drop_duplicates(subset=["path", "face_index"], keep="last")
 
 
 def write_atomically(rows: pd.DataFrame, out: str, fmt: str) -> None:
@@ -173,8 +185,8 @@ def write_atomically(rows: pd.DataFrame, out: str, fmt: str) -> None:
     :func:`errors_path`. The bytes are :func:`facray.labelling.encode_output`'s."""
     data, left_out = encode_output(rows, fmt)
     index = io.BytesIO()
-    (output_table(rows).assign(size=rows["size"].to_numpy(), mtime_ns=rows["mtime_ns"].to_numpy())
-     if fmt == "celeba" else rows[KEY_COLUMNS]).to_parquet(index, index=False)
+    (output_table(rows).assign(**{k: rows[k].to_numpy() for k in KEY_COLUMNS[1:]})
+     if fmt == "celeba" else rows[[*KEY_COLUMNS, "face_index"]]).to_parquet(index, index=False)
     # The index says which rows of the output are current: it goes first out of the way and last
     # back in, so a failure between the two writes (a full disk) never pairs new keys with old rows.
     storage.delete_file(index_path(out))
@@ -287,7 +299,7 @@ def put_verified_weights(blob: bytes, manifest: dict, path: Path):
 def _preprocessing(manifest: dict, cfg: LabelConfig):
     import cv2
     cv2.setNumThreads(1)
-    return preprocessing_for(manifest, cfg.crop, cfg.detector, cfg.max_pixels)
+    return preprocessing_for(manifest, cfg.crop, cfg.detector, cfg.max_pixels, cfg.faces)
 
 
 class LabelActor:
@@ -433,7 +445,7 @@ def run_pipeline(todo: pd.DataFrame, manifest: dict, weights_ref, cfg: LabelConf
         ds = ds.map_batches(LabelActor, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), **actors)
     with PartWriter(part, flush_rows=4 * cfg.batch_size, flush_seconds=5.0) as writer:
         for block in ds.iter_batches(batch_size=None, batch_format="pandas"):
-            writer.add(block)
+            writer.add(block.assign(faces=cfg.faces))
 
 
 class PartWriter:
@@ -487,9 +499,11 @@ class LabelSummary:
     skipped: str = ""  # files of the source that are not inputs, by reason (Listing.format_skipped)
     multi_face: int = 0  # images in which the detector found more than one face
     errors_file: str = ""  # --format celeba: where the rows its list cannot hold went
+    rows: int = 0  # rows written: one per input, or (--faces all) one per face
 
     def format(self) -> str:
-        return (f"labelled {self.labelled} new image(s), reused {self.reused}, {self.inputs} rows in {self.out}\n"
+        return (f"labelled {self.labelled} new image(s), reused {self.reused}, {self.rows or self.inputs} rows "
+                f"in {self.out}\n"
                 + (f"  not inputs: {self.skipped}\n" if self.skipped else "") +
                 f"  model: {self.model}\n  faces found: {self.faces_found}/{self.inputs - self.errors} images"
                 + (f" ({self.multi_face} with more than one face: the largest labelled, n_faces says how many)"
@@ -525,6 +539,9 @@ def preflight(cfg: LabelConfig, out: str) -> None:
         check_generator_file(cfg.generator)
     elif not cfg.images:
         raise ValueError("--images (or --generator) is required")
+    if cfg.faces == "all" and cfg.format == "celeba":
+        raise ValueError("--faces all writes one row per face; a CelebA-style list holds one per image: "
+                         "use --format csv or parquet")
     check_writable(out.rsplit("/", 1)[0] if storage.is_uri(out) else str(Path(out).parent))
     if cfg.model.startswith(("models:/", "runs:/")):
         uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -555,13 +572,14 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     inputs = list_inputs(images)
     if cfg.overwrite:
         storage.delete_dir(parts_dir(out))
-        done = pd.DataFrame(columns=OUTPUT_COLUMNS + ["size", "mtime_ns"])
+        done = pd.DataFrame(columns=list(dict.fromkeys(OUTPUT_COLUMNS + KEY_COLUMNS)))
     else:
         done = previous_rows(out, cfg.format)
-    merged = inputs.merge(done[["path", "size", "mtime_ns", "model"]], on="path", how="left", suffixes=("", "_done"))
+    keys = done[KEY_COLUMNS].drop_duplicates("path")  # an image's face rows share their keys
+    merged = inputs.merge(keys, on="path", how="left", suffixes=("", "_done"))
     # Nullable columns (parts read back from Parquet) compare to NA where nothing was done: not fresh.
     fresh = ((merged["size"] == merged["size_done"]) & (merged["mtime_ns"] == merged["mtime_ns_done"])
-             & (merged["model"] == predictor.name)).fillna(False).to_numpy(dtype=bool)
+             & (merged["model"] == predictor.name) & (merged["faces"] == cfg.faces)).fillna(False).to_numpy(dtype=bool)
     todo = inputs[~fresh]
     print(f"{len(inputs)} input image(s): {int(fresh.sum())} already labelled, {len(todo)} to label "
           f"with {predictor.name} ({len(predictor.attributes)} attributes"
@@ -569,7 +587,7 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     unnamable = todo[todo.error != ""]  # error rows straight away: their names cannot travel
     todo = todo[todo.error == ""]
     new = [pd.DataFrame(label_batch({k: unnamable[k].to_numpy() for k in ("path", "error", "size", "mtime_ns")},
-                                    predictor))] if len(unnamable) else []
+                                    predictor)).assign(faces=cfg.faces)] if len(unnamable) else []
     phases = {}
     if len(todo):
         init_ray(dashboard=False)
@@ -582,8 +600,8 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
         phases["pipeline"] = time.perf_counter() - start - phases["start-up"]
     written = time.perf_counter()
     kept = done[done.path.isin(set(inputs.path[fresh]))]
-    rows = pd.concat([kept, *new], ignore_index=True).drop_duplicates("path", keep="last")
-    rows = rows.sort_values("path", kind="stable").reset_index(drop=True)
+    rows = pd.concat([kept, *new], ignore_index=True).drop_duplicates(["path", "face_index"], keep="last")
+    rows = rows.sort_values(["path", "face_index"], kind="stable").reset_index(drop=True)
     missing = set(inputs.path) - set(rows.path)
     if missing:
         raise RuntimeError(f"{len(missing)} input(s) have no output row (e.g. {sorted(missing)[:3]})")
@@ -595,13 +613,15 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
                           "and re-run the same command to write them") from None
     storage.delete_dir(parts_dir(out))
     phases["write"] = time.perf_counter() - written
-    errors = int((rows.error.fillna("") != "").sum())
-    n_faces = pd.to_numeric(rows.get("n_faces"), errors="coerce") if "n_faces" in rows else pd.Series(dtype=float)
-    return LabelSummary(len(rows), int(fresh.sum()), len(todo) + len(unnamable),
-                        int(rows.face_found.astype(bool).sum()), errors, time.perf_counter() - start, out,
+    per_image = rows.drop_duplicates("path")  # (--faces all: the image's largest-face row)
+    n_faces = pd.to_numeric(per_image["n_faces"], errors="coerce")
+    return LabelSummary(len(inputs), int(fresh.sum()), len(todo) + len(unnamable),
+                        int(per_image.face_found.astype(bool).sum()), int((per_image.error.fillna("") != "").sum()),
+                        time.perf_counter() - start, out,
                         model_name, phases, stage_seconds(pd.concat(new)) if new else {},
                         inputs.attrs.get("skipped_text", ""), int((n_faces > 1).sum()),
-                        errors_path(out) if cfg.format == "celeba" and storage.is_file(errors_path(out)) else "")
+                        errors_path(out) if cfg.format == "celeba" and storage.is_file(errors_path(out)) else "",
+                        len(rows))
 
 
 def smoke_model(folder: Path, crop_size: int = 48) -> Path:

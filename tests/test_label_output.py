@@ -167,3 +167,45 @@ def test_labels_merge_with_a_celeba_list_on_image_id(ray_session, tmp_path):
     assert (table.Male.to_numpy() == rows.Male.iloc[:4].astype(int).to_numpy()).all()
     assert "truncated" in pd.read_csv(errors_path(str(out))).error.iloc[0]
     assert f"(in {errors_path(str(out))})" in summary.format()
+
+
+def test_face_cropper_all_faces_gives_one_row_per_face_largest_first(tmp_path):
+    pytest.importorskip("yuface")
+    from facray.data import ops
+    canvas, _ = _two_faces(tmp_path, False)
+    blank = np.full((64, 64, 3), 128, np.uint8)
+    out = ops.FaceCropper(32, method="detect", detector="yunet", faces="all")(
+        {ops.PATH: np.array(["group", "blank"], dtype=object), ops.IMAGE: [canvas, blank],
+         ops.ERROR: np.array(["", ""], dtype=object)})
+    assert out[ops.PATH].tolist() == ["group", "group", "blank"] and out[ops.IMAGE].shape == (3, 32, 32, 3)
+    assert out[ops.FACE_INDEX].tolist() == [0, 1, 0] and out[ops.N_FACES].tolist() == [2, 2, 0]
+    assert out["face_w"][0] > out["face_w"][1] and out[ops.FACE_FOUND].tolist() == [True, True, False]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_faces_all_labels_each_face_and_resumes_by_image(ray_session, tmp_path):
+    """``--faces all``: the group photo gets a row per face (face_index 0 the largest), the others
+    one; a re-run reuses every row; changing the mode relabels; with --format celeba it is refused
+    before any work."""
+    pytest.importorskip("yuface")
+    from facray.labelling_ray import LabelConfig, label_images, smoke_model
+    model = smoke_model(tmp_path / "model", crop_size=32)
+    folder = tmp_path / "imgs"
+    write_unlabelled_faces(folder, n=2, seed=0, sizes=(128,))
+    canvas, _ = _two_faces(tmp_path, True)
+    cv2.imwrite(str(folder / "group.png"), canvas)
+    common = dict(images=str(folder), model=str(model), num_actors=1, preprocess_actors=1, batch_size=4)
+    out = tmp_path / "faces.parquet"
+    summary = label_images(LabelConfig(out=str(out), format="parquet", faces="all", **common))
+    rows = pd.read_parquet(out)
+    group = rows[rows.image_id == "group.png"]
+    assert group.face_index.tolist() == [0, 1] and (group.n_faces == 2).all() and group.path.nunique() == 1
+    assert len(rows) == 4 == summary.rows and summary.inputs == 3 and summary.multi_face == 1
+    again = label_images(LabelConfig(out=str(out), format="parquet", faces="all", **common))
+    assert again.labelled == 0 and again.reused == 3
+    pd.testing.assert_frame_equal(pd.read_parquet(out), rows)
+    largest = label_images(LabelConfig(out=str(out), format="parquet", **common))
+    assert largest.labelled == 3 and len(pd.read_parquet(out)) == 3
+    with pytest.raises(ValueError, match="--faces all writes one row per face"):
+        label_images(LabelConfig(out=str(tmp_path / "l.txt"), format="celeba", faces="all", **common))

@@ -48,6 +48,8 @@ CROP_METHOD = "crop_method"
 N_FACES = "n_faces"
 FACE_BOX = ("face_x", "face_y", "face_w", "face_h")
 FACE_SCORE = "face_score"
+FACE_INDEX = "face_index"  # which face of its image a row is: 0 the largest (faces="all": one row each)
+FACES = ("largest", "all")
 VARIANT = "variant"
 SPLIT = "split"
 IMAGE_ID = "image_id"
@@ -118,14 +120,17 @@ class FaceCropper:
     stage = "crop"
 
     def __init__(self, size: int = 180, margin: float = 0.35, method: str = "auto",
-                 image_kind: str = "wild", detector: str = "auto", min_face: float = 0.2, centre: str = "face"):
+                 image_kind: str = "wild", detector: str = "auto", min_face: float = 0.2, centre: str = "face",
+                 faces: str = "largest"):
         if method not in CROP_METHODS:
             raise ValueError(f"crop method must be one of {CROP_METHODS}, got {method!r}")
         if centre not in CROP_CENTRES:
             raise ValueError(f"crop centre must be one of {CROP_CENTRES}, got {centre!r}")
         from facray.data.transforms import FaceDetector
         self.size, self.margin, self.method, self.image_kind = size, margin, method, image_kind
-        self.centre = centre
+        if faces not in FACES:
+            raise ValueError(f"faces must be one of {FACES}, got {faces!r}")
+        self.centre, self.faces = centre, faces
         self.detector = FaceDetector(detector, min_face=min_face) if method in ("auto", "detect") else None
         self.sub_seconds = {"detect": 0.0}  # of this op's time, how much the detector took
 
@@ -147,12 +152,14 @@ class FaceCropper:
             return face_box_from_landmarks(lm), "aligned", lm, None
         if m in ("auto", "detect"):
             start = time.perf_counter()
-            found = self.detector.detect(image)
+            found = self.detector.detect_all(image) if self.faces == "all" else [self.detector.detect(image)]
             self.sub_seconds["detect"] += time.perf_counter() - start
-            if found is None:
+            if not found or found[0] is None:
                 return None, "centre", None, None
             # The detector's landmarks stand in for a landmark file (masks, nose-centred crops).
-            return found.box, "detect", found.landmarks, found
+            if self.faces == "all":
+                return [(f.box, "detect", f.landmarks, f) for f in found]
+            return found[0].box, "detect", found[0].landmarks, found[0]
         return None, "full", None, None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -163,6 +170,16 @@ class FaceCropper:
             if all(c in batch for c in LANDMARK_COLUMNS) else np.full((n, 10), np.nan)
         bbs = np.stack([np.asarray(batch[c], np.float64) for c in BBOX_COLUMNS], 1) \
             if all(c in batch for c in BBOX_COLUMNS) else None
+        # One output row per input row; with faces="all", one per face found (an image with none
+        # keeps its one row). ``source[r]``: the input row of output row r.
+        choices, source, face_index = [], [], []
+        for i, image in enumerate(batch[IMAGE]):
+            choice = None if image is None else self._box(image, lms[i], None if bbs is None else bbs[i])
+            for k, c in enumerate(choice if isinstance(choice, list) else [choice]):
+                choices.append(c)
+                source.append(i)
+                face_index.append(k)
+        n = len(source)
         crops = np.zeros((n, self.size, self.size, 3), np.uint8)
         found = np.zeros(n, bool)
         methods = np.full(n, "error", dtype=object)
@@ -170,10 +187,11 @@ class FaceCropper:
         n_faces = np.full(n, -1, np.int16)
         face_box = np.full((n, 4), np.nan, np.float32)
         face_score = np.full(n, np.nan, np.float32)
-        for i, image in enumerate(batch[IMAGE]):
-            if image is None:
+        for i, (choice, src) in enumerate(zip(choices, source)):
+            if choice is None:
                 continue
-            box, methods[i], lm, detection = self._box(image, lms[i], None if bbs is None else bbs[i])
+            image = batch[IMAGE][src]
+            box, methods[i], lm, detection = choice
             if detection is not None:
                 n_faces[i], face_box[i], face_score[i] = detection.n_faces, detection.xywh, detection.score
             elif methods[i] == "centre":  # the detector ran and found none
@@ -191,10 +209,20 @@ class FaceCropper:
                 found[i] = True
             if lm is not None:
                 out_lm[i] = transform_points(lm, M).reshape(-1)
-        out = {k: v for k, v in batch.items() if k not in LANDMARK_COLUMNS and k not in BBOX_COLUMNS}
+        rows = np.asarray(source, np.int64)
+        out = {k: _take(v, rows) for k, v in batch.items()
+               if k not in LANDMARK_COLUMNS and k not in BBOX_COLUMNS and k != IMAGE}
         out.update({IMAGE: crops, FACE_FOUND: found, CROP_METHOD: methods, LANDMARKS: out_lm, N_FACES: n_faces,
-                    FACE_SCORE: face_score, **{c: face_box[:, j] for j, c in enumerate(FACE_BOX)}})
+                    FACE_INDEX: np.asarray(face_index, np.int16), FACE_SCORE: face_score,
+                    **{c: face_box[:, j] for j, c in enumerate(FACE_BOX)}})
         return out
+
+
+def _take(values, rows: np.ndarray):
+    """``values`` (an array or a list) at ``rows``."""
+    if isinstance(values, np.ndarray):
+        return values[rows]
+    return [values[r] for r in rows]
 
 
 class MaskDrawer:

@@ -203,6 +203,12 @@ class FaceDetector:
 
     def detect(self, image: np.ndarray) -> Detection | None:
         """The largest face in ``image`` (BGR), or None."""
+        found = self.detect_all(image)
+        return found[0] if found else None
+
+    def detect_all(self, image: np.ndarray) -> list[Detection]:
+        """Every face in ``image`` (BGR), largest first (by the detector's box area); each
+        :class:`Detection` carries ``n_faces`` = how many there are."""
         h, w = image.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
         small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) \
@@ -212,26 +218,26 @@ class FaceDetector:
             min_size = max(16, int(self.min_face * min(grey.shape)))
             faces = self.cascade.detectMultiScale(grey, self.scale_factor, self.min_neighbors,
                                                   minSize=(min_size, min_size))
-            if len(faces) == 0:
-                return None
-            x, y, fw, fh = (float(v) for v in max(faces, key=lambda f: f[2] * f[3]))
-            return Detection(FaceBox((x + fw / 2) / scale, (y + fh / 2) / scale, max(fw, fh) / scale), None,
-                             (x / scale, y / scale, fw / scale, fh / scale), np.nan, len(faces))
+            out = []
+            for x, y, fw, fh in sorted((tuple(float(v) for v in f) for f in faces), key=lambda f: -f[2] * f[3]):
+                out.append(Detection(FaceBox((x + fw / 2) / scale, (y + fh / 2) / scale, max(fw, fh) / scale), None,
+                                     (x / scale, y / scale, fw / scale, fh / scale), np.nan, len(faces)))
+            return out
         small = np.ascontiguousarray(small if small.ndim == 3 else cv2.cvtColor(small, cv2.COLOR_GRAY2BGR))
         if self.yunet_cv is not None:
             self.yunet_cv.setInputSize((small.shape[1], small.shape[0]))
             _, faces = self.yunet_cv.detect(small)
             if faces is None or len(faces) == 0:
-                return None
+                return []
             boxes, points, scores = faces[:, 0:4], faces[:, 4:14], faces[:, 14]
         else:
             boxes, points, scores = yunet_faces(small, self.min_confidence)
-            if len(boxes) == 0:
-                return None
-        best = int(np.argmax(boxes[:, 2].astype(np.float64) * boxes[:, 3]))
-        landmarks = points[best].astype(np.float32).reshape(5, 2) / scale
-        return Detection(face_box_from_landmarks(landmarks), landmarks,
-                         tuple(float(v) / scale for v in boxes[best]), float(scores[best]), len(boxes))
+        out = []
+        for k in np.argsort(-(boxes[:, 2].astype(np.float64) * boxes[:, 3]), kind="stable"):
+            landmarks = points[k].astype(np.float32).reshape(5, 2) / scale
+            out.append(Detection(face_box_from_landmarks(landmarks), landmarks,
+                                 tuple(float(v) / scale for v in boxes[k]), float(scores[k]), len(boxes)))
+        return out
 
 
 def crop_square(image: np.ndarray, box: FaceBox, out_size: int, margin: float = 0.35,
