@@ -180,6 +180,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from facray.reports import EvaluateConfig, evaluate_run
 
     cfg = resolve_config(EvaluateConfig, args)
+    if cfg.dataset:
+        from dataclasses import replace
+
+        from facray.dataset_eval import evaluate_on_dataset
+        table, out, line = evaluate_on_dataset(replace(cfg, model=cfg.model or cfg.run))
+        print(table.round(3).to_string(index=False))
+        print(line)
+        print(f"report: {out}")
+        return 0
     table, out = evaluate_run(cfg)
     cols = [c for c in ("attribute", "real_test_accuracy", "sketch_test_accuracy", "chosen", "combined_test_accuracy",
                         "test_accuracy", "test_accuracy_at_0.5", "balanced_accuracy", "test_balanced_accuracy",
@@ -307,7 +316,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
               _build_sweep, run_sweep_command),
     "combine": ("keep the better modality per attribute; write and register the combined predictor",
                 config_arguments("facray.training.combine", "CombineConfig"), run_combine),
-    "evaluate": ("per-attribute report (real, sketch, combined, majority, paper) with a plot, logged to MLflow",
+    "evaluate": ("per-attribute report (real, sketch, combined, majority, paper) with a plot, logged to MLflow; "
+                 "--dataset scores a model on another dataset",
                  config_arguments("facray.reports", "EvaluateConfig"), run_evaluate),
     "label": ("label images (folder, glob, list, URI or a generator) into one CSV on Ray Data",
               config_arguments("facray.labelling_ray", "LabelConfig",

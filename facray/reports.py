@@ -34,7 +34,15 @@ from facray.training.metrics import confusion_metrics
 @dataclass
 class EvaluateConfig:
     run: str = option("runs/abm", "the run folder (train-binary + combine, or train)", path=True)
-    out: str = option("", "report folder (default <run>/report)", path=True)
+    out: str = option("", "report folder (default <run>/report; with --dataset <model>/eval-<dataset name>)",
+                      path=True)
+    dataset: str = option("", "score the model on this dataset folder instead (CelebA, a CelebA-style list or "
+                              "CSV with any subset of the attributes, MTFL): its images are labelled as "
+                              "`facray label` does, then scored per attribute the dataset labels", path=True)
+    model: str = option("", "with --dataset: the model to score (a run or predictor folder, models:/ URI; "
+                            "default --run)", path=True)
+    split: str = option("all", "with --dataset: the rows to score (all, train, val or test)")
+    skip_missing: bool = option(False, "with --dataset: go on without images its lists name but that are missing")
     prepared: str | None = option(None, "the prepared data the run trained on, if it moved (default: as "
                                         "recorded in the run; its version is checked either way)", path=True)
     log_mlflow: bool = option(True, "log the report to MLflow")

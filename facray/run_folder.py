@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from shlex import quote
 from pathlib import Path
 
 
@@ -141,10 +142,27 @@ class RunFolder:
             raise RunFolderError(f"{self.root} trained on {location}, which is gone ({e}); "
                                  "pass --prepared with the same data's new location") from None
         if version != settings["prepared_version"]:
-            raise RunFolderError(f"{location} holds shards {version}, but {self.root} trained on "
-                                 f"{settings['prepared_version']} (re-prepared since): a report on it would not "
-                                 "describe this run; pass --prepared with the data it trained on, or re-train")
+            raise RunFolderError(self._other_data(location, settings))
         return location
+
+    def _other_data(self, location: str, settings: dict) -> str:
+        """Why ``location`` is not the data this run trained on: another dataset (its source
+        differs from the recorded data's) or the same one prepared again."""
+        from facray.data.prepared import read_metadata
+        meta = read_metadata(location)
+        try:
+            trained = read_metadata(settings["prepared"]) if settings["prepared"] != location else None
+        except FileNotFoundError:
+            trained = None
+        source = f"{meta.get('dataset', '?')} from {meta.get('root', '?')}"
+        if trained and (trained.get("dataset"), trained.get("root")) != (meta.get("dataset"), meta.get("root")):
+            return (f"{location} holds {source}, but {self.root} trained on {trained.get('dataset', '?')} from "
+                    f"{trained.get('root', '?')}: another dataset. To score this run on it: facray evaluate "
+                    f"--model {quote(str(self.root))} --dataset {quote(str(meta.get('root', location)))}")
+        return (f"{location} holds shards {meta['shards']} ({source}), but {self.root} trained on shards "
+                f"{settings['prepared_version']}: re-prepared since, or another dataset; a report on it would not "
+                f"describe this run. Pass --prepared with the data it trained on; to score the run on another "
+                f"dataset: facray evaluate --model {quote(str(self.root))} --dataset DIR")
 
     def split_settings(self, prepared: str | None = None) -> dict:
         """The run's split fields (train/val/test split, holdout, seed) with the verified prepared

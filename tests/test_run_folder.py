@@ -65,6 +65,24 @@ def test_prepared_is_verified_against_the_version_the_run_trained_on(tmp_path):
         run.prepared()
 
 
+def test_another_dataset_is_named_as_such_with_the_command_that_scores_on_it(tmp_path):
+    """The issue's case: --prepared of MTFL for a run trained on CelebA is another dataset, not
+    the same data re-prepared; the message says so and gives the cross-dataset command."""
+    prepared = _prepared(tmp_path / "celeba_prep")
+    meta = json.loads((prepared / "prepared.json").read_text())
+    (prepared / "prepared.json").write_text(json.dumps({**meta, "dataset": "celeba", "root": "/data/celeba"}))
+    run = _run(tmp_path, prepared)
+    other = _prepared(tmp_path / "mtfl prep", shards="shards-m")
+    (other / "prepared.json").write_text(json.dumps({"shards": "shards-m", "size": 32, "dataset": "mtfl",
+                                                     "root": "/data/my mtfl"}))
+    with pytest.raises(RunFolderError) as e:
+        run.prepared(str(other))
+    message = str(e.value)
+    assert "holds mtfl from /data/my mtfl, but" in message and "trained on celeba from /data/celeba" in message
+    assert "another dataset" in message and "re-prepared" not in message
+    assert f"facray evaluate --model {run.root} --dataset '/data/my mtfl'" in message
+
+
 def test_a_folder_without_run_json_is_not_a_run(tmp_path):
     with pytest.raises(RunFolderError, match="not a run folder"):
         RunFolder(tmp_path).settings()

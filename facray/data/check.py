@@ -72,6 +72,22 @@ def detect_layout(root: Path) -> str:
     return "celeba"
 
 
+def read_dataset(root: str | Path, skip_missing: bool = False) -> tuple[pd.DataFrame, str]:
+    """The labelled table of a dataset folder in any layout facray reads (MTFL; CelebA's lists,
+    CSV, or a CelebA-style list with a subset of the attributes) and the layout's name. With no
+    partition file the splits are ABM-CNN's 70/15/15 (a warning in ``attrs["warnings"]``)."""
+    root = Path(root).expanduser().resolve()
+    layout = detect_layout(root)
+    if layout == "mtfl":
+        return read_mtfl(root, skip_missing=skip_missing), layout
+    files = locate_list_files(root)
+    split = "official" if files.partition is not None else "abm"
+    table = read_celeba(root, split=split, skip_missing=skip_missing)
+    if split == "abm":
+        table.attrs["warnings"].append("no list_eval_partition: splits shown are ABM-CNN's 70/15/15")
+    return table, f"celeba/{table.attrs['layout']}/{table.attrs['image_kind']}"
+
+
 def check_dataset(root: str | Path, decode: bool = True, skip_missing: bool = False) -> CheckReport:
     """Read ``root`` (CelebA layouts or MTFL) and report counts, balance and unreadable images.
 
@@ -79,16 +95,7 @@ def check_dataset(root: str | Path, decode: bool = True, skip_missing: bool = Fa
     unless ``skip_missing``).
     """
     root = Path(root).expanduser().resolve()
-    layout = detect_layout(root)
-    if layout == "mtfl":
-        table = read_mtfl(root, skip_missing=skip_missing)
-    else:
-        files = locate_list_files(root)
-        split = "official" if files.partition is not None else "abm"
-        table = read_celeba(root, split=split, skip_missing=skip_missing)
-        layout = f"celeba/{table.attrs['layout']}/{table.attrs['image_kind']}"
-        if split == "abm":
-            table.attrs["warnings"].append("no list_eval_partition: splits shown are ABM-CNN's 70/15/15")
+    table, layout = read_dataset(root, skip_missing)
     attrs = [a for a in ATTRIBUTES if a in table.columns]
     positives = table[attrs].sum()
     balance = pd.DataFrame({"positives": positives, "rate": positives / max(len(table), 1)})
