@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from facray.data.errors import DatasetError, OutputError, OutputLockedError
-from facray.runtime import Terminated, raise_terminated, stop_ray
+from facray.runtime import Terminated, configure_ray_output, raise_terminated, stop_ray
 
 def _build_data_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", type=Path, help="CelebA-layout folder (or MTFL folder with training.txt)")
@@ -360,6 +360,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(selected_command(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
+    configure_ray_output(args.verbose)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     on_main_thread = threading.current_thread() is threading.main_thread()  # signals go there only

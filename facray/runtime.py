@@ -74,6 +74,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     """Initialise Ray once per process (a no-op when already initialised). ``dashboard=False``
     starts a local Ray without the dashboard (about 1 GB in ten processes with Ray 2.60), for
     work that needs neither Ray Train's state polling nor a job server: labelling."""
+    configure_ray_output()
     import ray
 
     global _started_here
@@ -128,3 +129,49 @@ def fit_in_thread(trainer):
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+# The lines facray's Train workers print ("[rank 0] epoch 3/10: ..."). Ray's log deduplication
+# (on by default) folds worker lines that differ only in their numbers within 5 s: epochs of a
+# few seconds would reach the terminal and `ray job logs` as every third line. These never are.
+PROGRESS_LINE_REGEX = r"^\[rank \d+\] "
+
+
+def configure_ray_output(verbose: bool = False) -> None:
+    """What Ray prints, set before Ray is imported or started (environment variables the driver
+    reads, and Ray Train hands on to its controller and workers): facray's progress lines are
+    never deduplicated; a worker's ``print`` is printed once (Ray Train also copies it into its
+    logger, which shows it a second time when Ray wraps stdout); ``verbose`` keeps Ray Train's own
+    per-report lines (checkpoint paths, metric dicts), otherwise only its warnings (see
+    :func:`train_logging_config`). A variable the user set is kept."""
+    os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", PROGRESS_LINE_REGEX)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if verbose:
+        os.environ["FACRAY_VERBOSE"] = "1"
+
+
+def train_logging_config():
+    """Ray Train's ``LoggingConfig`` for every facray run: INFO with ``--verbose``, else WARNING
+    (its "Checkpoint successfully created at ..." and "Reporting training result ..." lines,
+    one pair per epoch and worker, are internals)."""
+    import ray.train
+    return ray.train.LoggingConfig(log_level="INFO" if os.environ.get("FACRAY_VERBOSE") == "1" else "WARNING")
+
+
+def verbose() -> bool:
+    """Whether ``--verbose`` was given (:func:`configure_ray_output`)."""
+    return os.environ.get("FACRAY_VERBOSE") == "1"
+
+
+def quiet_train_worker(verbose: bool) -> None:
+    """In a Ray Train worker, unless ``verbose``: Ray Train's "Reporting training result N: ..."
+    line (a full metrics dict and checkpoint path per epoch) is logged by a logger named after its
+    file, which :func:`train_logging_config` cannot reach; set that logger to WARNING."""
+    if verbose:
+        return
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: its lines stay
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+

@@ -74,6 +74,7 @@ def register_predictor(dest: Path, registered_name: str) -> str:
     import facray.predictor_mlflow as model_code
     info = mlflow.pyfunc.log_model(name="model", python_model=model_code.__file__,
                                    artifacts={"predictor": str(dest)},
+                                   signature=model_code.model_signature(), input_example=model_code.INPUT_EXAMPLE,
                                    # Pinned: a bare name could resolve to someone else's package
                                    # on an index; no dependency inference (offline-safe).
                                    pip_requirements=[f"facray=={facray.__version__}"],

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from facray.run_folder import RunFolder
+from facray.runtime import quiet_train_worker
 from facray.training.binary import FusedBinaryTrainer, TrainerConfig
 from facray.training.configs import TrainBinaryConfig
 from facray.training.jobs import BinaryJob, write_job_output
+from facray.training.progress import with_progress
 from facray.training.run_record import DETERMINISTIC_ERRORS, failed_on_any_rank, inject_failure_once
 from facray.training.splits import SplitSpec, array_batches, load_split_arrays
 from facray.training.streaming import stream_batches
@@ -41,6 +43,7 @@ def train_jobs_per_worker(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     jobs = [BinaryJob(**j) for j in config["assignments"][rank]]
     total_epochs = config["total_epochs"]
+    quiet_train_worker(config.get("verbose", False))
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     try:  # what can fail the same way on every attempt, before any collective
@@ -48,7 +51,7 @@ def train_jobs_per_worker(config: dict) -> None:
         tcfg = trainer_config(cfg, meta, config.get("positive_weights"))
         device = ray.train.torch.get_device()
         trainer = FusedBinaryTrainer(jobs, tcfg, device)
-        train_batches, val_batches, test_batches = _batch_sources(cfg, meta)
+        train_batches, val_batches, test_batches = _batch_sources(cfg, meta, rank, total_epochs)
         error = ""
     except DETERMINISTIC_ERRORS as e:
         error = f"{type(e).__name__}: {e}"
@@ -91,18 +94,25 @@ def train_jobs_per_worker(config: dict) -> None:
             break
 
 
-def _batch_sources(cfg: TrainBinaryConfig, meta: dict):
+def _batch_sources(cfg: TrainBinaryConfig, meta: dict, rank: int, epochs: int):
     """(train(epoch), val(), test()) batch iterators: from memory (every worker loads the arrays:
-    jobs differ between workers, data not) or from the Ray Data datasets (``--data stream``)."""
+    jobs differ between workers, data not) or from the Ray Data datasets (``--data stream``).
+    Rank 0's training batches print progress lines (:func:`facray.training.progress.with_progress`)."""
     import ray.train
+
+    def progress(batches, epoch: int, total: int | None):
+        return with_progress(batches, epoch + 1, epochs, total) if rank == 0 else batches
+
     if cfg.data == "stream":
         shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val", "test")}
-        return (lambda e: stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e),
+        return (lambda e: progress(stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e), e,
+                                   None),
                 lambda: stream_batches(shards["val"], 256, meta, None),
                 lambda: stream_batches(shards["test"], 256, meta, None))
     columns = tuple(c for c, m in (("image", "real"), ("sketch", "sketch")) if m in cfg.modalities)
     data = load_split_arrays(SplitSpec.of(cfg), columns)
-    return (lambda e: array_batches(data["train"], cfg.batch_size, True, cfg.seed, e),
+    total = -(-len(data["train"]["labels"]) // cfg.batch_size)
+    return (lambda e: progress(array_batches(data["train"], cfg.batch_size, True, cfg.seed, e), e, total),
             lambda: array_batches(data["val"], 256),
             lambda: array_batches(data["test"], 256))
 

@@ -21,10 +21,12 @@ import numpy as np
 
 from facray.attributes import ATTRIBUTES
 from facray.run_folder import RunFolder
+from facray.runtime import quiet_train_worker
 from facray.training.configs import (REGISTERED_PREFIX, TrainConfig, input_size, trainer_config, uses_identities,
                                      uses_masks)
 from facray.training.run_record import (DETERMINISTIC_ERRORS, TrainingDiverged, failed_on_any_rank,
                                          inject_failure_once)
+from facray.training.progress import with_progress
 from facray.training.splits import SplitSpec, array_batches, identity_indices, load_split_arrays
 
 
@@ -41,6 +43,7 @@ def train_per_worker(config: dict) -> None:
     cfg = TrainConfig(**config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    quiet_train_worker(config.get("verbose", False))
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
@@ -87,9 +90,10 @@ def train_per_worker(config: dict) -> None:
             return
         record.update(epoch_seconds=time.perf_counter() - start, resumed_from_epoch=resumed_from)
         last = trainer.epoch == cfg.epochs or trainer.stopped
-        print(f"[rank {rank}] epoch {trainer.epoch}/{cfg.epochs}: loss {record['loss']:.4f}, val loss "
-              f"{record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}, "
-              f"{record['epoch_seconds']:.0f}s", flush=True)
+        if rank == 0:  # every rank validates on the same data: one line says it
+            print(f"[rank {rank}] epoch {trainer.epoch}/{cfg.epochs}: loss {record['loss']:.4f}, val loss "
+                  f"{record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}, "
+                  f"{record['epoch_seconds']:.0f}s", flush=True)
         if rank != 0:
             ray.train.report(record)
             continue
@@ -118,17 +122,24 @@ def _batch_sources(cfg: TrainConfig, meta: dict, rank: int, world: int, identiti
     dataset is split equally between workers by Ray Train). ``identities``: an identity model's
     classes (each row gets its ``identity_index``)."""
     import ray.train
+
+    def progress(batches, epoch: int, total: int | None):  # rank 0's share, printed by rank 0
+        return with_progress(batches, epoch + 1, cfg.epochs, total) if rank == 0 else batches
+
     if cfg.data == "stream":
         from facray.training.streaming import stream_batches
         shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val", "test")}  # see train_multitask
-        return (lambda e: stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e),
+        return (lambda e: progress(stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e), e,
+                                   None),
                 lambda: stream_batches(shards["val"], 256, meta, None),
                 lambda: stream_batches(shards["test"], 256, meta, None))
     data = load_split_arrays(SplitSpec.of(cfg), ("image", "masks") if uses_masks(cfg) else ("image",))
     if len(identities):
         for part in data.values():
             part["identity_index"] = identity_indices(part["identity"], identities)
-    return (lambda e: array_batches(data["train"], cfg.batch_size, True, cfg.seed, e, rank, world),
+    n = len(data["train"]["labels"])
+    total = -(-((n - n % world) // world if world > 1 else n) // cfg.batch_size)
+    return (lambda e: progress(array_batches(data["train"], cfg.batch_size, True, cfg.seed, e, rank, world), e, total),
             lambda: array_batches(data["val"], 256),
             lambda: array_batches(data["test"], 256))
 

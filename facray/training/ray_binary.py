@@ -57,20 +57,20 @@ def _run_trainer(cfg: TrainBinaryConfig, shared: dict, assignments: list[list[di
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from facray.runtime import fit_in_thread
+    from facray.runtime import fit_in_thread, train_logging_config, verbose
     total_epochs = max((j["max_epochs"] for a in assignments for j in a), default=0)
     datasets, data_config = _datasets(cfg)
     kwargs = {"datasets": datasets, "dataset_config": data_config} if datasets else {}
     trainer = TorchTrainer(
         train_jobs_per_worker,
         train_loop_config={"cfg": config_to_dict(cfg), "assignments": assignments, "total_epochs": total_epochs,
-                           **shared},
+                           "verbose": verbose(), **shared},
         scaling_config=_scaling(cfg, len(assignments)),
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(RunFolder(cfg.out).ray_results_dir),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks or []),
+            callbacks=callbacks or [], logging_config=train_logging_config()),
         **kwargs)
     run = RunFolder(cfg.out)
     run.clear_failure(name)

@@ -54,7 +54,7 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
     from ray.train.torch import TorchTrainer
 
     from facray.preflight import check_training_run
-    from facray.runtime import fit_in_thread, init_ray
+    from facray.runtime import fit_in_thread, init_ray, train_logging_config, verbose
     from facray.tracking import finish_training_run, start_training_run
 
     cfg = absolute_paths(cfg)
@@ -96,7 +96,7 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
     run.set_parent_run_id(run_id)  # evaluate logs under it
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
     model_kwargs = {**cfg.model_kwargs(), **({"num_identities": len(identities)} if identities else {})}
-    loop_config = {"cfg": asdict(cfg), "settings_hash": digest, "model_kwargs": model_kwargs, "identities": identities, "positive_weights": positive_weights(labels, cfg.max_pos_weight).tolist(),
+    loop_config = {"cfg": asdict(cfg), "verbose": verbose(), "settings_hash": digest, "model_kwargs": model_kwargs, "identities": identities, "positive_weights": positive_weights(labels, cfg.max_pos_weight).tolist(),
                    "labelled_attributes": trainable}
     stream = {}
     if cfg.data == "stream":
@@ -112,7 +112,7 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
             name=f"multitask-{digest[:12]}", storage_path=str(run.ray_results_dir),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[_callback_class()(tracking_uri, run_id), *callbacks]))
+            callbacks=[_callback_class()(tracking_uri, run_id), *callbacks], logging_config=train_logging_config()))
     name = f"multitask-{digest[:12]}"
     run.clear_failure(name)
     result = fit_in_thread(trainer)
