@@ -39,6 +39,22 @@ def synth_copy(synth_root, tmp_path) -> Path:
     return dst
 
 
+PARTIAL_ATTRIBUTES = ("Eyeglasses", "Male", "Smiling")  # what MTFL labels
+
+
+@pytest.fixture
+def synth_partial(synth_copy) -> Path:
+    """``synth_copy`` whose list_attr_celeba.txt names only :data:`PARTIAL_ATTRIBUTES` (a
+    dataset labelled for a few attributes, or facray's labels of a partial model)."""
+    p = synth_copy / "list_attr_celeba.txt"
+    lines = p.read_text().splitlines()
+    header = lines[1].split()
+    keep = [header.index(a) for a in PARTIAL_ATTRIBUTES]
+    body = [" ".join([parts[0]] + [parts[1 + j] for j in keep]) for parts in map(str.split, lines[2:])]
+    p.write_text("\n".join([lines[0], " ".join(PARTIAL_ATTRIBUTES), *body]) + "\n")
+    return synth_copy
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole test session: 2 CPUs, no dashboard (tests ask for fractions),

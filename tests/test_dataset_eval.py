@@ -30,21 +30,15 @@ def test_scores_only_what_both_the_dataset_and_the_model_label():
 
 @pytest.mark.integration
 @pytest.mark.timeout(400)
-def test_evaluate_a_model_on_a_dataset_labelled_for_three_attributes(ray_session, synth_copy, tmp_path, capsys):
+def test_evaluate_a_model_on_a_dataset_labelled_for_three_attributes(ray_session, synth_partial, tmp_path, capsys):
     """The issue's case: a CelebA-style list naming Male, Smiling and Eyeglasses only. The images
     are labelled through `label`'s path and the three attributes scored, each row's figures
     consistent with the labels written."""
     from facray.cli import main
     from facray.labelling_ray import smoke_model
-    p = synth_copy / "list_attr_celeba.txt"
-    lines = p.read_text().splitlines()
-    header = lines[1].split()
-    keep = [header.index(a) for a in ("Eyeglasses", "Male", "Smiling")]
-    body = [" ".join([parts[0]] + [parts[1 + j] for j in keep]) for parts in map(str.split, lines[2:])]
-    p.write_text("\n".join([lines[0], "Eyeglasses Male Smiling", *body]) + "\n")
     model = smoke_model(tmp_path / "model", crop_size=32)
     out = tmp_path / "eval"
-    code = main(["evaluate", "--model", str(model), "--dataset", str(synth_copy), "--split", "test",
+    code = main(["evaluate", "--model", str(model), "--dataset", str(synth_partial), "--split", "test",
                  "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0 and "3 attribute(s) scored" in printed
@@ -52,7 +46,7 @@ def test_evaluate_a_model_on_a_dataset_labelled_for_three_attributes(ray_session
     assert list(report.index) == ["Eyeglasses", "Male", "Smiling", "MEAN"]
     labels = pd.read_csv(out / "labels.csv", keep_default_na=False, na_values=[""])
     from facray.data.check import read_dataset
-    truth, _ = read_dataset(synth_copy)
+    truth, _ = read_dataset(synth_partial)
     merged = labels.merge(truth[["path", "Male"]], on="path", suffixes=("", "_true"))
     assert len(merged) == len(labels) == report.loc["Male", "scored"] == (truth.split == "test").sum()
     agree = (merged.Male == merged.Male_true).mean()

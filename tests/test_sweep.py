@@ -45,18 +45,30 @@ def test_a_bad_space_is_refused_before_ray_starts(tmp_path, body, message):
     assert "rc 2 ray started False" in out.stdout and message.split()[0] in out.stderr
 
 
-def test_a_killed_sweep_resumes_only_its_unfinished_trials_then_registers_the_best(tmp_path):
+def test_an_interrupted_sweep_resumes_only_its_unfinished_trials_then_registers_the_best(tmp_path):
+    """The issue's case: Ctrl-C (SIGINT to the command's process group, as a terminal sends it)
+    after the first trial finished: one line and exit 130 (the pending trial with no config used
+    to crash the results table); the re-run resumes."""
     out = tmp_path / "sweep"
     args = [sys.executable, str(JOB), "--smoke-test", "--out", str(out)]
-    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    err = (tmp_path / "first.err").open("w")
+    # SIGINT back to its default in the child: pytest's runner may have it ignored, and a child
+    # inherits an ignored signal.
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 480
     while time.time() < deadline and not list(out.glob("trials/*/metrics.json")):
         assert first.poll() is None, "the sweep ended before it could be interrupted"
         time.sleep(2)
     finished_before = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("trials/*/metrics.json")}
     assert finished_before, "no trial finished within the deadline"
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray, mid-sweep
-    first.wait()
+    time.sleep(2)
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C, mid-sweep
+    assert first.wait(timeout=120) == 130
+    err.close()
+    lines = [line for line in (tmp_path / "first.err").read_text().splitlines() if line.startswith("facray:")]
+    assert lines == ["facray: interrupted; finished work is kept: re-run the same command to resume"]
+    assert "TypeError" not in (tmp_path / "first.err").read_text()
     assert not out.joinpath("sweep_results.csv").exists()
 
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)

@@ -19,7 +19,7 @@ from facray.training.binary import FusedBinaryTrainer, TrainerConfig
 from facray.training.configs import TrainBinaryConfig
 from facray.training.jobs import BinaryJob, write_job_output
 from facray.training.progress import with_progress
-from facray.training.run_record import DETERMINISTIC_ERRORS, failed_on_any_rank, inject_failure_once
+from facray.training.run_record import inject_failure_once, set_up_on_every_rank
 from facray.training.splits import SplitSpec, array_batches, load_split_arrays
 from facray.training.streaming import stream_batches
 
@@ -46,17 +46,17 @@ def train_jobs_per_worker(config: dict) -> None:
     quiet_train_worker(config.get("verbose", False))
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    try:  # what can fail the same way on every attempt, before any collective
+    device = ray.train.torch.get_device()
+
+    def setup():
         meta = read_metadata(cfg.prepared)
-        tcfg = trainer_config(cfg, meta, config.get("positive_weights"))
-        device = ray.train.torch.get_device()
-        trainer = FusedBinaryTrainer(jobs, tcfg, device)
-        train_batches, val_batches, test_batches = _batch_sources(cfg, meta, rank, total_epochs)
-        error = ""
-    except DETERMINISTIC_ERRORS as e:
-        error = f"{type(e).__name__}: {e}"
-    if failed_on_any_rank(cfg.out, error):
+        trainer = FusedBinaryTrainer(jobs, trainer_config(cfg, meta, config.get("positive_weights")), device)
+        return trainer, _batch_sources(cfg, meta, rank, total_epochs)
+
+    ready = set_up_on_every_rank(cfg.out, setup)
+    if ready is None:  # a failure a retry would repeat: the driver reports it
         return
+    trainer, (train_batches, val_batches, test_batches) = ready
     resumed_from = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:

@@ -24,8 +24,7 @@ from facray.run_folder import RunFolder
 from facray.runtime import quiet_train_worker
 from facray.training.configs import (REGISTERED_PREFIX, TrainConfig, input_size, trainer_config, uses_identities,
                                      uses_masks)
-from facray.training.run_record import (DETERMINISTIC_ERRORS, TrainingDiverged, failed_on_any_rank,
-                                         inject_failure_once)
+from facray.training.run_record import TrainingDiverged, inject_failure_once, set_up_on_every_rank
 from facray.training.progress import with_progress
 from facray.training.splits import SplitSpec, array_batches, identity_indices, load_split_arrays
 
@@ -47,14 +46,10 @@ def train_per_worker(config: dict) -> None:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    try:  # what can fail the same way on every attempt, before any collective
-        model, meta, sources = _setup(cfg, config, rank, world)
-        error = ""
-    except DETERMINISTIC_ERRORS as e:
-        error = f"{type(e).__name__}: {e}"
-    if failed_on_any_rank(cfg.out, error):
+    ready = set_up_on_every_rank(cfg.out, lambda: _setup(cfg, config, rank, world))
+    if ready is None:  # a failure a retry would repeat: the driver reports it
         return
-    train_batches, val_batches, test_batches = sources
+    model, meta, (train_batches, val_batches, test_batches) = ready
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         model = to_channels_last(model)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from typing import Callable, TypeVar
 from pathlib import Path
 
 from facray.config import config_text, config_to_dict
@@ -28,11 +29,25 @@ class TrainingDiverged(TrainingFailed):
     registered (raised by the trainers' ``check_finite``; the CLI prints it in one line)."""
 
 
+T = TypeVar("T")
+
 # Errors a retry would only repeat: the same files, settings and code on every attempt. A Ray
 # Train worker that meets one ends the run at once (:func:`failed_on_any_rank`); Ray Train's
 # retries (``max_failures``) are for lost workers and nodes.
 DETERMINISTIC_ERRORS = (ValueError, TypeError, LookupError, AttributeError, ImportError, FileNotFoundError,
                         NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def set_up_on_every_rank(out: str | Path, setup: Callable[[], T]) -> T | None:
+    """Run a Ray Train worker's ``setup`` (what a missing file or a bad setting breaks: reading
+    the data, building the model), before any collective. Its result, or None when it failed
+    with a :data:`DETERMINISTIC_ERRORS` error on this rank or any other: then the first error is
+    the run's failure (:func:`failed_on_any_rank`) and the worker should return."""
+    try:
+        result, error = setup(), ""
+    except DETERMINISTIC_ERRORS as e:
+        result, error = None, f"{type(e).__name__}: {e}"
+    return None if failed_on_any_rank(out, error) else result
 
 
 def failed_on_any_rank(out: str | Path, error: str) -> bool:
