@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shlex
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -114,3 +115,28 @@ def check_writable(location: str) -> None:
     except OSError as e:
         raise PreflightError(f"{location}: cannot write there ({_first_line(e)}); check the path, "
                              "its permissions and free space, or the store's endpoint and credentials") from None
+    note_job_upload(location)
+
+
+def note_job_upload(location: str) -> None:
+    """Print a note when ``location`` (where a run writes) lies inside the current folder, a git
+    work tree, and is not git-ignored: ``ray job submit --working-dir .`` from here uploads every
+    file Ray's ``.gitignore``/``.rayignore`` handling does not leave out, run folders included
+    (checkpoints, Parquet shards: often gigabytes). Silent elsewhere (outside a repository, on an
+    object store, or when git is missing)."""
+    from facray import storage
+    if storage.is_uri(location):
+        return
+    here, target = Path.cwd().resolve(), Path(location).resolve()
+    if target == here or here not in target.parents or not (here / ".git").exists():
+        return
+    try:
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(target)], cwd=here, capture_output=True,
+                                 timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return
+    if not ignored:
+        rel = target.relative_to(here)
+        print(f"note: {rel} is inside {here} and not in its .gitignore: `ray job submit --working-dir .` from "
+              f"here would upload it; add {rel.parts[0]}/ to .gitignore or .rayignore, or write outside", flush=True)
+

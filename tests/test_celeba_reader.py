@@ -235,3 +235,18 @@ def test_a_list_name_outside_the_image_folder_is_refused(synth_copy):
     for skip in (False, True):
         with pytest.raises(DatasetError, match=r"list_attr_celeba.txt:3: image '../../secret.jpg' is outside"):
             read_celeba(synth_copy, skip_missing=skip)
+
+
+def test_a_kaggle_csv_with_a_subset_of_the_attributes_is_read(tmp_path):
+    """The issue's case: ``image_id,Male,Smiling,Eyeglasses`` (no 37 missing-column errors); the
+    other attributes are left out of the table, so they read as unknown."""
+    from facray.data.celeba import labels_matrix, read_attribute_file
+    from facray.attributes import ATTRIBUTE_INDEX
+    path = tmp_path / "list_attr_celeba.csv"
+    path.write_text("image_id,Male,Smiling,Eyeglasses\n000001.jpg,1,-1,-1\n000002.jpg,-1,1,1\n")
+    table, notes = read_attribute_file(path)
+    assert list(table.columns) == ["image_id", "Eyeglasses", "Male", "Smiling"]
+    assert table.Male.tolist() == [1, 0] and table.Eyeglasses.tolist() == [0, 1]
+    labels = labels_matrix(table)
+    assert labels[:, ATTRIBUTE_INDEX["Bald"]].tolist() == [-1, -1] and labels[1, ATTRIBUTE_INDEX["Smiling"]] == 1
+    assert "labels 3 of the 40 attributes" in notes[0]

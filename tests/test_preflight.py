@@ -150,3 +150,18 @@ def test_a_second_demo_reuses_the_prepared_data_of_the_first(prepared_small):
     assert _prepared_with(cfg)
     assert not _prepared_with(dataclasses.replace(cfg, size=cfg.size + 16))
     assert not _prepared_with(dataclasses.replace(cfg, out=str(prepared_small.parent / "elsewhere")))
+
+
+def test_a_run_folder_a_job_submit_would_upload_is_noted(tmp_path, monkeypatch, capsys):
+    """Inside a git work tree, an output that .gitignore does not leave out gets one note (a
+    `ray job submit --working-dir .` from there would upload it); an ignored one, none."""
+    import subprocess
+    from facray.preflight import check_writable
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("runs/\n")
+    monkeypatch.chdir(tmp_path)
+    check_writable(str(tmp_path / "runs" / "abm"))
+    assert capsys.readouterr().out == ""
+    check_writable(str(tmp_path / "results" / "abm"))
+    out = capsys.readouterr().out
+    assert "note: results/abm is inside" in out and "add results/ to .gitignore or .rayignore" in out
