@@ -83,6 +83,7 @@ def evaluate_on_dataset(cfg) -> tuple[pd.DataFrame, Path, str]:
         raise ValueError(f"{cfg.dataset}: no image was both labelled in the dataset and labelled by {cfg.model}")
     mean = {"attribute": "MEAN", **report.drop(columns=["attribute", "scored", "positives"]).mean().to_dict()}
     full = pd.concat([report, pd.DataFrame([mean])], ignore_index=True)
+    full[["scored", "positives"]] = full[["scored", "positives"]].astype("Int64")  # (empty on the mean row)
     full.to_csv(out / "report.csv", index=False)
     faces = int(rows["face_found"].astype(str).str.lower().isin(["true", "1"]).sum())
     line = (f"{len(table)} image(s) of {cfg.dataset} [{layout}, split {cfg.split}]: faces found {faces}, errors "

@@ -500,14 +500,16 @@ class LabelSummary:
     multi_face: int = 0  # images in which the detector found more than one face
     errors_file: str = ""  # --format celeba: where the rows its list cannot hold went
     rows: int = 0  # rows written: one per input, or (--faces all) one per face
+    faces: str = "largest"  # --faces
 
     def format(self) -> str:
         return (f"labelled {self.labelled} new image(s), reused {self.reused}, {self.rows or self.inputs} rows "
                 f"in {self.out}\n"
                 + (f"  not inputs: {self.skipped}\n" if self.skipped else "") +
                 f"  model: {self.model}\n  faces found: {self.faces_found}/{self.inputs - self.errors} images"
-                + (f" ({self.multi_face} with more than one face: the largest labelled, n_faces says how many)"
-                   if self.multi_face else "") +
+                + (f" ({self.multi_face} with more than one face: "
+                   + ("a row for each, face_index 0 the largest)" if self.faces == "all"
+                      else "the largest labelled, n_faces says how many)") if self.multi_face else "") +
                 f", errors: {self.errors}" + (f" (in {self.errors_file})" if self.errors_file else "")
                 + f", {self.seconds:.1f}s\n"
                 "  wall clock: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.phases.items()) + "\n"
@@ -621,7 +623,7 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
                         model_name, phases, stage_seconds(pd.concat(new)) if new else {},
                         inputs.attrs.get("skipped_text", ""), int((n_faces > 1).sum()),
                         errors_path(out) if cfg.format == "celeba" and storage.is_file(errors_path(out)) else "",
-                        len(rows))
+                        len(rows), cfg.faces)
 
 
 def smoke_model(folder: Path, crop_size: int = 48) -> Path:

@@ -209,3 +209,11 @@ def test_faces_all_labels_each_face_and_resumes_by_image(ray_session, tmp_path):
     assert largest.labelled == 3 and len(pd.read_parquet(out)) == 3
     with pytest.raises(ValueError, match="--faces all writes one row per face"):
         label_images(LabelConfig(out=str(tmp_path / "l.txt"), format="celeba", faces="all", **common))
+
+
+def test_the_summary_says_how_multi_face_images_were_labelled():
+    from facray.labelling_ray import LabelSummary
+    common = dict(inputs=3, reused=0, labelled=3, faces_found=3, errors=0, seconds=1.0, out="o", model="m",
+                  phases={}, stages={}, multi_face=1)
+    assert "1 with more than one face: the largest labelled" in LabelSummary(**common).format()
+    assert "1 with more than one face: a row for each" in LabelSummary(**common, rows=4, faces="all").format()
