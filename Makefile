@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/facray demo --out demo_output
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''

@@ -298,7 +298,8 @@ def differing_keys(old: dict, new: dict) -> list[str]:
 
 
 def _is_predictor(folder: Path) -> bool:
-    from facray.predictor import MANIFEST
+    # facray.manifest, not facray.predictor: the label driver locates run folders without torch.
+    from facray.manifest import MANIFEST
     return (folder / MANIFEST).is_file()
 
 

@@ -196,13 +196,27 @@ def test_compiled_predictor_gives_the_same_probabilities(preprocessed):
                                predictor.predict_proba(batch["image"], batch["sketch"]), atol=1e-5)
 
 
-def test_the_label_driver_never_imports_torch(preprocessed):
+@pytest.mark.parametrize("form", ["predictor folder", "run folder", "models:/ URI"])
+def test_the_label_driver_never_imports_torch(preprocessed, tmp_path, form, monkeypatch):
     """``facray label``'s driver parses its arguments, finds and checks the predictor (manifest,
     SHA-256) and decides error rows without torch: the tensors are checked in a worker. Torch costs
-    a process about 0.5 GB."""
+    a process about 0.5 GB. Both local ``--model`` forms (a run folder used to pull torch in
+    through the run folder's predictor check)."""
+    import shutil
     import subprocess
     import sys
     model, predictor, _ = preprocessed
+    if form == "run folder":  # a `facray train` run: its predictor in model/
+        shutil.copytree(model, tmp_path / "run" / "model")
+        model = tmp_path / "run"
+    elif form == "models:/ URI":  # registered as `facray train` registers it
+        import mlflow
+        from facray.tracking import register_predictor
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        mlflow.set_tracking_uri(uri)
+        with mlflow.start_run():
+            model = register_predictor(model, "facray-test")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     script = (
         "import sys, numpy as np\n"
         "from facray.cli import build_parser, selected_command\n"
