@@ -10,6 +10,7 @@ the scores and counted. Writes ``labels.csv``, ``report.csv`` and ``report.md`` 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,7 @@ def evaluate_on_dataset(cfg) -> tuple[pd.DataFrame, Path, str]:
     summary = label_images(LabelConfig(images=str(listing), model=cfg.model, out=str(out / "labels.csv"),
                                        tracking_uri=cfg.tracking_uri))
     rows = pd.read_csv(out / "labels.csv", keep_default_na=False, na_values=[""]).set_index("path")
-    rows = rows.loc[table["path"]]
+    rows = rows.loc[[os.path.abspath(p) for p in table["path"]]]  # as `label` names its inputs
     ok = (rows["error"].fillna("") == "").to_numpy()
     decisions = rows[list(ATTRIBUTES)].to_numpy(dtype=float)
     decisions[~ok] = np.nan

@@ -154,7 +154,12 @@ def previous_rows(out: str, fmt: str) -> pd.DataFrame:
     frames = []
     if storage.is_file(out) and storage.is_file(index_path(out)):
         keys = _read_parquet(index_path(out))
-        if fmt == "celeba":  # the list holds decisions only: its index holds the whole rows
+        # An index of an older facray has no format: it was csv or parquet, as asked now.
+        written_as = str(keys["format"].iloc[0]) if "format" in keys and len(keys) else \
+            (fmt if fmt != "celeba" else "")
+        if written_as != fmt:
+            pass  # another format under the same name: its rows are labelled again, never misread
+        elif fmt == "celeba":  # the list holds decisions only: its index holds the whole rows
             frames.append(keys)
         else:
             rows = read_output(out, fmt).drop(columns=["model"])
@@ -170,11 +175,27 @@ def previous_rows(out: str, fmt: str) -> pd.DataFrame:
             continue
     if not frames:
         return pd.DataFrame(columns=list(dict.fromkeys(OUTPUT_COLUMNS + KEY_COLUMNS)))
-    rows = pd.concat(frames, ignore_index=True)
+    rows = pd.concat([f.assign(_source=i) for i, f in enumerate(frames)], ignore_index=True)
     # Rows of an older facray: no faces mode (it labelled the largest face only), one face each.
     rows["faces"] = rows["faces"].fillna("largest") if "faces" in rows else "largest"
     rows["face_index"] = rows["face_index"].fillna(0) if "face_index" in rows else 0
-    return rows.drop_duplicates(subset=["path", "face_index"], keep="last")
+    # An image's rows all come from one source, the newest (output, then parts in order): never
+    # face 0 of one run beside face 2 of another.
+    rows = rows[rows["_source"] == rows.groupby("path")["_source"].transform("max")]
+    return rows.drop(columns="_source").drop_duplicates(subset=["path", "face_index"], keep="last")
+
+
+def complete_images(done: pd.DataFrame) -> pd.Series:
+    """Per path of ``done`` (rows of :func:`previous_rows`), whether all its rows are there: one
+    row, or with ``--faces all`` one per face found (``face_index`` 0 .. n_faces-1; a run killed
+    between two parts may have written some of an image's faces only)."""
+    if done.empty:
+        return pd.Series(dtype=bool)
+    n_faces = pd.to_numeric(done["n_faces"], errors="coerce").fillna(1).clip(lower=1)
+    per = pd.DataFrame({"path": done["path"], "index": done["face_index"], "n": n_faces})
+    per["expected"] = per["n"].where(done["faces"] == "all", 1)
+    grouped = per.groupby("path").agg(found=("index", "nunique"), expected=("expected", "max"))
+    return grouped["found"] >= grouped["expected"]
 
 
 def write_atomically(rows: pd.DataFrame, out: str, fmt: str) -> None:
@@ -186,12 +207,12 @@ def write_atomically(rows: pd.DataFrame, out: str, fmt: str) -> None:
     data, left_out = encode_output(rows, fmt)
     index = io.BytesIO()
     (output_table(rows).assign(**{k: rows[k].to_numpy() for k in KEY_COLUMNS[1:]})
-     if fmt == "celeba" else rows[[*KEY_COLUMNS, "face_index"]]).to_parquet(index, index=False)
+     if fmt == "celeba" else rows[[*KEY_COLUMNS, "face_index"]]).assign(format=fmt).to_parquet(index, index=False)
     # The index says which rows of the output are current: it goes first out of the way and last
     # back in, so a failure between the two writes (a full disk) never pairs new keys with old rows.
     storage.delete_file(index_path(out))
+    storage.delete_file(errors_path(out))  # (a celeba run's, under the same name)
     if fmt == "celeba":
-        storage.delete_file(errors_path(out))
         if len(left_out):
             _write_whole(errors_path(out), left_out.to_csv(index=False).encode())
     _write_whole(out, data)
@@ -581,7 +602,8 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     merged = inputs.merge(keys, on="path", how="left", suffixes=("", "_done"))
     # Nullable columns (parts read back from Parquet) compare to NA where nothing was done: not fresh.
     fresh = ((merged["size"] == merged["size_done"]) & (merged["mtime_ns"] == merged["mtime_ns_done"])
-             & (merged["model"] == predictor.name) & (merged["faces"] == cfg.faces)).fillna(False).to_numpy(dtype=bool)
+             & (merged["model"] == predictor.name) & (merged["faces"] == cfg.faces)
+             & merged["path"].map(complete_images(done))).fillna(False).to_numpy(dtype=bool)
     todo = inputs[~fresh]
     print(f"{len(inputs)} input image(s): {int(fresh.sum())} already labelled, {len(todo)} to label "
           f"with {predictor.name} ({len(predictor.attributes)} attributes"

@@ -217,3 +217,39 @@ def test_the_summary_says_how_multi_face_images_were_labelled():
                   phases={}, stages={}, multi_face=1)
     assert "1 with more than one face: the largest labelled" in LabelSummary(**common).format()
     assert "1 with more than one face: a row for each" in LabelSummary(**common, rows=4, faces="all").format()
+
+
+def _keyed(rows, faces="largest"):
+    return rows.assign(size=10, mtime_ns=5, faces=faces, face_index=0)
+
+
+def test_an_image_is_reused_only_with_all_its_faces_from_one_source(tmp_path):
+    """--faces all: a run killed between two parts may have written some of an image's faces;
+    such an image is labelled again, and an image's rows never mix two runs."""
+    from facray.labelling_ray import complete_images, parts_dir, previous_rows, write_atomically
+    base = _rows().iloc[:1]
+    three = pd.concat([_keyed(base, "all").assign(face_index=k, n_faces=3) for k in range(3)], ignore_index=True)
+    out = str(tmp_path / "labels.csv")
+    write_atomically(three, out, "csv")
+    part = tmp_path / "labels.csv.parts" / "run-1"
+    part.mkdir(parents=True)
+    three.iloc[:2].to_parquet(part / "part-0.parquet")  # a newer run got two of the three faces
+    done = previous_rows(out, "csv")
+    assert done.face_index.tolist() == [0, 1]  # the newest source only, not 0, 1 from it and 2 from the output
+    assert not complete_images(done).iloc[0]
+    assert parts_dir(out) == str(tmp_path / "labels.csv.parts")
+    (part / "part-0.parquet").unlink()
+    assert complete_images(previous_rows(out, "csv")).iloc[0]
+
+
+def test_another_format_under_the_same_name_is_relabelled_never_misread(tmp_path):
+    from facray.labelling_ray import errors_path, previous_rows, write_atomically
+    rows = _keyed(_rows())
+    out = str(tmp_path / "labels.out")
+    write_atomically(rows, out, "csv")
+    assert len(previous_rows(out, "csv")) == 5 and previous_rows(out, "celeba").empty
+    write_atomically(rows, out, "celeba")
+    assert os.path.exists(errors_path(out))
+    assert len(previous_rows(out, "celeba")) == 5 and previous_rows(out, "csv").empty  # no KeyError
+    write_atomically(rows, out, "parquet")
+    assert not os.path.exists(errors_path(out)) and previous_rows(out, "csv").empty

@@ -274,8 +274,9 @@ def list_uri_images(uri: str) -> Listing:
             listing.paths.append(location)
         else:
             listing.skip("not an image", location)
-    single = listing.paths == [uri.rstrip("/")]  # one object named: ids relative to its prefix
-    listing.root = uri.rstrip("/").rsplit("/", 1)[0] if single else uri.rstrip("/")
+    base = uri.split("?", 1)[0].rstrip("/")  # listed locations carry no ?endpoint_override=... options
+    single = listing.paths == [base]  # one object named: ids relative to its prefix
+    listing.root = base.rsplit("/", 1)[0] if single else base
     return listing
 
 

@@ -45,10 +45,23 @@ from facray.training.losses import mask_mse, masked_bce
 from facray.training.metrics import attribute_metrics, identification_metrics
 
 
+def _mean_over_ranks(total: torch.Tensor, seen: int) -> float:
+    """The epoch's mean training loss over every DDP rank (one all-reduce; this rank's alone
+    without a process group). Every rank then sees the same value, so a non-finite loss on one
+    rank stops them all at the same epoch (:func:`check_finite`) and none waits for the others
+    in the next epoch's gradient all-reduce."""
+    import torch.distributed as dist
+    sums = torch.stack([total.detach().float().reshape(()), torch.tensor(float(seen), device=total.device)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(sums)
+    return float(sums[0]) / max(float(sums[1]), 1.0)
+
+
 def check_finite(epoch: int, loss: float, val_loss: float, lr: float) -> None:
     """Raise :class:`TrainingDiverged` at the first epoch whose training or validation loss is not
     finite (:func:`facray.training.run_record.divergence`). The validation loss is computed on the
-    same data on every DDP rank from the same weights, so every rank stops at the same epoch."""
+    same data on every DDP rank from the same weights and the training loss is averaged over the
+    ranks (:func:`_mean_over_ranks`), so every rank stops at the same epoch."""
     message = divergence(epoch, loss, val_loss, lr)
     if message:
         raise TrainingDiverged(f"{message} (nothing was kept or registered)")
@@ -195,8 +208,9 @@ class MultiTaskTrainer:
             seen += len(batch["labels"])
         val = self.evaluate(val_batches)
         self.epoch += 1
-        check_finite(self.epoch, float(total) / max(seen, 1), val["loss"], lr)
-        record = {"epoch": self.epoch, "lr": lr, "loss": float(total) / max(seen, 1), "val_loss": val["loss"],
+        loss = _mean_over_ranks(total, seen)
+        check_finite(self.epoch, loss, val["loss"], lr)
+        record = {"epoch": self.epoch, "lr": lr, "loss": loss, "val_loss": val["loss"],
                   "val_accuracy": float(np.nanmean(val["metrics"]["accuracy"][val["metrics"]["count"] > 0]))}
         if "identity" in val:
             record.update(val_identity_top1=val["identity"]["top1"], val_identity_loss=val["identity"]["loss"])
