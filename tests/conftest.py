@@ -56,6 +56,21 @@ def synth_partial(synth_copy) -> Path:
 
 
 @pytest.fixture(scope="session")
+def learnable():
+    """``learnable(prepared, **split)``: the attributes a multi-task run on ``prepared`` trains,
+    in the official order: those whose training rows hold both classes (tiny generated data has
+    a one-sided attribute or two, which the trainers leave out)."""
+    def attributes(prepared, **split) -> list[str]:
+        from facray.attributes import ATTRIBUTES
+        from facray.training.metrics import one_sided_attributes
+        from facray.training.splits import SplitSpec, train_labels
+        labels = train_labels(SplitSpec(str(prepared), **split))
+        one_sided = one_sided_attributes(labels, ATTRIBUTES)
+        return [a for j, a in enumerate(ATTRIBUTES) if (labels[:, j] >= 0).any() and a not in one_sided]
+    return attributes
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole test session: 2 CPUs, no dashboard (tests ask for fractions),
     and one declared GPU that does not exist, so the GPU-mode labelling pipeline runs here with
