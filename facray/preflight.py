@@ -9,10 +9,12 @@ here imports torch (the label driver stays torch-free).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shlex
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -53,8 +55,13 @@ def check_tracking_store(tracking_uri: str, experiment: str | None = None, read_
     exists, is not deleted (MLflow refuses to log into a deleted experiment, which a run would
     only find after training). An absent experiment is fine: the run creates it. ``read_only``
     (a command that only reads, e.g. ``label --model models:/...``): a SQLite store must exist
-    already; MLflow would create an empty one."""
+    already; MLflow would create an empty one. A store and experiment that passed within the last
+    minute in this process are not asked again (a command checks before Ray starts, then again
+    where it opens its MLflow run)."""
     import mlflow
+    key = (tracking_uri, experiment, read_only)
+    if time.monotonic() - _passed.get(key, -math.inf) < RECHECK_AFTER_S:
+        return
     if read_only and tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///"):])
         if not db.is_file():
@@ -74,6 +81,11 @@ def check_tracking_store(tracking_uri: str, experiment: str | None = None, read_
             f"MLflow experiment {experiment!r} in {tracking_uri} is deleted; restore it "
             f"(MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)} mlflow experiments restore --experiment-id {found.experiment_id}) "
             "or pass --experiment NEW_NAME")
+    _passed[key] = time.monotonic()
+
+
+RECHECK_AFTER_S = 60.0
+_passed: dict[tuple, float] = {}  # (uri, experiment, read_only) -> when it last passed
 
 
 def check_training_run(cfg) -> None:

@@ -165,3 +165,20 @@ def test_a_run_folder_a_job_submit_would_upload_is_noted(tmp_path, monkeypatch, 
     check_writable(str(tmp_path / "results" / "abm"))
     out = capsys.readouterr().out
     assert "note: results/abm is inside" in out and "add results/ to .gitignore or .rayignore" in out
+
+
+def test_a_store_that_just_passed_is_not_asked_again(tmp_path, monkeypatch):
+    """A command checks its store before Ray starts and again where it opens its MLflow run: the
+    second asks nothing within a minute (each ask can take up to 10 s on a slow server)."""
+    import mlflow
+    import facray.preflight as preflight
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    asked = []
+    real = mlflow.MlflowClient
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda *a, **k: asked.append(a) or real(*a, **k))
+    check_tracking_store(uri, "facray-abm")
+    check_tracking_store(uri, "facray-abm")
+    assert len(asked) == 1
+    monkeypatch.setattr(preflight, "RECHECK_AFTER_S", 0.0)
+    check_tracking_store(uri, "facray-abm")
+    assert len(asked) == 2
