@@ -95,9 +95,9 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> d
     result = label_images(LabelConfig(images=str(images), model=str(predictor_dir), out=str(labels),
                                       tracking_uri=None))
     print(result.format())
-    head = pd.read_csv(labels, nrows=6)
-    print(head[["path", "face_found", "error", *[f"{a}_prob" for a in DEMO_ATTRIBUTES]]]
-          .assign(path=lambda d: d.path.map(lambda p: Path(p).name)).round(3).to_string(index=False))
+    head = pd.read_csv(labels, nrows=6, dtype={"n_faces": "Int16"})
+    print(head[["image_id", "face_found", "n_faces", "error", *[f"{a}_prob" for a in DEMO_ATTRIBUTES]]]
+          .round(3).to_string(index=False))
     _done(t)
 
     t = _step(f"7/7 train a multi-task abm-trunk (one network, 40 outputs) on Ray Train, {epochs + 2} epochs; "
