@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,7 @@ class EvaluateConfig:
                               "`facray label` does, then scored per attribute the dataset labels", path=True)
     model: str = option("", "with --dataset: the model to score (a run or predictor folder, models:/ URI; "
                             "default --run)", path=True)
-    split: str = option("all", "with --dataset: the rows to score (all, train, val or test)")
+    split: Literal["all", "train", "val", "test"] = option("all", "with --dataset: the rows to score")
     skip_missing: bool = option(False, "with --dataset: go on without images its lists name but that are missing")
     prepared: str | None = option(None, "the prepared data the run trained on, if it moved (default: as "
                                         "recorded in the run; its version is checked either way)", path=True)

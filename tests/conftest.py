@@ -55,6 +55,21 @@ def synth_partial(synth_copy) -> Path:
     return synth_copy
 
 
+@pytest.fixture
+def synth_women_only(synth_copy) -> Path:
+    """``synth_copy`` with Male -1 in every row (the issue's women-only subset)."""
+    p = synth_copy / "list_attr_celeba.txt"
+    lines = p.read_text().splitlines()
+    male = lines[1].split().index("Male")
+    rows = []
+    for line in lines[2:]:
+        parts = line.split()
+        parts[1 + male] = "-1"
+        rows.append(" ".join(parts))
+    p.write_text("\n".join(lines[:2] + rows) + "\n")
+    return synth_copy
+
+
 @pytest.fixture(scope="session")
 def learnable():
     """``learnable(prepared, **split)``: the attributes a multi-task run on ``prepared`` trains,

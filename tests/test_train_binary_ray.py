@@ -218,3 +218,24 @@ def test_a_diverging_job_keeps_no_weights_fails_the_command_and_combine_leaves_i
     dest, _ = combine(CombineConfig(run=str(out), register=False))
     manifest = json.loads((dest / "manifest.json").read_text())
     assert [(c["attribute"], c["lr"]) for c in manifest["attributes"]] == [("Eyeglasses", 0.001)]
+
+
+def test_a_one_sided_attribute_is_not_trained_and_combine_leaves_it_out(ray_session, synth_women_only, tmp_path,
+                                                                         capsys):
+    """The issue's women-only subset: `train-binary --attributes Male,Smiling` trains Smiling only,
+    saying the data is one-sided; the combined predictor holds no Male (label leaves it empty, not
+    "not Male" for every man); Male alone is refused before Ray does any work."""
+    from facray.data.pipeline import PrepareConfig, prepare
+    prepared = tmp_path / "prepared"
+    prepare(PrepareConfig(root=str(synth_women_only), out=str(prepared), size=32, augment=1, num_actors=1,
+                          batch_size=16, sketch_channels=0))
+    out = tmp_path / "run"
+    train_binary_models(_cfg(prepared, out, attributes="Male,Smiling", modalities=("real",), epochs=1,
+                             num_workers=1))
+    assert "warning: Male: all" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "jobs").iterdir()) == ["Smiling__real"]
+    dest, _ = combine(CombineConfig(run=str(out), register=False))
+    assert [c["attribute"] for c in json.loads((dest / "manifest.json").read_text())["attributes"]] == ["Smiling"]
+    with pytest.raises(ValueError, match=r"none of the 1 selected attribute\(s\) has labelled training rows of both"):
+        train_binary_models(_cfg(prepared, tmp_path / "male", attributes="Male", modalities=("real",), epochs=1))
+
