@@ -214,6 +214,7 @@ def test_the_label_driver_never_imports_torch(preprocessed, tmp_path, form, monk
         from facray.tracking import register_predictor
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("facray-test")  # (not an experiment id an earlier test left active)
         with mlflow.start_run():
             model = register_predictor(model, "facray-test")
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
