@@ -49,7 +49,7 @@ def worker(model: str, rows: int, n: int, batch_size: int) -> dict:
 
     import facray.labelling as labelling
     from facray.labelling import BatchLabeller, preprocessing_for
-    from facray.predictor import load_predictor
+    from facray.predictors.networks import load_predictor
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     labelling.DECODE_SLICE = rows

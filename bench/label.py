@@ -36,7 +36,7 @@ import torch
 from common import SHARED_DATA, TreeMemory
 from facray.labelling import BatchLabeller, format_stage_seconds, label_batch, preprocessing_for, stage_seconds
 from facray.models.abm import ABMCNN
-from facray.predictor import load_predictor, read_predictor
+from facray.predictors.networks import load_predictor, read_predictor
 
 
 def trained_predictor(work: Path, size: int, epochs: int) -> Path:
@@ -84,15 +84,15 @@ class PlainModels:
     def __init__(self, model: str):
         manifest, weights = read_predictor(model)
         self.predictor = load_predictor(model)  # thresholds and naming only
-        self.image_size = manifest["image_size"]
+        self.image_size = manifest.image_size
         self.models, self.network = [], None
-        if "model" in manifest:  # multi-task
+        if manifest.model:  # multi-task
             from facray.models.registry import build_model
-            self.network = build_model(manifest["model"], self.image_size, **manifest.get("model_kwargs", {}))
+            self.network = build_model(manifest.model, self.image_size, **manifest.model_kwargs)
             self.network.load_state_dict(weights)
             self.network.eval()
             return
-        for c in manifest["attributes"]:
+        for c in manifest.attributes:
             key = f"{c['attribute']}__{c['modality']}"
             m = ABMCNN(weights[key]["features.0.weight"].shape[1], self.image_size)
             m.load_state_dict(weights[key])

@@ -1,7 +1,7 @@
 """Benchmark: the labelling predictor's forward pass, and the whole labelling pipeline without Ray, on a GPU.
 
 The device machine has torch and OpenCV but no Ray, so this runs the pure parts ``facray label``'s
-actors run (:mod:`facray.labelling`, :class:`facray.predictor.CombinedPredictor`).
+actors run (:mod:`facray.labelling`, :class:`facray.predictors.networks.CombinedPredictor`).
 
 1. Forward alone, on batches already on the GPU: K ABM-CNNs (random weights: their speed does
    not depend on them) per ``--size``, run (a) the plain way, each model in turn, fp32, default
@@ -31,7 +31,7 @@ import torch
 from facray.attributes import ATTRIBUTES
 from facray.models.abm import ABMCNN, build_stack
 from facray.models.inputs import to_channels_last
-from facray.predictor import CombinedPredictor
+from facray.predictors.networks import CombinedPredictor
 
 
 def random_predictor(size: int, k: int, sketched: int, device: torch.device) -> CombinedPredictor:

@@ -89,7 +89,7 @@ def run_train_binary(args: argparse.Namespace) -> int:
     cols = [c for c in ("job", "best_epoch", "val_accuracy", "test_accuracy", "test_precision", "test_recall")
             if c in table]
     print(table[cols].round(3).to_string(index=False))
-    from facray.run_folder import RunFolder
+    from facray.runs import RunFolder
     print(f"jobs in {RunFolder(cfg.out).jobs_dir}; MLflow: {_tracking_hint(cfg.tracking_uri, cfg.out)}")
     return 0
 
@@ -114,7 +114,7 @@ def run_train(args: argparse.Namespace) -> int:
                  "test_precision", "test_recall"]].round(3).to_string(index=False))
     print(f"{cfg.model}: mean test accuracy {record['mean_test_accuracy']:.4f} at the validation thresholds "
           f"({record['mean_test_accuracy_at_0.5']:.4f} at 0.5), best epoch {record['best_epoch']}")
-    from facray.run_folder import RunFolder
+    from facray.runs import RunFolder
     print(f"model: {RunFolder(cfg.out).model_dir}; registered: {record.get('registered')}; "
           f"MLflow: {_tracking_hint(cfg.tracking_uri, cfg.out)}")
     return 0

@@ -49,7 +49,8 @@ def evaluate_on_dataset(cfg) -> tuple[pd.DataFrame, Path, str]:
     from facray.data.celeba import labels_matrix
     from facray.data.check import read_dataset
     from facray.labelling_ray import LabelConfig, label_images
-    from facray.manifest import PredictorInfo, locate_predictor
+    from facray.predictors.locate import locate_predictor
+    from facray.predictors.thresholds import PredictorInfo
 
     table, layout = read_dataset(cfg.dataset, skip_missing=cfg.skip_missing)
     if cfg.split != "all":

@@ -42,7 +42,7 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> d
     from facray.labelling_ray import LabelConfig, label_images
     from facray.reports import EvaluateConfig, evaluate_run
     from facray.training.combine import CombineConfig, combine
-    from facray.run_folder import RunFolder
+    from facray.runs import RunFolder
     from facray.training.configs import TrainBinaryConfig
     from facray.training.ray_binary import train_binary_models
 

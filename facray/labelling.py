@@ -25,7 +25,7 @@ import pandas as pd
 
 from facray.attributes import ATTRIBUTES
 from facray.data import ops
-from facray.manifest import needs_sketch
+from facray.predictors.format import Manifest
 
 PROB_COLUMNS = [f"{a}_prob" for a in ATTRIBUTES]
 FACE_COLUMNS = [ops.FACE_FOUND, ops.N_FACES, ops.FACE_INDEX, *ops.FACE_BOX, ops.FACE_SCORE]
@@ -40,19 +40,19 @@ STAGES = ("decode", "detect", "crop", "sketch", "predict")
 DECODE_SLICE = 8
 
 
-def preprocessing_for(manifest: dict, crop_method: str = "detect", detector: str = "auto",
+def preprocessing_for(manifest: Manifest, crop_method: str = "detect", detector: str = "auto",
                       max_pixels: int | None = None, faces: str = "largest") -> ops.Chain:
     """The decode -> crop -> sketch chain a predictor expects, from its manifest alone: no torch
     and no weights, so the CPU actors that feed GPU predict actors stay light. ``faces``:
     ``largest`` (one row per image) or ``all`` (one row per face found, ``face_index`` 0 the
     largest; an image with none keeps one row)."""
-    crop = manifest["crop"]
+    crop = manifest.crop
     stages = [ops.InSlices(ops.Chain(
         ops.ImageDecoder(max_pixels),
         ops.FaceCropper(crop["size"], crop.get("margin", 0.35), crop_method, "wild", detector,
                         centre=crop.get("centre", "face"), faces=faces)), DECODE_SLICE)]
-    if needs_sketch(manifest):
-        stages.append(ops.Sketcher(manifest.get("sketch_channels", 1)))
+    if manifest.needs_sketch:
+        stages.append(ops.Sketcher(manifest.sketch_channels or 1))
     return ops.Chain(*stages)
 
 

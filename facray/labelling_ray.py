@@ -35,10 +35,10 @@ from facray.config import absolute_paths, option
 from facray.data.errors import DatasetError, OutputError, OutputLockedError
 from facray.labelling import (OUTPUT_COLUMNS, PROB_COLUMNS, BatchLabeller, encode_output, format_stage_seconds,
                               label_batch, output_table, preprocessing_for, stage_seconds)
-from facray.manifest import PredictorError, PredictorInfo, locate_predictor, read_weights_file
-
-# No torch at import: GPU mode's preprocess actors run this module and never need it (torch costs
-# a process about 0.5 GB); facray.predictor is imported where a predictor is built.
+from facray.predictors.format import Manifest, PredictorError, read_weights_file
+from facray.predictors.locate import locate_predictor
+from facray.predictors.thresholds import PredictorInfo
+# a process about 0.5 GB); facray.predictors.networks is imported where a predictor is built.
 
 # What decides whether a finished row is reused: the input unchanged (size, mtime), the same
 # model, the same faces mode (--faces largest | all).
@@ -283,25 +283,25 @@ def output_lock(out: str):
 
 # ---- Ray actors -----------------------------------------------------------------------------------
 
-def _predictor_from(manifest: dict, weights_ref, cfg: LabelConfig, device: str = "cpu"):
+def _predictor_from(manifest: Manifest, weights_ref, cfg: LabelConfig, device: str = "cpu"):
     """Build the predictor from the verified parts the driver gave: the manifest, and the weights
     file's bytes in the object store. Actors never open the tracking store (a cluster's workers
     may not reach it)."""
     import ray
 
-    from facray.predictor import build_predictor, load_weights
+    from facray.predictors.networks import build_predictor, load_weights
     weights = load_weights(ray.get(weights_ref[0]), manifest, Path(cfg.model))
     return build_predictor(manifest, weights, device, cfg.compile)
 
 
-def _check_weights(manifest: dict, weights_ref, path: str) -> None:
+def _check_weights(manifest: Manifest, weights_ref, path: str) -> None:
     import ray
 
-    from facray.predictor import load_weights
+    from facray.predictors.networks import load_weights
     load_weights(ray.get(weights_ref[0]), manifest, Path(path))
 
 
-def put_verified_weights(blob: bytes, manifest: dict, path: Path):
+def put_verified_weights(blob: bytes, manifest: Manifest, path: Path):
     """The weights file's bytes into the object store, loaded and checked once (tensors only, the
     models the manifest names, their shapes) in a worker that exits afterwards: the driver never
     imports torch (about 0.5 GB a process), and a bad weights file fails before any image is read."""
@@ -317,7 +317,7 @@ def put_verified_weights(blob: bytes, manifest: dict, path: Path):
     return ref
 
 
-def _preprocessing(manifest: dict, cfg: LabelConfig):
+def _preprocessing(manifest: Manifest, cfg: LabelConfig):
     import cv2
     cv2.setNumThreads(1)
     return preprocessing_for(manifest, cfg.crop, cfg.detector, cfg.max_pixels, cfg.faces)
@@ -326,7 +326,7 @@ def _preprocessing(manifest: dict, cfg: LabelConfig):
 class LabelActor:
     """Fused layout: decode, crop, sketch and predict in one actor (no object-store hop between)."""
 
-    def __init__(self, manifest: dict, weights_ref, cfg: LabelConfig):
+    def __init__(self, manifest: Manifest, weights_ref, cfg: LabelConfig):
         import torch
         torch.set_num_threads(max(1, cfg.torch_threads))
         self.labeller = BatchLabeller(_predictor_from(manifest, weights_ref, cfg), _preprocessing(manifest, cfg))
@@ -338,7 +338,7 @@ class LabelActor:
 class PreprocessForLabelActor:
     """Split layout, CPU side: decode, crop and sketch, from the manifest alone (no torch, no weights)."""
 
-    def __init__(self, manifest: dict, weights_ref, cfg: LabelConfig):
+    def __init__(self, manifest: Manifest, weights_ref, cfg: LabelConfig):
         self.labeller = BatchLabeller(None, _preprocessing(manifest, cfg))
 
     def __call__(self, batch):
@@ -348,7 +348,7 @@ class PreprocessForLabelActor:
 class PredictActor:
     """Split layout, predicting side: the predictor on ``cuda`` if the actor has a GPU, else on CPU."""
 
-    def __init__(self, manifest: dict, weights_ref, cfg: LabelConfig):
+    def __init__(self, manifest: Manifest, weights_ref, cfg: LabelConfig):
         import torch
         torch.set_num_threads(max(1, cfg.torch_threads))
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -444,7 +444,7 @@ def pool_sizes(cfg: LabelConfig, resources: dict) -> tuple[int, int, int]:
 ACTOR_RUNTIME_ENV = {"env_vars": {"MALLOC_ARENA_MAX": "2"}}
 
 
-def run_pipeline(todo: pd.DataFrame, manifest: dict, weights_ref, cfg: LabelConfig, part: str) -> None:
+def run_pipeline(todo: pd.DataFrame, manifest: Manifest, weights_ref, cfg: LabelConfig, part: str) -> None:
     import ray
     num_actors, preprocess_actors, threads = pool_sizes(cfg, ray.cluster_resources())
     cfg = replace(cfg, num_actors=num_actors, preprocess_actors=preprocess_actors, torch_threads=threads)
@@ -554,7 +554,7 @@ def preflight(cfg: LabelConfig, out: str) -> None:
     """What ``label`` depends on, checked before Ray starts (see :mod:`facray.preflight`): the
     generator file, the output's folder (a probe write: a full disk or an unreachable store fails
     here, not after the run), the tracking store an MLflow model URI needs. The model itself is
-    checked by :func:`facray.manifest.locate_predictor` and :func:`put_verified_weights`."""
+    checked by :func:`facray.predictors.locate.locate_predictor` and :func:`put_verified_weights`."""
     from facray.preflight import PreflightError, check_generator_file, check_tracking_store, check_writable
     if cfg.generator:
         if not cfg.num:
@@ -652,7 +652,7 @@ def smoke_model(folder: Path, crop_size: int = 48) -> Path:
     """An *untrained* (seeded random weights) 40-attribute predictor, for plumbing tests only:
     its predictions mean nothing. Named so in its manifest."""
     from facray.models.abm import init_model
-    from facray.predictor import write_predictor
+    from facray.predictors.networks import write_predictor
     weights, choices = {}, []
     for i, a in enumerate(ATTRIBUTES):
         m = "sketch" if i % 5 == 0 else "real"

@@ -26,7 +26,7 @@ import pandas as pd
 
 from facray.attributes import ATTRIBUTES
 from facray.config import option
-from facray.run_folder import RunFolder
+from facray.runs import RunFolder
 from facray.training.combine import best_lr_records, choose_modalities
 from facray.training.jobs import PAPER_TABLE
 from facray.training.metrics import confusion_metrics
@@ -231,14 +231,14 @@ def write_cam_grid(run: RunFolder, splits: dict, trained: list[str], path: Path,
     from facray.models.cam import cam_grid
     from facray.models.inputs import to_input
     from facray.models.registry import model_spec
-    from facray.predictor import load_predictor
+    from facray.predictors.networks import load_predictor
 
     predictor = load_predictor(run.model_dir, fold_norms=False)  # CAMs hook into the modules as trained
     crops = read_prepared(splits["prepared"], (splits["test_split"],), ("image",), variants=("original",),
                           limit=images)["image"]
     chosen = [a for a in CAM_ATTRIBUTES if a in trained] or trained
     model = predictor.model
-    layer = model.get_submodule(model_spec(predictor.manifest["model"]).cam_layer)
+    layer = model.get_submodule(model_spec(predictor.manifest.model).cam_layer)
     x = to_input(crops, predictor.image_size, predictor.device)
     grid = cam_grid(model, layer, crops, x, [(ATTRIBUTE_INDEX[a], a) for a in chosen[:attributes]])
     cv2.imwrite(str(path), grid)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import mlflow
 
-from facray.run_folder import RunFolder
+from facray.runs import RunFolder
 
 
 # The user's MLFLOW_TRACKING_URI, read once at import: mlflow.set_tracking_uri() writes that variable
@@ -71,7 +71,7 @@ def register_predictor(dest: Path, registered_name: str) -> str:
     code, no pickle), register a new version and point the alias ``newest`` at it. Returns
     ``models:/<name>@newest``."""
     import facray
-    import facray.predictor_mlflow as model_code
+    import facray.predictors.pyfunc as model_code
     info = mlflow.pyfunc.log_model(name="model", python_model=model_code.__file__,
                                    artifacts={"predictor": str(dest)},
                                    signature=model_code.model_signature(), input_example=model_code.INPUT_EXAMPLE,

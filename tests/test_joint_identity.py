@@ -134,7 +134,7 @@ def test_identity_split_joint_training_on_ray(ray_session, tmp_path, learnable):
     assert "identity" not in alone and [r["attribute"] for r in alone["attributes"]] == learnable(prepared)
 
     # evaluate: the CMC curve and the class activation maps as files (and MLflow artifacts)
-    from facray.predictor import load_predictor
+    from facray.predictors.networks import load_predictor
     from facray.reports import EvaluateConfig, evaluate_run
     _, report = evaluate_run(EvaluateConfig(run=str(tmp_path / "joint")))
     assert (report / "identity_cmc.png").stat().st_size > 0 and (report / "cam_grid.png").stat().st_size > 0

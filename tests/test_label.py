@@ -14,7 +14,8 @@ from facray.attributes import ATTRIBUTES
 from facray.data.synth import write_unlabelled_faces
 from facray.labelling import OUTPUT_COLUMNS, PROB_COLUMNS
 from facray.labelling_ray import LabelConfig, label_images, smoke_model
-from facray.predictor import PredictorError, load_predictor
+from facray.predictors.format import PredictorError
+from facray.predictors.networks import load_predictor
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -296,7 +297,7 @@ def test_pickle_payload_in_weights_is_refused_without_running_it(tmp_path, model
     a manifest whose SHA-256 matches it (someone with write access rewrote both)."""
     import json
     import pickle
-    from facray.predictor import sha256
+    from facray.predictors.format import sha256
     planted = tmp_path / "planted"
     shutil.copytree(model, planted)
     marker = tmp_path / "pwned"

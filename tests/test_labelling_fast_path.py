@@ -14,8 +14,9 @@ from facray.labelling_ray import LabelConfig, pool_sizes, smoke_model
 from facray.models.abm import ABMCNN
 from facray.models.inputs import to_input
 from facray.models.registry import build_model, list_models, model_spec
-import facray.predictor
-from facray.predictor import load_predictor, read_predictor, write_multitask_predictor
+import facray.predictors.networks
+from facray.predictors.format import MULTITASK_FORMAT, Manifest
+from facray.predictors.networks import load_predictor, read_predictor, write_multitask_predictor
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +36,22 @@ def test_stacked_forward_matches_each_model_run_on_its_own(preprocessed, kind, m
     the predictor's channels-last conversion fail before any GPU run) give each model's output."""
     model, predictor, batch = preprocessed
     if kind != "loop":
-        monkeypatch.setattr(facray.predictor, "default_stack_kind", lambda device: kind)
+        monkeypatch.setattr(facray.predictors.networks, "default_stack_kind", lambda device: kind)
         predictor = load_predictor(model)
     manifest, weights = read_predictor(model)
     expected = np.full((len(batch["path"]), len(ATTRIBUTES)), np.nan, np.float32)
     with torch.no_grad():
-        for c in manifest["attributes"]:
+        for c in manifest.attributes:
             key = f"{c['attribute']}__{c['modality']}"
-            net = ABMCNN(weights[key]["features.0.weight"].shape[1], manifest["image_size"])
+            net = ABMCNN(weights[key]["features.0.weight"].shape[1], manifest.image_size)
             net.load_state_dict(weights[key])
             pixels = batch["image"] if c["modality"] == "real" else batch["sketch"]
-            logits = net.eval()(to_input(pixels, manifest["image_size"], torch.device("cpu")))  # default layout
+            logits = net.eval()(to_input(pixels, manifest.image_size, torch.device("cpu")))  # default layout
             expected[:, ATTRIBUTES.index(c["attribute"])] = torch.softmax(logits, -1)[:, 1].numpy()
     got = predictor.predict_proba(batch["image"], batch["sketch"])
     assert {"real", "sketch"} == set(predictor.stacks)  # both modalities exercised
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    monkeypatch.setattr(facray.predictor, "PREDICT_CHUNK", 4)  # 6 rows: a chunk of 4, then of 2
+    monkeypatch.setattr(facray.predictors.networks, "PREDICT_CHUNK", 4)  # 6 rows: a chunk of 4, then of 2
     np.testing.assert_allclose(predictor.predict_proba(batch["image"], batch["sketch"]), got, atol=1e-6)
     assert not predictor.weights  # the stacks hold the only copy of the weights
 
@@ -131,28 +132,31 @@ def test_fused_layout_on_gpus_is_refused_before_anything_runs(tmp_path):
 
 def test_labelling_crops_as_the_model_was_trained():
     """A model trained on nose-centred crops gets nose-centred crops of the same size and margin."""
-    manifest = {"crop": {"size": 48, "margin": 0.2, "centre": "nose"}, "attributes": []}
-    cropper = preprocessing_for(manifest).ops[0].chain.ops[1]
+    def manifest(crop):
+        return Manifest.from_json({"format": MULTITASK_FORMAT, "crop": crop, "attributes": [], "image_size": 48,
+                                   "sketch_channels": 0, "weights_sha256": "", "tensor_shapes": {}})
+    cropper = preprocessing_for(manifest({"size": 48, "margin": 0.2, "centre": "nose"})).ops[0].chain.ops[1]
     assert (cropper.size, cropper.margin, cropper.centre) == (48, 0.2, "nose")
-    older = {"crop": {"size": 48, "margin": 0.35}, "attributes": []}  # manifests before centres
+    older = manifest({"size": 48, "margin": 0.35})  # manifests before centres
     assert preprocessing_for(older).ops[0].chain.ops[1].centre == "face"
 
 
 def test_preprocess_actor_needs_neither_torch_nor_weights(preprocessed, tmp_path):
     """GPU mode's CPU actors build their chain from the manifest: sketches exactly when the
     predictor has sketch models, and no torch in the process (it costs about 0.5 GB each)."""
-    import json
+    import dataclasses
     import subprocess
     import sys
     model, predictor, batch = preprocessed
     assert predictor.needs_sketch and isinstance(preprocessing_for(predictor.manifest).ops[-1], Sketcher)
-    photo_only = {**predictor.manifest, "attributes": [{**c, "modality": "real"} for c in predictor.manifest["attributes"]]}
+    photo_only = dataclasses.replace(predictor.manifest, attributes=[{**c, "modality": "real"} for c in predictor.manifest.attributes])
     assert not any(isinstance(op, Sketcher) for op in preprocessing_for(photo_only).ops)
-    (tmp_path / "manifest.json").write_text(json.dumps(predictor.manifest))
+    predictor.manifest.write(tmp_path)
     script = (
         "import json, sys, numpy as np\n"
         "from facray.labelling_ray import LabelConfig, PreprocessForLabelActor\n"
-        f"manifest = json.load(open({str(tmp_path / 'manifest.json')!r}))\n"
+        "from facray.predictors.format import Manifest\n"
+        f"manifest = Manifest.read({str(tmp_path)!r})\n"
         "actor = PreprocessForLabelActor(manifest, [None], LabelConfig())\n"
         f"out = actor({{'path': np.array({[str(p) for p in batch['path']]!r}, dtype=object)}})\n"
         "np.save(sys.argv[1], out['image'])\n"
@@ -223,7 +227,9 @@ def test_the_label_driver_never_imports_torch(preprocessed, tmp_path, form, monk
         "from facray.cli import build_parser, selected_command\n"
         "build_parser(selected_command(['label', '--images', 'x']))\n"
         "from facray.labelling import label_batch\n"
-        "from facray.manifest import PredictorInfo, locate_predictor, read_weights_file\n"
+        "from facray.predictors.format import read_weights_file\n"
+        "from facray.predictors.locate import locate_predictor\n"
+        "from facray.predictors.thresholds import PredictorInfo\n"
         f"path, manifest = locate_predictor({str(model)!r})\n"
         "read_weights_file(path, manifest)\n"
         "info = PredictorInfo(manifest)\n"
@@ -238,8 +244,11 @@ def test_weights_with_non_finite_values_are_refused_at_load(tmp_path):
     """A predictor written by a run that diverged: refused before any image is labelled."""
     import io
 
-    from facray.manifest import locate_predictor, read_weights_file
-    from facray.predictor import PredictorError, load_weights
+    from facray.predictors.format import read_weights_file
+
+    from facray.predictors.locate import locate_predictor
+    from facray.predictors.format import PredictorError
+    from facray.predictors.networks import load_weights
     folder = smoke_model(tmp_path / "p", crop_size=32)
     path, manifest = locate_predictor(folder)
     weights = torch.load(folder / "weights.pt", weights_only=True)

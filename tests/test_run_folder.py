@@ -1,4 +1,4 @@
-"""The run folder (facray.run_folder): identity, the prepared data it trained on, jobs, predictor.
+"""The run folder (facray.runs): identity, the prepared data it trained on, jobs, predictor.
 Pure Python; no Ray, no training (the folders are written by hand the way the trainers write them)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from facray.run_folder import RunFolder, RunFolderError
+from facray.runs import RunFolder, RunFolderError
 
 
 def _prepared(path, shards="shards-a"):

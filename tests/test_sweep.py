@@ -100,7 +100,7 @@ def test_an_interrupted_sweep_resumes_only_its_unfinished_trials_then_registers_
     assert {a.path for a in client.list_artifacts(parent)} >= {"sweep_results.csv", "sweep_metric.png"}
     version = client.get_model_version_by_alias("facray-sweep-smoke-multitask", "newest")
     assert version.run_id == parent
-    from facray.predictor import read_predictor
+    from facray.predictors.networks import read_predictor
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")  # models:/ resolves in the sweep's store
     registered, _ = read_predictor(summary["registered"])
     trained, _ = read_predictor(Path(best.run_folder) / "model")

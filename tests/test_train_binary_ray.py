@@ -7,7 +7,9 @@ from dataclasses import replace
 import mlflow
 import pytest
 
-from facray.predictor import PredictorError, load_predictor
+from facray.predictors.format import PredictorError
+
+from facray.predictors.networks import load_predictor
 from facray.training.combine import CombineConfig, choose_modalities, combine
 from facray.training.configs import TrainBinaryConfig
 from facray.training.ray_binary import train_binary_models
@@ -56,7 +58,7 @@ def test_fused_two_workers_mlflow_rerun_combine_evaluate(ray_session, prepared_s
     predictor = load_predictor(uri)
     assert predictor.attributes == ["Eyeglasses", "Smiling"] and predictor.crop["size"] == 32
     local = load_predictor(dest)
-    assert local.manifest["weights_sha256"] == predictor.manifest["weights_sha256"]
+    assert local.manifest.weights_sha256 == predictor.manifest.weights_sha256
 
     import numpy as np
     from facray.data.prepared import read_prepared
@@ -120,7 +122,7 @@ def test_choose_modalities_prefers_better_validation_then_real():
 def test_tampered_or_incomplete_predictor_fails_before_any_image(tmp_path):
     import torch
     from facray.models.abm import ABMCNN
-    from facray.predictor import write_predictor
+    from facray.predictors.networks import write_predictor
     sd = ABMCNN(3, 32).state_dict()
     dest = write_predictor(tmp_path / "p", [{"attribute": "Male", "modality": "real", "threshold": 0.5,
                                              "val_accuracy": 0.9, "test_accuracy": 0.9}],

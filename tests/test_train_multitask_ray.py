@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from facray.cli import main
-from facray.predictor import load_predictor
+from facray.predictors.networks import load_predictor
 from facray.training.configs import TrainConfig
 from facray.training.ray_multitask import train_multitask
 

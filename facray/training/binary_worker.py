@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facray.run_folder import RunFolder
+from facray.runs import RunFolder
 from facray.runtime import quiet_train_worker
 from facray.training.binary import FusedBinaryTrainer, TrainerConfig
 from facray.training.configs import TrainBinaryConfig

@@ -2,12 +2,11 @@
 
 Per attribute keep the modality (real photo or sketch) whose model has the better validation
 accuracy (ties go to the photo, which needs no sketching at labelling time), write one combined
-predictor (:mod:`facray.predictor`), log it to MLflow as a pyfunc model and register it as
+predictor (:mod:`facray.predictors`), log it to MLflow as a pyfunc model and register it as
 ``facray-abm-combined`` with the alias ``newest`` on the new version.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,8 +16,9 @@ import torch
 
 from facray.config import option
 from facray.data.prepared import prepared_crop, read_metadata
-from facray.predictor import MANIFEST, load_predictor, set_thresholds, write_predictor
-from facray.run_folder import RunFolder
+from facray.predictors.format import Manifest, set_thresholds
+from facray.predictors.networks import load_predictor, write_predictor
+from facray.runs import RunFolder
 from facray.training.splits import SplitSpec
 
 REGISTERED_NAME = "facray-abm-combined"
@@ -148,7 +148,7 @@ def register_combined(dest: Path, cfg: CombineConfig, run: RunFolder) -> str:
     tags = {"mlflow.parentRunId": parent} if parent else {}
     with mlflow.start_run(run_name="combine", tags=tags):
         mlflow.log_artifact(str(dest / "choices.csv"))
-        manifest = json.loads((dest / MANIFEST).read_text())
-        mlflow.log_metric("mean_val_accuracy", float(pd.Series([c["val_accuracy"] for c in manifest["attributes"]],
+        manifest = Manifest.read(dest)
+        mlflow.log_metric("mean_val_accuracy", float(pd.Series([c["val_accuracy"] for c in manifest.attributes],
                                                                   dtype=float).mean()))
         return register_predictor(dest, cfg.registered_name)

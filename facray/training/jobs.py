@@ -2,7 +2,7 @@
 torch (for the weights file); runs on the driver and in Train workers.
 
 A job is one (attribute, modality) pair. A finished job's folder (where:
-:meth:`facray.run_folder.RunFolder.job_dir`) holds its ABM-CNN state dict with its shape and its
+:meth:`facray.runs.RunFolder.job_dir`) holds its ABM-CNN state dict with its shape and its
 metrics (history, best epoch, test metrics and the hash of the settings it was trained with).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from facray.attributes import MODALITIES, resolve_attributes
-from facray.run_folder import RunFolder, write_json_atomically
+from facray.runs import RunFolder, write_json_atomically
 
 PAPER_TABLE = Path(__file__).resolve().parents[1] / "reference" / "abm_cnn_paper.csv"
 
@@ -106,7 +106,7 @@ def make_jobs(attributes: str, modalities: tuple[str, ...], epochs: int, use_pap
 def write_job_output(job_dir: str | Path, trainer, key: str, test: dict,
                      extra: dict | None = None) -> Path:
     """Job ``key``'s weights (an ABMCNN state dict with its shape) and metrics (the job record plus
-    ``extra``) into ``job_dir`` (:meth:`facray.run_folder.RunFolder.job_dir`). A diverged job
+    ``extra``) into ``job_dir`` (:meth:`facray.runs.RunFolder.job_dir`). A diverged job
     writes its metrics (status ``diverged``, the reason) and no weights."""
     d = Path(job_dir)
     d.mkdir(parents=True, exist_ok=True)

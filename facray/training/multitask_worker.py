@@ -9,7 +9,7 @@
 - A checkpoint every epoch (rank 0), resumed after a failure or a re-run.
 - At the end rank 0 restores the best epoch, chooses per-attribute thresholds on validation,
   scores the test split and writes the predictor and the metrics into the last checkpoint, in
-  the run folder's layout (:class:`facray.run_folder.RunFolder`).
+  the run folder's layout (:class:`facray.runs.RunFolder`).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from facray.attributes import ATTRIBUTES
-from facray.run_folder import RunFolder
+from facray.runs import RunFolder
 from facray.runtime import quiet_train_worker
 from facray.training.configs import (REGISTERED_PREFIX, TrainConfig, input_size, trainer_config, uses_identities,
                                      uses_masks)
@@ -143,7 +143,7 @@ def write_final_outputs(run: RunFolder, trainer, val_batches, test_batches, labe
                         cfg: TrainConfig, model_kwargs: dict, meta: dict, digest: str, resumed_from: int) -> None:
     """Best weights, thresholds on validation, test metrics, the predictor (rank 0, last epoch)."""
     from facray.data.prepared import prepared_crop
-    from facray.predictor import write_multitask_predictor
+    from facray.predictors.networks import write_multitask_predictor
     from facray.training.metrics import attribute_metrics, choose_thresholds
 
     trainer.restore_best()

@@ -9,7 +9,7 @@ Modes:
   (fractional CPU/GPU per trial), for comparison and for clusters with many small GPUs.
 
 Every epoch each worker checkpoints its trainer; ``FailureConfig(max_failures)`` restarts from
-the latest checkpoint. Finished jobs land in the run folder's ``jobs/`` (:mod:`facray.run_folder`)
+the latest checkpoint. Finished jobs land in the run folder's ``jobs/`` (:mod:`facray.runs`)
 and are skipped by a re-run. What every run shares (settings hash, class-balance weights) is
 computed once here. MLflow is written by the driver after training: a parent run and one child
 run per job.
@@ -25,7 +25,7 @@ import pandas as pd
 
 from facray.config import absolute_paths, config_to_dict
 from facray.data.prepared import read_metadata
-from facray.run_folder import RunFolder
+from facray.runs import RunFolder
 from facray.training.binary_worker import train_jobs_per_worker
 from facray.training.configs import TrainBinaryConfig
 from facray.training.jobs import BinaryJob, make_jobs

@@ -4,7 +4,7 @@ math in the pure :mod:`facray.training.multitask`.
 
 - DDP across ``num_workers``; a checkpoint every epoch, resumed after a failure
   (``FailureConfig``) or a re-run; the last checkpoint carries the predictor and the metrics,
-  which the driver copies into the run folder (:mod:`facray.run_folder`) and registers in MLflow.
+  which the driver copies into the run folder (:mod:`facray.runs`) and registers in MLflow.
 - What every worker shares (settings hash, class-balance weights, which attributes the data
   labels) is computed once here, from the training labels.
 - MLflow: the driver opens the run; per-epoch metrics reach it *while training runs* from the
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from facray.attributes import ATTRIBUTES, resolve_attributes
 from facray.config import absolute_paths, config_to_dict
-from facray.run_folder import RunFolder
+from facray.runs import RunFolder
 from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size, uses_identities, uses_masks
 from facray.training.metrics import positive_weights, trainable_attributes
 from facray.training.multitask_worker import train_per_worker

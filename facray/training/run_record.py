@@ -5,7 +5,7 @@ weights (the config minus operational keys such as workers, tracking URI or fail
 plus the version of the prepared data) and their hash; every finished job's ``metrics.json``
 carries the same hash. A re-run with other settings is refused with the keys that differ, unless
 it asks to ``overwrite``; jobs finished under other settings are never counted as done. The
-folder's layout is :mod:`facray.run_folder`'s.
+folder's layout is :mod:`facray.runs`'s.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Callable, TypeVar
 from pathlib import Path
 
 from facray.config import config_text, config_to_dict
-from facray.run_folder import RunFolder
+from facray.runs import RunFolder
 
 
 class TrainingFailed(ValueError):
@@ -111,7 +111,7 @@ def settings_hash(settings: dict) -> str:
 
 def claim_run(cfg) -> tuple[RunFolder, str]:
     """Check ``cfg.out`` against ``cfg``'s settings, record them and the config; return the run
-    folder and the settings hash (see :meth:`facray.run_folder.RunFolder.claim`)."""
+    folder and the settings hash (see :meth:`facray.runs.RunFolder.claim`)."""
     from facray.data.prepared import read_metadata
     run = RunFolder(cfg.out)
     settings = run_settings(cfg, read_metadata(cfg.prepared)["shards"])

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from facray.config import config_to_dict, resolve_config
-from facray.run_folder import RunFolder
+from facray.runs import RunFolder
 from facray.training.configs import SweepConfig
 from facray.training.run_record import settings_hash
 from facray.training.sweep_space import SearchSpace, load_space

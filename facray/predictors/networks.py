@@ -1,27 +1,14 @@
-"""Trained 40-attribute predictors: write them, check them, load them, run them. Pure torch; no
-training code is imported here.
+"""The predictor networks (torch): write a predictor folder, load and verify its weights, and
+run it (:class:`CombinedPredictor`, :class:`MultiTaskPredictor`, one interface: ``predict_proba``,
+``decide``, ``attributes``, ``crop``, ``needs_sketch``, ``name``). The folder format is
+:mod:`facray.predictors.format`'s; no training code is imported here.
 
-A predictor is a directory, in one of two formats behind one interface (``predict_proba``,
-``decide``, ``attributes``, ``crop``, ``needs_sketch``, ``name``):
-
-- ``facray-abm-combined`` (``facray combine``): per attribute one binary ABM-CNN on the photo or
-  its sketch; ``weights.pt`` is ``{"<attribute>__<modality>": ABMCNN state dict}``;
-- ``facray-multitask`` (``facray train``): one registered network (:mod:`facray.models.registry`)
-  with a logit per attribute; ``weights.pt`` is its state dict, the manifest names the model and
-  its arguments.
-
-``manifest.json`` holds the format and version, the crop the model expects (size, margin, centre), the
-input size, per attribute its decision threshold (chosen on validation) and validation/test
-accuracy, the SHA-256 of the weights file and the shape of every tensor, so a manifest that does
-not match its weights fails at load time, before any image is read.
-
-:func:`load_predictor` takes that directory, or an MLflow model URI (``models:/name@alias``,
-``models:/name/3``, ``runs:/<id>/model``) whose artifacts hold it.
+:func:`load_predictor` takes a predictor folder, a run folder or an MLflow model URI
+(``models:/name@alias``, ``models:/name/3``, ``runs:/<id>/model``) whose artifacts hold one.
 """
 from __future__ import annotations
 
 import io
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +17,13 @@ import numpy as np
 import torch
 
 from facray.attributes import ATTRIBUTES, MODALITIES
-# The torch-free half (finding, reading and checking predictor folders) lives in facray.manifest;
-# its names are re-exported here, where callers have always found them.
-from facray.manifest import (FORMAT, MANIFEST, MULTITASK_FORMAT, VERSION, WEIGHTS, PredictorError,  # noqa: F401
-                             Thresholded, locate_predictor, read_weights_file, sha256, thresholds_of)
 from facray.models.abm import build_stack, default_stack_kind
 from facray.models.inputs import to_channels_last, to_input
+from facray.models.registry import build_model, list_models
+from facray.predictors.format import (FORMAT, MANIFEST, MULTITASK_FORMAT, VERSION, WEIGHTS, Manifest, PredictorError,
+                                      read_weights_file, sha256)
+from facray.predictors.locate import locate_predictor
+from facray.predictors.thresholds import Thresholded, thresholds_of
 
 log = logging.getLogger(__name__)
 
@@ -69,36 +57,25 @@ def _write(dest: str | Path, weights: dict, tensor_shapes: dict, fields: dict) -
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     torch.save(weights, dest / WEIGHTS)
-    manifest = {"version": VERSION, **fields, "weights_sha256": sha256(dest / WEIGHTS), "tensor_shapes": tensor_shapes}
-    (dest / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    Manifest.from_json({"version": VERSION, **fields, "weights_sha256": sha256(dest / WEIGHTS),
+                        "tensor_shapes": tensor_shapes}, dest).write(dest)
     return dest
-
-
-def set_thresholds(dest: str | Path, thresholds: dict[str, float], how: str) -> None:
-    """Replace the decision thresholds of the predictor in ``dest`` (attribute -> threshold;
-    ``how`` says where they came from). The weights are untouched, so their SHA-256 still holds."""
-    path = Path(dest) / MANIFEST
-    manifest = json.loads(path.read_text())
-    for c in manifest["attributes"]:
-        c["threshold"] = float(thresholds.get(c["attribute"], c.get("threshold", 0.5)))
-    manifest["thresholds"] = how
-    path.write_text(json.dumps(manifest, indent=1))
 
 
 @dataclass
 class CombinedPredictor(Thresholded):
     """Maps a batch of cropped images (+ sketches) to 40 probabilities (NaN for attributes the
     predictor does not cover)."""
-    manifest: dict
+    manifest: Manifest
     weights: dict[str, dict[str, torch.Tensor]]  # key -> ABMCNN state dict (read once, into the stacks)
     device: torch.device
     compiled: bool = False  # torch.compile the stacks (see build_predictor)
 
     def __post_init__(self):
-        self.choices = self.manifest["attributes"]
-        self.image_size = self.manifest["image_size"]
-        self.crop = self.manifest["crop"]
-        self.sketch_channels = self.manifest["sketch_channels"]
+        self.choices = self.manifest.attributes
+        self.image_size = self.manifest.image_size
+        self.crop = self.manifest.crop
+        self.sketch_channels = self.manifest.sketch_channels
         self.columns, self.thresholds = thresholds_of(self.choices)
         # One stack per modality: all of a modality's models run in one call.
         kind = default_stack_kind(self.device)
@@ -175,14 +152,14 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
 class MultiTaskPredictor(Thresholded):
     """One network, a sigmoid per attribute; attributes the model was not trained on are NaN."""
 
-    def __init__(self, manifest: dict, model: torch.nn.Module, device: torch.device, compiled: bool = False,
+    def __init__(self, manifest: Manifest, model: torch.nn.Module, device: torch.device, compiled: bool = False,
                  fold_norms: bool = True):
         self.manifest, self.device = manifest, device
         self.model = _for_inference(fold_batch_norm(model) if fold_norms else model, device)
         if compiled:
             self.model = torch.compile(self.model)
-        self.choices = manifest["attributes"]
-        self.image_size, self.crop = manifest["image_size"], manifest["crop"]
+        self.choices = manifest.attributes
+        self.image_size, self.crop = manifest.image_size, manifest.crop
         self.sketch_channels = 0
         self.columns, self.thresholds = thresholds_of(self.choices)
         self.needs_sketch = False
@@ -201,7 +178,7 @@ class MultiTaskPredictor(Thresholded):
         return out
 
 
-def read_predictor(uri_or_path: str | Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+def read_predictor(uri_or_path: str | Path) -> tuple[Manifest, dict[str, dict[str, torch.Tensor]]]:
     """Read and verify a predictor directory or MLflow model URI: ``(manifest, weights)``.
 
     Everything that can be wrong with a predictor raises :class:`PredictorError` naming the file:
@@ -213,7 +190,7 @@ def read_predictor(uri_or_path: str | Path) -> tuple[dict, dict[str, dict[str, t
     return manifest, load_weights(read_weights_file(path, manifest), manifest, path)
 
 
-def load_weights(blob: bytes, manifest: dict, path: Path) -> dict:
+def load_weights(blob: bytes, manifest: Manifest, path: Path) -> dict:
     """The tensors of a weights file's bytes (``path``: the predictor folder, for messages), checked
     against the manifest: tensors only, every model the manifest names, every shape."""
     try:
@@ -224,18 +201,18 @@ def load_weights(blob: bytes, manifest: dict, path: Path) -> dict:
                              f"loading it ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if not isinstance(weights, dict):
         raise PredictorError(f"{path / WEIGHTS}: expected a dict of state dicts, got {type(weights).__name__}")
-    if manifest["format"] == MULTITASK_FORMAT:
+    if manifest.format == MULTITASK_FORMAT:
         _check_multitask(path, manifest, weights)
         _check_finite(path, weights)
         return weights
-    for c in manifest["attributes"]:
+    for c in manifest.attributes:
         if c.get("attribute") not in ATTRIBUTES or c.get("modality") not in MODALITIES:
             raise PredictorError(f"{path / MANIFEST}: unknown attribute/modality {c.get('attribute')}/{c.get('modality')}")
         key = f"{c['attribute']}__{c['modality']}"
         if key not in weights:
             raise PredictorError(f"{path / WEIGHTS}: no weights for {key} named in the manifest")
         shapes = {n: list(t.shape) for n, t in weights[key].items()}
-        if shapes != manifest["tensor_shapes"].get(key):
+        if shapes != manifest.tensor_shapes.get(key):
             raise PredictorError(f"{path / WEIGHTS}: tensor shapes of {key} differ from the manifest")
     _check_finite(path, weights)
     return weights
@@ -256,18 +233,17 @@ def _check_finite(path: Path, weights: dict) -> None:
                              "the run that wrote them diverged; retrain it (a lower --lr)")
 
 
-def _check_multitask(path: Path, manifest: dict, weights: dict) -> None:
-    from facray.models.registry import list_models
-    if manifest.get("model") not in list_models():
-        raise PredictorError(f"{path / MANIFEST}: unknown model {manifest.get('model')!r}; known: {', '.join(list_models())}")
-    for c in manifest["attributes"]:
+def _check_multitask(path: Path, manifest: Manifest, weights: dict) -> None:
+    if manifest.model not in list_models():
+        raise PredictorError(f"{path / MANIFEST}: unknown model {manifest.model!r}; known: {', '.join(list_models())}")
+    for c in manifest.attributes:
         if c.get("attribute") not in ATTRIBUTES:
             raise PredictorError(f"{path / MANIFEST}: unknown attribute {c.get('attribute')!r}")
-    if {n: list(t.shape) for n, t in weights.items()} != manifest["tensor_shapes"]:
+    if {n: list(t.shape) for n, t in weights.items()} != manifest.tensor_shapes:
         raise PredictorError(f"{path / WEIGHTS}: tensor names or shapes differ from the manifest")
 
 
-def build_predictor(manifest: dict, weights: dict, device: str | torch.device = "cpu", compiled: bool = False,
+def build_predictor(manifest: Manifest, weights: dict, device: str | torch.device = "cpu", compiled: bool = False,
                     fold_norms: bool = True):
     """A predictor from verified parts (:func:`read_predictor`): what labelling actors receive,
     so they never open the model store themselves. ``compiled``: ``torch.compile`` its networks
@@ -275,9 +251,8 @@ def build_predictor(manifest: dict, weights: dict, device: str | torch.device = 
     of each shape wait for the compiler). ``fold_norms``: a multi-task network's batch norms
     folded into its convolutions (:func:`fold_batch_norm`); off for code that needs the modules
     as trained."""
-    if manifest["format"] == MULTITASK_FORMAT:
-        from facray.models.registry import build_model
-        model = build_model(manifest["model"], manifest["image_size"], **manifest.get("model_kwargs", {}))
+    if manifest.format == MULTITASK_FORMAT:
+        model = build_model(manifest.model, manifest.image_size, **manifest.model_kwargs)
         model.load_state_dict(weights)
         return MultiTaskPredictor(manifest, model, torch.device(device), compiled, fold_norms)
     return CombinedPredictor(manifest, weights, torch.device(device), compiled)

@@ -2,7 +2,7 @@
 too: ``predict`` takes a DataFrame with a ``path`` column and returns one row per image in facray's
 output schema (:func:`model_signature`: the face columns, ``error``, 40 ``<Attribute>_prob`` and
 40 decisions); the registered model carries that signature and an input example. facray itself loads the same
-artifacts directly with :func:`facray.predictor.load_predictor`."""
+artifacts directly with :func:`facray.predictors.networks.load_predictor`."""
 from __future__ import annotations
 
 import mlflow.pyfunc
@@ -11,7 +11,7 @@ import pandas as pd
 
 class FacrayPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from facray.predictor import load_predictor
+        from facray.predictors.networks import load_predictor  # lazy: torch loads in the model server only
         self.predictor = load_predictor(context.artifacts["predictor"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """A training run's folder: its layout, readers and writers, in one place (as
-:mod:`facray.data.prepared` owns prepared data). Pure Python; no training code, so ``label`` can
-use it too.
+:mod:`facray.data.prepared` owns prepared data). Pure Python; no training code and no torch, so
+the ``label`` driver uses it too.
 
 Layout of ``RUN/`` (``facray train-binary`` + ``combine``, or ``facray train``)::
 
@@ -37,6 +37,8 @@ import os
 import shutil
 from shlex import quote
 from pathlib import Path
+
+from facray.predictors.format import MANIFEST
 
 
 class RunFolderError(ValueError):
@@ -298,8 +300,6 @@ def differing_keys(old: dict, new: dict) -> list[str]:
 
 
 def _is_predictor(folder: Path) -> bool:
-    # facray.manifest, not facray.predictor: the label driver locates run folders without torch.
-    from facray.manifest import MANIFEST
     return (folder / MANIFEST).is_file()
 
 
