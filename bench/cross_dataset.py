@@ -20,7 +20,8 @@ import pandas as pd
 
 from common import SHARED_DATA
 from facray.data.pipeline import PrepareConfig, read_table
-from facray.labelling_ray import LabelConfig, label_images
+from facray.labelling.config import LabelConfig
+from facray.runners.label import label_images
 from facray.training.metrics import confusion_metrics
 
 ATTRIBUTES = ("Male", "Smiling", "Eyeglasses")  # what MTFL labels

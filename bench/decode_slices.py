@@ -47,8 +47,8 @@ def worker(model: str, rows: int, n: int, batch_size: int) -> dict:
     import cv2
     import torch
 
-    import facray.labelling as labelling
-    from facray.labelling import BatchLabeller, preprocessing_for
+    import facray.labelling.batch as labelling
+    from facray.labelling.batch import BatchLabeller, preprocessing_for
     from facray.predictors.networks import load_predictor
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -80,7 +80,7 @@ def main():
     if args.worker:
         print(json.dumps(worker(args.model, args.worker, args.n, args.batch_size)))
         return
-    from facray.labelling import DECODE_SLICE
+    from facray.labelling.batch import DECODE_SLICE
     env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # as the labelling actors run
     results = {}
     for rows in (args.batch_size, DECODE_SLICE):

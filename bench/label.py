@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from common import SHARED_DATA, TreeMemory
-from facray.labelling import BatchLabeller, format_stage_seconds, label_batch, preprocessing_for, stage_seconds
+from facray.labelling.batch import BatchLabeller, format_stage_seconds, label_batch, preprocessing_for, stage_seconds
 from facray.models.abm import ABMCNN
 from facray.predictors.networks import load_predictor, read_predictor
 
@@ -175,7 +175,8 @@ def main():
     p.add_argument("--plain-forward", choices=("models", "facray"), default="models")
     p.add_argument("--skip-plain", action="store_true")
     args = p.parse_args()
-    from facray.labelling_ray import LabelConfig, label_images  # Ray only here: the plain loop runs without it
+    from facray.labelling.config import LabelConfig
+    from facray.runners.label import label_images  # Ray only here: the plain loop runs without it
 
     model = args.model or str(trained_predictor(Path(args.work), args.size, args.epochs))
     predictor = load_predictor(model)

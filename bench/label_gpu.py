@@ -1,7 +1,7 @@
 """Benchmark: the labelling predictor's forward pass, and the whole labelling pipeline without Ray, on a GPU.
 
 The device machine has torch and OpenCV but no Ray, so this runs the pure parts ``facray label``'s
-actors run (:mod:`facray.labelling`, :class:`facray.predictors.networks.CombinedPredictor`).
+actors run (:mod:`facray.labelling.batch`, :class:`facray.predictors.networks.CombinedPredictor`).
 
 1. Forward alone, on batches already on the GPU: K ABM-CNNs (random weights: their speed does
    not depend on them) per ``--size``, run (a) the plain way, each model in turn, fp32, default
@@ -122,7 +122,7 @@ def pipeline_rate(images: Path, n: int, size: int, k: int, sketched: int, batch:
                   device: torch.device) -> None:
     from label import CropDataset, collate  # bench/label.py's plain DataLoader pieces
 
-    from facray.labelling import format_stage_seconds, label_batch, stage_seconds
+    from facray.labelling.batch import format_stage_seconds, label_batch, stage_seconds
     import pandas as pd
 
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))

@@ -37,7 +37,7 @@ def main() -> None:
     args = p.parse_args()
     if not args.images.is_dir():
         sys.exit(f"{args.images}: no such folder (give --images)")
-    from facray.labelling_ray import smoke_model
+    from facray.testing import smoke_model
 
     work = Path(tempfile.mkdtemp(prefix="facray-label-kill-"))
     source = sorted(f for f in args.images.iterdir() if f.is_file())

@@ -50,17 +50,18 @@ def main() -> None:
     p.add_argument("--work", help="folder for the runs (default: a temporary one)")
     args = p.parse_args()
 
-    from facray.runtime import init_ray
+    from facray.runners.runtime import init_ray
     from facray.training.combine import CombineConfig, combine
     from facray.training.configs import SweepConfig, TrainBinaryConfig
-    from facray.training.ray_binary import train_binary_models
-    from facray.training.sweep import run_sweep
+    from facray.runners.train_binary import train_binary_models
+    from facray.runners.sweep import run_sweep
 
     work = Path(args.work or tempfile.mkdtemp(prefix="facray-lr-sweep-"))
     init_ray()
     prepared = args.prepared
     if not prepared:
-        from facray.data.pipeline import PrepareConfig, prepare
+        from facray.data.pipeline import PrepareConfig
+        from facray.runners.prepare import prepare
         from facray.data.synth import write_synthetic_celeba
         prepared = str(work / "prepared")
         prepare(PrepareConfig(root=str(write_synthetic_celeba(work / "celeba", n=300, seed=0)), out=prepared,

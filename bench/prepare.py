@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 from common import SHARED_DATA, TreeMemory
-from facray.data.pipeline import PrepareConfig, PreprocessActor, preprocessing_chain, read_table
+from facray.data.pipeline import PrepareConfig, preprocessing_chain, read_table
 
 SHARED = SHARED_DATA / "celebahq_dev"
 
@@ -34,17 +34,13 @@ def plain_loop(table, cfg: PrepareConfig, image_kind: str, batch_size: int = 128
     return len(table) / (time.perf_counter() - start)
 
 
-def ray_pipeline(table, cfg: PrepareConfig, image_kind: str, write_to: str | None) -> float:
-    """facray's pipeline on Ray Data (start-up of the actors included). Returns images/s."""
-    import ray
-    from facray.data.datasets import build_image_dataset
+def ray_pipeline(table, cfg: PrepareConfig, write_to: str | None) -> float:
+    """facray's pipeline on Ray Data (start-up of the actors included): the dataset ``facray
+    prepare`` builds. Returns images/s."""
+    from facray.runners.prepare import build_prepare_dataset
 
     start = time.perf_counter()
-    rows_per_block = max(1, min(cfg.rows_per_block, -(-len(table) // (4 * cfg.num_actors))))
-    ds = build_image_dataset(table, rows_per_block, read_bytes=False)
-    ds = ds.map_batches(PreprocessActor, fn_constructor_args=(cfg, image_kind), batch_format="numpy",
-                        batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor,
-                        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors))
+    ds = build_prepare_dataset(cfg, table)
     if write_to:
         ds.write_parquet(write_to)
     else:
@@ -76,6 +72,7 @@ def main():
     import pandas as pd
     table = pd.concat([table] * reps, ignore_index=True).iloc[:args.n]
     table["image_id"] = [f"{i:07d}_{x}" for i, x in enumerate(table.image_id)]
+    table.attrs["image_kind"] = image_kind
     cores = os.cpu_count()
     print(f"{len(table)} images from {args.root} ({image_kind}), crop {args.size}px, "
           f"batch {args.batch_size}, {args.num_actors} actors x {args.cpus_per_actor} CPU, {cores} cores")
@@ -83,14 +80,14 @@ def main():
     plain = plain_loop(table, cfg, image_kind)
     print(f"plain loop (1 process, cv2 1 thread):  {plain:8.1f} img/s")
 
-    from facray.runtime import init_ray
+    from facray.runners.runtime import init_ray
     init_ray()
-    ray_pipeline(table.iloc[:256], cfg, image_kind, None)  # warm the workers' imports once
+    ray_pipeline(table.iloc[:256], cfg, None)  # warm the workers' imports once
     with TreeMemory() as mem:
-        ray_iter = ray_pipeline(table, cfg, image_kind, None)
+        ray_iter = ray_pipeline(table, cfg, None)
     print(f"facray Ray Data (iterate):             {ray_iter:8.1f} img/s   memory growth {mem.growth_gb:.2f} GB")
     with TreeMemory() as mem_w:
-        ray_write = ray_pipeline(table, cfg, image_kind, str(tmp / "shards"))
+        ray_write = ray_pipeline(table, cfg, str(tmp / "shards"))
     print(f"facray Ray Data (write Parquet):       {ray_write:8.1f} img/s   memory growth {mem_w.growth_gb:.2f} GB")
     for name, v in (("iterate", ray_iter), ("write", ray_write)):
         print(f"ratio {name}: {v / plain:.2f}x the plain loop overall, "

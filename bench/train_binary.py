@@ -70,10 +70,11 @@ def pure_section(args) -> None:
 
 
 def ray_section(args) -> None:
-    from facray.data.pipeline import PrepareConfig, prepare
+    from facray.data.pipeline import PrepareConfig
+    from facray.runners.prepare import prepare
     from facray.data.synth import write_synthetic_celeba
     from facray.training.configs import TrainBinaryConfig
-    from facray.training.ray_binary import train_binary_models
+    from facray.runners.train_binary import train_binary_models
 
     tmp = Path(tempfile.mkdtemp(prefix="facray-bench-train-"))
     root = write_synthetic_celeba(tmp / "data", n=args.ray_images, seed=0)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from facray.data.errors import DatasetError, OutputError, OutputLockedError
-from facray.runtime import Terminated, configure_ray_output, raise_terminated, stop_ray
+from facray.runners.runtime import Terminated, configure_ray_output, raise_terminated, stop_ray
 
 def _build_data_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", type=Path, help="CelebA-layout folder (or MTFL folder with training.txt)")
@@ -57,7 +57,8 @@ def run_data_synth(args: argparse.Namespace) -> int:
 
 def run_prepare(args: argparse.Namespace) -> int:
     from facray.config import resolve_config
-    from facray.data.pipeline import PrepareConfig, prepare
+    from facray.data.pipeline import PrepareConfig
+    from facray.runners.prepare import prepare
 
     smoke = {}
     if args.smoke_test:
@@ -79,7 +80,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 def run_train_binary(args: argparse.Namespace) -> int:
     from facray.config import resolve_config
     from facray.training.configs import TrainBinaryConfig
-    from facray.training.ray_binary import train_binary_models
+    from facray.runners.train_binary import train_binary_models
 
     cfg = resolve_config(TrainBinaryConfig, args)
     if args.smoke_test:
@@ -98,7 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
     from facray.config import resolve_config
     from facray.models.registry import list_models
     from facray.training.configs import TrainConfig
-    from facray.training.ray_multitask import train_multitask
+    from facray.runners.train_multitask import train_multitask
 
     if args.list_models:
         print("\n".join(list_models()))
@@ -148,7 +149,8 @@ def _smoke_training(args: argparse.Namespace, cfg, smoke: dict):
 
 def _smoke_prepared(out: Path) -> Path:
     """A tiny prepared dataset under ``out`` for --smoke-test runs (made once)."""
-    from facray.data.pipeline import PrepareConfig, prepare
+    from facray.data.pipeline import PrepareConfig
+    from facray.runners.prepare import prepare
     from facray.data.synth import write_synthetic_celeba
     prepared = out / "smoke_prepared"
     if not (prepared / "prepared.json").is_file():
@@ -204,11 +206,13 @@ def run_label(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from facray.config import resolve_config
-    from facray.labelling_ray import LabelConfig, label_images, smoke_model
+    from facray.labelling.config import LabelConfig
+    from facray.runners.label import label_images
 
     cfg = resolve_config(LabelConfig, args)
     if args.smoke_test:
         from facray.data.synth import write_unlabelled_faces
+        from facray.testing import smoke_model  # torch, for the smoke run only: the driver stays torch-free
         smoke = dict(batch_size=4, num_actors=1, preprocess_actors=1)
         _refuse_smoke_overrides(args, ["images", "model", *smoke])
         base = Path(cfg.out).resolve().parent / "smoke_label"
@@ -225,7 +229,7 @@ def run_label(args: argparse.Namespace) -> int:
     summary = label_images(cfg)
     print(summary.format())
     if cfg.format in ("csv", "parquet"):
-        from facray.labelling_ray import read_output
+        from facray.labelling.output import read_output
         head = read_output(summary.out, cfg.format).head(5)
         print(head[["image_id", "face_found", "n_faces", "error", "Smiling_prob", "Smiling", "Male_prob",
                     "Male"]].to_string(index=False))
@@ -250,7 +254,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     from facray.config import resolve_config
     from facray.training.configs import SweepConfig
-    from facray.training.sweep import run_sweep
+    from facray.runners.sweep import run_sweep
 
     sweep_keys = {f.name for f in dataclasses.fields(SweepConfig)}
     pairs = [o.split("=", 1) if "=" in o else (o, None) for o in args.overrides or []]
@@ -320,7 +324,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
                  "--dataset scores a model on another dataset",
                  config_arguments("facray.reports", "EvaluateConfig"), run_evaluate),
     "label": ("label images (folder, glob, list, URI or a generator) into one CSV on Ray Data",
-              config_arguments("facray.labelling_ray", "LabelConfig",
+              config_arguments("facray.labelling.config", "LabelConfig",
                                "label 8 generated faces (2 of them broken) with an untrained predictor"),
               run_label),
     "demo": ("run the whole pipeline on generated data with local Ray and MLflow",

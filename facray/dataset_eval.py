@@ -2,7 +2,7 @@
 
 The images of ``DIR`` (any layout facray reads: CelebA's lists or CSV, a CelebA-style list naming
 a subset of the attributes, MTFL) go through ``facray label`` exactly as a user's would (face
-detection, the model's crop; :func:`facray.labelling_ray.label_images`), then every attribute the
+detection, the model's crop; :func:`facray.runners.label.label_images`), then every attribute the
 dataset labels *and* the model covers is scored against the dataset's labels
 (:func:`score_labels`): accuracy, balanced accuracy, precision, recall, the majority baseline (always
 answering this data's most common class) and the counts. Rows whose image failed are left out of
@@ -17,6 +17,12 @@ import numpy as np
 import pandas as pd
 
 from facray.attributes import ATTRIBUTES
+from facray.data.celeba import labels_matrix
+from facray.data.check import read_dataset
+from facray.labelling.config import LabelConfig
+from facray.predictors.locate import locate_predictor
+from facray.predictors.thresholds import PredictorInfo
+from facray.runners.label import label_images
 from facray.training.metrics import confusion_metrics
 
 REPORT_COLUMNS = ["attribute", "accuracy", "balanced_accuracy", "precision", "recall", "majority_accuracy",
@@ -46,11 +52,6 @@ def evaluate_on_dataset(cfg) -> tuple[pd.DataFrame, Path, str]:
     the module docstring). Returns the per-attribute table (plus a mean row), the report folder
     and a one-line summary. Raises ``ValueError`` when the dataset and the model share no
     attribute, before any image is labelled."""
-    from facray.data.celeba import labels_matrix
-    from facray.data.check import read_dataset
-    from facray.labelling_ray import LabelConfig, label_images
-    from facray.predictors.locate import locate_predictor
-    from facray.predictors.thresholds import PredictorInfo
 
     table, layout = read_dataset(cfg.dataset, skip_missing=cfg.skip_missing)
     if cfg.split != "all":

@@ -15,6 +15,19 @@ from pathlib import Path
 import pandas as pd
 
 from facray.attributes import RENDERED_ATTRIBUTES
+from facray.config import config_text
+from facray.data.pipeline import PrepareConfig
+from facray.data.prepared import read_prepare_config
+from facray.data.synth import write_synthetic_celeba, write_unlabelled_faces
+from facray.labelling.config import LabelConfig
+from facray.reports import EvaluateConfig, evaluate_run
+from facray.runners.label import label_images
+from facray.runners.prepare import prepare
+from facray.runners.train_binary import train_binary_models
+from facray.runners.train_multitask import train_multitask
+from facray.runs import RunFolder
+from facray.training.combine import CombineConfig, combine
+from facray.training.configs import TrainBinaryConfig, TrainConfig
 
 DEMO_ATTRIBUTES = ("Eyeglasses", "Smiling", "Wearing_Hat", "Bald")
 
@@ -30,21 +43,11 @@ def _done(t: float) -> None:
 
 def _prepared_with(cfg) -> bool:
     """Did a finished ``prepare`` write ``cfg.out`` with exactly ``cfg``'s settings?"""
-    from facray.config import config_text
-    from facray.data.prepared import read_prepare_config
     return read_prepare_config(cfg.out) == config_text(cfg)
 
 
 def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> dict:
     """Generate data under ``out`` and run the whole chain on it; return where things are."""
-    from facray.data.pipeline import PrepareConfig, prepare
-    from facray.data.synth import write_synthetic_celeba, write_unlabelled_faces
-    from facray.labelling_ray import LabelConfig, label_images
-    from facray.reports import EvaluateConfig, evaluate_run
-    from facray.training.combine import CombineConfig, combine
-    from facray.runs import RunFolder
-    from facray.training.configs import TrainBinaryConfig
-    from facray.training.ray_binary import train_binary_models
 
     out = Path(out).resolve()
     assert set(DEMO_ATTRIBUTES) <= set(RENDERED_ATTRIBUTES)
@@ -102,8 +105,6 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> d
 
     t = _step(f"7/7 train a multi-task abm-trunk (one network, 40 outputs) on Ray Train, {epochs + 2} epochs; "
               "label the same folder with it")
-    from facray.training.configs import TrainConfig
-    from facray.training.ray_multitask import train_multitask
     mt_run = out / "multitask"
     record = train_multitask(TrainConfig(model="abm-trunk", prepared=str(out / "prepared"), out=str(mt_run),
                                          image_size=48, epochs=epochs + 2, batch_size=32, lr=2e-3,

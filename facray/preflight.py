@@ -18,6 +18,8 @@ import time
 import zipfile
 from pathlib import Path
 
+from facray import storage
+
 
 class PreflightError(ValueError):
     """Something a run depends on is unusable; the message names it and the fix."""
@@ -88,15 +90,6 @@ RECHECK_AFTER_S = 60.0
 _passed: dict[tuple, float] = {}  # (uri, experiment, read_only) -> when it last passed
 
 
-def check_training_run(cfg) -> None:
-    """Before a training run (``train``, ``train-binary``) starts Ray: its MLflow store answers
-    and its experiment is usable (the store under ``cfg.out`` by default, which
-    :func:`facray.training.run_record.claim_run` has created by then)."""
-    from facray.tracking import resolve_tracking_uri
-    check_writable(cfg.out)
-    check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, cfg.out), cfg.experiment)
-
-
 def check_generator_file(path: str) -> None:
     """``path`` is a TorchScript module (what ``torch.jit.save`` writes: a zip with a ``code/``
     folder), checked without torch and without unpickling anything. A raw pickle or a
@@ -118,7 +111,6 @@ def check_writable(location: str) -> None:
     """A folder (local, or a prefix on an object store) where a run will write: created if
     missing, and a probe file written and removed there. Refuses with the location and the
     reason (no space, no permission, an unreachable endpoint) before any work starts."""
-    from facray import storage
     probe = storage.join(location, f".facray-write-probe-{os.getpid()}")
     try:
         storage.write_bytes(probe, b"")
@@ -136,7 +128,6 @@ def note_job_upload(location: str) -> None:
     file Ray's ``.gitignore``/``.rayignore`` handling does not leave out, run folders included
     (checkpoints, Parquet shards: often gigabytes). Silent elsewhere (outside a repository, on an
     object store, or when git is missing)."""
-    from facray import storage
     if storage.is_uri(location):
         return
     here, target = Path.cwd().resolve(), Path(location).resolve()

@@ -24,9 +24,16 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from facray.attributes import ATTRIBUTES
+from facray.attributes import ATTRIBUTES, ATTRIBUTE_INDEX
 from facray.config import option
+from facray.data.prepared import read_prepared
+from facray.models.cam import cam_grid
+from facray.models.inputs import to_input
+from facray.models.registry import model_spec
+from facray.predictors.networks import load_predictor
+from facray.preflight import check_tracking_store
 from facray.runs import RunFolder
+from facray.tracking import resolve_tracking_uri, setup_mlflow
 from facray.training.combine import best_lr_records, choose_modalities
 from facray.training.jobs import PAPER_TABLE
 from facray.training.metrics import confusion_metrics
@@ -54,7 +61,6 @@ class EvaluateConfig:
 
 def majority_baseline(splits: dict) -> pd.Series:
     """Accuracy on ``test_split`` of always answering ``train_split``'s majority class."""
-    from facray.data.prepared import read_prepared
     def labels(split: str) -> np.ndarray:
         return read_prepared(splits["prepared"], (split,), columns=(), variants=("original",))["labels"]
     train, test = labels(splits["train_split"]), labels(splits["test_split"])
@@ -162,8 +168,6 @@ def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
     out = Path(cfg.out).resolve() if cfg.out else run.report_dir
     splits = run.split_settings(cfg.prepared)  # checks the data is the version the run trained on
     if cfg.log_mlflow:  # before the report is computed: the store answers, the experiment is usable
-        from facray.preflight import check_tracking_store
-        from facray.tracking import resolve_tracking_uri
         check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, run.root),
                              cfg.experiment or ("facray-multitask" if run.is_multitask else "facray-abm"))
     out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +203,6 @@ def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
                       {"paper (Table 2)": ("paper_table2_accuracy", "*")})
     if cfg.log_mlflow:
         import mlflow
-        from facray.tracking import setup_mlflow
         setup_mlflow(cfg.tracking_uri, run, cfg.experiment or ("facray-multitask" if multitask else "facray-abm"))
         parent = run.parent_run_id()
         with mlflow.start_run(run_name="evaluate", tags={"mlflow.parentRunId": parent} if parent else {}):
@@ -225,13 +228,6 @@ def write_cam_grid(run: RunFolder, splits: dict, trained: list[str], path: Path,
     """Class activation maps (Grad-CAM, :mod:`facray.models.cam`) of the run's model on the first
     test crops, for up to ``attributes`` trained attributes: the paper's per-attribute CAMs."""
     import cv2
-
-    from facray.attributes import ATTRIBUTE_INDEX
-    from facray.data.prepared import read_prepared
-    from facray.models.cam import cam_grid
-    from facray.models.inputs import to_input
-    from facray.models.registry import model_spec
-    from facray.predictors.networks import load_predictor
 
     predictor = load_predictor(run.model_dir, fold_norms=False)  # CAMs hook into the modules as trained
     crops = read_prepared(splits["prepared"], (splits["test_split"],), ("image",), variants=("original",),

@@ -38,6 +38,7 @@ import shutil
 from shlex import quote
 from pathlib import Path
 
+from facray.data.prepared import read_metadata
 from facray.predictors.format import MANIFEST
 
 
@@ -135,7 +136,6 @@ class RunFolder:
     def prepared(self, override: str | None = None) -> str:
         """The prepared data this run trained on: ``override`` (the same data elsewhere) or the
         recorded location, verified against the shard version the run recorded."""
-        from facray.data.prepared import read_metadata
         settings = self.settings()
         location = override or settings["prepared"]
         try:
@@ -150,7 +150,6 @@ class RunFolder:
     def _other_data(self, location: str, settings: dict) -> str:
         """Why ``location`` is not the data this run trained on: another dataset (its source
         differs from the recorded data's) or the same one prepared again."""
-        from facray.data.prepared import read_metadata
         meta = read_metadata(location)
         try:
             trained = read_metadata(settings["prepared"]) if settings["prepared"] != location else None

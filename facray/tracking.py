@@ -1,6 +1,6 @@
-"""MLflow set-up shared by every command. Runs on the driver only: workers never write to MLflow,
-so a run has exactly one writer whatever the number of Ray workers (and SQLite never sees
-concurrent writers).
+"""MLflow set-up shared by every command. Runs on the driver, and :func:`log_epoch` in the Ray
+Train controller (a process of the driver's job): workers never write to MLflow, so a run has
+exactly one writer whatever the number of Ray workers (and SQLite never sees concurrent writers).
 
 Default store: SQLite under the output folder (MLflow 3 refuses a bare ``./mlruns`` file store;
 SQLite also gives the model registry), artifacts next to it. ``--tracking-uri`` or
@@ -14,6 +14,9 @@ from pathlib import Path
 
 import mlflow
 
+import facray
+import facray.predictors.pyfunc as model_code
+from facray.preflight import check_tracking_store, check_writable
 from facray.runs import RunFolder
 
 
@@ -31,10 +34,17 @@ def resolve_tracking_uri(explicit: str | None, out: str | Path) -> str:
     return RunFolder(out).default_tracking_uri()
 
 
+def check_training_run(cfg) -> None:
+    """Before a training run (``train``, ``train-binary``) starts Ray: its output folder is
+    writable, its MLflow store answers and its experiment is usable (the store under ``cfg.out``
+    by default, which :func:`facray.training.run_record.claim_run` has created by then)."""
+    check_writable(cfg.out)
+    check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, cfg.out), cfg.experiment)
+
+
 def setup_mlflow(tracking_uri: str | None, run: RunFolder, experiment: str) -> str:
     """Point MLflow at the store (``tracking_uri``, else the user's, else ``run``'s own) and the
     experiment (created with a local artifact root if new). Returns the tracking URI in use."""
-    from facray.preflight import check_tracking_store
     uri = resolve_tracking_uri(tracking_uri, run.root)
     check_tracking_store(uri, experiment)  # one line within seconds, not MLflow's retries or traceback
     mlflow.set_tracking_uri(uri)
@@ -70,8 +80,6 @@ def register_predictor(dest: Path, registered_name: str) -> str:
     """Inside an active run: log the predictor folder ``dest`` as a pyfunc model (models from
     code, no pickle), register a new version and point the alias ``newest`` at it. Returns
     ``models:/<name>@newest``."""
-    import facray
-    import facray.predictors.pyfunc as model_code
     info = mlflow.pyfunc.log_model(name="model", python_model=model_code.__file__,
                                    artifacts={"predictor": str(dest)},
                                    signature=model_code.model_signature(), input_example=model_code.INPUT_EXAMPLE,

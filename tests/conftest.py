@@ -102,7 +102,8 @@ def ray_session():
 @pytest.fixture(scope="session")
 def prepared_small(ray_session, tmp_path_factory) -> Path:
     """80 generated faces prepared at 32 px (no augmentation): input to the training tests."""
-    from facray.data.pipeline import PrepareConfig, prepare
+    from facray.data.pipeline import PrepareConfig
+    from facray.runners.prepare import prepare
     root = write_synthetic_celeba(tmp_path_factory.mktemp("prep") / "celeba", n=80, seed=2)
     out = tmp_path_factory.mktemp("prepared") / "p"
     prepare(PrepareConfig(root=str(root), out=str(out), size=32, augment=1, num_actors=2, batch_size=16))

@@ -103,11 +103,13 @@ def test_flipped_masks_and_landmarks_match_the_flipped_face():
 @pytest.mark.integration
 @pytest.mark.timeout(480)
 def test_prepare_masks_train_on_ray_and_label_with_two_attributes(ray_session, tmp_path):
-    from facray.data.pipeline import PrepareConfig, prepare
+    from facray.data.pipeline import PrepareConfig
+    from facray.runners.prepare import prepare
     from facray.data.synth import write_synthetic_celeba, write_unlabelled_faces
-    from facray.labelling_ray import LabelConfig, label_images
+    from facray.labelling.config import LabelConfig
+    from facray.runners.label import label_images
     from facray.training.configs import TrainConfig
-    from facray.training.ray_multitask import train_multitask
+    from facray.runners.train_multitask import train_multitask
 
     root = write_synthetic_celeba(tmp_path / "celeba", n=60, seed=4)
     plain, masked = tmp_path / "plain", tmp_path / "masked"

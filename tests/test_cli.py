@@ -14,8 +14,8 @@ from facray import cli
     (["label", "--model", "m", "--format", "xlsx"], "csv, parquet"),
 ])
 def test_a_typo_in_a_choice_fails_at_once_with_the_allowed_values(argv, allowed, capsys, monkeypatch):
-    import facray.runtime
-    monkeypatch.setattr(facray.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    import facray.runners.runtime
+    monkeypatch.setattr(facray.runners.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("facray: error: ") and f"is not one of: {allowed}" in err

@@ -88,11 +88,13 @@ DRIVER = textwrap.dedent('''
     import sys
     from pathlib import Path
     from facray.data.synth import write_synthetic_celeba, write_unlabelled_faces
-    from facray.data.pipeline import PrepareConfig, prepare
+    from facray.data.pipeline import PrepareConfig
+    from facray.runners.prepare import prepare
     from facray.training.configs import TrainBinaryConfig
-    from facray.training.ray_binary import train_binary_models
+    from facray.runners.train_binary import train_binary_models
     from facray.training.combine import CombineConfig, combine
-    from facray.labelling_ray import LabelConfig, label_images
+    from facray.labelling.config import LabelConfig
+    from facray.runners.label import label_images
     from facray import storage
 
     work, bucket, tracking = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -104,7 +106,7 @@ DRIVER = textwrap.dedent('''
         batch_size=16, cpus_per_worker=0.5, tracking_uri=tracking))
     print(table.to_string())
     from facray.training.configs import TrainConfig
-    from facray.training.ray_multitask import train_multitask
+    from facray.runners.train_multitask import train_multitask
     record = train_multitask(TrainConfig(model="abm-trunk-tiny", prepared=f"s3://{bucket}/prepared",
                                          out=str(work / "mt"), image_size=32, epochs=1, batch_size=16,
                                          cpus_per_worker=0.5, tracking_uri=tracking))

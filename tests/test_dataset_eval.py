@@ -35,7 +35,7 @@ def test_evaluate_a_model_on_a_dataset_labelled_for_three_attributes(ray_session
     are labelled through `label`'s path and the three attributes scored, each row's figures
     consistent with the labels written."""
     from facray.cli import main
-    from facray.labelling_ray import smoke_model
+    from facray.testing import smoke_model
     model = smoke_model(tmp_path / "model", crop_size=32)
     out = tmp_path / "eval"
     code = main(["evaluate", "--model", str(model), "--dataset", str(synth_partial), "--split", "test",

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from facray.data.synth import write_unlabelled_faces
-from facray.labelling_ray import smoke_model
+from facray.testing import smoke_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
@@ -45,7 +45,7 @@ def _loopback(address: str) -> bool:
 
 def _is_reaper(p: psutil.Process) -> bool:
     try:
-        return "facray.reaper" in " ".join(p.cmdline())
+        return "facray.runners.reaper" in " ".join(p.cmdline())
     except psutil.Error:  # gone, or a zombie
         return False
 

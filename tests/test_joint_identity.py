@@ -109,11 +109,12 @@ def test_joint_training_learns_identities_and_reports_identification():
 @pytest.mark.integration
 @pytest.mark.timeout(480)
 def test_identity_split_joint_training_on_ray(ray_session, tmp_path, learnable):
-    from facray.data.pipeline import PrepareConfig, prepare
+    from facray.data.pipeline import PrepareConfig
+    from facray.runners.prepare import prepare
     from facray.data.prepared import read_prepared
     from facray.data.synth import write_synthetic_celeba
     from facray.training.configs import TrainConfig
-    from facray.training.ray_multitask import train_multitask
+    from facray.runners.train_multitask import train_multitask
 
     root = write_synthetic_celeba(tmp_path / "celeba", n=64, seed=5, photos_per_identity=8)
     prepared = tmp_path / "p"

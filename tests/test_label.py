@@ -12,8 +12,10 @@ import torch
 
 from facray.attributes import ATTRIBUTES
 from facray.data.synth import write_unlabelled_faces
-from facray.labelling import OUTPUT_COLUMNS, PROB_COLUMNS
-from facray.labelling_ray import LabelConfig, label_images, smoke_model
+from facray.labelling.output import OUTPUT_COLUMNS, PROB_COLUMNS
+from facray.labelling.config import LabelConfig
+from facray.runners.label import label_images
+from facray.testing import smoke_model
 from facray.predictors.format import PredictorError
 from facray.predictors.networks import load_predictor
 
@@ -109,7 +111,7 @@ def test_links_formats_and_orientation_every_input_is_a_row(ray_session, model, 
 
 def test_part_writer_keeps_finished_rows_steadily(tmp_path):
     """Rows reach durable parts every few batches or seconds, not at the end of the run."""
-    from facray.labelling_ray import PartWriter
+    from facray.labelling.output import PartWriter
     folder = tmp_path / "parts"
     with PartWriter(str(folder), flush_rows=10, flush_seconds=3600) as writer:
         for i in range(5):
@@ -244,7 +246,7 @@ def test_non_utf8_file_name_is_one_error_row_not_a_failed_job(ray_session, model
 
 def test_two_runs_into_one_output_the_second_refuses_at_once(ray_session, model, tmp_path):
     from facray.data.errors import OutputLockedError
-    from facray.labelling_ray import output_lock
+    from facray.labelling.lock import output_lock
     folder, out = tmp_path / "imgs", tmp_path / "labels.csv"
     _images(folder, n=2)
     with output_lock(str(out)):  # what a first run holds for its whole duration
@@ -263,7 +265,7 @@ def test_two_runs_into_one_output_the_second_refuses_at_once(ray_session, model,
 def test_a_changed_input_is_never_reused_after_a_failed_write(ray_session, model, tmp_path, monkeypatch):
     """An input (a link) re-pointed at another face; the next run's final write fails (a full
     disk); with the parts gone, the run after that must still relabel the changed input."""
-    import facray.labelling_ray as labelling
+    import facray.labelling.output as labelling
     from facray.data.errors import OutputError
     faces = _images(tmp_path / "faces", n=3)
     folder, out = tmp_path / "imgs", tmp_path / "labels.csv"
@@ -352,7 +354,7 @@ def test_split_layout_labels_as_the_fused_one(ray_session, model, tmp_path, spli
 
 
 def test_ray_pipeline_gives_the_in_process_probabilities_and_says_where_time_went(ray_session, model, tmp_path):
-    from facray.labelling import BatchLabeller, preprocessing_for
+    from facray.labelling.batch import BatchLabeller, preprocessing_for
     folder = tmp_path / "imgs"
     paths = _images(folder, n=5, seed=3)
     summary = _label(folder, model, tmp_path / "labels.csv")

@@ -13,7 +13,7 @@ from facray.attributes import ATTRIBUTES
 from facray.data.celeba import read_attribute_file
 from facray.data.folder import list_images
 from facray.data.synth import write_unlabelled_faces
-from facray.labelling import OUTPUT_COLUMNS, encode_output, output_table
+from facray.labelling.output import OUTPUT_COLUMNS, encode_output, output_table
 
 
 def test_image_ids_are_relative_to_the_folder_glob_or_list(tmp_path):
@@ -135,7 +135,10 @@ def test_labels_merge_with_a_celeba_list_on_image_id(ray_session, tmp_path):
     """The issue's case: label images of a CelebA-style folder (one truncated, one group photo),
     then merge with the dataset's own list on ``image_id`` as users do: every row matches; the
     celeba format of the same run is that list's layout, -1/1."""
-    from facray.labelling_ray import LabelConfig, errors_path, label_images, smoke_model
+    from facray.labelling.config import LabelConfig
+    from facray.labelling.output import errors_path
+    from facray.runners.label import label_images
+    from facray.testing import smoke_model
     model = smoke_model(tmp_path / "model", crop_size=32)
     folder = tmp_path / "img_align_celeba"
     faces = write_unlabelled_faces(folder, n=3, seed=0, sizes=(128,))
@@ -189,7 +192,9 @@ def test_faces_all_labels_each_face_and_resumes_by_image(ray_session, tmp_path):
     one; a re-run reuses every row; changing the mode relabels; with --format celeba it is refused
     before any work."""
     pytest.importorskip("yuface")
-    from facray.labelling_ray import LabelConfig, label_images, smoke_model
+    from facray.labelling.config import LabelConfig
+    from facray.runners.label import label_images
+    from facray.testing import smoke_model
     model = smoke_model(tmp_path / "model", crop_size=32)
     folder = tmp_path / "imgs"
     write_unlabelled_faces(folder, n=2, seed=0, sizes=(128,))
@@ -212,7 +217,7 @@ def test_faces_all_labels_each_face_and_resumes_by_image(ray_session, tmp_path):
 
 
 def test_the_summary_says_how_multi_face_images_were_labelled():
-    from facray.labelling_ray import LabelSummary
+    from facray.labelling.plan import LabelSummary
     common = dict(inputs=3, reused=0, labelled=3, faces_found=3, errors=0, seconds=1.0, out="o", model="m",
                   phases={}, stages={}, multi_face=1)
     assert "1 with more than one face: the largest labelled" in LabelSummary(**common).format()
@@ -226,7 +231,7 @@ def _keyed(rows, faces="largest"):
 def test_an_image_is_reused_only_with_all_its_faces_from_one_source(tmp_path):
     """--faces all: a run killed between two parts may have written some of an image's faces;
     such an image is labelled again, and an image's rows never mix two runs."""
-    from facray.labelling_ray import complete_images, parts_dir, previous_rows, write_atomically
+    from facray.labelling.output import complete_images, parts_dir, previous_rows, write_atomically
     base = _rows().iloc[:1]
     three = pd.concat([_keyed(base, "all").assign(face_index=k, n_faces=3) for k in range(3)], ignore_index=True)
     out = str(tmp_path / "labels.csv")
@@ -243,7 +248,7 @@ def test_an_image_is_reused_only_with_all_its_faces_from_one_source(tmp_path):
 
 
 def test_another_format_under_the_same_name_is_relabelled_never_misread(tmp_path):
-    from facray.labelling_ray import errors_path, previous_rows, write_atomically
+    from facray.labelling.output import errors_path, previous_rows, write_atomically
     rows = _keyed(_rows())
     out = str(tmp_path / "labels.out")
     write_atomically(rows, out, "csv")

@@ -9,8 +9,10 @@ import torch
 from facray.attributes import ATTRIBUTES
 from facray.data.synth import write_unlabelled_faces
 from facray.data.ops import Sketcher
-from facray.labelling import STAGE_PREFIX, BatchLabeller, label_batch, preprocessing_for, stage_seconds
-from facray.labelling_ray import LabelConfig, pool_sizes, smoke_model
+from facray.labelling.batch import STAGE_PREFIX, BatchLabeller, label_batch, preprocessing_for, stage_seconds
+from facray.labelling.config import LabelConfig
+from facray.labelling.pools import pool_sizes
+from facray.testing import smoke_model
 from facray.models.abm import ABMCNN
 from facray.models.inputs import to_input
 from facray.models.registry import build_model, list_models, model_spec
@@ -123,7 +125,7 @@ def test_actor_pools_are_sized_to_the_machine(cfg, resources, expected):
 
 
 def test_fused_layout_on_gpus_is_refused_before_anything_runs(tmp_path):
-    from facray.labelling_ray import label_images
+    from facray.runners.label import label_images
     with pytest.raises(ValueError, match="--layout fused runs on CPU"):
         label_images(LabelConfig(images=str(tmp_path), model=str(tmp_path), out=str(tmp_path / "l.csv"),
                                  layout="fused", gpus=1))
@@ -154,7 +156,8 @@ def test_preprocess_actor_needs_neither_torch_nor_weights(preprocessed, tmp_path
     predictor.manifest.write(tmp_path)
     script = (
         "import json, sys, numpy as np\n"
-        "from facray.labelling_ray import LabelConfig, PreprocessForLabelActor\n"
+        "from facray.labelling.config import LabelConfig\n"
+        "from facray.runners.label import PreprocessForLabelActor\n"
         "from facray.predictors.format import Manifest\n"
         f"manifest = Manifest.read({str(tmp_path)!r})\n"
         "actor = PreprocessForLabelActor(manifest, [None], LabelConfig())\n"
@@ -226,7 +229,8 @@ def test_the_label_driver_never_imports_torch(preprocessed, tmp_path, form, monk
         "import sys, numpy as np\n"
         "from facray.cli import build_parser, selected_command\n"
         "build_parser(selected_command(['label', '--images', 'x']))\n"
-        "from facray.labelling import label_batch\n"
+        "import facray.runners.label  # the driver module itself\n"
+        "from facray.labelling.batch import label_batch\n"
         "from facray.predictors.format import read_weights_file\n"
         "from facray.predictors.locate import locate_predictor\n"
         "from facray.predictors.thresholds import PredictorInfo\n"

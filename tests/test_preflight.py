@@ -11,7 +11,7 @@ import pytest
 
 from facray.cli import main
 from facray.config import absolute_location, resolve_config
-from facray.labelling_ray import LabelConfig
+from facray.labelling.config import LabelConfig
 from facray.preflight import PreflightError, check_generator_file, check_tracking_store, check_writable
 from facray.training.configs import TrainBinaryConfig, TrainConfig
 
@@ -128,7 +128,7 @@ def test_an_unreachable_object_store_output_is_refused_in_one_line(monkeypatch):
 
 def test_a_failed_write_names_the_location_and_leaves_no_temporary_file(tmp_path):
     from facray.data.errors import OutputError
-    from facray.labelling_ray import _write_whole
+    from facray.labelling.output import _write_whole
     (tmp_path / "blocker").write_text("a file where a folder should be")
     with pytest.raises(OutputError, match=r"blocker/labels.csv: cannot write"):
         _write_whole(str(tmp_path / "blocker" / "labels.csv"), b"x")

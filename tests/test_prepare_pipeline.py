@@ -93,7 +93,8 @@ def test_prepare_smoke_test_job(ray_session, tmp_path, capsys):
 
 
 def test_prepare_again_switches_versions_at_once_and_removes_the_old(ray_session, synth_root, tmp_path):
-    from facray.data.pipeline import PrepareConfig, prepare
+    from facray.data.pipeline import PrepareConfig
+    from facray.runners.prepare import prepare
     from facray.data.prepared import shard_dir
     out = tmp_path / "versions"
     cfg = PrepareConfig(root=str(synth_root), out=str(out), size=32, augment=1, limit=20, num_actors=1, batch_size=8)

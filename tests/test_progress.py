@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 
-from facray.runtime import PROGRESS_LINE_REGEX
+from facray.runners.runtime import PROGRESS_LINE_REGEX
 from facray.training.progress import format_seconds, with_progress
 
 

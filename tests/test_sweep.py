@@ -126,7 +126,7 @@ def test_asha_comes_from_the_flag_or_the_space():
     from ray.tune.schedulers import ASHAScheduler
 
     from facray.training.configs import SweepConfig
-    from facray.training.sweep import _scheduler
+    from facray.runners.sweep import _scheduler
     space = load_space("tune_spaces/multitask_lr_wd.py")
     own = _scheduler(space, SweepConfig(scheduler="space"), max_t=13)
     assert isinstance(own, ASHAScheduler) and own._max_t == 13 and own._metric == "val_accuracy"

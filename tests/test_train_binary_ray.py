@@ -12,7 +12,7 @@ from facray.predictors.format import PredictorError
 from facray.predictors.networks import load_predictor
 from facray.training.combine import CombineConfig, choose_modalities, combine
 from facray.training.configs import TrainBinaryConfig
-from facray.training.ray_binary import train_binary_models
+from facray.runners.train_binary import train_binary_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -70,7 +70,8 @@ def test_fused_two_workers_mlflow_rerun_combine_evaluate(ray_session, prepared_s
 
     # The registered model labels images through its registry URI (actors resolve it too).
     from facray.data.synth import write_unlabelled_faces
-    from facray.labelling_ray import LabelConfig, label_images
+    from facray.labelling.config import LabelConfig
+    from facray.runners.label import label_images
     write_unlabelled_faces(tmp_path / "faces", n=2, seed=3, sizes=(96,))
     labelled = label_images(LabelConfig(images=str(tmp_path / "faces"), model=uri, out=str(tmp_path / "l.csv"),
                                         tracking_uri=mlflow.get_tracking_uri(), num_actors=1, preprocess_actors=1, batch_size=2))
@@ -227,7 +228,8 @@ def test_a_one_sided_attribute_is_not_trained_and_combine_leaves_it_out(ray_sess
     """The issue's women-only subset: `train-binary --attributes Male,Smiling` trains Smiling only,
     saying the data is one-sided; the combined predictor holds no Male (label leaves it empty, not
     "not Male" for every man); Male alone is refused before Ray does any work."""
-    from facray.data.pipeline import PrepareConfig, prepare
+    from facray.data.pipeline import PrepareConfig
+    from facray.runners.prepare import prepare
     prepared = tmp_path / "prepared"
     prepare(PrepareConfig(root=str(synth_women_only), out=str(prepared), size=32, augment=1, num_actors=1,
                           batch_size=16, sketch_channels=0))

@@ -9,7 +9,7 @@ import pytest
 from facray.cli import main
 from facray.predictors.networks import load_predictor
 from facray.training.configs import TrainConfig
-from facray.training.ray_multitask import train_multitask
+from facray.runners.train_multitask import train_multitask
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 
@@ -50,7 +50,8 @@ def test_ddp_two_workers_interrupted_resumes_then_evaluates_and_labels(ray_sessi
     assert (out / "report" / "cam_grid.png").stat().st_size > 0
 
     from facray.data.synth import write_unlabelled_faces
-    from facray.labelling_ray import LabelConfig, label_images
+    from facray.labelling.config import LabelConfig
+    from facray.runners.label import label_images
     write_unlabelled_faces(tmp_path / "faces", n=3, seed=4, sizes=(96,))
     store_files = {p for p in out.rglob("*") if p.is_file() and "mlflow.db" not in p.name}
     labelled = label_images(LabelConfig(images=str(tmp_path / "faces"), model=record["registered"],
@@ -87,8 +88,8 @@ def test_one_worker_and_two_workers_learn_alike(ray_session, prepared_small, tmp
 
 
 def test_unknown_model_fails_before_ray_with_the_known_names(tmp_path, capsys, monkeypatch):
-    import facray.runtime
-    monkeypatch.setattr(facray.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    import facray.runners.runtime
+    monkeypatch.setattr(facray.runners.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
     assert main(["train", "--model", "resnet81", "--prepared", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'resnet81'" in err and "resnet18" in err and "abm-trunk" in err

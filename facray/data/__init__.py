@@ -1,2 +1,2 @@
 """Readers, generated data, image transforms and batch ops. Pure Python/numpy/OpenCV: no Ray here
-except in ``facray.data.datasets`` and ``facray.data.pipeline``, which build Ray Datasets."""
+except in ``facray.runners.datasets`` and ``facray.data.pipeline``, which build Ray Datasets."""

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from facray import storage
 from facray.data.errors import DatasetError, where
+from facray.data.imageio import sniff_format
 
 # Suffixes of image formats: what OpenCV/Pillow decode here, plus formats users hold that this
 # install may not decode (HEIC/HEIF, JPEG XL): listed all the same, so they get an error row.
@@ -87,7 +89,6 @@ def inside_root(root: str | Path, name: str) -> Path | None:
 
 def has_image_signature(path: str, read=None) -> bool:
     """Do the file's first bytes carry an image format's signature (see ``imageio.sniff_format``)?"""
-    from facray.data.imageio import sniff_format
     try:
         if read is not None:
             head = read(path)
@@ -261,7 +262,6 @@ def list_images(source: str | Path, recursive: bool = True) -> Listing:
 def list_uri_images(uri: str) -> Listing:
     """The inputs under a pyarrow-readable URI (``s3://bucket/prefix``, ``gs://``, ``file://``),
     by the same rule: an image suffix, else an image signature in the object's first bytes."""
-    from facray import storage
     fs, _ = storage.filesystem(uri)
     listing = Listing([])
 
@@ -282,7 +282,6 @@ def list_uri_images(uri: str) -> Listing:
 
 def list_source(source: str) -> Listing:
     """:func:`list_uri_images` for a URI, :func:`list_images` otherwise."""
-    from facray import storage
     return list_uri_images(source) if storage.is_uri(source) else list_images(source)
 
 

@@ -26,6 +26,8 @@ import struct
 import cv2
 import numpy as np
 
+from facray import storage
+
 MAX_PIXELS = 50_000_000  # 50 MP: larger than any face photo, small enough to bound memory
 MIN_SIDE = 16
 
@@ -292,7 +294,6 @@ def decode_image(data: bytes, path: str = "<bytes>", max_pixels: int = MAX_PIXEL
 def read_bytes(path: str) -> bytes:
     """A local path, or any URI pyarrow reads (s3://, gs://, hdfs://, file://)."""
     if "://" in path:
-        from facray import storage
         return storage.read_bytes(path)
     with open(path, "rb") as f:
         return f.read()

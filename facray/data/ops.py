@@ -9,30 +9,19 @@ import time
 
 import numpy as np
 
+from facray.attributes import ATTRIBUTES
+from facray.data.celeba import BBOX_COLUMNS, LANDMARK_COLUMNS
+from facray.data.imageio import ImageError, MAX_PIXELS, decode_image, read_image
+from facray.data.transforms import (ALIGNED_CELEBA_LANDMARKS, ALIGNED_CELEBA_SIZE, FaceBox, FaceDetector,
+                                    OFFLINE_AUGMENTATIONS, attribute_masks, augment_landmarks, augment_offline,
+                                    centre_square, crop_square, face_box_from_bbox, face_box_from_landmarks,
+                                    pencil_sketch, transform_points)
+
 PATH = "path"
 IMAGE_BYTES = "image_bytes"
 ERROR = "error"
 
 
-def attach_image_bytes(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Add the raw bytes of each ``path`` (empty bytes + an ``error`` message when unreadable)."""
-    data, errors = [], []
-    prior = batch.get(ERROR)
-    for i, path in enumerate(batch[PATH]):
-        err = "" if prior is None else str(prior[i])
-        blob = b""
-        if not err:
-            from facray.data.imageio import read_bytes
-            try:
-                blob = read_bytes(str(path))
-            except OSError as e:
-                err = f"{path}: cannot read file ({getattr(e, 'strerror', None) or e})"
-        data.append(blob)
-        errors.append(err)
-    out = dict(batch)
-    out[IMAGE_BYTES] = np.array(data, dtype=object)
-    out[ERROR] = np.array(errors, dtype=object)
-    return out
 # ---- preprocessing ops (decode -> crop -> masks -> augment -> sketch -> encode) -------------------
 
 IMAGE = "image"
@@ -64,7 +53,6 @@ def _column(batch: dict[str, np.ndarray], name: str, default, n: int) -> np.ndar
 
 def pack_labels(batch: dict[str, np.ndarray]) -> np.ndarray:
     """The (N, 40) int8 label matrix from per-attribute columns (-1 where a column is absent)."""
-    from facray.attributes import ATTRIBUTES
     n = len(batch[PATH])
     if LABELS in batch:
         return np.asarray(batch[LABELS], np.int8).reshape(n, len(ATTRIBUTES))
@@ -80,11 +68,9 @@ class ImageDecoder:
     stage = "decode"
 
     def __init__(self, max_pixels: int | None = None):
-        from facray.data.imageio import MAX_PIXELS
         self.max_pixels = max_pixels or MAX_PIXELS
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from facray.data.imageio import ImageError, decode_image, read_image
         n = len(batch[PATH])
         images = np.empty(n, dtype=object)
         errors = np.array([str(e) for e in _column(batch, ERROR, "", n)], dtype=object)
@@ -126,7 +112,6 @@ class FaceCropper:
             raise ValueError(f"crop method must be one of {CROP_METHODS}, got {method!r}")
         if centre not in CROP_CENTRES:
             raise ValueError(f"crop centre must be one of {CROP_CENTRES}, got {centre!r}")
-        from facray.data.transforms import FaceDetector
         self.size, self.margin, self.method, self.image_kind = size, margin, method, image_kind
         if faces not in FACES:
             raise ValueError(f"faces must be one of {FACES}, got {faces!r}")
@@ -137,8 +122,6 @@ class FaceCropper:
     def _box(self, image, landmarks, bbox):
         """(face box or None, method, the 5 landmarks it implies in source pixels or None, the
         :class:`facray.data.transforms.Detection` when the detector ran, else None)."""
-        from facray.data.transforms import (ALIGNED_CELEBA_LANDMARKS, ALIGNED_CELEBA_SIZE,
-                                            face_box_from_bbox, face_box_from_landmarks)
         m = self.method
         if m in ("auto", "landmarks") and np.isfinite(landmarks).all():
             lm = landmarks.reshape(5, 2)
@@ -163,8 +146,6 @@ class FaceCropper:
         return None, "full", None, None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from facray.data.celeba import BBOX_COLUMNS, LANDMARK_COLUMNS
-        from facray.data.transforms import FaceBox, centre_square, crop_square, transform_points
         n = len(batch[PATH])
         lms = np.stack([np.asarray(batch[c], np.float64) for c in LANDMARK_COLUMNS], 1) \
             if all(c in batch for c in LANDMARK_COLUMNS) else np.full((n, 10), np.nan)
@@ -233,7 +214,6 @@ class MaskDrawer:
         self.mask_size = mask_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from facray.data.transforms import attribute_masks
         labels = pack_labels(batch)
         k = self.mask_size / batch[IMAGE].shape[1]  # crop pixels -> mask pixels
         size = (self.mask_size, self.mask_size)
@@ -257,7 +237,6 @@ class Augmenter:
         self.count, self.seed, self.splits = count, seed, splits
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from facray.data.transforms import OFFLINE_AUGMENTATIONS, augment_landmarks, augment_offline
         n = len(batch[PATH])
         ids = batch.get(IMAGE_ID, batch[PATH])
         has_masks, has_lm = MASKS in batch, LANDMARKS in batch
@@ -298,7 +277,6 @@ class Sketcher:
         self.channels = channels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from facray.data.transforms import pencil_sketch
         images = batch[IMAGE]
         shape = images.shape[:3] + ((3,) if self.channels == 3 else ())
         sketches = np.zeros(shape, np.uint8)

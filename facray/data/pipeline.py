@@ -1,8 +1,6 @@
-"""``facray prepare``: decode, crop, mask, augment and sketch images on Ray Data; write Parquet.
-
-Runs on the driver; the stages run in a pool of Ray actors (one fused :class:`~facray.data.ops.Chain`
-per actor, so the detector loads once per actor and batches never cross the object store between
-stages). The stages themselves are the pure ops in :mod:`facray.data.ops`.
+"""``facray prepare``'s pure half: its config, the metadata table, the chain of ops each actor
+runs (:mod:`facray.data.ops`), the summary, and the commit of a new shard version. The Ray Data
+pipeline that runs them is :mod:`facray.runners.prepare`.
 """
 from __future__ import annotations
 
@@ -11,7 +9,6 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -19,7 +16,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from facray import storage
-from facray.config import absolute_paths, config_text, option
+from facray.config import config_text, option
 from facray.data import ops
 from facray.data.celeba import abm_split, read_celeba
 from facray.data.folder import read_image_folder
@@ -98,18 +95,6 @@ def preprocessing_chain(cfg: PrepareConfig, image_kind: str, serialize: bool = T
     return ops.Chain(*stages)
 
 
-class PreprocessActor:
-    """A Ray Data actor: builds the chain once (detector, cascades) and runs it per batch."""
-
-    def __init__(self, cfg: PrepareConfig, image_kind: str):
-        import cv2
-        cv2.setNumThreads(1)  # one core per actor; OpenCV's own threads would oversubscribe
-        self.chain = preprocessing_chain(cfg, image_kind)
-
-    def __call__(self, batch):
-        return self.chain(batch)
-
-
 @dataclass
 class PrepareSummary:
     rows_in: int
@@ -150,48 +135,34 @@ def summarise(out: str, shards: str, rows_in: int, seconds: float, detector: str
     return summary
 
 
-def prepare(cfg: PrepareConfig) -> PrepareSummary:
-    """Run the preprocessing pipeline on Ray Data and write ``cfg.out`` (a path or URI).
+def detector_name(cfg: PrepareConfig) -> str:
+    """The detector that runs, said up front and in the output (``auto`` falls back to Haar
+    without yuface); ``none`` for crops that need none."""
+    return FaceDetector(cfg.detector).name if cfg.crop in ("auto", "detect") else "none"
 
-    The shards go to a new ``shards-<id>`` folder; ``prepared.json``, written last, switches
-    readers to it, and only then is the previous version deleted (see :mod:`facray.data.prepared`).
-    """
-    import ray
 
-    from facray.data.datasets import build_image_dataset
-    from facray.runtime import init_ray
+def new_shards_name() -> str:
+    """A fresh shard folder name: ``shards-<time>-<random>``, never one a reader may be using."""
+    return f"shards-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
-    from facray.preflight import check_writable
 
-    cfg = absolute_paths(cfg)
-    start = time.perf_counter()
-    table = read_table(cfg)
-    out = cfg.out if storage.is_uri(cfg.out) else str(Path(cfg.out).resolve())
-    check_writable(out)  # before Ray starts: a full disk or an unreachable store fails here
+def previous_shards(out: str) -> str | None:
+    """The shard folder ``out`` holds now, if any."""
     try:
-        previous = read_metadata(out)["shards"]
+        return read_metadata(out)["shards"]
     except FileNotFoundError:
-        previous = None
-    shards = f"shards-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    # Which detector runs, said up front and in the output (auto falls back to Haar without yuface).
-    detector = FaceDetector(cfg.detector).name if cfg.crop in ("auto", "detect") else "none"
-    init_ray()
-    image_kind = table.attrs.get("image_kind", "wild")
-    # At least a few blocks per actor, or small inputs leave actors idle.
-    rows_per_block = max(1, min(cfg.rows_per_block, -(-len(table) // (4 * cfg.num_actors))))
-    ds = build_image_dataset(table, rows_per_block, read_bytes=False)
-    ds = ds.map_batches(PreprocessActor, fn_constructor_args=(cfg, image_kind), batch_format="numpy",
-                        batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor,
-                        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors))
-    fs, shard_path = storage.filesystem(storage.join(out, shards))
-    ds.write_parquet(shard_path, filesystem=fs)
-    summary = summarise(out, storage.join(out, shards), len(table), time.perf_counter() - start, detector)
+        return None
+
+
+def commit(cfg: PrepareConfig, out: str, shards: str, previous: str | None, image_kind: str,
+           detector: str) -> None:
+    """Make the written ``shards`` the current version of ``out``: the resolved config, then
+    ``prepared.json`` (the commit point, see :mod:`facray.data.prepared`), and only then the
+    previous version's removal."""
     storage.write_text(storage.join(out, CONFIG_FILE), config_text(cfg))
     write_metadata(out, shards=shards, size=cfg.size, margin=cfg.margin, centre=cfg.centre,
-                   image_format=cfg.image_format,
-                   sketch_channels=cfg.sketch_channels,
+                   image_format=cfg.image_format, sketch_channels=cfg.sketch_channels,
                    mask_size=cfg.mask_size if cfg.masks else None, augment=cfg.augment,
                    dataset=cfg.dataset, root=str(cfg.root), image_kind=image_kind, detector=detector)
     if previous and previous != shards:
         storage.delete_dir(storage.join(out, previous))
-    return summary

@@ -8,6 +8,9 @@ from __future__ import annotations
 import mlflow.pyfunc
 import pandas as pd
 
+from facray.labelling.batch import label_batch, preprocessing_for
+from facray.labelling.output import OUTPUT_COLUMNS
+
 
 class FacrayPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
@@ -15,7 +18,6 @@ class FacrayPyfunc(mlflow.pyfunc.PythonModel):
         self.predictor = load_predictor(context.artifacts["predictor"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from facray.labelling import label_batch, preprocessing_for
         chain = preprocessing_for(self.predictor.manifest)
         batch = {"path": model_input["path"].astype(str).to_numpy(dtype=object)}
         return pd.DataFrame(label_batch(chain(batch), self.predictor))
@@ -28,7 +30,6 @@ def model_signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    from facray.labelling import OUTPUT_COLUMNS
     kinds = {"path": "string", "error": "string", "model": "string", "face_found": "boolean",
              "n_faces": "long", "face_index": "long"}
     return ModelSignature(inputs=Schema([ColSpec("string", "path")]),

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from facray.attributes import ATTRIBUTE_INDEX, MODALITIES
-from facray.models.abm import build_stack, default_stack_kind
+from facray.models.abm import build_stack, default_stack_kind, make_generators
 from facray.models.inputs import to_input
 from facray.training.jobs import BinaryJob, JobState, job_seed
 from facray.training.metrics import PassStats
@@ -264,7 +264,6 @@ class FusedBinaryTrainer:
             self.optims[m].load_state_dict(sd["optims"][m])
             gens = sd["generators"].get(m) or []
             if gens:
-                from facray.models.abm import make_generators
                 self.stacks[m].generators = make_generators(self.stacks[m].dropout_seeds, self.device)
                 for g, state in zip(self.stacks[m].generators, gens):
                     g.set_state(state)

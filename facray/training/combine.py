@@ -14,12 +14,16 @@ from typing import Literal
 import pandas as pd
 import torch
 
+from facray.attributes import ATTRIBUTES
 from facray.config import option
 from facray.data.prepared import prepared_crop, read_metadata
 from facray.predictors.format import Manifest, set_thresholds
 from facray.predictors.networks import load_predictor, write_predictor
+from facray.preflight import check_tracking_store
 from facray.runs import RunFolder
-from facray.training.splits import SplitSpec
+from facray.tracking import register_predictor, resolve_tracking_uri, setup_mlflow
+from facray.training.metrics import choose_thresholds
+from facray.training.splits import SplitSpec, load_validation
 
 REGISTERED_NAME = "facray-abm-combined"
 
@@ -72,7 +76,6 @@ def choose_modalities(records: list[dict]) -> pd.DataFrame:
     table["val_accuracy"] = [r[f"{m}_val_accuracy"] for m, (_, r) in zip(table.modality, table.iterrows())]
     table["test_accuracy"] = [r[f"{m}_test_accuracy"] for m, (_, r) in zip(table.modality, table.iterrows())]
     table["lr"] = [r.get(f"{m}_lr") for m, (_, r) in zip(table.modality, table.iterrows())]
-    from facray.attributes import ATTRIBUTES
     table["order"] = table.attribute.map(ATTRIBUTES.index)
     return table.sort_values("order").drop(columns="order").reset_index(drop=True)
 
@@ -81,8 +84,6 @@ def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
     """Write the combined predictor; register it when asked. Returns (folder, model URI or None)."""
     run = RunFolder(cfg.run)
     if cfg.register:  # before any work: the store answers and the experiment is usable
-        from facray.preflight import check_tracking_store
-        from facray.tracking import resolve_tracking_uri
         check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, run.root), cfg.experiment)
     dest = Path(cfg.out).resolve() if cfg.out else run.combined_dir
     table = choose_modalities(run.job_records())
@@ -120,10 +121,6 @@ def validation_thresholds(predictor, splits: SplitSpec) -> dict[str, float]:
     (the same rows early stopping used), for the model combine chose."""
     import numpy as np
 
-    from facray.attributes import ATTRIBUTES
-    from facray.training.metrics import choose_thresholds
-    from facray.training.splits import load_validation
-
     columns = ("image", "sketch") if predictor.needs_sketch else ("image",)
     val = load_validation(splits, columns)
     probs = np.concatenate([predictor.predict_proba(val["image"][i:i + 256],
@@ -140,8 +137,6 @@ def _num(v) -> float | None:
 def register_combined(dest: Path, cfg: CombineConfig, run: RunFolder) -> str:
     """Log ``dest`` in a ``combine`` run under the training parent and register it."""
     import mlflow
-
-    from facray.tracking import register_predictor, setup_mlflow
 
     setup_mlflow(cfg.tracking_uri, run, cfg.experiment)
     parent = run.parent_run_id()

@@ -123,8 +123,8 @@ class TrainConfig(RunOptions):
 def trainer_config(cfg: TrainConfig):
     """The pure trainer's settings (:class:`facray.training.multitask.MultiTaskTrainerConfig`) for a
     ``facray train`` config: what every worker runs, and what a run without Ray (bench/) runs."""
-    from facray.training.augment import Jitter
-    from facray.training.multitask import MultiTaskTrainerConfig
+    from facray.training.augment import Jitter  # lazy: torch; `facray train --help` builds flags from this module
+    from facray.training.multitask import MultiTaskTrainerConfig  # lazy: torch, as above
     return MultiTaskTrainerConfig(
         lr=cfg.lr, weight_decay=cfg.weight_decay, image_size=input_size(cfg), patience=cfg.patience,
         online_flip=cfg.online_flip, jitter=Jitter(cfg.jitter_shift, cfg.jitter_scale, cfg.jitter_rotate),
@@ -135,18 +135,18 @@ def trainer_config(cfg: TrainConfig):
 
 def uses_masks(cfg: TrainConfig) -> bool:
     """Does this run train on the prepared weak masks?"""
-    from facray.models.registry import model_spec
+    from facray.models.registry import model_spec  # lazy: torch, as in trainer_config
     return model_spec(cfg.model).mask_output and cfg.mask_weight > 0
 
 
 def uses_identities(cfg: TrainConfig) -> bool:
     """Does this run train an identity branch on the prepared identities?"""
-    from facray.models.registry import model_spec
+    from facray.models.registry import model_spec  # lazy: torch, as in trainer_config
     return model_spec(cfg.model).identity_output and cfg.identity_weight > 0
 
 
 def input_size(cfg: TrainConfig) -> int:
-    from facray.models.registry import model_spec
+    from facray.models.registry import model_spec  # lazy: torch, as in trainer_config
     return cfg.image_size or model_spec(cfg.model).input_size
 
 

@@ -28,7 +28,7 @@ def with_progress(batches: Iterable[dict], epoch: int, epochs: int, total: int |
     """Yield ``batches`` unchanged; every ``every_s`` seconds print
     ``[rank 0] epoch 3/10: 1200/5000 batches, 850 img/s, ETA 4m30s`` (``total``: batches in the
     epoch, when known; images are counted from each batch's ``labels``). The line starts as
-    :data:`facray.runtime.PROGRESS_LINE_REGEX` says, so Ray never folds it away."""
+    :data:`facray.runners.runtime.PROGRESS_LINE_REGEX` says, so Ray never folds it away."""
     every_s = float(os.environ.get("FACRAY_PROGRESS_SECONDS", DEFAULT_EVERY_S)) if every_s is None else every_s
     start = last = clock()
     images = 0

@@ -13,6 +13,8 @@ from typing import Iterator
 
 import numpy as np
 
+from facray.data.prepared import read_prepared, shard_dataset
+
 
 @dataclass(frozen=True)
 class SplitSpec:
@@ -40,7 +42,6 @@ def load_split_arrays(spec: SplitSpec, columns: tuple[str, ...] = ("image",)
                       ) -> dict[str, dict[str, np.ndarray]]:
     """``{"train", "val", "test"}`` -> the arrays of :func:`facray.data.prepared.read_prepared`.
     Validation and test use the original image of each row only, never its augmentations."""
-    from facray.data.prepared import read_prepared
     data = {"train": read_prepared(spec.prepared, (spec.train_split,), columns)}
     if spec.val_split == "holdout":
         held = holdout_mask(data["train"]["image_id"], spec.holdout, spec.seed)
@@ -55,7 +56,6 @@ def load_split_arrays(spec: SplitSpec, columns: tuple[str, ...] = ("image",)
 
 def load_validation(spec: SplitSpec, columns: tuple[str, ...] = ("image",)) -> dict[str, np.ndarray]:
     """Only the validation rows of :func:`load_split_arrays` (originals, no augmentations)."""
-    from facray.data.prepared import read_prepared
     if spec.val_split != "holdout":
         return read_prepared(spec.prepared, (spec.val_split,), columns, variants=("original",))
     train = read_prepared(spec.prepared, (spec.train_split,), columns, variants=("original",))
@@ -66,7 +66,6 @@ def load_validation(spec: SplitSpec, columns: tuple[str, ...] = ("image",)) -> d
 def train_labels(spec: SplitSpec) -> np.ndarray:
     """(N, 40) int8 labels of the training rows (originals and variants), read from the label
     columns only: what class balance is computed from on the driver."""
-    from facray.data.prepared import read_prepared
     labels = read_prepared(spec.prepared, (spec.train_split,), columns=())
     if spec.val_split == "holdout":
         return labels["labels"][~holdout_mask(labels["image_id"], spec.holdout, spec.seed)]
@@ -76,7 +75,6 @@ def train_labels(spec: SplitSpec) -> np.ndarray:
 def train_identities(spec: SplitSpec) -> np.ndarray:
     """The identities of the training rows, sorted, unknown (-1) left out: the classes of an
     identity model (class ``i`` is identity ``train_identities(spec)[i]``)."""
-    from facray.data.prepared import read_prepared
     rows = read_prepared(spec.prepared, (spec.train_split,), columns=())
     ids = np.asarray(rows["identity"], np.int64) if "identity" in rows else np.zeros(0, np.int64)
     if spec.val_split == "holdout":
@@ -95,7 +93,6 @@ def identity_indices(identities: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 def check_splits(spec: SplitSpec) -> dict[str, int]:
     """Count usable rows per split on the driver, so a wrong split name fails before Ray starts."""
-    from facray.data.prepared import shard_dataset
     t = shard_dataset(spec.prepared).to_table(columns=["split", "variant", "error"]).to_pandas()
     t = t[t.error == ""]
     counts = {"train": int((t.split == spec.train_split).sum()),

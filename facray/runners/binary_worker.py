@@ -3,7 +3,7 @@ rank's share of the binary jobs in one pass over the data (the math is the pure
 :class:`facray.training.binary.FusedBinaryTrainer`), a checkpoint every epoch (``rank<r>.pt``; Ray
 merges the workers' files), resumed after a failure; at the end every job's best weights and
 test metrics, in the run folder's layout, in the last checkpoint. The driver is
-:mod:`facray.training.ray_binary`.
+:mod:`facray.runners.train_binary`.
 """
 from __future__ import annotations
 
@@ -13,15 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
+from facray.data.prepared import read_metadata
+from facray.runners.ranks import set_up_on_every_rank
+from facray.runners.runtime import quiet_train_worker
+from facray.runners.streaming import stream_batches
 from facray.runs import RunFolder
-from facray.runtime import quiet_train_worker
 from facray.training.binary import FusedBinaryTrainer, TrainerConfig
 from facray.training.configs import TrainBinaryConfig
 from facray.training.jobs import BinaryJob, write_job_output
 from facray.training.progress import with_progress
-from facray.training.run_record import inject_failure_once, set_up_on_every_rank
+from facray.training.run_record import inject_failure_once
 from facray.training.splits import SplitSpec, array_batches, load_split_arrays
-from facray.training.streaming import stream_batches
 
 
 def trainer_config(cfg: TrainBinaryConfig, prepared_meta: dict, pos_weights: list[float] | None) -> TrainerConfig:
@@ -37,7 +39,6 @@ def train_jobs_per_worker(config: dict) -> None:
     import torch
     import ray.train
     import ray.train.torch
-    from facray.data.prepared import read_metadata
 
     cfg = TrainBinaryConfig(**config["cfg"])
     rank = ray.train.get_context().get_world_rank()

@@ -1,36 +1,21 @@
-"""Label images with a facray predictor: the pure per-batch part (no Ray).
-
-:func:`preprocessing_for` builds the decode -> face crop (detector: generated faces come with no
-landmark files) -> sketch (only when some attribute's chosen modality is sketch) chain a
-predictor's manifest asks for; :func:`label_batch` turns a preprocessed batch into output rows.
-
-The output's schema is this module's (:data:`OUTPUT_COLUMNS`, :func:`output_table`, the formats of
-:func:`encode_output`): ``path`` (absolute, or the URI), ``image_id`` (the path relative to the
-``--images`` folder, glob folder or list file's folder: the key CelebA's and FFHQ's lists use),
-``face_found``, ``n_faces`` (faces the detector found; the largest is labelled unless ``--faces all``),
-``face_index`` (0 the largest; with ``--faces all`` one row per face), the labelled face's
-box ``face_x, face_y, face_w, face_h`` (source pixels) and ``face_score`` (detector confidence),
-``error``, 40 ``<Attribute>_prob``, 40 ``<Attribute>`` decisions (1/0, empty when the image failed
-or the predictor does not cover the attribute) and ``model``.
-:class:`BatchLabeller` does both for one process and times every stage (``seconds_<stage>``
-columns, which the output file leaves out and ``facray label`` sums into its report).
+"""Label one batch with a facray predictor (no Ray): :func:`preprocessing_for` builds the decode ->
+face crop (detector: generated faces come with no landmark files) -> sketch (only when some
+attribute's chosen modality is sketch) chain a predictor's manifest asks for; :func:`label_batch`
+turns a preprocessed batch into output rows (:data:`facray.labelling.output.OUTPUT_COLUMNS`, less
+``image_id``, which needs the input folder). :class:`BatchLabeller` does both for one process and
+times every stage (``seconds_<stage>`` columns, which the output file leaves out and ``facray
+label`` sums into its report).
 """
 from __future__ import annotations
 
-import io
 import time
 
 import numpy as np
-import pandas as pd
 
 from facray.attributes import ATTRIBUTES
 from facray.data import ops
 from facray.predictors.format import Manifest
 
-PROB_COLUMNS = [f"{a}_prob" for a in ATTRIBUTES]
-FACE_COLUMNS = [ops.FACE_FOUND, ops.N_FACES, ops.FACE_INDEX, *ops.FACE_BOX, ops.FACE_SCORE]
-OUTPUT_COLUMNS = ["path", "image_id", *FACE_COLUMNS, "error", *PROB_COLUMNS, *ATTRIBUTES, "model"]
-FORMATS = ("csv", "parquet", "celeba")
 STAGE_PREFIX = "seconds_"  # per-row share of a batch's time in one stage
 STAGES = ("decode", "detect", "crop", "sketch", "predict")
 
@@ -94,58 +79,6 @@ def label_batch(batch: dict[str, np.ndarray], predictor) -> dict[str, np.ndarray
         if key in ("size", "mtime_ns") or key.startswith(STAGE_PREFIX):
             out[key] = np.asarray(batch[key])
     return out
-
-
-def output_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """The output columns in order with fixed dtypes whatever the mix of rows (fresh ones, parts
-    read back, rows of an older facray without some columns): decisions and ``n_faces`` nullable
-    integers (Parquet keeps them so; a CSV writes empty cells), probabilities and boxes floats."""
-    table = rows.reindex(columns=OUTPUT_COLUMNS)
-    table[list(ATTRIBUTES)] = table[list(ATTRIBUTES)].astype("float64").round().astype("Int8")
-    table[ops.N_FACES] = table[ops.N_FACES].astype("float64").astype("Int16")
-    table.loc[table[ops.N_FACES] < 0, ops.N_FACES] = pd.NA  # not looked for: unknown
-    table[ops.FACE_INDEX] = table[ops.FACE_INDEX].astype("float64").fillna(0).astype("int16")
-    floats = [*PROB_COLUMNS, *ops.FACE_BOX, ops.FACE_SCORE]
-    table[floats] = table[floats].astype("float64")
-    table["face_found"] = table["face_found"].fillna(False).astype(bool)
-    table["error"] = table["error"].fillna("").astype(str)
-    return table
-
-
-def encode_output(rows: pd.DataFrame, fmt: str) -> tuple[bytes, pd.DataFrame]:
-    """The output file's bytes in ``fmt`` (:data:`FORMATS`) and the rows it could not hold (empty
-    but for ``celeba``): ``csv`` and ``parquet`` hold every row of :func:`output_table`;
-    ``celeba`` is CelebA's ``list_attr_celeba.txt`` layout (a count line, a header naming the
-    attributes the model covers, then ``image_id`` and -1/1 per attribute), so facray and other
-    CelebA tools read the labels as a dataset. It holds the labelled rows only: rows with an
-    error, or an ``image_id`` with white space (the layout splits on it), are returned with their
-    reason for the caller to write beside it."""
-    table = output_table(rows)
-    buf = io.BytesIO()
-    if fmt == "parquet":
-        table.to_parquet(buf, index=False)
-        return buf.getvalue(), table.iloc[:0]
-    if fmt == "csv":
-        table.to_csv(buf, index=False, float_format="%.6g")
-        return buf.getvalue(), table.iloc[:0]
-    if fmt != "celeba":
-        raise ValueError(f"output format must be one of {FORMATS}, got {fmt!r}")
-    if (table[ops.FACE_INDEX] > 0).any():
-        raise ValueError("a CelebA-style list holds one row per image: --faces all needs --format csv or parquet")
-    ok = table["error"] == ""
-    covered = [a for a in ATTRIBUTES if table.loc[ok, a].notna().any()] or list(ATTRIBUTES)
-    spaced = ok & table["image_id"].astype(str).str.contains(r"\s")
-    table.loc[spaced, "error"] = [f"{p}: its image_id has white space, which a CelebA-style list cannot hold "
-                                  "(use --format csv or parquet)" for p in table.loc[spaced, "path"]]
-    ok &= ~spaced
-    undecided = ok & table[covered].isna().any(axis=1)  # (cannot happen for a row with no error)
-    table.loc[undecided, "error"] = [f"{p}: no decision for every attribute" for p in table.loc[undecided, "path"]]
-    ok &= ~undecided
-    listed = table[ok]
-    signed = (2 * listed[covered].astype("int64") - 1).to_numpy()  # 1/0 -> 1/-1
-    lines = [str(len(listed)), " ".join(covered)]
-    lines += [f"{name} " + " ".join(f"{v:2d}" for v in row) for name, row in zip(listed["image_id"], signed)]
-    return ("\n".join(lines) + "\n").encode(), table.loc[~ok, ["path", "image_id", "error"]]
 
 
 def add_stage_seconds(batch: dict[str, np.ndarray], seconds: dict[str, float]) -> dict[str, np.ndarray]:

@@ -1,5 +1,5 @@
 """``facray train``: one multi-task network (40 sigmoid outputs) on Ray Train. Runs on the driver;
-training runs in Ray Train workers (:func:`facray.training.multitask_worker.train_per_worker`), the
+training runs in Ray Train workers (:func:`facray.runners.multitask_worker.train_per_worker`), the
 math in the pure :mod:`facray.training.multitask`.
 
 - DDP across ``num_workers``; a checkpoint every epoch, resumed after a failure
@@ -17,10 +17,14 @@ from pathlib import Path
 
 from facray.attributes import ATTRIBUTES, resolve_attributes
 from facray.config import absolute_paths, config_to_dict
+from facray.data.prepared import read_metadata
+from facray.runners.multitask_worker import train_per_worker
+from facray.runners.runtime import fit_in_thread, init_ray, train_logging_config, verbose
+from facray.runners.streaming import split_datasets
 from facray.runs import RunFolder
+from facray.tracking import check_training_run, finish_training_run, log_epoch, start_training_run
 from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size, uses_identities, uses_masks
 from facray.training.metrics import positive_weights, trainable_attributes
-from facray.training.multitask_worker import train_per_worker
 from facray.training.run_record import TrainingFailed, claim_run
 from facray.training.splits import SplitSpec, check_splits, train_identities, train_labels
 
@@ -36,7 +40,6 @@ def _callback_class():
             self.tracking_uri, self.run_id = tracking_uri, run_id
 
         def after_report(self, run_context, metrics, checkpoint):
-            from facray.tracking import log_epoch
             log_epoch(self.tracking_uri, self.run_id, metrics[0])
 
     return EpochMetricsToMlflow
@@ -53,10 +56,6 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from facray.preflight import check_training_run
-    from facray.runtime import fit_in_thread, init_ray, train_logging_config, verbose
-    from facray.tracking import finish_training_run, start_training_run
-
     cfg = absolute_paths(cfg)
     input_size(cfg)  # an unknown model fails here, before Ray starts, with the known names
     if cfg.weights and not Path(cfg.weights).is_file():
@@ -65,7 +64,6 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
         raise ValueError("--val-split holdout needs --data memory; give the prepared data a val split for stream mode")
     selected = set(resolve_attributes(cfg.attributes))  # a typo fails here with the known names
     if uses_masks(cfg):
-        from facray.data.prepared import read_metadata
         if not read_metadata(cfg.prepared).get("mask_size"):
             raise ValueError(f"{cfg.model} trains on weak masks, and {cfg.prepared} has none: prepare it with "
                              f"--masks, or train without segmentation (--mask-weight 0)")
@@ -100,7 +98,6 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
                    "labelled_attributes": trainable}
     stream = {}
     if cfg.data == "stream":
-        from facray.training.streaming import split_datasets
         columns = ("image", "masks") if uses_masks(cfg) else ("image",)
         stream = {"datasets": split_datasets(SplitSpec.of(cfg), columns),
                   "dataset_config": ray.train.DataConfig(datasets_to_split=["train"])}

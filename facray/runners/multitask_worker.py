@@ -1,6 +1,6 @@
 """The Ray Train worker loop of ``facray train`` (:func:`train_per_worker`). The math is the pure
 :class:`facray.training.multitask.MultiTaskTrainer`; the driver is
-:mod:`facray.training.ray_multitask`.
+:mod:`facray.runners.train_multitask`.
 
 - DDP (``prepare_model``: gloo on CPU, NCCL on GPU); each worker loads the prepared arrays and
   trains on its equal share of every epoch's shuffled order (or its Ray Data shard in stream
@@ -20,12 +20,20 @@ from pathlib import Path
 import numpy as np
 
 from facray.attributes import ATTRIBUTES
+from facray.data.prepared import prepared_crop, read_metadata
+from facray.models.inputs import to_channels_last
+from facray.models.registry import build_model, model_spec
+from facray.predictors.networks import write_multitask_predictor
+from facray.runners.ranks import set_up_on_every_rank
+from facray.runners.runtime import quiet_train_worker
+from facray.runners.streaming import stream_batches
 from facray.runs import RunFolder
-from facray.runtime import quiet_train_worker
 from facray.training.configs import (REGISTERED_PREFIX, TrainConfig, input_size, trainer_config, uses_identities,
                                      uses_masks)
-from facray.training.run_record import TrainingDiverged, inject_failure_once, set_up_on_every_rank
+from facray.training.metrics import attribute_metrics, choose_thresholds
+from facray.training.multitask import MultiTaskTrainer
 from facray.training.progress import with_progress
+from facray.training.run_record import TrainingDiverged, inject_failure_once
 from facray.training.splits import SplitSpec, array_batches, identity_indices, load_split_arrays
 
 
@@ -34,10 +42,6 @@ def train_per_worker(config: dict) -> None:
     import torch
     import ray.train
     import ray.train.torch
-
-    from facray.models.inputs import to_channels_last
-    from facray.models.registry import model_spec
-    from facray.training.multitask import MultiTaskTrainer
 
     cfg = TrainConfig(**config["cfg"])
     ctx = ray.train.get_context()
@@ -103,8 +107,6 @@ def train_per_worker(config: dict) -> None:
 def _setup(cfg: TrainConfig, config: dict, rank: int, world: int):
     """The model (on the CPU, not yet wrapped for DDP), the prepared data's metadata and the batch
     sources: everything a missing file or a bad setting breaks."""
-    from facray.data.prepared import read_metadata
-    from facray.models.registry import build_model
     model = build_model(cfg.model, input_size(cfg), pretrained=cfg.pretrained, weights_file=cfg.weights,
                         **config["model_kwargs"])
     meta = read_metadata(cfg.prepared)
@@ -122,7 +124,6 @@ def _batch_sources(cfg: TrainConfig, meta: dict, rank: int, world: int, identiti
         return with_progress(batches, epoch + 1, cfg.epochs, total) if rank == 0 else batches
 
     if cfg.data == "stream":
-        from facray.training.streaming import stream_batches
         shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val", "test")}  # see train_multitask
         return (lambda e: progress(stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e), e,
                                    None),
@@ -142,9 +143,6 @@ def _batch_sources(cfg: TrainConfig, meta: dict, rank: int, world: int, identiti
 def write_final_outputs(run: RunFolder, trainer, val_batches, test_batches, labelled_attributes: list[str],
                         cfg: TrainConfig, model_kwargs: dict, meta: dict, digest: str, resumed_from: int) -> None:
     """Best weights, thresholds on validation, test metrics, the predictor (rank 0, last epoch)."""
-    from facray.data.prepared import prepared_crop
-    from facray.predictors.networks import write_multitask_predictor
-    from facray.training.metrics import attribute_metrics, choose_thresholds
 
     trainer.restore_best()
     val = trainer.evaluate(val_batches)

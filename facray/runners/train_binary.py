@@ -1,5 +1,5 @@
 """``facray train-binary``: the 80 binary ABM-CNN jobs on Ray Train. Runs on the driver; the
-training runs in Ray Train workers (:func:`facray.training.binary_worker.train_jobs_per_worker`),
+training runs in Ray Train workers (:func:`facray.runners.binary_worker.train_jobs_per_worker`),
 the math in the pure :mod:`facray.training.binary`.
 
 Modes:
@@ -25,14 +25,16 @@ import pandas as pd
 
 from facray.config import absolute_paths, config_to_dict
 from facray.data.prepared import read_metadata
+from facray.runners.binary_worker import train_jobs_per_worker
+from facray.runners.runtime import fit_in_thread, init_ray, train_logging_config, verbose
+from facray.runners.streaming import split_datasets
 from facray.runs import RunFolder
-from facray.training.binary_worker import train_jobs_per_worker
+from facray.tracking import check_training_run, log_binary_jobs
 from facray.training.configs import TrainBinaryConfig
 from facray.training.jobs import BinaryJob, make_jobs
 from facray.training.metrics import positive_weights, trainable_attributes
 from facray.training.run_record import TrainingDiverged, TrainingFailed, claim_run
 from facray.training.splits import SplitSpec, check_splits, train_labels
-from facray.training.streaming import split_datasets
 
 def _scaling(cfg: TrainBinaryConfig, num_workers: int):
     from ray.train import ScalingConfig
@@ -57,7 +59,6 @@ def _run_trainer(cfg: TrainBinaryConfig, shared: dict, assignments: list[list[di
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from facray.runtime import fit_in_thread, train_logging_config, verbose
     total_epochs = max((j["max_epochs"] for a in assignments for j in a), default=0)
     datasets, data_config = _datasets(cfg)
     kwargs = {"datasets": datasets, "dataset_config": data_config} if datasets else {}
@@ -118,7 +119,6 @@ def run_fused(cfg: TrainBinaryConfig, shared: dict, jobs: list[BinaryJob], callb
 def run_separate(cfg: TrainBinaryConfig, shared: dict, jobs: list[BinaryJob]) -> None:
     from ray import tune
 
-    from facray.runtime import fit_in_thread
     tuner = tune.Tuner(
         tune.with_resources(_separate_trial, {"CPU": 0.01}),
         param_space={"cfg": config_to_dict(cfg), "shared": shared,
@@ -126,7 +126,7 @@ def run_separate(cfg: TrainBinaryConfig, shared: dict, jobs: list[BinaryJob]) ->
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent),
         run_config=tune.RunConfig(name=f"separate-{int(time.time())}",
                                   storage_path=str(RunFolder(cfg.out).ray_results_dir), verbose=0))
-    grid = fit_in_thread(tuner)  # Ctrl-C reaches facray's one handler (see facray.runtime)
+    grid = fit_in_thread(tuner)  # Ctrl-C reaches facray's one handler (see facray.runners.runtime)
     errors = [str(r.error) for r in grid if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} separate job(s) failed: {errors[:3]}")
@@ -141,9 +141,6 @@ def train_binary_models(cfg: TrainBinaryConfig, callbacks: tuple = (), parent_ru
     ``cfg.out`` must be a run of the same settings (or new, or ``cfg.overwrite``): see
     :mod:`facray.training.run_record`.
     """
-    from facray.preflight import check_training_run
-    from facray.runtime import init_ray
-    from facray.tracking import log_binary_jobs
 
     cfg = absolute_paths(cfg)
     jobs = make_jobs(cfg.attributes, cfg.modalities, cfg.epochs, cfg.paper_epochs, cfg.lrs)

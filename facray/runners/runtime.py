@@ -2,7 +2,7 @@
 
 Runs on the driver. Under ``ray job submit`` (``RAY_ADDRESS`` set) it joins the cluster; otherwise
 it starts a local Ray sized to this machine, every server of it bound to 127.0.0.1 (a local run has
-no reason to listen beyond loopback), with a reaper (:mod:`facray.reaper`) that stops it should the
+no reason to listen beyond loopback), with a reaper (:mod:`facray.runners.reaper`) that stops it should the
 driver be killed. The same command works on a laptop and on a cluster.
 """
 from __future__ import annotations
@@ -62,9 +62,9 @@ def stop_ray() -> None:
 
 
 def _start_reaper() -> None:
-    """``python -m facray.reaper <this pid>`` in its own session, so a Ctrl-C to the terminal's
+    """``python -m facray.runners.reaper <this pid>`` in its own session, so a Ctrl-C to the terminal's
     process group or a kill of the driver does not take it down with the driver."""
-    subprocess.Popen([sys.executable, "-m", "facray.reaper", str(os.getpid())], stdin=subprocess.DEVNULL,
+    subprocess.Popen([sys.executable, "-m", "facray.runners.reaper", str(os.getpid())], stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                      close_fds=True)
 

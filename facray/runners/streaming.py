@@ -4,6 +4,9 @@ decoded in the workers by the pure :func:`facray.data.prepared.batch_arrays`.
 """
 from __future__ import annotations
 
+from facray import storage
+from facray.attributes import ATTRIBUTES
+from facray.data.prepared import LANDMARK_FIELDS, batch_arrays, shard_dir
 from facray.training.splits import SplitSpec
 
 
@@ -12,15 +15,11 @@ def split_datasets(spec: SplitSpec, columns: tuple[str, ...] = ("image", "sketch
     image's original only. ``columns``: the pixel columns to read (labels always come along)."""
     import ray
 
-    from facray import storage
-    from facray.attributes import ATTRIBUTES
-    from facray.data.prepared import shard_dir
     if spec.val_split == "holdout":
         raise ValueError("--val-split holdout needs --data memory (the holdout is chosen by image id "
                          "in memory); give the prepared data a val split for stream mode")
     fs, path = storage.filesystem(shard_dir(spec.prepared))
     ds = ray.data.read_parquet(path, filesystem=fs)
-    from facray.data.prepared import LANDMARK_FIELDS
     keep = [c for c in ("image_id", "split", "variant", "error", *ATTRIBUTES, *LANDMARK_FIELDS, *columns)
             if c in ds.schema().names]
     ds = ds.select_columns(keep)
@@ -35,7 +34,6 @@ def split_datasets(spec: SplitSpec, columns: tuple[str, ...] = ("image", "sketch
 
 def stream_batches(shard, batch_size: int, meta: dict, shuffle_seed: int | None):
     """Batches of a worker's Ray Data shard as the arrays the trainers take (decoded here)."""
-    from facray.data.prepared import batch_arrays
     kw = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": shuffle_seed} \
         if shuffle_seed is not None else {}
     for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", **kw):

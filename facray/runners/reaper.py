@@ -1,7 +1,7 @@
 """Stop a local Ray left behind by a driver that died without shutting it down (SIGKILL, OOM killer).
 
-``python -m facray.reaper DRIVER_PID`` runs beside a driver that started a local Ray
-(:func:`facray.runtime.init_ray` starts it). While the driver lives it notes every process below it
+``python -m facray.runners.reaper DRIVER_PID`` runs beside a driver that started a local Ray
+(:func:`facray.runners.runtime.init_ray` starts it). While the driver lives it notes every process below it
 once a second (GCS, raylet, the dashboard and runtime-env agents, workers); when the driver is gone
 it kills those still running. Measured without it: after ``kill -9`` of a labelling driver, Ray's
 dashboard and runtime-env agents were still alive a minute later. A clean exit leaves nothing for

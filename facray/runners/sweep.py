@@ -21,9 +21,15 @@ from pathlib import Path
 import pandas as pd
 
 from facray.config import config_to_dict, resolve_config
+from facray.runners.runtime import fit_in_thread, init_ray
+from facray.runners.train_binary import train_binary_models
+from facray.runners.train_multitask import train_multitask
 from facray.runs import RunFolder
+from facray.tracking import flat_params, register_predictor, setup_mlflow
+from facray.training.combine import CombineConfig, combine
 from facray.training.configs import SweepConfig
 from facray.training.run_record import settings_hash
+from facray.training.sweep_report import plot_metric
 from facray.training.sweep_space import SearchSpace, load_space
 
 SWEEP_EXPERIMENT = "sweep"  # the Tune experiment's name under SWEEP/tune/
@@ -54,13 +60,11 @@ def run_trial(config: dict, context: dict) -> None:
                                      "tracking_uri": context["tracking_uri"], "experiment": context["experiment"]})
     callbacks = (TuneReportCallback(),)
     if trainer == "multitask":
-        from facray.training.ray_multitask import train_multitask
         record = train_multitask(cfg, callbacks, context["parent_run_id"], register=False)
         best = record["history"][record["best_epoch"] - 1] if record["best_epoch"] else record["history"][-1]
         final = {k: best[k] for k in ("val_accuracy", "val_loss", "loss")}
         final.update(mean_test_accuracy=record["mean_test_accuracy"], epochs_run=record["epochs_run"])
     else:
-        from facray.training.ray_binary import train_binary_models
         table = train_binary_models(cfg, callbacks, context["parent_run_id"])
         final = {"mean_val_accuracy": float(table["val_accuracy"].mean()),
                  "mean_test_accuracy": float(table["test_accuracy"].mean()),
@@ -81,9 +85,6 @@ def _scheduler(space: SearchSpace, cfg: SweepConfig, max_t: int):
 def run_sweep(cfg: SweepConfig, overrides: dict | None = None) -> dict:
     """Run (or resume) the sweep; return its summary (best trial, metric, registered model)."""
     import ray.tune as tune
-
-    from facray.runtime import fit_in_thread, init_ray
-    from facray.tracking import setup_mlflow
 
     space = load_space(cfg.space)
     base = trial_config(space, cfg, overrides)
@@ -120,7 +121,6 @@ def run_sweep(cfg: SweepConfig, overrides: dict | None = None) -> dict:
 def _open_parent(uri: str, experiment: str, name: str, settings: dict) -> str:
     import mlflow
 
-    from facray.tracking import flat_params
     client = mlflow.MlflowClient(uri)
     run = client.create_run(mlflow.get_experiment_by_name(experiment).experiment_id, run_name=name)
     client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in flat_params(settings).items()])
@@ -152,9 +152,6 @@ def finish_sweep(sweep: RunFolder, space: SearchSpace, cfg: SweepConfig, table: 
     """Write the table and the plot, log them, register the best finished trial's predictor."""
     import mlflow
 
-    from facray.training.sweep_report import plot_metric
-    from facray.tracking import register_predictor
-
     table.to_csv(sweep.sweep_results_file, index=False)
     plot_metric(table, space, sweep.sweep_plot_file)
     finished = table[table.status == "finished"]
@@ -182,7 +179,6 @@ def _best_predictor(run: RunFolder, space: SearchSpace, uri: str) -> Path:
     """The best trial's predictor: a multi-task run's model, or a binary run combined now."""
     if space.trainer == "multitask":
         return run.model_dir
-    from facray.training.combine import CombineConfig, combine
     dest, _ = combine(CombineConfig(run=str(run.root), register=False, tracking_uri=uri))
     return dest
 

@@ -1,0 +1,75 @@
+"""``facray label``'s settings, and what can be checked about them before Ray starts."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from facray import storage
+from facray.config import option
+from facray.preflight import PreflightError, check_generator_file, check_tracking_store, check_writable
+
+
+@dataclass
+class LabelConfig:
+    images: str = option("", "folder (recursive), glob, .txt list of paths, or URI", path=True)
+    model: str = option("", "predictor folder or MLflow URI (models:/name@alias, runs:/...)", path=True)
+    out: str = option("labels.csv", "output file (.csv; .parquet or .txt with --format)", path=True)
+    format: Literal["csv", "parquet", "celeba"] = option(
+        "csv", "csv | parquet (decisions as nullable integers) | celeba (list_attr_celeba.txt's layout: "
+               "image_id and -1/1 per attribute; rows with errors go to <out>.errors.csv)")
+    overwrite: bool = option(False, "relabel everything instead of resuming")
+    batch_size: int = option(64, "images per batch")
+    layout: Literal["split", "fused"] = option("split", "split: torch-free CPU actors decode and crop for "
+                                                      "predict actors (torch and the weights once per predict "
+                                                      "actor); fused: each actor does everything (CPU only)")
+    num_actors: int = option(0, "predict actors (fused: actors); 0 = one per GPU share, on CPU one per 4 "
+                                "CPUs (fused: one per CPU), capped by memory")
+    cpus_per_actor: float = option(0.5, "CPUs reserved per actor (a fraction, so Ray Data's read and "
+                                        "write tasks always find a CPU)")
+    gpus: float = option(0.0, "GPUs per predict actor (0 = CPU)")
+    preprocess_actors: int = option(0, "split: CPU actors decoding and cropping; 0 = one per CPU (with GPUs: "
+                                       "per CPU left after the predict actors), capped by memory")
+    crop: Literal["detect", "full", "auto"] = option("detect", "detect | full | auto (see facray prepare)")
+    faces: Literal["largest", "all"] = option("largest", "largest: one row per image, its largest face "
+                                                        "(n_faces says how many were found) | all: one row per "
+                                                        "face (face_index 0 = the largest), for group photos")
+    detector: str = option("auto", "face detector: auto (YuNet if yuface is installed, else Haar) | yunet | "
+                                   "haar | a YuNet .onnx file")
+    max_pixels: int = option(50_000_000, "refuse larger images")
+    generator: str | None = option(None, "TorchScript generator file: z -> image", path=True)
+    num: int = option(0, "with --generator: images to generate")
+    seed: int = option(0, "with --generator: first seed (one seed per image)")
+    z_dim: int = option(0, "with --generator: latent size (0 = the module's z_dim)")
+    tracking_uri: str | None = option(None, "MLflow URI for models:/ and runs:/ models", path=True)
+    torch_threads: int = option(0, "torch threads per actor that predicts; 0 = fused 1, split on CPU "
+                                   "the predict actor's share of the CPUs (at most 4)")
+    compile: bool = option(False, "torch.compile the predictor's networks (one H100: 2.8-3x the forward; "
+                                  "the first batches wait for the compiler)")
+
+
+def check_before_start(cfg: LabelConfig, out: str) -> None:
+    """What ``label`` depends on, checked before Ray starts (see :mod:`facray.preflight`): the
+    generator file, the output's folder (a probe write: a full disk or an unreachable store fails
+    here, not after the run), the tracking store an MLflow model URI needs. The model itself is
+    checked by :func:`facray.predictors.locate.locate_predictor` and
+    :func:`facray.runners.label.put_verified_weights`."""
+    if cfg.layout == "fused" and cfg.gpus > 0:
+        raise ValueError("--layout fused runs on CPU; with --gpus preprocess actors feed the GPU actors (split)")
+    if cfg.generator:
+        if not cfg.num:
+            raise ValueError("--generator needs --num N")
+        check_generator_file(cfg.generator)
+    elif not cfg.images:
+        raise ValueError("--images (or --generator) is required")
+    if cfg.faces == "all" and cfg.format == "celeba":
+        raise ValueError("--faces all writes one row per face; a CelebA-style list holds one per image: "
+                         "use --format csv or parquet")
+    check_writable(out.rsplit("/", 1)[0] if storage.is_uri(out) else str(Path(out).parent))
+    if cfg.model.startswith(("models:/", "runs:/")):
+        uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:  # MLflow's default would create an empty ./mlflow.db, which holds no model
+            raise PreflightError(f"--model {cfg.model}: an MLflow model URI needs the store that registered it: "
+                                 "--tracking-uri (e.g. sqlite:///runs/abm/mlflow.db) or MLFLOW_TRACKING_URI")
+        check_tracking_store(uri, read_only=True)
