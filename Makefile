@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.facray-installed
 
-.PHONY: demo test test-all bench install clean
+.PHONY: demo test test-slow test-all bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
 
+# The slow tests: every jobs/*.py --smoke-test in its own process and Ray (CI runs them after `make test`).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow --durations=15
+
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m ''
+	$(BIN)/python -m pytest -q -m '' --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python bench/prepare.py

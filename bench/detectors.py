@@ -22,7 +22,8 @@ from common import SHARED_DATA
 from facray.data.celeba import LANDMARK_COLUMNS, read_celeba
 from facray.data.imageio import read_image
 from facray.data.mtfl import read_mtfl
-from facray.data.transforms import FaceDetector, crop_square, face_box_from_landmarks
+from facray.data.transforms.detect import FaceDetector
+from facray.data.transforms.face import crop_square, face_box_from_landmarks
 
 
 def run(detector: FaceDetector, paths: list[str]):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,27 +29,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from facray.attributes import ATTRIBUTES
 from facray.config import resolve_config
+from facray.data.prepared import read_metadata
 from facray.models.inputs import to_channels_last
 from facray.models.registry import build_model, model_spec
-from facray.training.configs import TrainConfig, input_size, trainer_config, uses_masks
-from facray.training.metrics import attribute_metrics, choose_thresholds, positive_weights
-from facray.training.multitask import MultiTaskTrainer
+from facray.runs import RunFolder
+from facray.training.configs import MultitaskConfig, input_size, uses_masks
+from facray.training.finalize import finalize
+from facray.training.metrics import attribute_metrics, choose_thresholds, positive_weights, trainable_attributes
+from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig
 from facray.training.splits import SplitSpec, array_batches, load_split_arrays
 
 SPLITS = {"val_split": "holdout", "test_split": "val"}  # celebahq_dev: 10% of train validates, val tests
 
 
-def recipe_config(recipe: str, prepared: str) -> TrainConfig:
+def recipe_config(recipe: str, prepared: str) -> MultitaskConfig:
     name, *pairs = shlex.split(recipe)
     overrides = {**SPLITS, **dict(p.split("=", 1) for p in pairs), "model": name, "prepared": prepared}
-    return resolve_config(TrainConfig, overrides=overrides)
+    return resolve_config(MultitaskConfig, overrides=overrides)
 
 
 _loaded: dict = {}
 
 
-def split_arrays(cfg: TrainConfig) -> dict:
+def split_arrays(cfg: MultitaskConfig) -> dict:
     columns = ("image", "masks") if uses_masks(cfg) else ("image",)
     key = (SplitSpec.of(cfg), columns)
     if key not in _loaded:
@@ -87,7 +92,7 @@ def run_recipe(recipe: str, prepared: str, device: torch.device, out: Path | Non
     model = build_model(cfg.model, size, pretrained=cfg.pretrained, weights_file=cfg.weights, **cfg.model_kwargs())
     model = to_channels_last(model.to(device))
     pos_weight = positive_weights(data["train"]["labels"], cfg.max_pos_weight) if cfg.class_balance else None
-    trainer = MultiTaskTrainer(model, trainer_config(cfg), device, pos_weight, head_modules=model_spec(cfg.model).head)
+    trainer = MultiTaskTrainer(model, MultiTaskTrainerConfig.of(cfg), device, pos_weight, head_modules=model_spec(cfg.model).head)
     print(f"{recipe}: {len(data['train']['labels'])} train / {len(data['val']['labels'])} val / "
           f"{len(data['test']['labels'])} test at {size} px", flush=True)
     start = time.perf_counter()
@@ -98,16 +103,22 @@ def run_recipe(recipe: str, prepared: str, device: torch.device, out: Path | Non
             print(f"  epoch {rec['epoch']}: loss {rec['loss']:.4f} val loss {rec['val_loss']:.4f} "
                   f"val acc {rec['val_accuracy']:.4f} best {rec['best_epoch']}", flush=True)
     seconds = time.perf_counter() - start
-    trainer.restore_best()
+    # facray's own ending (best epoch, thresholds on val, test metrics, the predictor): the same
+    # function rank 0 of `facray train` calls, here without Ray.
+    run = RunFolder(out / f"run-{cfg.model}-{abs(hash(recipe)) % 10**6}" if out else tempfile.mkdtemp())
+    labelled = trainable_attributes(data["train"]["labels"], list(ATTRIBUTES), prepared)
+    record = finalize(run, trainer, array_batches(data["val"], 512), array_batches(data["test"], 512), labelled,
+                      cfg, cfg.model_kwargs(), read_metadata(prepared), digest="bench")
     probs = {}
     for split in ("val", "test"):
         plain, labels, _, _ = trainer.predict(array_batches(data[split], 512))
         mirror = trainer.predict(flipped(array_batches(data[split], 512)))[0]
         probs[split] = {"plain": plain, "flip": (plain + mirror) / 2, "labels": labels}
-    result = {"recipe": recipe, "seed": cfg.seed, "best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch, "seconds": seconds}
-    result.update(report(f"{cfg.model} (best epoch {trainer.best_epoch}/{trainer.epoch})",
-                         probs["val"]["plain"], probs["val"]["labels"], probs["test"]["plain"],
-                         probs["test"]["labels"], seconds))
+    result = {"recipe": recipe, "seed": cfg.seed, "best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch,
+              "seconds": seconds, "test": record["mean_test_accuracy"], "test_at_half": record["mean_test_accuracy_at_0.5"]}
+    print(f"  {cfg.model} (best epoch {trainer.best_epoch}/{trainer.epoch}): test {100 * result['test']:.2f}% "
+          f"(at 0.5: {100 * result['test_at_half']:.2f}%) over {len(labelled)} attributes, {seconds:.0f} s; "
+          f"predictor in {run.model_dir}", flush=True)
     flip = report("  with flip averaging", probs["val"]["flip"], probs["val"]["labels"], probs["test"]["flip"],
                   probs["test"]["labels"])
     result.update(test_flip=flip["test"], test_flip_at_half=flip["test_at_half"], probs=probs)
@@ -170,7 +181,7 @@ def throughput(prepared: str, model_name: str, batch: int, epochs: int, device: 
     torch.manual_seed(0)
     model = build_model(cfg.model, size, **cfg.model_kwargs())
     model = to_channels_last(model.to(device))
-    trainer = MultiTaskTrainer(model, trainer_config(cfg), device)
+    trainer = MultiTaskTrainer(model, MultiTaskTrainerConfig.of(cfg), device)
     for epoch in range(epochs + 1):
         if epoch == 1:
             synchronize(device)

@@ -52,7 +52,7 @@ def main() -> None:
 
     from facray.runners.runtime import init_ray
     from facray.training.combine import CombineConfig, combine
-    from facray.training.configs import SweepConfig, TrainBinaryConfig
+    from facray.training.configs import SweepConfig, BinaryConfig
     from facray.runners.train_binary import train_binary_models
     from facray.runners.sweep import run_sweep
 
@@ -75,14 +75,14 @@ def main() -> None:
     import os
     cores = os.cpu_count() or 2
     t0 = time.perf_counter()
-    train_binary_models(TrainBinaryConfig(**common, out=str(work / "in_stack"), lrs=lrs, cpus_per_worker=1,
+    train_binary_models(BinaryConfig(**common, out=str(work / "in_stack"), lrs=lrs, cpus_per_worker=1,
                                           torch_threads=cores))
     combine(CombineConfig(run=str(work / "in_stack")))  # as the sweep does for its best trial
     in_stack_s = time.perf_counter() - t0
 
     space = work / "lr_space.py"
-    space.write_text("from ray import tune\nfrom facray.training.configs import TrainBinaryConfig\n"
-                     f"CONFIG = TrainBinaryConfig\nSPACE = {{'lr': tune.grid_search({list(lrs)})}}\n"
+    space.write_text("from ray import tune\nfrom facray.training.configs import BinaryConfig\n"
+                     f"CONFIG = BinaryConfig\nSPACE = {{'lr': tune.grid_search({list(lrs)})}}\n"
                      "METRIC = 'mean_val_accuracy'\nMODE = 'max'\n")
     t0 = time.perf_counter()
     summary = run_sweep(SweepConfig(space=str(space), out=str(work / "tune"), max_concurrent=args.max_concurrent,

@@ -24,7 +24,7 @@ import torch
 
 from facray.attributes import ATTRIBUTES
 from facray.training.binary import FusedBinaryTrainer, TrainerConfig
-from facray.training.jobs import BinaryJob
+from facray.training.binary_jobs import BinaryJob
 from facray.training.splits import array_batches
 
 
@@ -73,7 +73,7 @@ def ray_section(args) -> None:
     from facray.data.pipeline import PrepareConfig
     from facray.runners.prepare import prepare
     from facray.data.synth import write_synthetic_celeba
-    from facray.training.configs import TrainBinaryConfig
+    from facray.training.configs import BinaryConfig
     from facray.runners.train_binary import train_binary_models
 
     tmp = Path(tempfile.mkdtemp(prefix="facray-bench-train-"))
@@ -82,7 +82,7 @@ def ray_section(args) -> None:
     attrs = ",".join(ATTRIBUTES[: -(-args.k // 2)])
     results = {}
     for mode in ("fused", "separate"):
-        cfg = TrainBinaryConfig(prepared=str(tmp / "prepared"), out=str(tmp / mode), attributes=attrs,
+        cfg = BinaryConfig(prepared=str(tmp / "prepared"), out=str(tmp / mode), attributes=attrs,
                                 epochs=args.epochs, patience=10 ** 6, batch_size=args.batch_size,
                                 image_size=args.size, mode=mode, num_workers=1, max_concurrent=2,
                                 cpus_per_worker=1.0 if mode == "fused" else 0.5,

@@ -122,8 +122,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def resolve_config(cls: type[C], args: argparse.Namespace | None = None,
-                   overrides: dict[str, Any] | None = None) -> C:
-    """Build ``cls`` from defaults < ``args.config`` YAML < flags in ``args`` < ``key=value``."""
+                   overrides: dict[str, Any] | None = None, smoke: dict[str, Any] | None = None) -> C:
+    """Build ``cls`` from defaults < ``args.config`` YAML < flags in ``args`` < ``key=value``.
+
+    ``smoke``: a ``--smoke-test`` run's settings (the class's ``SMOKE`` overlay and the fixture
+    paths of :func:`facray.testing.smoke_settings`), applied last; a key it sets that the user gave
+    too (in any of the three ways) is refused rather than silently overruled."""
     hints = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
@@ -151,6 +155,14 @@ def resolve_config(cls: type[C], args: argparse.Namespace | None = None,
             put(k.strip(), v.strip(), item)
     for k, v in (overrides or {}).items():
         put(k, v, "code")
+    if smoke:
+        given = sorted(set(values) & set(smoke))
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise ValueError(f"--smoke-test sets {flags} itself; drop {'it' if len(given) == 1 else 'them'} "
+                             "or run without --smoke-test")
+        for k, v in smoke.items():
+            put(k, v, "--smoke-test")
     return absolute_paths(cls(**values))
 
 

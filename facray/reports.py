@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,12 +35,15 @@ from facray.preflight import check_tracking_store
 from facray.runs import RunFolder
 from facray.tracking import resolve_tracking_uri, setup_mlflow
 from facray.training.combine import best_lr_records, choose_modalities
-from facray.training.jobs import PAPER_TABLE
+from facray.training.binary_jobs import PAPER_TABLE
 from facray.training.metrics import confusion_metrics
 
 
 @dataclass
 class EvaluateConfig:
+    # --smoke-test: a one-epoch smoke `facray train` run first (facray.testing), then its report.
+    SMOKE: ClassVar[dict] = {}
+
     run: str = option("runs/abm", "the run folder (train-binary + combine, or train)", path=True)
     out: str = option("", "report folder (default <run>/report; with --dataset <model>/eval-<dataset name>)",
                       path=True)
@@ -204,7 +207,7 @@ def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
     if cfg.log_mlflow:
         import mlflow
         setup_mlflow(cfg.tracking_uri, run, cfg.experiment or ("facray-multitask" if multitask else "facray-abm"))
-        parent = run.parent_run_id()
+        parent = run.mlflow_run_id()
         with mlflow.start_run(run_name="evaluate", tags={"mlflow.parentRunId": parent} if parent else {}):
             means = mean_rows(table).iloc[0]
             keys = ("test_accuracy", "test_accuracy_at_0.5", "majority_accuracy") if multitask else \

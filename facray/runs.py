@@ -6,7 +6,8 @@ Layout of ``RUN/`` (``facray train-binary`` + ``combine``, or ``facray train``):
 
     run.json              settings that decide the weights, and their hash (the run's identity)
     config.yaml           the full resolved config (settings + operational keys), for people
-    parent_run_id         the MLflow run later steps (combine, evaluate) log under
+    mlflow_run_id         the MLflow run later steps (combine, evaluate) log under: a binary run's parent
+                          run, a multi-task run's own (``parent_run_id`` before 2026-12, still read)
     mlflow_logged.json    binary runs: the MLflow parent and the jobs it has a child run for
     mlflow.db, mlartifacts/   the default MLflow store
     ray_results/          Ray Train / Tune storage (checkpoints; a re-run resumes from them)
@@ -47,7 +48,7 @@ class RunFolderError(ValueError):
 
 
 # What --overwrite removes: every trained output, never the MLflow store (its history stays).
-_TRAINED_OUTPUTS = ("jobs", "ray_results", "combined", "model", "metrics.json", "report", "parent_run_id",
+_TRAINED_OUTPUTS = ("jobs", "ray_results", "combined", "model", "metrics.json", "report", "mlflow_run_id", "parent_run_id",
                     "mlflow_logged.json", "jobs_summary.csv", ".injected_failure", "failure.txt", "run.json", "tune", "trials",
                     "sweep_results.csv", "sweep_metric.png", "sweep_summary.json")
 
@@ -62,7 +63,8 @@ class RunFolder:
     # ---- layout ---------------------------------------------------------------------------------
     record_file = property(lambda self: self.root / "run.json")
     config_file = property(lambda self: self.root / "config.yaml")
-    parent_run_file = property(lambda self: self.root / "parent_run_id")
+    mlflow_run_file = property(lambda self: self.root / "mlflow_run_id")
+    _old_mlflow_run_file = property(lambda self: self.root / "parent_run_id")  # its name before 2026-12
     mlflow_ledger_file = property(lambda self: self.root / "mlflow_logged.json")
     mlflow_db = property(lambda self: self.root / "mlflow.db")
     ray_results_dir = property(lambda self: self.root / "ray_results")
@@ -192,11 +194,16 @@ class RunFolder:
     def default_tracking_uri(self) -> str:
         return f"sqlite:///{self.mlflow_db}"
 
-    def parent_run_id(self) -> str | None:
-        return self.parent_run_file.read_text().strip() if self.parent_run_file.is_file() else None
+    def mlflow_run_id(self) -> str | None:
+        """The MLflow run that ``combine`` and ``evaluate`` log under (None before training logged one)."""
+        for f in (self.mlflow_run_file, self._old_mlflow_run_file):
+            if f.is_file():
+                return f.read_text().strip()
+        return None
 
-    def set_parent_run_id(self, run_id: str) -> None:
-        self.parent_run_file.write_text(run_id)
+    def set_mlflow_run_id(self, run_id: str) -> None:
+        self.mlflow_run_file.write_text(run_id)
+        self._old_mlflow_run_file.unlink(missing_ok=True)
 
     def mlflow_ledger(self) -> dict:
         return json.loads(self.mlflow_ledger_file.read_text()) if self.mlflow_ledger_file.is_file() else {}

@@ -1,12 +1,30 @@
 """Fixtures for ``--smoke-test`` runs, the demo and the tests: small stand-ins that exercise the
-plumbing, never results."""
+plumbing, never results.
+
+Each command's config class declares its smoke settings next to its fields (``SMOKE``: tiny
+sizes, one actor); :func:`smoke_settings` adds where the command's inputs go (a generated
+dataset, a prepared set, an untrained predictor, a one-epoch run), and :func:`make_smoke_inputs`
+writes them once, so a second smoke run shows resuming. The CLI applies them with
+:func:`facray.config.resolve_config`'s ``smoke=`` (which refuses a key the user set too).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from facray.attributes import ATTRIBUTES
+from facray.data.pipeline import PrepareConfig
+from facray.data.synth import write_synthetic_celeba, write_unlabelled_faces
+from facray.labelling.config import LabelConfig
 from facray.models.abm import init_model
+from facray.predictors.format import MANIFEST
 from facray.predictors.networks import write_predictor
+from facray.reports import EvaluateConfig
+from facray.runners.prepare import prepare
+from facray.runners.train_binary import train_binary_models
+from facray.runners.train_multitask import train_multitask
+from facray.runs import RunFolder
+from facray.training.combine import CombineConfig
+from facray.training.configs import SweepConfig, BinaryConfig, MultitaskConfig
 
 
 def smoke_model(folder: Path, crop_size: int = 48) -> Path:
@@ -19,3 +37,66 @@ def smoke_model(folder: Path, crop_size: int = 48) -> Path:
         choices.append({"attribute": a, "modality": m, "threshold": 0.5, "val_accuracy": None, "test_accuracy": None})
     return write_predictor(folder, choices, weights, {"size": crop_size, "margin": 0.35}, crop_size, 1,
                            extra={"name": "smoke-untrained"})
+
+
+def smoke_prepared(prepared: str | Path) -> Path:
+    """A tiny prepared dataset at ``prepared`` (60 generated faces beside it, 40 px, no
+    augmentation), made once."""
+    prepared = Path(prepared)
+    if not (prepared / "prepared.json").is_file():
+        root = write_synthetic_celeba(prepared.parent / "smoke_data", n=60, seed=0)
+        prepare(PrepareConfig(root=str(root), out=str(prepared), size=40, augment=1))
+    return prepared
+
+
+def smoke_unlabelled(folder: Path) -> Path:
+    """6 generated faces (256 and 128 px) and 2 broken files: an empty JPEG and a text file named
+    ``.png``, each of which must come out as an error row."""
+    if not folder.is_dir():
+        write_unlabelled_faces(folder, n=6, seed=0, sizes=(256, 128))
+        (folder / "empty.jpg").write_bytes(b"")
+        (folder / "notes.png").write_text("not an image")
+    return folder
+
+
+def smoke_settings(cfg) -> dict:
+    """``--smoke-test``'s settings for a command whose config (as the user gave it) is ``cfg``:
+    its class's ``SMOKE`` overlay plus where its inputs go, beside the user's output."""
+    settings = dict(type(cfg).SMOKE)
+    if isinstance(cfg, PrepareConfig):
+        settings["root"] = str(Path(cfg.out).resolve() / "smoke_data")
+    elif isinstance(cfg, (BinaryConfig, MultitaskConfig)):
+        settings["prepared"] = str(Path(cfg.out).resolve() / "smoke_prepared")
+    elif isinstance(cfg, LabelConfig):
+        base = Path(cfg.out).resolve().parent / "smoke_label"
+        settings.update(images=str(base / "images"), model=str(base / "untrained_predictor"))
+    elif isinstance(cfg, CombineConfig):
+        settings["run"] = str(Path(cfg.run).resolve().parent / "smoke_abm")
+    elif isinstance(cfg, EvaluateConfig):
+        settings["run"] = str(Path(cfg.run).resolve().parent / "smoke_multitask")
+    return settings
+
+
+def smoke_trial(sweep: SweepConfig) -> dict:
+    """A smoke sweep's settings for every trial: a tiny model on a tiny prepared set."""
+    prepared = smoke_prepared(Path(sweep.out).resolve().parent / "smoke_prepared")
+    return {**SweepConfig.SMOKE_TRIAL, "prepared": str(prepared)}
+
+
+def make_smoke_inputs(cfg) -> None:
+    """Write what :func:`smoke_settings` pointed ``cfg`` at, unless an earlier smoke run did."""
+    if isinstance(cfg, PrepareConfig) and not Path(cfg.root).is_dir():
+        write_synthetic_celeba(cfg.root, n=40)
+    elif isinstance(cfg, (BinaryConfig, MultitaskConfig)):
+        smoke_prepared(cfg.prepared)
+    elif isinstance(cfg, LabelConfig):
+        smoke_unlabelled(Path(cfg.images))
+        if not (Path(cfg.model) / MANIFEST).is_file():
+            smoke_model(Path(cfg.model))
+    elif isinstance(cfg, CombineConfig) and not RunFolder(cfg.run).jobs_dir.is_dir():
+        prepared = smoke_prepared(Path(cfg.run).parent / "smoke_prepared")
+        train_binary_models(BinaryConfig(prepared=str(prepared), out=cfg.run,
+                                              **{**BinaryConfig.SMOKE, "epochs": 1}))
+    elif isinstance(cfg, EvaluateConfig) and not RunFolder(cfg.run).is_multitask:
+        prepared = smoke_prepared(Path(cfg.run).parent / "smoke_prepared")
+        train_multitask(MultitaskConfig(prepared=str(prepared), out=cfg.run, **{**MultitaskConfig.SMOKE, "epochs": 1}))

@@ -100,7 +100,7 @@ def start_training_run(tracking_uri: str | None, run: RunFolder, experiment: str
     MLflow run id)."""
     uri = setup_mlflow(tracking_uri, run, experiment)
     client = mlflow.MlflowClient(uri)
-    previous = run.parent_run_id()
+    previous = run.mlflow_run_id()
     if previous:
         try:
             client.get_run(previous)

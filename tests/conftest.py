@@ -108,3 +108,21 @@ def prepared_small(ray_session, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "p"
     prepare(PrepareConfig(root=str(root), out=str(out), size=32, augment=1, num_actors=2, batch_size=16))
     return out
+
+
+def read_png(path: Path) -> "np.ndarray":
+    """A report's figure, decoded: a real image with something drawn on it (not one flat colour)."""
+    import cv2
+    import numpy as np
+    image = cv2.imread(str(path))
+    assert image is not None, f"{path}: not a readable image"
+    assert image.std() > 0, f"{path}: a blank image"
+    return np.asarray(image)
+
+
+def assert_cam_grid(path: Path, tile: int = 128) -> None:
+    """A class activation map grid (:func:`facray.models.cam.cam_grid`): a title row of 18 px, then
+    one row of ``tile`` px per test crop, and one column per panel (the crop, then each attribute)."""
+    height, width, _ = read_png(path).shape
+    rows, panels = (height - 18) / tile, width / tile
+    assert rows >= 1 and rows == int(rows) and panels >= 2 and panels == int(panels), (height, width)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facray.attributes import ATTRIBUTES
-from facray.data.transforms import attribute_masks
+from facray.data.transforms.masks import attribute_masks
 from facray.models.attparsenet import PAPER_WIDTHS, AttParseNet, map_side
 from facray.models.registry import build_model
 from facray.training.augment import flip_targets
@@ -100,6 +100,7 @@ def test_flipped_masks_and_landmarks_match_the_flipped_face():
     assert torch.equal(unflipped, masks) and same is None
 
 
+@pytest.mark.slow  # ~90 s: prepare, train and label on Ray (the math: the tests above)
 @pytest.mark.integration
 @pytest.mark.timeout(480)
 def test_prepare_masks_train_on_ray_and_label_with_two_attributes(ray_session, tmp_path):
@@ -108,7 +109,7 @@ def test_prepare_masks_train_on_ray_and_label_with_two_attributes(ray_session, t
     from facray.data.synth import write_synthetic_celeba, write_unlabelled_faces
     from facray.labelling.config import LabelConfig
     from facray.runners.label import label_images
-    from facray.training.configs import TrainConfig
+    from facray.training.configs import MultitaskConfig
     from facray.runners.train_multitask import train_multitask
 
     root = write_synthetic_celeba(tmp_path / "celeba", n=60, seed=4)
@@ -117,10 +118,10 @@ def test_prepare_masks_train_on_ray_and_label_with_two_attributes(ray_session, t
     base = dict(model="attparsenet-tiny", image_size=32, epochs=2, segmentation_epochs=1, batch_size=16,
                 cpus_per_worker=0.5, num_workers=2, attributes="Male,Smiling", data="stream")  # DDP in stage 1
     with pytest.raises(ValueError, match="prepare it with --masks"):
-        train_multitask(TrainConfig(prepared=str(plain), out=str(tmp_path / "nomask"), **base))
+        train_multitask(MultitaskConfig(prepared=str(plain), out=str(tmp_path / "nomask"), **base))
     prepare(PrepareConfig(root=str(root), out=str(masked), size=32, augment=1, masks=True, mask_size=16,
                           num_actors=1, batch_size=16))
-    record = train_multitask(TrainConfig(prepared=str(masked), out=str(tmp_path / "apn"), **base))
+    record = train_multitask(MultitaskConfig(prepared=str(masked), out=str(tmp_path / "apn"), **base))
     assert [r["attribute"] for r in record["attributes"]] == ["Male", "Smiling"]
     assert [h.get("stage") for h in record["history"]] == ["segmentation", None]
 

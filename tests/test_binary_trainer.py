@@ -8,7 +8,7 @@ import torch
 from facray.attributes import ATTRIBUTE_INDEX
 from facray.training.binary import FusedBinaryTrainer, TrainerConfig
 from facray.training.metrics import confusion_metrics
-from facray.training.jobs import BinaryJob
+from facray.training.binary_jobs import BinaryJob
 from facray.training.splits import array_batches
 
 A, B, C = "Eyeglasses", "Smiling", "Wearing_Hat"

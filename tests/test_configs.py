@@ -4,21 +4,49 @@ from __future__ import annotations
 
 import dataclasses
 
-from facray.training.configs import TrainBinaryConfig, TrainConfig
+from facray.training.configs import BinaryConfig, TrainCommon, MultitaskConfig
 from facray.training.run_record import run_settings, settings_hash
 
 
 def test_run_json_hashes_are_pinned():
     """Existing run folders resume only while these hashes hold: a renamed field or a changed
     default makes every earlier run look like another one (re-training, or a refusal)."""
-    binary = run_settings(TrainBinaryConfig(prepared="/data/p", out="/runs/a"), "shards-1")
-    multitask = run_settings(TrainConfig(prepared="/data/p", out="/runs/b", model="resnet18", lr=3e-4), "shards-1")
+    binary = run_settings(BinaryConfig(prepared="/data/p", out="/runs/a"), "shards-1")
+    multitask = run_settings(MultitaskConfig(prepared="/data/p", out="/runs/b", model="resnet18", lr=3e-4), "shards-1")
     assert (settings_hash(binary), len(binary)) == ("8135881b0e52bf75", 20)
     assert (settings_hash(multitask), len(multitask)) == ("8599a303aea28eb2", 34)
 
 
 def test_operational_keys_leave_the_hash_alone():
-    base = TrainConfig(prepared="/data/p", out="/runs/b")
+    base = MultitaskConfig(prepared="/data/p", out="/runs/b")
     moved = dataclasses.replace(base, out="/elsewhere", num_workers=4, tracking_uri="http://x", max_failures=0)
     assert settings_hash(run_settings(base, "s")) == settings_hash(run_settings(moved, "s"))
     assert settings_hash(run_settings(base, "s")) != settings_hash(run_settings(dataclasses.replace(base, lr=0.1), "s"))
+
+
+def _defaults(cls) -> dict:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def test_every_training_option_is_declared_once():
+    """The shared fields live in TrainCommon; a field both commands declare themselves is one
+    whose default differs by design (the run folder, the experiment, the papers' batch sizes,
+    flips), never a silent copy that could drift."""
+    fields = {f.name for cls in (BinaryConfig, MultitaskConfig) for f in dataclasses.fields(cls)}
+    own = {cls: set(cls.__dict__["__annotations__"]) & fields for cls in (BinaryConfig, MultitaskConfig)}
+    both = own[BinaryConfig] & own[MultitaskConfig]
+    assert both == {"out", "experiment", "batch_size", "online_flip", "image_size"}
+    binary, multitask = _defaults(BinaryConfig), _defaults(MultitaskConfig)
+    assert all(binary[k] != multitask[k] for k in both - {"image_size"})  # image_size: 0 means another thing
+    common = _defaults(TrainCommon)
+    assert all(binary[k] == multitask[k] == v for k, v in common.items())
+
+
+def test_the_pure_trainers_take_the_commands_defaults():
+    """A trainer built without the CLI (a test, a bench) trains as the command would by default."""
+    from facray.training.binary import TrainerConfig
+    from facray.training.multitask import MultiTaskTrainerConfig
+    for pure, command in ((TrainerConfig, BinaryConfig), (MultiTaskTrainerConfig, MultitaskConfig)):
+        # image_size: the resolved input side there; epochs: the span of a cosine schedule (0 = none)
+        shared = (_defaults(pure).keys() & _defaults(command).keys()) - {"image_size", "epochs"}
+        assert shared and {k: _defaults(pure)[k] for k in shared} == {k: _defaults(command)[k] for k in shared}

@@ -60,6 +60,7 @@ def _alive(processes: list[psutil.Process]) -> bool:
     return any(running(p) for p in processes)
 
 
+@pytest.mark.slow  # ~60 s: a labelling run in its own Ray, killed halfway
 def test_killed_label_keeps_its_parts_and_leaves_no_ray_behind(tmp_path):
     images = tmp_path / "faces"
     write_unlabelled_faces(images, n=300, seed=3, sizes=(96,))
@@ -100,6 +101,7 @@ def test_killed_label_keeps_its_parts_and_leaves_no_ray_behind(tmp_path):
     assert not parts.exists()
 
 
+@pytest.mark.slow  # ~40 s: a training run in its own Ray
 def test_ctrl_c_twice_during_training_ends_with_one_line_and_exit_130(tmp_path, prepared_small):
     cmd = [*FACRAY, "train", "--prepared", str(prepared_small), "--out", str(tmp_path / "run"),
            "--model", "abm-trunk-tiny", "--epochs", "300", "--image-size", "32", "--batch-size", "4",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(300)]  # ~110 s: a Ray head
 REPO = Path(__file__).resolve().parents[1]
 
 

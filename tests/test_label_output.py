@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from facray import columns
 from facray.attributes import ATTRIBUTES
 from facray.data.celeba import read_attribute_file
 from facray.data.folder import list_images
@@ -122,11 +123,11 @@ def test_face_cropper_counts_the_faces_and_boxes_the_largest(tmp_path, large_fir
     from facray.data import ops
     canvas, (left, right) = _two_faces(tmp_path, large_first)
     out = ops.FaceCropper(32, method="detect", detector="yunet")(
-        {ops.PATH: np.array(["x"], dtype=object), ops.IMAGE: [canvas]})
-    assert out[ops.N_FACES][0] == 2 and out[ops.FACE_FOUND][0]
+        {columns.PATH: np.array(["x"], dtype=object), columns.IMAGE: [canvas]})
+    assert out[columns.N_FACES][0] == 2 and out[columns.FACE_FOUND][0]
     x, w = out["face_x"][0], out["face_w"][0]
     assert left - 20 <= x and x + w <= right + 20 and w > 150  # the 256 px face's box, not the 96 px one
-    assert 0.5 <= out[ops.FACE_SCORE][0] <= 1
+    assert 0.5 <= out[columns.FACE_SCORE][0] <= 1
 
 
 @pytest.mark.integration
@@ -178,11 +179,11 @@ def test_face_cropper_all_faces_gives_one_row_per_face_largest_first(tmp_path):
     canvas, _ = _two_faces(tmp_path, False)
     blank = np.full((64, 64, 3), 128, np.uint8)
     out = ops.FaceCropper(32, method="detect", detector="yunet", faces="all")(
-        {ops.PATH: np.array(["group", "blank"], dtype=object), ops.IMAGE: [canvas, blank],
-         ops.ERROR: np.array(["", ""], dtype=object)})
-    assert out[ops.PATH].tolist() == ["group", "group", "blank"] and out[ops.IMAGE].shape == (3, 32, 32, 3)
-    assert out[ops.FACE_INDEX].tolist() == [0, 1, 0] and out[ops.N_FACES].tolist() == [2, 2, 0]
-    assert out["face_w"][0] > out["face_w"][1] and out[ops.FACE_FOUND].tolist() == [True, True, False]
+        {columns.PATH: np.array(["group", "blank"], dtype=object), columns.IMAGE: [canvas, blank],
+         columns.ERROR: np.array(["", ""], dtype=object)})
+    assert out[columns.PATH].tolist() == ["group", "group", "blank"] and out[columns.IMAGE].shape == (3, 32, 32, 3)
+    assert out[columns.FACE_INDEX].tolist() == [0, 1, 0] and out[columns.N_FACES].tolist() == [2, 2, 0]
+    assert out["face_w"][0] > out["face_w"][1] and out[columns.FACE_FOUND].tolist() == [True, True, False]
 
 
 @pytest.mark.integration

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from facray import columns
 from facray.attributes import ATTRIBUTES
 from facray.data.synth import write_unlabelled_faces
 from facray.data.ops import Sketcher
@@ -267,8 +268,6 @@ def test_weights_with_non_finite_values_are_refused_at_load(tmp_path):
 
 
 def test_a_row_without_error_never_has_empty_probabilities():
-    from facray.data import ops
-
     class Broken:
         name = "broken"
 
@@ -280,8 +279,8 @@ def test_a_row_without_error_never_has_empty_probabilities():
         def decide(self, probs):
             return np.where(np.isnan(probs), 0, probs >= 0.5).astype(np.int8)
 
-    batch = {ops.PATH: np.array(["a.png", "b.png"], dtype=object), ops.ERROR: np.array(["", ""], dtype=object),
-             ops.IMAGE: np.zeros((2, 8, 8, 3), np.uint8)}
+    batch = {columns.PATH: np.array(["a.png", "b.png"], dtype=object), columns.ERROR: np.array(["", ""], dtype=object),
+             columns.IMAGE: np.zeros((2, 8, 8, 3), np.uint8)}
     out = label_batch(batch, Broken())
     assert out["error"][0] == "a.png: the model gave non-finite probabilities (broken weights)"
     assert np.isnan(out["Smiling_prob"][0]) and np.isnan(out["Smiling"][0])

@@ -38,7 +38,7 @@ def test_every_family_has_a_tiny_variant():
 
 def test_the_kth_papers_cnns_have_their_layers():
     import torch.nn as nn
-    from facray.models.mtfl import Inception
+    from facray.models.kth import Inception
     cascade = build_model("cascade-cnn")
     convs = [m for m in cascade.features if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [128] * 4 and sum(isinstance(m, nn.MaxPool2d) for m in cascade.features) == 4
@@ -174,7 +174,8 @@ def test_cosine_schedule_spans_the_epoch_budget_and_sets_the_optimiser_rate():
     assert record["lr"] == 0.01
     trainer.fit_epoch(array_batches(data, 8, shuffle=True), array_batches(data, 8))
     assert trainer.optimizer.param_groups[0]["lr"] == trainer.lr_at(1)
-    constant = MultiTaskTrainer(model, MultiTaskTrainerConfig(lr=1e-2, epochs=4), torch.device("cpu"))
+    constant = MultiTaskTrainer(model, MultiTaskTrainerConfig(lr=1e-2, epochs=4, lr_schedule="constant"),
+                                torch.device("cpu"))
     assert {constant.lr_at(e) for e in range(4)} == {0.01}
 
 
@@ -202,7 +203,8 @@ def test_fine_tuning_trains_the_head_first_then_the_base_at_a_lower_rate():
     torch.manual_seed(0)
     data = _data(n=32, size=32)
     model = build_model("resnet-tiny", 32)
-    cfg = MultiTaskTrainerConfig(lr=1e-2, image_size=32, head_epochs=1, base_lr_scale=0.1, weight_decay=0)
+    cfg = MultiTaskTrainerConfig(lr=1e-2, image_size=32, head_epochs=1, base_lr_scale=0.1, weight_decay=0,
+                                 lr_schedule="constant")
     trainer = MultiTaskTrainer(model, cfg, "cpu", head_modules=model_spec("resnet-tiny").head)
     before = _params(model)
     trainer.fit_epoch(array_batches(data, 8, shuffle=True), array_batches(data, 16))

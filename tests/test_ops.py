@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from facray import columns
 from facray.attributes import ATTRIBUTES
 from facray.data import ops
 from facray.data.celeba import read_celeba
@@ -103,11 +104,11 @@ def test_serializer_round_trips_every_image_format():
     image = np.dstack([(xx * 8) % 256, (yy * 8) % 256, ((xx + yy) * 4) % 256]).astype(np.uint8)
     images = np.stack([image, image[::-1]])
     sketches = images[..., 0].copy()
-    batch = {ops.IMAGE: images, ops.SKETCH: sketches, ops.PATH: np.array(["a", "b"], dtype=object)}
+    batch = {columns.IMAGE: images, columns.SKETCH: sketches, columns.PATH: np.array(["a", "b"], dtype=object)}
     for fmt in IMAGE_FORMATS:
         row = Serializer(fmt)(dict(batch))
-        got = decode_column(row[ops.IMAGE], images.shape[1:], fmt)
-        got_sketch = decode_column(row[ops.SKETCH], sketches.shape[1:], fmt)
+        got = decode_column(row[columns.IMAGE], images.shape[1:], fmt)
+        got_sketch = decode_column(row[columns.SKETCH], sketches.shape[1:], fmt)
         if fmt == "jpeg":
             assert np.abs(got.astype(int) - images).mean() < 3
             assert np.abs(got_sketch.astype(int) - sketches).mean() < 3
@@ -125,7 +126,7 @@ def test_no_sketch_stage_when_sketch_channels_is_zero(synth_copy):
     chain = preprocessing_chain(cfg, "aligned", serialize=False)
     assert not any(isinstance(s, ops.Sketcher) for s in chain.ops)
     out = chain(_batch(table))
-    assert ops.SKETCH not in out and out[ops.IMAGE].shape == (4, 32, 32, 3)
+    assert columns.SKETCH not in out and out[columns.IMAGE].shape == (4, 32, 32, 3)
     assert "sketch" not in preprocessing_chain(cfg, "aligned")(_batch(table))  # nor a sketch column
 
 

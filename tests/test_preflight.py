@@ -13,7 +13,7 @@ from facray.cli import main
 from facray.config import absolute_location, resolve_config
 from facray.labelling.config import LabelConfig
 from facray.preflight import PreflightError, check_generator_file, check_tracking_store, check_writable
-from facray.training.configs import TrainBinaryConfig, TrainConfig
+from facray.training.configs import BinaryConfig, MultitaskConfig
 
 
 def test_deleted_experiment_is_refused_naming_it_and_the_way_out(tmp_path, prepared_small, capsys):
@@ -92,12 +92,12 @@ def test_label_refuses_a_pickle_generator_before_ray(tmp_path, capsys):
 
 def test_relative_paths_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = resolve_config(TrainConfig, overrides={"prepared": "prepared", "out": "runs/x",
+    cfg = resolve_config(MultitaskConfig, overrides={"prepared": "prepared", "out": "runs/x",
                                                   "tracking_uri": "sqlite:///store/mlflow.db"})
     assert cfg.prepared == str(tmp_path / "prepared") and cfg.out == str(tmp_path / "runs" / "x")
     assert cfg.tracking_uri == f"sqlite:///{tmp_path}/store/mlflow.db"
     assert cfg.model == "abm-trunk"  # a model name is not a path
-    binary = resolve_config(TrainBinaryConfig, overrides={"prepared": "s3://bucket/prepared"})
+    binary = resolve_config(BinaryConfig, overrides={"prepared": "s3://bucket/prepared"})
     assert binary.prepared == "s3://bucket/prepared"
     label = resolve_config(LabelConfig, overrides={"images": "to_label/**/*.png", "model": "models:/m@newest"})
     assert label.images == str(tmp_path / "to_label" / "**" / "*.png") and label.model == "models:/m@newest"

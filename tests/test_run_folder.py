@@ -43,9 +43,9 @@ def test_claim_refuses_other_settings_naming_the_keys_and_overwrite_keeps_mlflow
     _job(run, "Smiling__real")
     run.model_dir.mkdir()
     run.mlflow_db.write_text("store")
-    run.set_parent_run_id("abc")
+    run.set_mlflow_run_id("abc")
     run.claim({**run.settings(), "epochs": 5}, "hash-2", overwrite=True)
-    assert not run.jobs_dir.exists() and not run.model_dir.exists() and run.parent_run_id() is None
+    assert not run.jobs_dir.exists() and not run.model_dir.exists() and run.mlflow_run_id() is None
     assert run.mlflow_db.read_text() == "store"  # MLflow history is never discarded
     assert run.settings()["epochs"] == 5 and run.settings_hash() == "hash-2"
 
@@ -130,3 +130,13 @@ def test_predictor_dir_of_a_binary_run_is_combined_once_combine_ran(tmp_path):
     (run.combined_dir / "manifest.json").write_text("{}")
     assert run.predictor_dir() == run.combined_dir
     assert run.default_tracking_uri() == f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}"
+
+
+def test_the_mlflow_run_id_of_an_older_run_folder_is_still_read(tmp_path):
+    """Run folders written before the file was renamed (``parent_run_id``) keep logging under
+    their MLflow run; writing it again moves it to the new name."""
+    run = RunFolder(tmp_path)
+    (tmp_path / "parent_run_id").write_text("older\n")
+    assert run.mlflow_run_id() == "older"
+    run.set_mlflow_run_id("newer")
+    assert run.mlflow_run_id() == "newer" and not (tmp_path / "parent_run_id").exists()

@@ -24,13 +24,13 @@ JOB = Path(__file__).resolve().parents[1] / "jobs" / "sweep.py"  # what `ray job
 
 def _space(tmp_path, body: str) -> Path:
     path = tmp_path / "space.py"
-    path.write_text("from ray import tune\nfrom facray.training.configs import TrainConfig\nCONFIG = TrainConfig\n"
+    path.write_text("from ray import tune\nfrom facray.training.configs import MultitaskConfig\nCONFIG = MultitaskConfig\n"
                     "METRIC = 'val_accuracy'\nMODE = 'max'\n" + body)
     return path
 
 
 @pytest.mark.parametrize("body, message", [
-    ("SPACE = {'learning_rate': tune.grid_search([1e-3])}", "'learning_rate' is not a TrainConfig field"),
+    ("SPACE = {'learning_rate': tune.grid_search([1e-3])}", "'learning_rate' is not a MultitaskConfig field"),
     ("SPACE = {'out': tune.grid_search(['a', 'b'])}", "'out' is set by the sweep itself"),
     ("SPACE = {'epochs': tune.grid_search([2, 2.5])}", "epochs: expected int"),
     ("SPACE = {'lr': tune.grid_search([1e-3])}\nMETRIC = 'test_accuracy'", "METRIC 'test_accuracy' is not reported"),
@@ -92,7 +92,7 @@ def test_an_interrupted_sweep_resumes_only_its_unfinished_trials_then_registers_
     assert summary["val_accuracy"] == pytest.approx(best.val_accuracy) and summary["run_folder"] == best.run_folder
 
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    parent = (out / "parent_run_id").read_text()
+    parent = (out / "mlflow_run_id").read_text()
     children = client.search_runs([client.get_run(parent).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent}'")
     assert len(children) == 4  # one per trial, also across the interruption

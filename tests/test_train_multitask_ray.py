@@ -8,8 +8,10 @@ import pytest
 
 from facray.cli import main
 from facray.predictors.networks import load_predictor
-from facray.training.configs import TrainConfig
+from facray.training.configs import MultitaskConfig
 from facray.runners.train_multitask import train_multitask
+
+from conftest import assert_cam_grid
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 
@@ -17,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 def _cfg(prepared, out, **kw):
     base = dict(prepared=str(prepared), out=str(out), model="abm-trunk-tiny", image_size=32, epochs=3,
                 batch_size=16, cpus_per_worker=0.5, num_workers=2, patience=5, lr=3e-3)
-    return TrainConfig(**{**base, **kw})
+    return MultitaskConfig(**{**base, **kw})
 
 
 def test_ddp_two_workers_interrupted_resumes_then_evaluates_and_labels(ray_session, prepared_small, tmp_path,
@@ -31,7 +33,7 @@ def test_ddp_two_workers_interrupted_resumes_then_evaluates_and_labels(ray_sessi
 
     # Live metrics: the Train controller logged every epoch into the run the driver opened.
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
-    run_id = (out / "parent_run_id").read_text()
+    run_id = (out / "mlflow_run_id").read_text()
     history = mlflow.MlflowClient().get_metric_history(run_id, "val_loss")
     assert sorted(m.step for m in history)[-3:] == [1, 2, 3]
     assert mlflow.get_run(run_id).info.status == "FINISHED"
@@ -47,7 +49,7 @@ def test_ddp_two_workers_interrupted_resumes_then_evaluates_and_labels(ray_sessi
     report = pd.read_csv(out / "report" / "report.csv")
     assert {"test_accuracy", "test_accuracy_at_0.5", "majority_accuracy", "one_class_only"} <= set(report.columns)
     assert "predict one class only" in (out / "report" / "report.md").read_text()
-    assert (out / "report" / "cam_grid.png").stat().st_size > 0
+    assert_cam_grid(out / "report" / "cam_grid.png")
 
     from facray.data.synth import write_unlabelled_faces
     from facray.labelling.config import LabelConfig

@@ -7,10 +7,11 @@ import pytest
 
 from facray.attributes import ATTRIBUTES
 from facray.data.celeba import LANDMARK_COLUMNS, read_celeba
-from facray.data.transforms import (ATTRIBUTE_REGIONS, OFFLINE_AUGMENTATIONS, REGIONS, FaceDetector,
-                                    augment_landmarks, augment_offline, centre_square, crop_square,
-                                    face_box_from_landmarks, pencil_sketch, random_augment,
-                                    region_masks, attribute_masks, transform_points)
+from facray.data.transforms.augment import OFFLINE_AUGMENTATIONS, augment_landmarks, augment_offline
+from facray.data.transforms.detect import FaceDetector
+from facray.data.transforms.face import centre_square, crop_square, face_box_from_landmarks, transform_points
+from facray.data.transforms.masks import ATTRIBUTE_REGIONS, REGIONS, attribute_masks, region_masks
+from facray.data.transforms.sketch import pencil_sketch
 
 LANDMARKS = np.array([[60, 70], [100, 70], [80, 95], [64, 118], [96, 118]], np.float32)
 
@@ -107,11 +108,6 @@ def test_augmentation_moves_masks_and_landmarks_with_the_image():
     assert flipped[0, 0] < flipped[1, 0] and flipped[3, 0] < flipped[4, 0]
 
 
-def test_random_augment_keeps_shape():
-    img = np.random.default_rng(2).integers(0, 255, (50, 50, 3), dtype=np.uint8)
-    assert random_augment(img, np.random.default_rng(0)).shape == img.shape
-
-
 def test_region_masks_light_the_expected_places():
     regions = region_masks(LANDMARKS, (160, 200))
     assert set(regions) == set(REGIONS)
@@ -155,7 +151,7 @@ def test_yunet_gives_landmarks_near_the_generated_truth(synth_root):
 
 def test_yunet_through_its_c_library_finds_what_yuface_finds_and_does_not_leak(synth_root):
     yuface = pytest.importorskip("yuface")
-    from facray.data.transforms import _yunet_entry, yunet_faces
+    from facray.data.transforms.detect import _yunet_entry, yunet_faces
     assert _yunet_entry() is not None  # the bundled library's entry point was found
     table = read_celeba(synth_root)
     images = [cv2.imread(p) for p in table.path[:10]]
@@ -176,8 +172,8 @@ def test_yunet_through_its_c_library_finds_what_yuface_finds_and_does_not_leak(s
 
 
 def test_auto_detector_falls_back_to_haar_and_says_so(monkeypatch):
-    import facray.data.transforms as transforms
-    monkeypatch.setattr(transforms, "yunet_available", lambda: False)
+    import facray.data.transforms.detect as detect
+    monkeypatch.setattr(detect, "yunet_available", lambda: False)
     with pytest.warns(UserWarning, match="falling back to the Haar cascade"):
         det = FaceDetector("auto")
     assert det.name == "haar"

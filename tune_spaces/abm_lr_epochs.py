@@ -6,9 +6,9 @@ rather than fixes the length, as in the ABM-CNN paper.
 """
 from ray import tune
 
-from facray.training.configs import TrainBinaryConfig
+from facray.training.configs import BinaryConfig
 
-CONFIG = TrainBinaryConfig
+CONFIG = BinaryConfig
 SPACE = {
     "lr": tune.grid_search([1e-3, 1e-4, 1e-5]),
     "epochs": tune.grid_search([25, 63, 125, 250]),

@@ -10,9 +10,9 @@ the metric is the validation accuracy of the trained attribute(s), as its tables
 """
 from ray import tune
 
-from facray.training.configs import TrainConfig
+from facray.training.configs import MultitaskConfig
 
-CONFIG = TrainConfig
+CONFIG = MultitaskConfig
 SPACE = {
     "lr": tune.grid_search([1e-3, 1e-4, 1e-5]),
     "epochs": tune.grid_search([25, 63, 125, 250]),

@@ -3,9 +3,9 @@ with ASHA stopping the poor trials after a few epochs. Give the model and data a
 ``facray sweep --space tune_spaces/multitask_lr_wd.py model=resnet18 prepared=DIR epochs=12``."""
 from ray import tune
 
-from facray.training.configs import TrainConfig
+from facray.training.configs import MultitaskConfig
 
-CONFIG = TrainConfig
+CONFIG = MultitaskConfig
 SPACE = {
     "lr": tune.grid_search([3e-4, 1e-3, 3e-3]),
     "weight_decay": tune.grid_search([1e-5, 1e-4, 1e-3]),

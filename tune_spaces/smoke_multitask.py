@@ -2,9 +2,9 @@
 cores): a tiny model, learning rate x epoch budget."""
 from ray import tune
 
-from facray.training.configs import TrainConfig
+from facray.training.configs import MultitaskConfig
 
-CONFIG = TrainConfig
+CONFIG = MultitaskConfig
 SPACE = {
     "lr": tune.grid_search([3e-3, 1e-2]),
     "epochs": tune.grid_search([1, 2]),

@@ -16,6 +16,7 @@ from facray.data.celeba import labels_matrix, locate_list_files, read_celeba
 from facray.data.errors import DatasetError
 from facray.data.imageio import ImageError, read_image
 from facray.data.mtfl import read_mtfl
+from facray.training.metrics import MIN_CLASS_EXAMPLES, class_counts, one_sided_attributes
 
 
 @dataclass
@@ -111,7 +112,6 @@ def few_examples_warnings(table: pd.DataFrame) -> list[str]:
     """One line per split naming every labelled attribute with fewer than
     :data:`facray.training.metrics.MIN_CLASS_EXAMPLES` positives or negatives there, and one per
     attribute whose training split holds a single class (no model is trained for it)."""
-    from facray.training.metrics import MIN_CLASS_EXAMPLES, class_counts, one_sided_attributes  # lazy: torch
 
     out = []
     for split in ("train", "val", "test"):

@@ -1,7 +1,7 @@
 """Batch operations on ``dict[str, np.ndarray]`` batches: what Ray Data actors and tasks wrap.
 
 Pure numpy/OpenCV, no Ray: each op is tested on plain dicts, and the pipeline modules wrap them in
-``map_batches``. Column names are the constants below.
+``map_batches``. Column names are :mod:`facray.columns`'.
 """
 from __future__ import annotations
 
@@ -9,40 +9,19 @@ import time
 
 import numpy as np
 
+from facray import columns
 from facray.attributes import ATTRIBUTES
 from facray.data.celeba import BBOX_COLUMNS, LANDMARK_COLUMNS
 from facray.data.imageio import ImageError, MAX_PIXELS, decode_image, read_image
-from facray.data.transforms import (ALIGNED_CELEBA_LANDMARKS, ALIGNED_CELEBA_SIZE, FaceBox, FaceDetector,
-                                    OFFLINE_AUGMENTATIONS, attribute_masks, augment_landmarks, augment_offline,
-                                    centre_square, crop_square, face_box_from_bbox, face_box_from_landmarks,
-                                    pencil_sketch, transform_points)
+from facray.data.transforms.augment import OFFLINE_AUGMENTATIONS, augment_landmarks, augment_offline
+from facray.data.transforms.detect import FaceDetector
+from facray.data.transforms.face import (ALIGNED_CELEBA_LANDMARKS, ALIGNED_CELEBA_SIZE, FaceBox, centre_square,
+                                         crop_square, face_box_from_bbox, face_box_from_landmarks,
+                                         transform_points)
+from facray.data.transforms.masks import attribute_masks
+from facray.data.transforms.sketch import pencil_sketch
 
-PATH = "path"
-IMAGE_BYTES = "image_bytes"
-ERROR = "error"
-
-
-# ---- preprocessing ops (decode -> crop -> masks -> augment -> sketch -> encode) -------------------
-
-IMAGE = "image"
-SKETCH = "sketch"
-MASKS = "masks"
-LABELS = "labels"
-LANDMARKS = "landmarks"
-FACE_FOUND = "face_found"
-CROP_METHOD = "crop_method"
-# What the face-finding step saw: faces in the image (-1: not looked for: a landmark/bbox file or
-# a full-image crop), the chosen face's box (x, y top-left, width, height; source pixels) and the
-# detector's confidence in [0, 1] (NaN where there is none: Haar, or no detector).
-N_FACES = "n_faces"
-FACE_BOX = ("face_x", "face_y", "face_w", "face_h")
-FACE_SCORE = "face_score"
-FACE_INDEX = "face_index"  # which face of its image a row is: 0 the largest (faces="all": one row each)
 FACES = ("largest", "all")
-VARIANT = "variant"
-SPLIT = "split"
-IMAGE_ID = "image_id"
-ERROR_KIND = "error_kind"
 CROP_METHODS = ("auto", "landmarks", "bbox", "aligned", "detect", "full")
 CROP_CENTRES = ("face", "nose")
 
@@ -53,9 +32,9 @@ def _column(batch: dict[str, np.ndarray], name: str, default, n: int) -> np.ndar
 
 def pack_labels(batch: dict[str, np.ndarray]) -> np.ndarray:
     """The (N, 40) int8 label matrix from per-attribute columns (-1 where a column is absent)."""
-    n = len(batch[PATH])
-    if LABELS in batch:
-        return np.asarray(batch[LABELS], np.int8).reshape(n, len(ATTRIBUTES))
+    n = len(batch[columns.PATH])
+    if columns.LABELS in batch:
+        return np.asarray(batch[columns.LABELS], np.int8).reshape(n, len(ATTRIBUTES))
     out = np.full((n, len(ATTRIBUTES)), -1, np.int8)
     for j, a in enumerate(ATTRIBUTES):
         if a in batch:
@@ -71,12 +50,12 @@ class ImageDecoder:
         self.max_pixels = max_pixels or MAX_PIXELS
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch[PATH])
+        n = len(batch[columns.PATH])
         images = np.empty(n, dtype=object)
-        errors = np.array([str(e) for e in _column(batch, ERROR, "", n)], dtype=object)
-        kinds = np.array([str(e) for e in _column(batch, ERROR_KIND, "", n)], dtype=object)
-        blobs = batch.get(IMAGE_BYTES)
-        for i, path in enumerate(batch[PATH]):
+        errors = np.array([str(e) for e in _column(batch, columns.ERROR, "", n)], dtype=object)
+        kinds = np.array([str(e) for e in _column(batch, columns.ERROR_KIND, "", n)], dtype=object)
+        blobs = batch.get(columns.IMAGE_BYTES)
+        for i, path in enumerate(batch[columns.PATH]):
             if errors[i]:
                 kinds[i] = kinds[i] or "unreadable"
                 continue
@@ -85,8 +64,8 @@ class ImageDecoder:
                              else read_image(str(path), max_pixels=self.max_pixels))
             except ImageError as e:
                 errors[i], kinds[i] = str(e), e.kind
-        out = {k: v for k, v in batch.items() if k != IMAGE_BYTES}
-        out.update({IMAGE: images, ERROR: errors, ERROR_KIND: kinds})
+        out = {k: v for k, v in batch.items() if k != columns.IMAGE_BYTES}
+        out.update({columns.IMAGE: images, columns.ERROR: errors, columns.ERROR_KIND: kinds})
         return out
 
 
@@ -121,7 +100,7 @@ class FaceCropper:
 
     def _box(self, image, landmarks, bbox):
         """(face box or None, method, the 5 landmarks it implies in source pixels or None, the
-        :class:`facray.data.transforms.Detection` when the detector ran, else None)."""
+        :class:`facray.data.transforms.detect.Detection` when the detector ran, else None)."""
         m = self.method
         if m in ("auto", "landmarks") and np.isfinite(landmarks).all():
             lm = landmarks.reshape(5, 2)
@@ -146,7 +125,7 @@ class FaceCropper:
         return None, "full", None, None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch[PATH])
+        n = len(batch[columns.PATH])
         lms = np.stack([np.asarray(batch[c], np.float64) for c in LANDMARK_COLUMNS], 1) \
             if all(c in batch for c in LANDMARK_COLUMNS) else np.full((n, 10), np.nan)
         bbs = np.stack([np.asarray(batch[c], np.float64) for c in BBOX_COLUMNS], 1) \
@@ -154,7 +133,7 @@ class FaceCropper:
         # One output row per input row; with faces="all", one per face found (an image with none
         # keeps its one row). ``source[r]``: the input row of output row r.
         choices, source, face_index = [], [], []
-        for i, image in enumerate(batch[IMAGE]):
+        for i, image in enumerate(batch[columns.IMAGE]):
             choice = None if image is None else self._box(image, lms[i], None if bbs is None else bbs[i])
             for k, c in enumerate(choice if isinstance(choice, list) else [choice]):
                 choices.append(c)
@@ -171,7 +150,7 @@ class FaceCropper:
         for i, (choice, src) in enumerate(zip(choices, source)):
             if choice is None:
                 continue
-            image = batch[IMAGE][src]
+            image = batch[columns.IMAGE][src]
             box, methods[i], lm, detection = choice
             if detection is not None:
                 n_faces[i], face_box[i], face_score[i] = detection.n_faces, detection.xywh, detection.score
@@ -192,10 +171,10 @@ class FaceCropper:
                 out_lm[i] = transform_points(lm, M).reshape(-1)
         rows = np.asarray(source, np.int64)
         out = {k: _take(v, rows) for k, v in batch.items()
-               if k not in LANDMARK_COLUMNS and k not in BBOX_COLUMNS and k != IMAGE}
-        out.update({IMAGE: crops, FACE_FOUND: found, CROP_METHOD: methods, LANDMARKS: out_lm, N_FACES: n_faces,
-                    FACE_INDEX: np.asarray(face_index, np.int16), FACE_SCORE: face_score,
-                    **{c: face_box[:, j] for j, c in enumerate(FACE_BOX)}})
+               if k not in LANDMARK_COLUMNS and k not in BBOX_COLUMNS and k != columns.IMAGE}
+        out.update({columns.IMAGE: crops, columns.FACE_FOUND: found, columns.CROP_METHOD: methods, columns.LANDMARKS: out_lm, columns.N_FACES: n_faces,
+                    columns.FACE_INDEX: np.asarray(face_index, np.int16), columns.FACE_SCORE: face_score,
+                    **{c: face_box[:, j] for j, c in enumerate(columns.FACE_BOX)}})
         return out
 
 
@@ -215,12 +194,12 @@ class MaskDrawer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         labels = pack_labels(batch)
-        k = self.mask_size / batch[IMAGE].shape[1]  # crop pixels -> mask pixels
+        k = self.mask_size / batch[columns.IMAGE].shape[1]  # crop pixels -> mask pixels
         size = (self.mask_size, self.mask_size)
         masks = np.zeros((len(labels), labels.shape[1], *size), np.uint8)
-        for i, (lm, lab) in enumerate(zip(batch[LANDMARKS], labels)):
+        for i, (lm, lab) in enumerate(zip(batch[columns.LANDMARKS], labels)):
             masks[i] = attribute_masks(lm.reshape(5, 2) * k, lab, size)
-        return {**batch, MASKS: masks}
+        return {**batch, columns.MASKS: masks}
 
 
 def stable_seed(key: str, seed: int) -> int:
@@ -237,16 +216,16 @@ class Augmenter:
         self.count, self.seed, self.splits = count, seed, splits
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch[PATH])
-        ids = batch.get(IMAGE_ID, batch[PATH])
-        has_masks, has_lm = MASKS in batch, LANDMARKS in batch
+        n = len(batch[columns.PATH])
+        ids = batch.get(columns.IMAGE_ID, batch[columns.PATH])
+        has_masks, has_lm = columns.MASKS in batch, columns.LANDMARKS in batch
         rows, images, masks, landmarks, variants = [], [], [], [], []
         for i in range(n):
-            ok = not batch[ERROR][i] if ERROR in batch else True
-            lm = batch[LANDMARKS][i] if has_lm else None
-            if self.count > 1 and ok and str(batch[SPLIT][i]) in self.splits:
-                for name, img, m, H in augment_offline(batch[IMAGE][i], stable_seed(ids[i], self.seed),
-                                                       self.count, batch[MASKS][i] if has_masks else None):
+            ok = not batch[columns.ERROR][i] if columns.ERROR in batch else True
+            lm = batch[columns.LANDMARKS][i] if has_lm else None
+            if self.count > 1 and ok and str(batch[columns.SPLIT][i]) in self.splits:
+                for name, img, m, H in augment_offline(batch[columns.IMAGE][i], stable_seed(ids[i], self.seed),
+                                                       self.count, batch[columns.MASKS][i] if has_masks else None):
                     rows.append(i)
                     images.append(img)
                     masks.append(m)
@@ -254,18 +233,18 @@ class Augmenter:
                     variants.append(name)
             else:
                 rows.append(i)
-                images.append(batch[IMAGE][i])
-                masks.append(batch[MASKS][i] if has_masks else None)
+                images.append(batch[columns.IMAGE][i])
+                masks.append(batch[columns.MASKS][i] if has_masks else None)
                 landmarks.append(lm)
                 variants.append(OFFLINE_AUGMENTATIONS[0])
         index = np.asarray(rows, np.int64)
-        out = {k: v[index] for k, v in batch.items() if k not in (IMAGE, MASKS, LANDMARKS)}
-        out[IMAGE] = np.stack(images) if images else batch[IMAGE][:0]
+        out = {k: v[index] for k, v in batch.items() if k not in (columns.IMAGE, columns.MASKS, columns.LANDMARKS)}
+        out[columns.IMAGE] = np.stack(images) if images else batch[columns.IMAGE][:0]
         if has_masks:
-            out[MASKS] = np.stack(masks) if masks else batch[MASKS][:0]
+            out[columns.MASKS] = np.stack(masks) if masks else batch[columns.MASKS][:0]
         if has_lm:
-            out[LANDMARKS] = np.stack(landmarks).astype(np.float32) if landmarks else batch[LANDMARKS][:0]
-        out[VARIANT] = np.array(variants, dtype=object)
+            out[columns.LANDMARKS] = np.stack(landmarks).astype(np.float32) if landmarks else batch[columns.LANDMARKS][:0]
+        out[columns.VARIANT] = np.array(variants, dtype=object)
         return out
 
 
@@ -277,12 +256,12 @@ class Sketcher:
         self.channels = channels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = batch[IMAGE]
+        images = batch[columns.IMAGE]
         shape = images.shape[:3] + ((3,) if self.channels == 3 else ())
         sketches = np.zeros(shape, np.uint8)
         for i, img in enumerate(images):
             sketches[i] = pencil_sketch(img, channels=self.channels)
-        return {**batch, SKETCH: sketches}
+        return {**batch, columns.SKETCH: sketches}
 
 
 class Chain:
@@ -332,7 +311,7 @@ class InSlices:
         return self.chain.seconds  # the enclosing Chain reads and resets these
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch[PATH])
+        n = len(batch[columns.PATH])
         if n <= self.rows:
             return self.chain(batch)
         parts = [self.chain({k: v[i:i + self.rows] for k, v in batch.items()}) for i in range(0, n, self.rows)]

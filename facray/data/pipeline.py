@@ -9,7 +9,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,11 +22,14 @@ from facray.data.celeba import abm_split, read_celeba
 from facray.data.folder import read_image_folder
 from facray.data.mtfl import read_mtfl
 from facray.data.prepared import CONFIG_FILE, Serializer, read_metadata, write_metadata
-from facray.data.transforms import FaceDetector
+from facray.data.transforms.detect import FaceDetector
 
 
 @dataclass
 class PrepareConfig:
+    # --smoke-test: 40 generated faces (facray.testing), small crops, 3 variants, masks: seconds.
+    SMOKE: ClassVar[dict] = {"dataset": "celeba", "size": 64, "augment": 3, "masks": True}
+
     dataset: Literal["celeba", "mtfl", "folder"] = option("celeba", "celeba | mtfl | folder")
     root: str = option("", "dataset folder (folder: also a glob or .txt list)", path=True)
     out: str = option("prepared", "output folder", path=True)

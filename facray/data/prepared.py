@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from facray import columns
 from facray import storage
 from facray.attributes import ATTRIBUTES
 from facray.data import ops
@@ -59,21 +60,21 @@ class Serializer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         labels = ops.pack_labels(batch)
         out = {k: v for k, v in batch.items()
-               if k not in (ops.IMAGE, ops.SKETCH, ops.MASKS, ops.LABELS, ops.LANDMARKS) and k not in ATTRIBUTES}
+               if k not in (columns.IMAGE, columns.SKETCH, columns.MASKS, columns.LABELS, columns.LANDMARKS) and k not in ATTRIBUTES}
         for k in list(out):
             if out[k].dtype == object:
                 out[k] = np.array([str(v) for v in out[k]], dtype=object)
         for j, a in enumerate(ATTRIBUTES):
             out[a] = labels[:, j]
-        lms = batch.get(ops.LANDMARKS, np.full((len(labels), 10), np.nan, np.float32))
+        lms = batch.get(columns.LANDMARKS, np.full((len(labels), 10), np.nan, np.float32))
         for j, name in enumerate(LANDMARK_FIELDS):
             out[name] = np.asarray(lms[:, j], np.float32)
-        out[ops.IMAGE] = self._encode(batch[ops.IMAGE])
-        if ops.SKETCH in batch:
-            out[ops.SKETCH] = self._encode(batch[ops.SKETCH])
-        if ops.MASKS in batch:
-            m = batch[ops.MASKS]
-            out[ops.MASKS] = np.array([np.packbits(x.reshape(-1)).tobytes() for x in m], dtype=object)
+        out[columns.IMAGE] = self._encode(batch[columns.IMAGE])
+        if columns.SKETCH in batch:
+            out[columns.SKETCH] = self._encode(batch[columns.SKETCH])
+        if columns.MASKS in batch:
+            m = batch[columns.MASKS]
+            out[columns.MASKS] = np.array([np.packbits(x.reshape(-1)).tobytes() for x in m], dtype=object)
         return out
 
 
@@ -141,16 +142,16 @@ def batch_arrays(batch: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarr
     """A batch of prepared rows (as Ray Data yields them) -> ``image``/``sketch``/``labels`` (and
     ``masks``/``landmarks`` when read) arrays."""
     size = meta["size"]
-    out = {ops.LABELS: np.stack([np.asarray(batch[a], np.int8) for a in ATTRIBUTES], 1)}
-    if ops.IMAGE in batch:
-        out[ops.IMAGE] = decode_column(batch[ops.IMAGE], (size, size, 3), meta["image_format"])
-    if ops.SKETCH in batch:
+    out = {columns.LABELS: np.stack([np.asarray(batch[a], np.int8) for a in ATTRIBUTES], 1)}
+    if columns.IMAGE in batch:
+        out[columns.IMAGE] = decode_column(batch[columns.IMAGE], (size, size, 3), meta["image_format"])
+    if columns.SKETCH in batch:
         shape = (size, size) if meta["sketch_channels"] == 1 else (size, size, 3)
-        out[ops.SKETCH] = decode_column(batch[ops.SKETCH], shape, meta["image_format"])
-    if ops.MASKS in batch and meta.get("mask_size"):
-        out[ops.MASKS] = decode_masks(batch[ops.MASKS], len(ATTRIBUTES), meta["mask_size"])
+        out[columns.SKETCH] = decode_column(batch[columns.SKETCH], shape, meta["image_format"])
+    if columns.MASKS in batch and meta.get("mask_size"):
+        out[columns.MASKS] = decode_masks(batch[columns.MASKS], len(ATTRIBUTES), meta["mask_size"])
     if all(c in batch for c in LANDMARK_FIELDS):
-        out[ops.LANDMARKS] = np.stack([np.asarray(batch[c], np.float32) for c in LANDMARK_FIELDS], 1)
+        out[columns.LANDMARKS] = np.stack([np.asarray(batch[c], np.float32) for c in LANDMARK_FIELDS], 1)
     return out
 
 
@@ -181,16 +182,16 @@ def read_prepared(out: str | Path, splits: tuple[str, ...] | None = None,
     # Shards come back in file order; sort so results do not depend on how Ray wrote them.
     table = table.sort_by([("image_id", "ascending"), ("variant", "ascending")])
     result = {c: table[c].to_numpy(zero_copy_only=False) for c in scalar}
-    result[ops.LABELS] = np.stack([table[a].to_numpy() for a in ATTRIBUTES], 1).astype(np.int8) \
+    result[columns.LABELS] = np.stack([table[a].to_numpy() for a in ATTRIBUTES], 1).astype(np.int8) \
         if table.num_rows else np.zeros((0, len(ATTRIBUTES)), np.int8)
-    result[ops.LANDMARKS] = np.stack([table[c].to_numpy() for c in LANDMARK_FIELDS], 1).astype(np.float32) \
+    result[columns.LANDMARKS] = np.stack([table[c].to_numpy() for c in LANDMARK_FIELDS], 1).astype(np.float32) \
         if table.num_rows else np.zeros((0, 10), np.float32)
     size = meta["size"]
     if "image" in columns:
-        result[ops.IMAGE] = decode_column(table["image"].to_pylist(), (size, size, 3), meta["image_format"])
+        result[columns.IMAGE] = decode_column(table["image"].to_pylist(), (size, size, 3), meta["image_format"])
     if "sketch" in columns and "sketch" in table.column_names:
         shape = (size, size) if meta["sketch_channels"] == 1 else (size, size, 3)
-        result[ops.SKETCH] = decode_column(table["sketch"].to_pylist(), shape, meta["image_format"])
+        result[columns.SKETCH] = decode_column(table["sketch"].to_pylist(), shape, meta["image_format"])
     if "masks" in columns and "masks" in table.column_names:
-        result[ops.MASKS] = decode_masks(table["masks"].to_pylist(), len(ATTRIBUTES), meta["mask_size"])
+        result[columns.MASKS] = decode_masks(table["masks"].to_pylist(), len(ATTRIBUTES), meta["mask_size"])
     return result

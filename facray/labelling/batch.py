@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from facray import columns
 from facray.attributes import ATTRIBUTES
 from facray.data import ops
 from facray.predictors.format import Manifest
@@ -44,13 +45,13 @@ def preprocessing_for(manifest: Manifest, crop_method: str = "detect", detector:
 def label_batch(batch: dict[str, np.ndarray], predictor) -> dict[str, np.ndarray]:
     """Probabilities and decisions for a preprocessed batch; error rows keep their error and get
     empty predictions."""
-    n = len(batch[ops.PATH])
-    errors = np.asarray(batch.get(ops.ERROR, np.full(n, "", dtype=object)), dtype=object)
+    n = len(batch[columns.PATH])
+    errors = np.asarray(batch.get(columns.ERROR, np.full(n, "", dtype=object)), dtype=object)
     ok = errors == ""
     probs = np.full((n, len(ATTRIBUTES)), np.nan, np.float32)
     if ok.any():
-        sketches = batch[ops.SKETCH][ok] if ops.SKETCH in batch else None
-        probs[ok] = predictor.predict_proba(batch[ops.IMAGE][ok], sketches)
+        sketches = batch[columns.SKETCH][ok] if columns.SKETCH in batch else None
+        probs[ok] = predictor.predict_proba(batch[columns.IMAGE][ok], sketches)
         # A row with no error always has every probability its model covers (uncovered attributes
         # stay empty): a non-finite one becomes an error, never an empty row with 0 decisions.
         covered = predictor.decide(np.zeros((1, len(ATTRIBUTES)), np.float32))[0] >= 0
@@ -58,17 +59,17 @@ def label_batch(batch: dict[str, np.ndarray], predictor) -> dict[str, np.ndarray
         if broken.any():
             errors = errors.copy()
             errors[broken] = [f"{p}: the model gave non-finite probabilities (broken weights)"
-                              for p in np.asarray(batch[ops.PATH], dtype=object)[broken]]
+                              for p in np.asarray(batch[columns.PATH], dtype=object)[broken]]
             probs[broken] = np.nan
             ok = errors == ""
     decisions = predictor.decide(probs).astype(np.float32)
     decisions[~ok] = np.nan
     decisions[decisions < 0] = np.nan  # attributes the predictor does not cover
-    out = {"path": np.asarray(batch[ops.PATH], dtype=object),
-           "face_found": np.asarray(batch.get(ops.FACE_FOUND, np.zeros(n, bool)), bool),
-           ops.N_FACES: np.asarray(batch.get(ops.N_FACES, np.full(n, -1)), np.int16),
-           ops.FACE_INDEX: np.asarray(batch.get(ops.FACE_INDEX, np.zeros(n)), np.int16),
-           **{c: np.asarray(batch.get(c, np.full(n, np.nan)), np.float32) for c in (*ops.FACE_BOX, ops.FACE_SCORE)},
+    out = {"path": np.asarray(batch[columns.PATH], dtype=object),
+           "face_found": np.asarray(batch.get(columns.FACE_FOUND, np.zeros(n, bool)), bool),
+           columns.N_FACES: np.asarray(batch.get(columns.N_FACES, np.full(n, -1)), np.int16),
+           columns.FACE_INDEX: np.asarray(batch.get(columns.FACE_INDEX, np.zeros(n)), np.int16),
+           **{c: np.asarray(batch.get(c, np.full(n, np.nan)), np.float32) for c in (*columns.FACE_BOX, columns.FACE_SCORE)},
            "error": errors}
     for j, a in enumerate(ATTRIBUTES):
         out[f"{a}_prob"] = probs[:, j]
@@ -83,7 +84,7 @@ def label_batch(batch: dict[str, np.ndarray], predictor) -> dict[str, np.ndarray
 
 def add_stage_seconds(batch: dict[str, np.ndarray], seconds: dict[str, float]) -> dict[str, np.ndarray]:
     """Spread each stage's time for this batch over its rows (summing a column gives the total)."""
-    n = len(batch[ops.PATH])
+    n = len(batch[columns.PATH])
     for stage, secs in seconds.items():
         column = STAGE_PREFIX + stage
         batch[column] = np.asarray(batch.get(column, np.zeros(n)), np.float64) + secs / max(n, 1)
@@ -112,7 +113,7 @@ class BatchLabeller:
 
     def preprocess(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self.chain(batch)
-        out.pop(ops.IMAGE_BYTES, None)
+        out.pop(columns.IMAGE_BYTES, None)
         return add_stage_seconds(out, self.chain.take_seconds())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

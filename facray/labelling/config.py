@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from facray import storage
 from facray.config import option
@@ -13,6 +13,9 @@ from facray.preflight import PreflightError, check_generator_file, check_trackin
 
 @dataclass
 class LabelConfig:
+    # --smoke-test: 8 generated files (2 broken) and an untrained predictor (facray.testing), one actor each.
+    SMOKE: ClassVar[dict] = {"batch_size": 4, "num_actors": 1, "preprocess_actors": 1}
+
     images: str = option("", "folder (recursive), glob, .txt list of paths, or URI", path=True)
     model: str = option("", "predictor folder or MLflow URI (models:/name@alias, runs:/...)", path=True)
     out: str = option("labels.csv", "output file (.csv; .parquet or .txt with --format)", path=True)

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from facray import columns
 from facray import storage
 from facray.attributes import ATTRIBUTES
-from facray.data import ops
 from facray.data.errors import OutputError
 
 PROB_COLUMNS = [f"{a}_prob" for a in ATTRIBUTES]
-FACE_COLUMNS = [ops.FACE_FOUND, ops.N_FACES, ops.FACE_INDEX, *ops.FACE_BOX, ops.FACE_SCORE]
+FACE_COLUMNS = [columns.FACE_FOUND, columns.N_FACES, columns.FACE_INDEX, *columns.FACE_BOX, columns.FACE_SCORE]
 OUTPUT_COLUMNS = ["path", "image_id", *FACE_COLUMNS, "error", *PROB_COLUMNS, *ATTRIBUTES, "model"]
 FORMATS = ("csv", "parquet", "celeba")
 # What decides whether a finished row is reused: the input unchanged (size, mtime), the same
@@ -43,10 +43,10 @@ def output_table(rows: pd.DataFrame) -> pd.DataFrame:
     integers (Parquet keeps them so; a CSV writes empty cells), probabilities and boxes floats."""
     table = rows.reindex(columns=OUTPUT_COLUMNS)
     table[list(ATTRIBUTES)] = table[list(ATTRIBUTES)].astype("float64").round().astype("Int8")
-    table[ops.N_FACES] = table[ops.N_FACES].astype("float64").astype("Int16")
-    table.loc[table[ops.N_FACES] < 0, ops.N_FACES] = pd.NA  # not looked for: unknown
-    table[ops.FACE_INDEX] = table[ops.FACE_INDEX].astype("float64").fillna(0).astype("int16")
-    floats = [*PROB_COLUMNS, *ops.FACE_BOX, ops.FACE_SCORE]
+    table[columns.N_FACES] = table[columns.N_FACES].astype("float64").astype("Int16")
+    table.loc[table[columns.N_FACES] < 0, columns.N_FACES] = pd.NA  # not looked for: unknown
+    table[columns.FACE_INDEX] = table[columns.FACE_INDEX].astype("float64").fillna(0).astype("int16")
+    floats = [*PROB_COLUMNS, *columns.FACE_BOX, columns.FACE_SCORE]
     table[floats] = table[floats].astype("float64")
     table["face_found"] = table["face_found"].fillna(False).astype(bool)
     table["error"] = table["error"].fillna("").astype(str)
@@ -71,7 +71,7 @@ def encode_output(rows: pd.DataFrame, fmt: str) -> tuple[bytes, pd.DataFrame]:
         return buf.getvalue(), table.iloc[:0]
     if fmt != "celeba":
         raise ValueError(f"output format must be one of {FORMATS}, got {fmt!r}")
-    if (table[ops.FACE_INDEX] > 0).any():
+    if (table[columns.FACE_INDEX] > 0).any():
         raise ValueError("a CelebA-style list holds one row per image: --faces all needs --format csv or parquet")
     ok = table["error"] == ""
     covered = [a for a in ATTRIBUTES if table.loc[ok, a].notna().any()] or list(ATTRIBUTES)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from facray.labelling.batch import format_stage_seconds
-from facray.labelling.output import KEY_COLUMNS, OUTPUT_COLUMNS, complete_images
+from facray.labelling.output import KEY_COLUMNS, OUTPUT_COLUMNS, complete_images, output_table
 
 
 def no_rows() -> pd.DataFrame:
@@ -60,6 +60,7 @@ class LabelSummary:
     errors_file: str = ""  # --format celeba: where the rows its list cannot hold went
     rows: int = 0  # rows written: one per input, or (--faces all) one per face
     faces: str = "largest"  # --faces
+    first_rows: pd.DataFrame | None = None  # the output's first rows (output_table's columns), to show
 
     @classmethod
     def of(cls, rows: pd.DataFrame, inputs: pd.DataFrame, reused: np.ndarray, labelled: int, **rest) -> "LabelSummary":
@@ -70,7 +71,7 @@ class LabelSummary:
         return cls(inputs=len(inputs), reused=int(reused.sum()), labelled=labelled,
                    faces_found=int(per_image.face_found.astype(bool).sum()),
                    errors=int((per_image.error.fillna("") != "").sum()), skipped=inputs.attrs.get("skipped_text", ""),
-                   multi_face=int((n_faces > 1).sum()), rows=len(rows), **rest)
+                   multi_face=int((n_faces > 1).sum()), rows=len(rows), first_rows=output_table(rows.head(5)), **rest)
 
     def format(self) -> str:
         return (f"labelled {self.labelled} new image(s), reused {self.reused}, {self.rows or self.inputs} rows "

@@ -23,8 +23,8 @@ import torchvision
 from facray.attributes import ATTRIBUTES
 from facray.models.attparsenet import PAPER_WIDTHS, AttParseNet
 from facray.models.joint import JointAttributeIdentityNet
-from facray.models.mtfl import TCDCN, CascadeCNN
-from facray.models.multitask import AbmTrunk, TorchvisionClassifier, VGGTransfer, vgg_features
+from facray.models.kth import TCDCN, CascadeCNN
+from facray.models.trunks import AbmTrunk, TorchvisionClassifier, VGGTransfer, vgg_features
 
 
 @dataclass(frozen=True)

@@ -17,21 +17,14 @@ from facray.data.prepared import read_metadata
 from facray.runners.ranks import set_up_on_every_rank
 from facray.runners.runtime import quiet_train_worker
 from facray.runners.streaming import stream_batches
+from facray.runners.train import saved_state
 from facray.runs import RunFolder
 from facray.training.binary import FusedBinaryTrainer, TrainerConfig
-from facray.training.configs import TrainBinaryConfig
-from facray.training.jobs import BinaryJob, write_job_output
+from facray.training.configs import BinaryConfig
+from facray.training.binary_jobs import BinaryJob, write_job_output
 from facray.training.progress import with_progress
 from facray.training.run_record import inject_failure_once
 from facray.training.splits import SplitSpec, array_batches, load_split_arrays
-
-
-def trainer_config(cfg: TrainBinaryConfig, prepared_meta: dict, pos_weights: list[float] | None) -> TrainerConfig:
-    return TrainerConfig(batch_size=cfg.batch_size, lr=cfg.lr, dropout=cfg.dropout, patience=cfg.patience,
-                         image_size=cfg.image_size or prepared_meta["size"],
-                         sketch_channels=prepared_meta["sketch_channels"], seed=cfg.seed, stack=cfg.stack,
-                         online_flip=cfg.online_flip,
-                         positive_weights=tuple(pos_weights) if pos_weights is not None else None)
 
 
 def train_jobs_per_worker(config: dict) -> None:
@@ -40,7 +33,7 @@ def train_jobs_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    cfg = TrainBinaryConfig(**config["cfg"])
+    cfg = BinaryConfig(**config["cfg"])
     rank = ray.train.get_context().get_world_rank()
     jobs = [BinaryJob(**j) for j in config["assignments"][rank]]
     total_epochs = config["total_epochs"]
@@ -51,7 +44,7 @@ def train_jobs_per_worker(config: dict) -> None:
 
     def setup():
         meta = read_metadata(cfg.prepared)
-        trainer = FusedBinaryTrainer(jobs, trainer_config(cfg, meta, config.get("positive_weights")), device)
+        trainer = FusedBinaryTrainer(jobs, TrainerConfig.of(cfg, meta, config.get("positive_weights")), device)
         return trainer, _batch_sources(cfg, meta, rank, total_epochs)
 
     ready = set_up_on_every_rank(cfg.out, setup)
@@ -59,14 +52,10 @@ def train_jobs_per_worker(config: dict) -> None:
         return
     trainer, (train_batches, val_batches, test_batches) = ready
     resumed_from = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = Path(d) / f"rank{rank}.pt"
-            if state.is_file():
-                # Tensors, dicts and lists only: a checkpoint on shared storage can never run code.
-                trainer.load_state_dict(torch.load(state, map_location=device, weights_only=True))
-                resumed_from = trainer.epoch
+    state = saved_state(f"rank{rank}.pt", device)
+    if state is not None:
+        trainer.load_state_dict(state)
+        resumed_from = trainer.epoch
 
     for epoch in range(trainer.epoch, total_epochs):
         inject_failure_once(cfg.out, cfg.fail_at_epoch, epoch + 1)
@@ -95,7 +84,7 @@ def train_jobs_per_worker(config: dict) -> None:
             break
 
 
-def _batch_sources(cfg: TrainBinaryConfig, meta: dict, rank: int, epochs: int):
+def _batch_sources(cfg: BinaryConfig, meta: dict, rank: int, epochs: int):
     """(train(epoch), val(), test()) batch iterators: from memory (every worker loads the arrays:
     jobs differ between workers, data not) or from the Ray Data datasets (``--data stream``).
     Rank 0's training batches print progress lines (:func:`facray.training.progress.with_progress`)."""

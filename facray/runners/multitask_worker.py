@@ -20,18 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from facray.attributes import ATTRIBUTES
-from facray.data.prepared import prepared_crop, read_metadata
+from facray.data.prepared import read_metadata
 from facray.models.inputs import to_channels_last
 from facray.models.registry import build_model, model_spec
-from facray.predictors.networks import write_multitask_predictor
 from facray.runners.ranks import set_up_on_every_rank
 from facray.runners.runtime import quiet_train_worker
 from facray.runners.streaming import stream_batches
+from facray.runners.train import saved_state
 from facray.runs import RunFolder
-from facray.training.configs import (REGISTERED_PREFIX, TrainConfig, input_size, trainer_config, uses_identities,
-                                     uses_masks)
-from facray.training.metrics import attribute_metrics, choose_thresholds
-from facray.training.multitask import MultiTaskTrainer
+from facray.training.configs import MultitaskConfig, input_size, uses_identities, uses_masks
+from facray.training.finalize import finalize
+from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig
 from facray.training.progress import with_progress
 from facray.training.run_record import TrainingDiverged, inject_failure_once
 from facray.training.splits import SplitSpec, array_batches, identity_indices, load_split_arrays
@@ -43,7 +42,7 @@ def train_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    cfg = TrainConfig(**config["cfg"])
+    cfg = MultitaskConfig(**config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     quiet_train_worker(config.get("verbose", False))
@@ -64,16 +63,14 @@ def train_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": True} if optional_outputs else None)
     pos_weight = np.asarray(config["positive_weights"], np.float32) if cfg.class_balance else None
-    tcfg = trainer_config(cfg)
+    tcfg = MultiTaskTrainerConfig.of(cfg)
     trained = np.isin(ATTRIBUTES, config["labelled_attributes"])
     trainer = MultiTaskTrainer(model, tcfg, device, pos_weight, trained, model_spec(cfg.model).head)
     resumed_from = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            # Tensors, dicts and lists only: a checkpoint on shared storage can never run code.
-            trainer.load_state_dict(torch.load(Path(d) / "trainer.pt", map_location=device, weights_only=True))
-            resumed_from = trainer.epoch
+    state = saved_state("trainer.pt", device)
+    if state is not None:
+        trainer.load_state_dict(state)
+        resumed_from = trainer.epoch
 
     while trainer.epoch < cfg.epochs and not trainer.stopped:
         inject_failure_once(cfg.out, cfg.fail_at_epoch, trainer.epoch + 1)
@@ -99,12 +96,12 @@ def train_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             torch.save(trainer.state_dict(), Path(d) / "trainer.pt")
             if last:
-                write_final_outputs(RunFolder(d), trainer, val_batches(), test_batches(), config["labelled_attributes"],
-                                    cfg, config["model_kwargs"], meta, config["settings_hash"], resumed_from)
+                finalize(RunFolder(d), trainer, val_batches(), test_batches(), config["labelled_attributes"],
+                         cfg, config["model_kwargs"], meta, config["settings_hash"], resumed_from)
             ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def _setup(cfg: TrainConfig, config: dict, rank: int, world: int):
+def _setup(cfg: MultitaskConfig, config: dict, rank: int, world: int):
     """The model (on the CPU, not yet wrapped for DDP), the prepared data's metadata and the batch
     sources: everything a missing file or a bad setting breaks."""
     model = build_model(cfg.model, input_size(cfg), pretrained=cfg.pretrained, weights_file=cfg.weights,
@@ -113,7 +110,7 @@ def _setup(cfg: TrainConfig, config: dict, rank: int, world: int):
     return model, meta, _batch_sources(cfg, meta, rank, world, np.asarray(config["identities"]))
 
 
-def _batch_sources(cfg: TrainConfig, meta: dict, rank: int, world: int, identities: np.ndarray):
+def _batch_sources(cfg: MultitaskConfig, meta: dict, rank: int, world: int, identities: np.ndarray):
     """(train(epoch), val(), test()) batch iterators: from memory (each worker loads the arrays and
     takes its equal share of every epoch) or from Ray Data shards (``--data stream``; the train
     dataset is split equally between workers by Ray Train). ``identities``: an identity model's
@@ -138,41 +135,3 @@ def _batch_sources(cfg: TrainConfig, meta: dict, rank: int, world: int, identiti
     return (lambda e: progress(array_batches(data["train"], cfg.batch_size, True, cfg.seed, e, rank, world), e, total),
             lambda: array_batches(data["val"], 256),
             lambda: array_batches(data["test"], 256))
-
-
-def write_final_outputs(run: RunFolder, trainer, val_batches, test_batches, labelled_attributes: list[str],
-                        cfg: TrainConfig, model_kwargs: dict, meta: dict, digest: str, resumed_from: int) -> None:
-    """Best weights, thresholds on validation, test metrics, the predictor (rank 0, last epoch)."""
-
-    trainer.restore_best()
-    val = trainer.evaluate(val_batches)
-    thresholds = choose_thresholds(val["probs"], val["labels"])
-    test = trainer.evaluate(test_batches, thresholds)
-    half = attribute_metrics(test["probs"], test["labels"], 0.5)
-    val_tuned = attribute_metrics(val["probs"], val["labels"], thresholds)
-    trained = [ATTRIBUTES.index(a) for a in labelled_attributes]
-    per_attr = []
-    for j in trained:
-        m = {k: v[j].item() for k, v in test["metrics"].items()}
-        per_attr.append({"attribute": ATTRIBUTES[j], "threshold": float(thresholds[j]),
-                         "val_accuracy": float(val_tuned["accuracy"][j]), "test_accuracy": m["accuracy"],
-                         "test_accuracy_at_0.5": float(half["accuracy"][j]),
-                         "test_balanced_accuracy": m["balanced_accuracy"], "test_precision": m["precision"],
-                         "test_recall": m["recall"], "test_f1": m["f1"],
-                         "confusion": [[m["tn"], m["fp"]], [m["fn"], m["tp"]]], "test_count": m["count"]})
-    state = {k: v.detach().cpu() for k, v in trainer.module.state_dict().items()}
-    choices = [{k: r[k] for k in ("attribute", "threshold", "val_accuracy", "test_accuracy")} for r in per_attr]
-    write_multitask_predictor(run.model_dir, cfg.model, model_kwargs, state,
-                              prepared_crop(meta), trainer.cfg.image_size,
-                              choices, extra={"name": f"{REGISTERED_PREFIX}{cfg.model}:{digest[:8]}",
-                                              "settings_hash": digest})
-    record = {"model": cfg.model, "settings_hash": digest, "status": "finished", "best_epoch": trainer.best_epoch,
-              "epochs_run": trainer.epoch, "stopped_early": trainer.stopped, "resumed_from_epoch": resumed_from,
-              "history": trainer.history, "attributes": per_attr,
-              "mean_test_accuracy": float(np.mean([r["test_accuracy"] for r in per_attr])),
-              "mean_test_accuracy_at_0.5": float(np.mean([r["test_accuracy_at_0.5"] for r in per_attr]))}
-    if "identity" in test:  # closed-set identification of the test photos among the training identities
-        record["identity"] = {"test_top1": test["identity"]["top1"], "test_top5": test["identity"]["top5"],
-                              "test_cmc": test["identity"]["cmc"], "test_count": test["identity"]["count"],
-                              "classes": model_kwargs["num_identities"]}
-    run.write_metrics(record)

@@ -93,8 +93,8 @@ def run_sweep(cfg: SweepConfig, overrides: dict | None = None) -> dict:
                 "base": config_to_dict(base), "num_samples": cfg.num_samples, "scheduler": cfg.scheduler}
     sweep.claim(settings, settings_hash(settings), cfg.overwrite)
     uri = setup_mlflow(cfg.tracking_uri, sweep, cfg.experiment)
-    parent = sweep.parent_run_id() or _open_parent(uri, cfg.experiment, f"sweep-{space.name}", settings)
-    sweep.set_parent_run_id(parent)
+    parent = sweep.mlflow_run_id() or _open_parent(uri, cfg.experiment, f"sweep-{space.name}", settings)
+    sweep.set_mlflow_run_id(parent)
     init_ray()
     experiment = sweep.tune_dir / SWEEP_EXPERIMENT
     context = {"trainer": space.trainer, "config_class": space.config_class, "base": config_to_dict(base),

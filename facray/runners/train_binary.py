@@ -26,25 +26,18 @@ import pandas as pd
 from facray.config import absolute_paths, config_to_dict
 from facray.data.prepared import read_metadata
 from facray.runners.binary_worker import train_jobs_per_worker
-from facray.runners.runtime import fit_in_thread, init_ray, train_logging_config, verbose
+from facray.runners.runtime import fit_in_thread, init_ray, verbose
 from facray.runners.streaming import split_datasets
+from facray.runners.train import fit_on_ray
 from facray.runs import RunFolder
 from facray.tracking import check_training_run, log_binary_jobs
-from facray.training.configs import TrainBinaryConfig
-from facray.training.jobs import BinaryJob, make_jobs
+from facray.training.configs import CHECKPOINT_NEUTRAL_KEYS, BinaryConfig
+from facray.training.binary_jobs import BinaryJob, make_jobs
 from facray.training.metrics import positive_weights, trainable_attributes
-from facray.training.run_record import TrainingDiverged, TrainingFailed, claim_run
+from facray.training.run_record import TrainingDiverged, claim_run
 from facray.training.splits import SplitSpec, check_splits, train_labels
 
-def _scaling(cfg: TrainBinaryConfig, num_workers: int):
-    from ray.train import ScalingConfig
-    resources = {"CPU": cfg.cpus_per_worker}
-    if cfg.gpus_per_worker:
-        resources["GPU"] = cfg.gpus_per_worker
-    return ScalingConfig(num_workers=num_workers, use_gpu=cfg.gpus_per_worker > 0, resources_per_worker=resources)
-
-
-def _datasets(cfg: TrainBinaryConfig):
+def _datasets(cfg: BinaryConfig):
     """Ray Datasets for stream mode (every worker gets the whole dataset: jobs differ, data not)."""
     if cfg.data != "stream":
         return None, None
@@ -53,33 +46,15 @@ def _datasets(cfg: TrainBinaryConfig):
     return split_datasets(SplitSpec.of(cfg), columns), DataConfig(datasets_to_split=[])
 
 
-def _run_trainer(cfg: TrainBinaryConfig, shared: dict, assignments: list[list[dict]], name: str, callbacks=None):
+def _run_trainer(cfg: BinaryConfig, shared: dict, assignments: list[list[dict]], name: str, callbacks=None):
     """One Ray Train run of ``assignments`` (a job list per worker); ``shared``: what
     :func:`train_binary_models` computed once for every run (settings hash, class-balance weights)."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     total_epochs = max((j["max_epochs"] for a in assignments for j in a), default=0)
     datasets, data_config = _datasets(cfg)
-    kwargs = {"datasets": datasets, "dataset_config": data_config} if datasets else {}
-    trainer = TorchTrainer(
-        train_jobs_per_worker,
-        train_loop_config={"cfg": config_to_dict(cfg), "assignments": assignments, "total_epochs": total_epochs,
-                           "verbose": verbose(), **shared},
-        scaling_config=_scaling(cfg, len(assignments)),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=str(RunFolder(cfg.out).ray_results_dir),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks or [], logging_config=train_logging_config()),
-        **kwargs)
-    run = RunFolder(cfg.out)
-    run.clear_failure(name)
-    result = fit_in_thread(trainer)
-    failure = run.failure(name)
-    if failure:  # a deterministic failure the workers reported (not retried)
-        raise TrainingFailed(failure)
-    return result
+    loop_config = {"cfg": config_to_dict(cfg), "assignments": assignments, "total_epochs": total_epochs,
+                   "verbose": verbose(), **shared}
+    return fit_on_ray(train_jobs_per_worker, loop_config, cfg, name, len(assignments), tuple(callbacks or ()),
+                      datasets, data_config)
 
 
 def _collect(result_checkpoint, out: str) -> list[str]:
@@ -91,7 +66,7 @@ def _collect(result_checkpoint, out: str) -> list[str]:
 def _separate_trial(config: dict) -> None:
     """A Tune trial: one Ray Train run for one job; metrics flow to Tune through the callback."""
     from ray.tune.integration.ray_train import TuneReportCallback
-    cfg = TrainBinaryConfig(**config["cfg"])
+    cfg = BinaryConfig(**config["cfg"])
     job = config["job"]
     result = _run_trainer(cfg, config["shared"], [[job]], run_name(f"job-{job['attribute']}__{job['modality']}", cfg,
                                                  [BinaryJob(**job)]),
@@ -99,16 +74,15 @@ def _separate_trial(config: dict) -> None:
     _collect(result.checkpoint, cfg.out)
 
 
-def run_name(prefix: str, cfg: TrainBinaryConfig, jobs: list[BinaryJob]) -> str:
+def run_name(prefix: str, cfg: BinaryConfig, jobs: list[BinaryJob]) -> str:
     """A name fixed by the jobs and the training config: re-running an interrupted command finds
     the same Ray Train run folder and resumes from its latest checkpoint (Train V2 restores it)."""
-    settings = {k: v for k, v in config_to_dict(cfg).items()
-                if k not in ("out", "tracking_uri", "experiment", "fail_at_epoch", "max_failures")}
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in CHECKPOINT_NEUTRAL_KEYS}
     text = json.dumps([settings, sorted(j.key for j in jobs)], sort_keys=True, default=str)
     return f"{prefix}-{zlib.crc32(text.encode()):08x}"
 
 
-def run_fused(cfg: TrainBinaryConfig, shared: dict, jobs: list[BinaryJob], callbacks: tuple = ()) -> None:
+def run_fused(cfg: BinaryConfig, shared: dict, jobs: list[BinaryJob], callbacks: tuple = ()) -> None:
     n = max(1, min(cfg.num_workers, len(jobs)))
     # Round-robin keeps each worker's mix of real/sketch and long/short jobs alike.
     assignments = [[asdict(j) for j in jobs[r::n]] for r in range(n)]
@@ -116,7 +90,7 @@ def run_fused(cfg: TrainBinaryConfig, shared: dict, jobs: list[BinaryJob], callb
     _collect(result.checkpoint, cfg.out)
 
 
-def run_separate(cfg: TrainBinaryConfig, shared: dict, jobs: list[BinaryJob]) -> None:
+def run_separate(cfg: BinaryConfig, shared: dict, jobs: list[BinaryJob]) -> None:
     from ray import tune
 
     tuner = tune.Tuner(
@@ -132,7 +106,7 @@ def run_separate(cfg: TrainBinaryConfig, shared: dict, jobs: list[BinaryJob]) ->
         raise RuntimeError(f"{len(errors)} separate job(s) failed: {errors[:3]}")
 
 
-def train_binary_models(cfg: TrainBinaryConfig, callbacks: tuple = (), parent_run_id: str | None = None
+def train_binary_models(cfg: BinaryConfig, callbacks: tuple = (), parent_run_id: str | None = None
                         ) -> pd.DataFrame:
     """Run the jobs not already finished under ``cfg.out``; log them; return the per-job table.
     ``callbacks`` (fused mode): more Ray Train callbacks (a sweep trial passes Tune's);
@@ -170,7 +144,7 @@ def train_binary_models(cfg: TrainBinaryConfig, callbacks: tuple = (), parent_ru
             run_separate(cfg, shared, todo)
     parent = log_binary_jobs(cfg.tracking_uri, run, cfg.experiment, f"train-binary-{cfg.mode}",
                              config_to_dict(cfg), [j.key for j in jobs], digest, parent_run_id)
-    run.set_parent_run_id(parent)
+    run.set_mlflow_run_id(parent)
     diverged = run.diverged_jobs([j.key for j in jobs])
     if diverged:  # the others are kept (and combine uses them); the command still fails
         raise TrainingDiverged(f"{len(diverged)} of {len(jobs)} job(s) diverged, no weights kept for them "

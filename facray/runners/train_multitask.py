@@ -15,37 +15,35 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import ray.train
+
 from facray.attributes import ATTRIBUTES, resolve_attributes
 from facray.config import absolute_paths, config_to_dict
 from facray.data.prepared import read_metadata
 from facray.runners.multitask_worker import train_per_worker
-from facray.runners.runtime import fit_in_thread, init_ray, train_logging_config, verbose
+from facray.runners.runtime import init_ray, verbose
 from facray.runners.streaming import split_datasets
+from facray.runners.train import fit_on_ray
 from facray.runs import RunFolder
 from facray.tracking import check_training_run, finish_training_run, log_epoch, start_training_run
-from facray.training.configs import REGISTERED_PREFIX, TrainConfig, input_size, uses_identities, uses_masks
+from facray.training.configs import REGISTERED_PREFIX, MultitaskConfig, input_size, uses_identities, uses_masks
 from facray.training.metrics import positive_weights, trainable_attributes
-from facray.training.run_record import TrainingFailed, claim_run
+from facray.training.run_record import claim_run
 from facray.training.splits import SplitSpec, check_splits, train_identities, train_labels
 
 
-def _callback_class():
-    import ray.train
+class EpochMetricsToMlflow(ray.train.UserCallback):
+    """Runs in the Train controller: logs rank 0's epoch metrics to the run the driver opened,
+    as they arrive (the controller is the only writer while training runs)."""
 
-    class EpochMetricsToMlflow(ray.train.UserCallback):
-        """Runs in the Train controller: logs rank 0's epoch metrics to the run the driver opened,
-        as they arrive (the controller is the only writer while training runs)."""
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri, self.run_id = tracking_uri, run_id
 
-        def __init__(self, tracking_uri: str, run_id: str):
-            self.tracking_uri, self.run_id = tracking_uri, run_id
-
-        def after_report(self, run_context, metrics, checkpoint):
-            log_epoch(self.tracking_uri, self.run_id, metrics[0])
-
-    return EpochMetricsToMlflow
+    def after_report(self, run_context, metrics, checkpoint):
+        log_epoch(self.tracking_uri, self.run_id, metrics[0])
 
 
-def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str | None = None,
+def train_multitask(cfg: MultitaskConfig, callbacks: tuple = (), parent_run_id: str | None = None,
                     register: bool = True) -> dict:
     """Train ``cfg.model`` into ``cfg.out`` (or find it already trained with these settings);
     register it in MLflow. Returns the run's metrics record.
@@ -53,9 +51,6 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
     ``callbacks``: more Ray Train callbacks (a sweep trial passes Tune's); ``parent_run_id``: the
     MLflow run this one is a child of (a sweep's); ``register``: register the model (a sweep
     registers only its best trial's)."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     cfg = absolute_paths(cfg)
     input_size(cfg)  # an unknown model fails here, before Ray starts, with the known names
     if cfg.weights and not Path(cfg.weights).is_file():
@@ -91,31 +86,17 @@ def train_multitask(cfg: TrainConfig, callbacks: tuple = (), parent_run_id: str 
     init_ray()
     tracking_uri, run_id = start_training_run(cfg.tracking_uri, run, cfg.experiment, f"train-{cfg.model}",
                                               config_to_dict(cfg), parent_run_id)
-    run.set_parent_run_id(run_id)  # evaluate logs under it
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
+    run.set_mlflow_run_id(run_id)  # evaluate logs under it
     model_kwargs = {**cfg.model_kwargs(), **({"num_identities": len(identities)} if identities else {})}
     loop_config = {"cfg": asdict(cfg), "verbose": verbose(), "settings_hash": digest, "model_kwargs": model_kwargs, "identities": identities, "positive_weights": positive_weights(labels, cfg.max_pos_weight).tolist(),
                    "labelled_attributes": trainable}
-    stream = {}
+    datasets = data_config = None
     if cfg.data == "stream":
         columns = ("image", "masks") if uses_masks(cfg) else ("image",)
-        stream = {"datasets": split_datasets(SplitSpec.of(cfg), columns),
-                  "dataset_config": ray.train.DataConfig(datasets_to_split=["train"])}
-    trainer = TorchTrainer(
-        train_per_worker, train_loop_config=loop_config, **stream,
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.gpus_per_worker > 0,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=f"multitask-{digest[:12]}", storage_path=str(run.ray_results_dir),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[_callback_class()(tracking_uri, run_id), *callbacks], logging_config=train_logging_config()))
-    name = f"multitask-{digest[:12]}"
-    run.clear_failure(name)
-    result = fit_in_thread(trainer)
-    failure = run.failure(name)
-    if failure:  # a deterministic failure the workers reported (not retried): nothing is kept
-        raise TrainingFailed(failure)
+        datasets = split_datasets(SplitSpec.of(cfg), columns)
+        data_config = ray.train.DataConfig(datasets_to_split=["train"])
+    result = fit_on_ray(train_per_worker, loop_config, cfg, f"multitask-{digest[:12]}", cfg.num_workers,
+                        (EpochMetricsToMlflow(tracking_uri, run_id), *callbacks), datasets, data_config)
     with result.checkpoint.as_directory() as d:
         record = run.take_model_from(RunFolder(d))
     record["registered"] = finish_training_run(tracking_uri, run_id, run, record,

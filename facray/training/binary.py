@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from facray.attributes import ATTRIBUTE_INDEX, MODALITIES
 from facray.models.abm import build_stack, default_stack_kind, make_generators
 from facray.models.inputs import to_input
-from facray.training.jobs import BinaryJob, JobState, job_seed
+from facray.training.configs import BinaryConfig
+from facray.training.binary_jobs import BinaryJob, JobState, job_seed
 from facray.training.metrics import PassStats
 from facray.training.run_record import divergence
 from facray.training.stack_optim import adam_step_per_model_lr, select_with_adam_state
@@ -34,21 +35,32 @@ from facray.training.stack_optim import adam_step_per_model_lr, select_with_adam
 
 @dataclass
 class TrainerConfig:
-    """Hyperparameters of the binary jobs (ABM-CNN's values as defaults)."""
-    batch_size: int = 32
-    lr: float = 1e-3
-    dropout: float = 0.5
-    patience: int = 3
-    image_size: int = 180  # model input; prepared crops of another size are resized on the fly
+    """Hyperparameters of the binary jobs. The defaults are ``facray train-binary``'s
+    (:class:`~facray.training.configs.BinaryConfig`, ABM-CNN's values), declared there once;
+    :meth:`of` fills the rest from a run's config and its prepared data."""
+    batch_size: int = BinaryConfig.batch_size
+    lr: float = BinaryConfig.lr
+    dropout: float = BinaryConfig.dropout
+    patience: int = BinaryConfig.patience
+    image_size: int = 180  # model input, pixels; prepared crops of another size are resized on the fly
     sketch_channels: int = 1
-    seed: int = 0
-    stack: str = "auto"  # auto | loop | grouped
+    seed: int = BinaryConfig.seed
+    stack: str = BinaryConfig.stack  # auto | loop | grouped
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    online_flip: bool = False  # random horizontal flips at train time (cheap online augmentation)
+    online_flip: bool = BinaryConfig.online_flip  # random horizontal flips at train time
     # Class balance: per attribute (official order) the weight of positive samples in the training
     # loss, e.g. negatives/positives capped (facray.training.metrics.positive_weights); None = off.
     # Validation loss stays unweighted, so early stopping compares like with like.
     positive_weights: tuple[float, ...] | None = None
+
+    @classmethod
+    def of(cls, cfg: BinaryConfig, prepared_meta: dict, positive_weights: list[float] | None) -> "TrainerConfig":
+        """A run's trainer settings: ``cfg``'s, the input side (``cfg.image_size``, else the
+        prepared crop's) and sketch channels from the prepared data's metadata."""
+        return cls(batch_size=cfg.batch_size, lr=cfg.lr, dropout=cfg.dropout, patience=cfg.patience,
+                   image_size=cfg.image_size or prepared_meta["size"], sketch_channels=prepared_meta["sketch_channels"],
+                   seed=cfg.seed, stack=cfg.stack, online_flip=cfg.online_flip,
+                   positive_weights=tuple(positive_weights) if positive_weights is not None else None)
 
 
 class FusedBinaryTrainer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pandas as pd
 import torch
@@ -30,6 +30,9 @@ REGISTERED_NAME = "facray-abm-combined"
 
 @dataclass
 class CombineConfig:
+    # --smoke-test: a one-epoch smoke train-binary run first (facray.testing), then combine it.
+    SMOKE: ClassVar[dict] = {}
+
     run: str = option("runs/abm", "the train-binary output folder", path=True)
     out: str = option("", "predictor folder (default <run>/combined)", path=True)
     prepared: str | None = option(None, "the prepared data the run trained on, if it moved (default: as "
@@ -139,7 +142,7 @@ def register_combined(dest: Path, cfg: CombineConfig, run: RunFolder) -> str:
     import mlflow
 
     setup_mlflow(cfg.tracking_uri, run, cfg.experiment)
-    parent = run.parent_run_id()
+    parent = run.mlflow_run_id()
     tags = {"mlflow.parentRunId": parent} if parent else {}
     with mlflow.start_run(run_name="combine", tags=tags):
         mlflow.log_artifact(str(dest / "choices.csv"))

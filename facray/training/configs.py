@@ -4,8 +4,9 @@ workers from the dict the driver sends them. Pure Python.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from facray.attributes import MODALITIES
 from facray.config import option
@@ -14,16 +15,45 @@ from facray.config import option
 REGISTERED_PREFIX = "facray-"
 
 
+# Keys that change how a run is executed or logged, not the weights it produces: left out of
+# ``run.json``'s settings and hash (:func:`facray.training.run_record.run_settings`), so moving a
+# run to more workers or another MLflow store resumes it.
+NON_WEIGHT_KEYS = frozenset({
+    "out", "tracking_uri", "experiment", "fail_at_epoch", "max_failures", "num_workers",
+    "cpus_per_worker", "gpus_per_worker", "max_concurrent", "torch_threads", "mode", "data", "stack",
+    "overwrite",
+})
+# Of those, the ones that leave a Ray Train run's checkpoints usable as well: the others (workers,
+# mode, data path) change what each worker holds, so a binary run's Ray Train name includes them.
+CHECKPOINT_NEUTRAL_KEYS = frozenset({"out", "tracking_uri", "experiment", "fail_at_epoch", "max_failures"})
+assert CHECKPOINT_NEUTRAL_KEYS <= NON_WEIGHT_KEYS
+
+
 @dataclass
-class RunOptions:
-    """Config fields every training command shares (``train-binary``, ``train``): which prepared
-    rows train, validate and test, and how a run is executed, resumed and tracked. Subclasses add
-    their own fields (and their own ``experiment`` default)."""
+class TrainCommon:
+    """Config fields every training command shares (``train-binary``, ``train``), each declared
+    once: the data, the training budget, the split, and how a run is executed, resumed and
+    tracked. :class:`BinaryConfig` and :class:`MultitaskConfig` add their own fields, and declare
+    the few whose defaults differ by design (``out``, ``experiment``, ``batch_size``: the ABM
+    paper's 32 against 64 for one network; ``online_flip``; the meaning of ``image_size`` 0)."""
+    prepared: str = option("prepared", "folder or URI written by `facray prepare`", path=True)
+    attributes: str = option("all", "attributes to train: comma list, or all / identity / abm / rendered")
+    epochs: int = option(20, "epoch budget (per job for train-binary; ABM paper: 15 or 20)")
+    lr: float = option(1e-3, "learning rate (Adam for the binary jobs, AdamW for one network)")
+    patience: int = option(3, "early stopping patience on validation loss")
+    seed: int = option(0, "seed of weights, shuffling, dropout and flips")
+    class_balance: bool = option(False, "weight positives by negatives/positives per attribute (rare attributes)")
+    max_pos_weight: float = option(10.0, "cap of the class-balance weight")
     train_split: str = option("train", "split to train on")
     val_split: str = option("val", "split for early stopping and thresholds, or 'holdout'")
     test_split: str = option("test", "split for the final metrics")
     holdout: float = option(0.1, "with val_split=holdout: fraction of train images (all their variants) "
                                  "held out for validation")
+    data: Literal["memory", "stream"] = option("memory", "memory (each worker loads the prepared arrays) | "
+                                                         "stream (Ray Data feeds the workers)")
+    num_workers: int = option(1, "Ray Train workers (train-binary: jobs spread over them; train: DDP)")
+    gpus_per_worker: float = option(0.0, "GPUs per worker (fractions allowed)")
+    cpus_per_worker: float = option(1.0, "CPUs per worker (use < 1 on small machines)")
     torch_threads: int = option(0, "torch CPU threads per worker (0 = default)")
     max_failures: int = option(3, "worker failures tolerated (resume from checkpoint)")
     fail_at_epoch: int = option(0, "testing: raise once at the start of this epoch")
@@ -32,39 +62,33 @@ class RunOptions:
 
 
 @dataclass
-class TrainBinaryConfig(RunOptions):
-    prepared: str = option("prepared", "folder written by `facray prepare`", path=True)
+class BinaryConfig(TrainCommon):
+    """``facray train-binary``: ABM-CNN's binary jobs, one per attribute x modality."""
+    # --smoke-test: 2 attributes x 2 modalities at 32 px on 60 generated faces (facray.testing).
+    SMOKE: ClassVar[dict] = {"attributes": "Eyeglasses,Smiling", "epochs": 2, "image_size": 32, "batch_size": 16,
+                             "cpus_per_worker": 0.5}
     out: str = option("runs/abm", "output folder (jobs, checkpoints, MLflow store)", path=True)
-    attributes: str = option("all", "comma list, or all / identity / abm / rendered")
     modalities: tuple[str, ...] = option(MODALITIES, "real,sketch")
-    epochs: int = option(20, "epoch budget per job (paper: 15 or 20)")
     paper_epochs: bool = option(False, "use Table 1's per-attribute epochs where reported")
     batch_size: int = option(32, "images per step (paper: 32)")
-    lr: float = option(1e-3, "Adam learning rate")
     lrs: tuple[float, ...] = option((), "in-stack lr sweep: every job once per learning rate in the same data "
                                         "pass (e.g. 1e-3,1e-4,1e-5); combine keeps each attribute's best")
     image_size: int = option(0, "model input side; 0 = the prepared crop size")
     dropout: float = option(0.5, "dropout before the dense layers")
-    patience: int = option(3, "early stopping patience on validation loss")
-    seed: int = option(0, "seed of weights, shuffling and dropout")
     mode: Literal["fused", "separate"] = option("fused", "fused | separate")
-    num_workers: int = option(1, "Ray Train workers (fused: jobs spread over them)")
-    gpus_per_worker: float = option(0.0, "GPUs per worker (fractions allowed)")
-    cpus_per_worker: float = option(1.0, "CPUs per worker (use < 1 on small machines)")
     max_concurrent: int = option(2, "separate mode: runs at once")
     stack: Literal["auto", "grouped", "loop"] = option("auto", "auto (grouped on GPU, loop on CPU) | grouped | loop")
-    data: Literal["memory", "stream"] = option("memory", "memory (each worker loads the prepared shards) | "
-                                                       "stream (Ray Data feeds the workers)")
     online_flip: bool = option(False, "random horizontal flips while training")
-    class_balance: bool = option(False, "weight positives by negatives/positives per attribute (rare attributes)")
-    max_pos_weight: float = option(10.0, "cap of the class-balance weight")
     experiment: str = option("facray-abm", "MLflow experiment")
 
 
 @dataclass
-class TrainConfig(RunOptions):
+class MultitaskConfig(TrainCommon):
+    """``facray train``: one multi-task network with an output per attribute."""
+    # --smoke-test: the tiny trunk at 32 px on 60 generated faces (facray.testing).
+    SMOKE: ClassVar[dict] = {"model": "abm-trunk-tiny", "epochs": 2, "batch_size": 16, "image_size": 32,
+                             "cpus_per_worker": 0.5}
     model: str = option("abm-trunk", "registered model (facray train --list-models)")
-    prepared: str = option("prepared", "folder or URI written by `facray prepare`", path=True)
     out: str = option("runs/multitask", "run folder (model, checkpoints, report, MLflow store)", path=True)
     image_size: int = option(0, "model input side; 0 = the model's default")
     pretrained: str | None = option(None, "torchvision weights name (DEFAULT, IMAGENET1K_V1; downloads once)")
@@ -77,8 +101,6 @@ class TrainConfig(RunOptions):
                                        "epochs (KTH: 0.1)")
     bbox_head: bool = option(False, "vgg19-transfer: bbox regression head (MSE)")
     landmark_head: bool = option(False, "vgg19-transfer: landmark regression head (MSE)")
-    attributes: str = option("all", "attributes to train: comma list, or all / identity / abm / rendered "
-                                    "(the others are left out of the loss and predicted as unknown)")
     mask_weight: float = option(1.0, "models with localisation maps (attparsenet): weight of the mask MSE; "
                                      "0 = the same network without segmentation")
     segmentation_epochs: int = option(0, "attparsenet: first epochs on the mask loss alone (paper: 10)")
@@ -87,24 +109,13 @@ class TrainConfig(RunOptions):
     attribute_weight: float = option(1.0, "weight of the attribute BCE; 0 with joint-attr-id = identity alone")
     fusion: Literal["identity", "all"] = option("identity", "joint-attr-id: attributes fused with the pooled "
                                                             "features (the paper's 10 identity ones, or all 40)")
-    epochs: int = option(20, "epoch budget")
     batch_size: int = option(64, "images per step per worker")
-    lr: float = option(1e-3, "AdamW learning rate")
     weight_decay: float = option(1e-4, "AdamW weight decay")
     lr_schedule: Literal["constant", "cosine"] = option("cosine", "learning rate over the epoch budget")
-    patience: int = option(3, "early stopping patience on validation loss")
-    class_balance: bool = option(False, "weight positives by negatives/positives per attribute (rare attributes)")
-    max_pos_weight: float = option(10.0, "cap of the class-balance weight")
     online_flip: bool = option(True, "random horizontal flips while training")
     jitter_shift: float = option(0.0, "online jitter: largest shift, as a fraction of the side (e.g. 0.06)")
     jitter_scale: float = option(0.0, "online jitter: zoom drawn from [1 - s, 1 + s] (e.g. 0.1)")
     jitter_rotate: float = option(0.0, "online jitter: largest rotation, degrees (e.g. 10)")
-    seed: int = option(0, "seed of weights, shuffling and flips")
-    data: Literal["memory", "stream"] = option("memory", "memory (each worker loads the prepared arrays) | "
-                                                         "stream (Ray Data feeds the workers)")
-    num_workers: int = option(1, "Ray Train workers (DDP)")
-    gpus_per_worker: float = option(0.0, "GPUs per worker")
-    cpus_per_worker: float = option(1.0, "CPUs per worker (use < 1 on small machines)")
     experiment: str = option("facray-multitask", "MLflow experiment")
 
     def model_kwargs(self) -> dict:
@@ -120,33 +131,20 @@ class TrainConfig(RunOptions):
         return {}
 
 
-def trainer_config(cfg: TrainConfig):
-    """The pure trainer's settings (:class:`facray.training.multitask.MultiTaskTrainerConfig`) for a
-    ``facray train`` config: what every worker runs, and what a run without Ray (bench/) runs."""
-    from facray.training.augment import Jitter  # lazy: torch; `facray train --help` builds flags from this module
-    from facray.training.multitask import MultiTaskTrainerConfig  # lazy: torch, as above
-    return MultiTaskTrainerConfig(
-        lr=cfg.lr, weight_decay=cfg.weight_decay, image_size=input_size(cfg), patience=cfg.patience,
-        online_flip=cfg.online_flip, jitter=Jitter(cfg.jitter_shift, cfg.jitter_scale, cfg.jitter_rotate),
-        seed=cfg.seed, lr_schedule=cfg.lr_schedule, epochs=cfg.epochs, mask_weight=cfg.mask_weight,
-        segmentation_epochs=cfg.segmentation_epochs, attribute_weight=cfg.attribute_weight,
-        identity_weight=cfg.identity_weight, head_epochs=cfg.head_epochs, base_lr_scale=cfg.base_lr_scale)
-
-
-def uses_masks(cfg: TrainConfig) -> bool:
+def uses_masks(cfg: MultitaskConfig) -> bool:
     """Does this run train on the prepared weak masks?"""
-    from facray.models.registry import model_spec  # lazy: torch, as in trainer_config
+    from facray.models.registry import model_spec  # lazy: torch; `facray train --help` builds flags from this module
     return model_spec(cfg.model).mask_output and cfg.mask_weight > 0
 
 
-def uses_identities(cfg: TrainConfig) -> bool:
+def uses_identities(cfg: MultitaskConfig) -> bool:
     """Does this run train an identity branch on the prepared identities?"""
-    from facray.models.registry import model_spec  # lazy: torch, as in trainer_config
+    from facray.models.registry import model_spec  # lazy: torch; `facray train --help` builds flags from this module
     return model_spec(cfg.model).identity_output and cfg.identity_weight > 0
 
 
-def input_size(cfg: TrainConfig) -> int:
-    from facray.models.registry import model_spec  # lazy: torch, as in trainer_config
+def input_size(cfg: MultitaskConfig) -> int:
+    from facray.models.registry import model_spec  # lazy: torch; `facray train --help` builds flags from this module
     return cfg.image_size or model_spec(cfg.model).input_size
 
 
@@ -154,6 +152,9 @@ def input_size(cfg: TrainConfig) -> int:
 class SweepConfig:
     """``facray sweep``: the sweep's own settings. The trials' trainer config is the space's
     ``CONFIG``, built from ``trial_config`` and the ``key=value`` arguments that are not sweep keys."""
+    # --smoke-test: a 4-trial space, two trials at once; every trial a tiny model (SMOKE_TRIAL).
+    SMOKE: ClassVar[dict] = {"space": "tune_spaces.smoke_multitask", "cpus_per_trial": 0.5, "max_concurrent": 2}
+    SMOKE_TRIAL: ClassVar[dict] = {"model": "abm-trunk-tiny", "image_size": 32, "batch_size": 16}
     space: str = option("tune_spaces/abm_lr_epochs.py", "search space: a .py file or a module name")
     out: str = option("runs/sweep", "sweep folder: a run folder per trial, results.csv, the plot, MLflow store", path=True)
     trial_config: str | None = option(None, "YAML of the trainer config every trial starts from", path=True)
@@ -168,3 +169,20 @@ class SweepConfig:
     tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)", path=True)
     registered_name: str = option("", "MLflow name of the best trial's model (default facray-sweep-<space>)")
     overwrite: bool = option(False, "discard a sweep in --out run with other settings and start afresh")
+
+    @classmethod
+    def split_overrides(cls, overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+        """``key=value`` arguments -> (the sweep's own, as ``key=value``; the trials' trainer keys,
+        as a dict): one command line sets both. Raises ``ValueError`` for an item without ``=``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        pairs = [o.split("=", 1) if "=" in o else (o, None) for o in overrides]
+        bad = [k for k, v in pairs if v is None]
+        if bad:
+            raise ValueError(f"override {bad[0]!r} is not key=value")
+        keys = [(k.strip().replace("-", "_"), v) for k, v in pairs]
+        return ([f"{k}={v}" for k, v in keys if k in names], {k: v for k, v in keys if k not in names})
+
+
+# The names before 2026-12, which search spaces written for facray (tune_spaces/*.py: CONFIG) import.
+TrainConfig = MultitaskConfig
+TrainBinaryConfig = BinaryConfig

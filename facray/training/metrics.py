@@ -1,11 +1,11 @@
 """Metrics shared by every trainer and report: confusion counts, per-attribute scores, decision
-thresholds chosen on validation. Pure numpy."""
+thresholds chosen on validation. Numpy; only :class:`PassStats` takes torch tensors (and imports
+torch when it is used), so torch-free processes (``facray data check``) read the rest."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from facray.attributes import ATTRIBUTES
 
@@ -94,6 +94,7 @@ class PassStats:
 
     def add(self, per_sample_loss, predicted, labels) -> None:
         """Add one batch: ``(B, K)`` torch tensors of losses, 0/1 predictions and labels (-1 unknown)."""
+        import torch  # lazy: see the module docstring
         with torch.no_grad():
             pos, neg = labels == 1, labels == 0
             self.loss += per_sample_loss.sum(0).detach().cpu().numpy()

@@ -39,10 +39,12 @@ import torch.nn.functional as F
 
 from facray.attributes import ATTRIBUTES
 from facray.models.inputs import to_input
-from facray.training.run_record import TrainingDiverged, divergence
 from facray.training.augment import Jitter, augment_images, augment_targets
+from facray.training.configs import MultitaskConfig, input_size
+from facray.training.early_stopping import EarlyStopping
 from facray.training.losses import mask_mse, masked_bce
 from facray.training.metrics import attribute_metrics, identification_metrics
+from facray.training.run_record import TrainingDiverged, divergence
 
 
 def _mean_over_ranks(total: torch.Tensor, seen: int) -> float:
@@ -69,29 +71,44 @@ def check_finite(epoch: int, loss: float, val_loss: float, lr: float) -> None:
 
 @dataclass
 class MultiTaskTrainerConfig:
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    image_size: int = 128
-    patience: int = 3
-    online_flip: bool = True
+    """Hyperparameters of one network. The defaults are ``facray train``'s
+    (:class:`~facray.training.configs.MultitaskConfig`, where each is declared and explained once);
+    :meth:`of` fills them from a run's config."""
+    lr: float = MultitaskConfig.lr
+    weight_decay: float = MultitaskConfig.weight_decay
+    image_size: int = 128  # the model's input side, pixels (a run's: :func:`~facray.training.configs.input_size`)
+    patience: int = MultitaskConfig.patience
+    online_flip: bool = MultitaskConfig.online_flip
     jitter: Jitter = Jitter()  # online shift / zoom / rotation (:mod:`facray.training.augment`)
-    seed: int = 0
-    grad_clip: float = 5.0
-    lr_schedule: str = "constant"  # constant | cosine (over ``epochs``)
-    epochs: int = 0  # the budget the cosine schedule spans; 0 = constant
-    mask_weight: float = 1.0  # weight of the localisation-map MSE (models with a "masks" output)
-    segmentation_epochs: int = 0  # stage 1: epochs on the mask loss alone (AttParseNet: 10)
-    head_epochs: int = 0  # fine-tuning: epochs in which only the new head learns
-    base_lr_scale: float = 1.0  # the base's rate relative to lr after the head epochs
-    attribute_weight: float = 1.0  # weight of the attribute BCE (0: identity alone)
-    identity_weight: float = 1.0  # weight of the identity cross-entropy (models with an "identity" output)
+    seed: int = MultitaskConfig.seed
+    grad_clip: float = 5.0  # gradient norm clip
+    lr_schedule: str = MultitaskConfig.lr_schedule  # constant | cosine (over ``epochs``)
+    # The epochs a cosine schedule spans (a run's: its --epochs); 0 = none, the rate stays constant. Not
+    # the training length: the caller runs the epochs, and a schedule over fewer would reach 0 early.
+    epochs: int = 0
+    mask_weight: float = MultitaskConfig.mask_weight
+    segmentation_epochs: int = MultitaskConfig.segmentation_epochs
+    head_epochs: int = MultitaskConfig.head_epochs
+    base_lr_scale: float = MultitaskConfig.base_lr_scale
+    attribute_weight: float = MultitaskConfig.attribute_weight
+    identity_weight: float = MultitaskConfig.identity_weight
+
+    @classmethod
+    def of(cls, cfg: MultitaskConfig) -> "MultiTaskTrainerConfig":
+        """A ``facray train`` config's trainer settings: what every worker runs, and what a run
+        without Ray (``bench/gpu_train.py``) runs."""
+        return cls(lr=cfg.lr, weight_decay=cfg.weight_decay, image_size=input_size(cfg), patience=cfg.patience,
+                   online_flip=cfg.online_flip, jitter=Jitter(cfg.jitter_shift, cfg.jitter_scale, cfg.jitter_rotate),
+                   seed=cfg.seed, lr_schedule=cfg.lr_schedule, epochs=cfg.epochs, mask_weight=cfg.mask_weight,
+                   segmentation_epochs=cfg.segmentation_epochs, attribute_weight=cfg.attribute_weight,
+                   identity_weight=cfg.identity_weight, head_epochs=cfg.head_epochs, base_lr_scale=cfg.base_lr_scale)
 
     def __post_init__(self):
         if self.segmentation_epochs and self.mask_weight <= 0:
             raise ValueError("segmentation_epochs needs mask_weight > 0 (stage 1 trains on the mask loss alone)")
 
 
-class MultiTaskTrainer:
+class MultiTaskTrainer(EarlyStopping):
     """Fit a model (possibly DDP-wrapped) epoch by epoch; see module docstring."""
 
     def __init__(self, model: nn.Module, cfg: MultiTaskTrainerConfig, device: torch.device,
@@ -118,15 +135,13 @@ class MultiTaskTrainer:
         self.pos_weight = None if pos_weight is None else torch.as_tensor(pos_weight, device=self.device)
         self.flip_generator = torch.Generator().manual_seed(cfg.seed + 17)
         self.epoch = 0
-        self.best_val_loss = math.inf
-        self.best_epoch = 0
+        EarlyStopping.__init__(self)
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.bad_epochs = 0
         self.history: list[dict] = []
 
     @property
     def stopped(self) -> bool:
-        return self.bad_epochs >= self.cfg.patience
+        return self.exhausted(self.cfg.patience)
 
     def _labels(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
         """The batch's labels as (B, A) long, -1 where unknown or not trained."""
@@ -216,11 +231,8 @@ class MultiTaskTrainer:
             record.update(val_identity_top1=val["identity"]["top1"], val_identity_loss=val["identity"]["loss"])
         if segmenting:  # the attribute layer has not trained yet: no best epoch, no patience used
             record["stage"] = "segmentation"
-        elif val["loss"] < self.best_val_loss - 1e-6:
-            self.best_val_loss, self.best_epoch, self.bad_epochs = val["loss"], self.epoch, 0
+        elif self.improves(self.epoch, val["loss"]):
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
-        else:
-            self.bad_epochs += 1
         record["best_epoch"] = self.best_epoch
         self.history.append(record)
         return record

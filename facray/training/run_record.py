@@ -17,6 +17,7 @@ from pathlib import Path
 from facray.config import config_text, config_to_dict
 from facray.data.prepared import read_metadata
 from facray.runs import RunFolder
+from facray.training.configs import NON_WEIGHT_KEYS
 
 
 class TrainingFailed(ValueError):
@@ -51,17 +52,9 @@ def inject_failure_once(out: str | Path, fail_at_epoch: int, epoch: int) -> None
             raise RuntimeError(f"injected failure at the start of epoch {epoch} (fail_at_epoch)")
 
 
-# Keys that change how a run is executed or logged, not the weights it produces.
-OPERATIONAL_KEYS = frozenset({
-    "out", "tracking_uri", "experiment", "fail_at_epoch", "max_failures", "num_workers",
-    "cpus_per_worker", "gpus_per_worker", "max_concurrent", "torch_threads", "mode", "data", "stack",
-    "overwrite",
-})
-
-
 def run_settings(cfg, prepared_version: str) -> dict:
     """The settings that decide a run's weights (JSON-friendly, sorted)."""
-    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in OPERATIONAL_KEYS}
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in NON_WEIGHT_KEYS}
     settings["prepared_version"] = prepared_version
     return dict(sorted(settings.items()))
 

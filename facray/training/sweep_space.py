@@ -3,8 +3,8 @@ import ``ray.tune`` for their domains; nothing here starts Ray).
 
 A space is a module (``tune_spaces/NAME.py`` or any importable name) exposing:
 
-- ``CONFIG``: the trainer's config class (:class:`facray.training.configs.TrainBinaryConfig` or
-  :class:`~facray.training.configs.TrainConfig`), which also says which trainer runs the trials;
+- ``CONFIG``: the trainer's config class (:class:`facray.training.configs.BinaryConfig` or
+  :class:`~facray.training.configs.MultitaskConfig`), which also says which trainer runs the trials;
 - ``SPACE``: config field -> a Tune domain (``tune.grid_search([...])``, ``tune.loguniform(...)``)
   or a constant;
 - ``METRIC`` and ``MODE``: what the trials report each epoch and whether to ``max`` or ``min`` it;
@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from facray.config import coerce
-from facray.training.run_record import OPERATIONAL_KEYS
+from facray.training.configs import NON_WEIGHT_KEYS, BinaryConfig, MultitaskConfig
 
-TRAINERS = {"TrainBinaryConfig": "binary", "TrainConfig": "multitask"}
+TRAINERS = {BinaryConfig: "binary", MultitaskConfig: "multitask"}
 # What a trial may report per epoch, by trainer (checked against the space's METRIC).
 METRICS = {"binary": ("mean_val_accuracy",), "multitask": ("val_accuracy", "val_loss", "loss")}
 # Keys the sweep sets itself (each trial's folder and store) or that decide where trials run.
-SWEEP_OWNED = frozenset({"out", "tracking_uri", "experiment", "overwrite"}) | OPERATIONAL_KEYS
+SWEEP_OWNED = NON_WEIGHT_KEYS
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class SearchSpace:
 
     @property
     def trainer(self) -> str:
-        return TRAINERS[self.config_class.__name__]
+        return TRAINERS[self.config_class]
 
     def grid_values(self, key: str) -> list | None:
         """The grid of ``key``; None when it is not swept or sampled rather than gridded."""
@@ -74,8 +74,9 @@ def load_space(spec: str) -> SearchSpace:
 
 
 def check_space(space: SearchSpace, source: str) -> None:
-    if space.config_class.__name__ not in TRAINERS:
-        raise ValueError(f"{source}: CONFIG must be one of {', '.join(TRAINERS)}, got {space.config_class.__name__}")
+    if space.config_class not in TRAINERS:
+        raise ValueError(f"{source}: CONFIG must be one of {', '.join(c.__name__ for c in TRAINERS)}, "
+                         f"got {getattr(space.config_class, '__name__', space.config_class)}")
     fields = {f.name for f in dataclasses.fields(space.config_class)}
     hints = typing.get_type_hints(space.config_class)
     for key, domain in space.space.items():

@@ -7,7 +7,6 @@ metrics (history, best epoch, test metrics and the hash of the settings it was t
 """
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from facray.attributes import MODALITIES, resolve_attributes
 from facray.runs import RunFolder, write_json_atomically
+from facray.training.early_stopping import EarlyStopping
 
 PAPER_TABLE = Path(__file__).resolve().parents[1] / "reference" / "abm_cnn_paper.csv"
 
@@ -46,12 +46,9 @@ def job_seed(key: str, seed: int) -> int:
 
 
 @dataclass
-class JobState:
+class JobState(EarlyStopping):
     """A job's progress: its early stopping on validation loss and its epoch budget."""
     job: BinaryJob
-    best_val_loss: float = math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0
     epochs_done: int = 0
     stopped: str = ""  # "", "early_stopping", "max_epochs" or "diverged"
     history: list[dict] = field(default_factory=list)
@@ -67,13 +64,8 @@ class JobState:
         """Add one epoch's record (``epoch``, ``val_loss``, ...); True when it is the new best."""
         self.history.append(rec)
         self.epochs_done += 1
-        val_loss = rec["val_loss"]
-        improved = val_loss < self.best_val_loss - 1e-6 or (math.isnan(self.best_val_loss) and not math.isnan(val_loss))
-        if improved:
-            self.best_val_loss, self.best_epoch, self.bad_epochs = val_loss, rec["epoch"], 0
-        else:
-            self.bad_epochs += 1
-        if self.bad_epochs >= patience:
+        improved = self.improves(rec["epoch"], rec["val_loss"])
+        if self.exhausted(patience):
             self.stopped = "early_stopping"
         elif self.epochs_done >= self.job.max_epochs:
             self.stopped = "max_epochs"

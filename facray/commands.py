@@ -1,0 +1,179 @@
+"""The ``facray`` commands' handlers: each resolves its config (with ``--smoke-test``, the config
+class's ``SMOKE`` overlay and generated inputs), calls one library function and prints the summary
+it returns. Parsing and dispatch are :mod:`facray.cli`'s. Each handler imports its command's code
+itself, so ``facray label`` never imports the training code (and torch with it)."""
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+
+def run_data_check(args: argparse.Namespace) -> int:
+    from facray.data.check import check_dataset
+
+    if args.smoke_test:
+        from facray.data.synth import write_synthetic_celeba
+        if args.root:
+            raise ValueError("--smoke-test checks its own generated folder; drop ROOT or run without --smoke-test")
+        args.root = write_synthetic_celeba(Path("smoke_check"), n=20)
+    if not args.root:
+        raise ValueError("a dataset folder is required (or --smoke-test)")
+    report = check_dataset(args.root, decode=not args.no_decode, skip_missing=args.skip_missing)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def run_data_synth(args: argparse.Namespace) -> int:
+    from facray.data.synth import write_synthetic_celeba, write_unlabelled_faces
+
+    if args.smoke_test:
+        args.out, args.n = args.out or Path("smoke_synth"), 8
+    if args.out is None:
+        raise ValueError("--out is required")
+    if args.unlabelled:
+        paths = write_unlabelled_faces(args.out, n=args.n, seed=args.seed)
+        print(f"wrote {len(paths)} unlabelled faces to {args.out}")
+    else:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+        write_synthetic_celeba(args.out, n=args.n, seed=args.seed, size=(w, h))
+        print(f"wrote {args.n} generated CelebA faces to {args.out}")
+    return 0
+
+
+def _resolve(cls, args: argparse.Namespace):
+    """The command's config from its arguments; with ``--smoke-test``, the class's ``SMOKE``
+    overlay and generated inputs (:mod:`facray.testing`) instead of the user's data."""
+    from facray.config import resolve_config
+
+    cfg = resolve_config(cls, args)
+    if getattr(args, "smoke_test", False):
+        from facray.testing import make_smoke_inputs, smoke_settings
+        cfg = resolve_config(cls, args, smoke=smoke_settings(cfg))
+        make_smoke_inputs(cfg)
+    return cfg
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from facray.data.pipeline import PrepareConfig
+    from facray.runners.prepare import prepare
+
+    cfg = _resolve(PrepareConfig, args)
+    if not cfg.root:
+        raise ValueError("--root is required (or --smoke-test)")
+    print(prepare(cfg).format())
+    return 0
+
+
+def run_train_binary(args: argparse.Namespace) -> int:
+    from facray.runners.train_binary import train_binary_models
+    from facray.runs import RunFolder
+    from facray.training.configs import BinaryConfig
+
+    cfg = _resolve(BinaryConfig, args)
+    table = train_binary_models(cfg)
+    _print_table(table, "job", "best_epoch", "val_accuracy", "test_accuracy", "test_precision", "test_recall")
+    print(f"jobs in {RunFolder(cfg.out).jobs_dir}; MLflow: {_tracking_hint(cfg.tracking_uri, cfg.out)}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from facray.models.registry import list_models
+    from facray.runners.train_multitask import train_multitask
+    from facray.runs import RunFolder
+    from facray.training.configs import MultitaskConfig
+
+    if args.list_models:
+        print("\n".join(list_models()))
+        return 0
+    cfg = _resolve(MultitaskConfig, args)
+    record = train_multitask(cfg)
+    _print_table(record["attributes"], "attribute", "threshold", "val_accuracy", "test_accuracy",
+                 "test_accuracy_at_0.5", "test_precision", "test_recall")
+    print(f"{cfg.model}: mean test accuracy {record['mean_test_accuracy']:.4f} at the validation thresholds "
+          f"({record['mean_test_accuracy_at_0.5']:.4f} at 0.5), best epoch {record['best_epoch']}")
+    print(f"model: {RunFolder(cfg.out).model_dir}; registered: {record.get('registered')}; "
+          f"MLflow: {_tracking_hint(cfg.tracking_uri, cfg.out)}")
+    return 0
+
+
+def _print_table(rows, *columns: str) -> None:
+    """``rows`` (a DataFrame or a list of dicts) with those of ``columns`` it has, 3 decimals."""
+    import pandas as pd
+    table = pd.DataFrame(rows)
+    print(table[[c for c in columns if c in table]].round(3).to_string(index=False))
+
+
+def _tracking_hint(uri: str | None, out) -> str:
+    from facray.tracking import resolve_tracking_uri
+    uri = resolve_tracking_uri(uri, out)
+    return f"{uri}  (view: mlflow ui --backend-store-uri {shlex.quote(uri)})"
+
+
+def run_combine(args: argparse.Namespace) -> int:
+    from facray.training.combine import CombineConfig, combine
+
+    cfg = _resolve(CombineConfig, args)
+    dest, uri = combine(cfg)
+    import pandas as pd
+    _print_table(pd.read_csv(dest / "choices.csv"), "attribute", "modality", "real_val_accuracy", "sketch_val_accuracy")
+    print(f"combined predictor: {dest}" + (f"\nregistered: {uri}" if uri else ""))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from facray.reports import EvaluateConfig, evaluate_run
+
+    cfg = _resolve(EvaluateConfig, args)
+    if cfg.dataset:
+        from dataclasses import replace
+
+        from facray.dataset_eval import evaluate_on_dataset
+        table, out, line = evaluate_on_dataset(replace(cfg, model=cfg.model or cfg.run))
+        _print_table(table, *table.columns)
+    else:
+        table, out = evaluate_run(cfg)
+        _print_table(table, "attribute", "real_test_accuracy", "sketch_test_accuracy", "chosen",
+                     "combined_test_accuracy", "test_accuracy", "test_accuracy_at_0.5", "balanced_accuracy",
+                     "test_balanced_accuracy", "threshold", "majority_accuracy", "paper_table2_accuracy",
+                     "one_class_only")
+        line = (out / "report.md").read_text().rstrip().splitlines()[-1]
+    print(f"{line}\nreport: {out}")
+    return 0
+
+
+def run_label(args: argparse.Namespace) -> int:
+    from facray.labelling.config import LabelConfig
+    from facray.runners.label import label_images
+
+    cfg = _resolve(LabelConfig, args)  # --smoke-test writes its untrained predictor with torch; a real run has none
+    if not cfg.model:
+        raise ValueError("--model is required (a predictor folder or an MLflow model URI)")
+    summary = label_images(cfg)
+    print(summary.format())
+    print(summary.first_rows[["image_id", "face_found", "n_faces", "error", "Smiling_prob", "Smiling", "Male_prob",
+                              "Male"]].to_string(index=False))
+    return 0
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from facray.runners.sweep import run_sweep
+    from facray.training.configs import SweepConfig
+
+    args.overrides, trial = SweepConfig.split_overrides(args.overrides or [])
+    cfg = _resolve(SweepConfig, args)
+    if args.smoke_test:
+        from facray.testing import smoke_trial
+        trial = {**smoke_trial(cfg), **trial}
+    summary = run_sweep(cfg, trial)
+    metric = summary["metric"]
+    print(f"best trial {summary['best_trial']}: {summary['best_config']} -> {metric} {summary[metric]:.4f}; "
+          f"trials {summary['trials']}; registered {summary['registered']}; table {summary['results']}")
+    return 0
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from facray.demo import run_demo
+
+    run_demo(args.out, n=args.n, epochs=args.epochs)
+    return 0
