@@ -31,6 +31,7 @@ import torch
 from facray.attributes import ATTRIBUTES
 from facray.models.abm import ABMCNN, build_stack
 from facray.models.inputs import to_channels_last
+from facray.predictors.format import FORMAT, Manifest
 from facray.predictors.networks import CombinedPredictor
 
 
@@ -42,8 +43,8 @@ def random_predictor(size: int, k: int, sketched: int, device: torch.device) -> 
         torch.manual_seed(j)
         weights[f"{attribute}__{modality}"] = ABMCNN(1 if modality == "sketch" else 3, size).state_dict()
         choices.append({"attribute": attribute, "modality": modality, "threshold": 0.5})
-    manifest = {"name": f"random-abm-{k}x{size}px", "attributes": choices, "image_size": size, "crop": {"size": size, "margin": 0.35},
-                "sketch_channels": 1}
+    manifest = Manifest(format=FORMAT, attributes=choices, image_size=size, crop={"size": size, "margin": 0.35},
+                        sketch_channels=1, weights_sha256="", tensor_shapes={}, name=f"random-abm-{k}x{size}px")
     return CombinedPredictor(manifest, weights, device)
 
 

@@ -1,2 +1,2 @@
 """facray: facial-attribute training and labelling on Ray."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -91,13 +91,13 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
               _build_sweep, run_sweep_command),
     "combine": ("keep the better modality per attribute; write and register the combined predictor",
                 config_arguments("facray.training.combine", "CombineConfig",
-                                 "train a one-epoch smoke train-binary run beside --run (smoke_abm), then combine it"),
+                                 "train a one-epoch tiny train-binary run into runs/smoke_abm, then combine it"),
                 run_combine),
     "evaluate": ("per-attribute report (real, sketch, combined, majority, paper) with a plot, logged to MLflow; "
                  "--dataset scores a model on another dataset",
                  config_arguments("facray.reports", "EvaluateConfig",
-                                  "train a one-epoch smoke `facray train` run beside --run (smoke_multitask), "
-                                  "then report on it"),
+                                  "train a one-epoch tiny `facray train` run into runs/smoke_multitask, then "
+                                  "report on it"),
                  run_evaluate),
     "label": ("label images (folder, glob, list, URI or a generator) into one CSV on Ray Data",
               config_arguments("facray.labelling.config", "LabelConfig",

@@ -15,7 +15,6 @@ from pathlib import Path
 import mlflow
 
 import facray
-import facray.predictors.pyfunc as model_code
 from facray.preflight import check_tracking_store, check_writable
 from facray.runs import RunFolder
 
@@ -80,6 +79,9 @@ def register_predictor(dest: Path, registered_name: str) -> str:
     """Inside an active run: log the predictor folder ``dest`` as a pyfunc model (models from
     code, no pickle), register a new version and point the alias ``newest`` at it. Returns
     ``models:/<name>@newest``."""
+    # The model's code imports torch and registers itself with MLflow (set_model) when imported:
+    # processes that only log metrics (the Ray Train controller) do without both.
+    import facray.predictors.pyfunc as model_code  # lazy: see above
     info = mlflow.pyfunc.log_model(name="model", python_model=model_code.__file__,
                                    artifacts={"predictor": str(dest)},
                                    signature=model_code.model_signature(), input_example=model_code.INPUT_EXAMPLE,

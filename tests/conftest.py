@@ -110,7 +110,7 @@ def prepared_small(ray_session, tmp_path_factory) -> Path:
     return out
 
 
-def read_png(path: Path) -> "np.ndarray":
+def read_png(path: Path):
     """A report's figure, decoded: a real image with something drawn on it (not one flat colour)."""
     import cv2
     import numpy as np
@@ -126,3 +126,12 @@ def assert_cam_grid(path: Path, tile: int = 128) -> None:
     height, width, _ = read_png(path).shape
     rows, panels = (height - 18) / tile, width / tile
     assert rows >= 1 and rows == int(rows) and panels >= 2 and panels == int(panels), (height, width)
+
+
+def forbid_ray_start(monkeypatch) -> None:
+    """Fail the test if any facray runner starts Ray: ``init_ray`` replaced in every runner module
+    that calls it (each holds its own binding of the name)."""
+    import importlib
+    for name in ("runtime", "prepare", "label", "train_binary", "train_multitask", "sweep"):
+        module = importlib.import_module(f"facray.runners.{name}")
+        monkeypatch.setattr(module, "init_ray", lambda *a, **k: pytest.fail("Ray started"))

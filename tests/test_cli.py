@@ -5,6 +5,8 @@ import pytest
 
 from facray import cli
 
+from conftest import forbid_ray_start
+
 
 @pytest.mark.parametrize("argv, allowed", [
     (["train-binary", "--mode", "fussed"], "fused, separate"),
@@ -14,8 +16,7 @@ from facray import cli
     (["label", "--model", "m", "--format", "xlsx"], "csv, parquet"),
 ])
 def test_a_typo_in_a_choice_fails_at_once_with_the_allowed_values(argv, allowed, capsys, monkeypatch):
-    import facray.runners.runtime
-    monkeypatch.setattr(facray.runners.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    forbid_ray_start(monkeypatch)
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("facray: error: ") and f"is not one of: {allowed}" in err

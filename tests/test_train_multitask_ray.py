@@ -11,7 +11,7 @@ from facray.predictors.networks import load_predictor
 from facray.training.configs import MultitaskConfig
 from facray.runners.train_multitask import train_multitask
 
-from conftest import assert_cam_grid
+from conftest import forbid_ray_start, assert_cam_grid
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 
@@ -90,8 +90,7 @@ def test_one_worker_and_two_workers_learn_alike(ray_session, prepared_small, tmp
 
 
 def test_unknown_model_fails_before_ray_with_the_known_names(tmp_path, capsys, monkeypatch):
-    import facray.runners.runtime
-    monkeypatch.setattr(facray.runners.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    forbid_ray_start(monkeypatch)
     assert main(["train", "--model", "resnet81", "--prepared", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'resnet81'" in err and "resnet18" in err and "abm-trunk" in err

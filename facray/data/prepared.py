@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from facray import columns
+from facray import columns as C  # short, and read_prepared takes an argument called columns
 from facray import storage
 from facray.attributes import ATTRIBUTES
 from facray.data import ops
@@ -60,21 +60,21 @@ class Serializer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         labels = ops.pack_labels(batch)
         out = {k: v for k, v in batch.items()
-               if k not in (columns.IMAGE, columns.SKETCH, columns.MASKS, columns.LABELS, columns.LANDMARKS) and k not in ATTRIBUTES}
+               if k not in (C.IMAGE, C.SKETCH, C.MASKS, C.LABELS, C.LANDMARKS) and k not in ATTRIBUTES}
         for k in list(out):
             if out[k].dtype == object:
                 out[k] = np.array([str(v) for v in out[k]], dtype=object)
         for j, a in enumerate(ATTRIBUTES):
             out[a] = labels[:, j]
-        lms = batch.get(columns.LANDMARKS, np.full((len(labels), 10), np.nan, np.float32))
+        lms = batch.get(C.LANDMARKS, np.full((len(labels), 10), np.nan, np.float32))
         for j, name in enumerate(LANDMARK_FIELDS):
             out[name] = np.asarray(lms[:, j], np.float32)
-        out[columns.IMAGE] = self._encode(batch[columns.IMAGE])
-        if columns.SKETCH in batch:
-            out[columns.SKETCH] = self._encode(batch[columns.SKETCH])
-        if columns.MASKS in batch:
-            m = batch[columns.MASKS]
-            out[columns.MASKS] = np.array([np.packbits(x.reshape(-1)).tobytes() for x in m], dtype=object)
+        out[C.IMAGE] = self._encode(batch[C.IMAGE])
+        if C.SKETCH in batch:
+            out[C.SKETCH] = self._encode(batch[C.SKETCH])
+        if C.MASKS in batch:
+            m = batch[C.MASKS]
+            out[C.MASKS] = np.array([np.packbits(x.reshape(-1)).tobytes() for x in m], dtype=object)
         return out
 
 
@@ -142,16 +142,16 @@ def batch_arrays(batch: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarr
     """A batch of prepared rows (as Ray Data yields them) -> ``image``/``sketch``/``labels`` (and
     ``masks``/``landmarks`` when read) arrays."""
     size = meta["size"]
-    out = {columns.LABELS: np.stack([np.asarray(batch[a], np.int8) for a in ATTRIBUTES], 1)}
-    if columns.IMAGE in batch:
-        out[columns.IMAGE] = decode_column(batch[columns.IMAGE], (size, size, 3), meta["image_format"])
-    if columns.SKETCH in batch:
+    out = {C.LABELS: np.stack([np.asarray(batch[a], np.int8) for a in ATTRIBUTES], 1)}
+    if C.IMAGE in batch:
+        out[C.IMAGE] = decode_column(batch[C.IMAGE], (size, size, 3), meta["image_format"])
+    if C.SKETCH in batch:
         shape = (size, size) if meta["sketch_channels"] == 1 else (size, size, 3)
-        out[columns.SKETCH] = decode_column(batch[columns.SKETCH], shape, meta["image_format"])
-    if columns.MASKS in batch and meta.get("mask_size"):
-        out[columns.MASKS] = decode_masks(batch[columns.MASKS], len(ATTRIBUTES), meta["mask_size"])
+        out[C.SKETCH] = decode_column(batch[C.SKETCH], shape, meta["image_format"])
+    if C.MASKS in batch and meta.get("mask_size"):
+        out[C.MASKS] = decode_masks(batch[C.MASKS], len(ATTRIBUTES), meta["mask_size"])
     if all(c in batch for c in LANDMARK_FIELDS):
-        out[columns.LANDMARKS] = np.stack([np.asarray(batch[c], np.float32) for c in LANDMARK_FIELDS], 1)
+        out[C.LANDMARKS] = np.stack([np.asarray(batch[c], np.float32) for c in LANDMARK_FIELDS], 1)
     return out
 
 
@@ -182,16 +182,16 @@ def read_prepared(out: str | Path, splits: tuple[str, ...] | None = None,
     # Shards come back in file order; sort so results do not depend on how Ray wrote them.
     table = table.sort_by([("image_id", "ascending"), ("variant", "ascending")])
     result = {c: table[c].to_numpy(zero_copy_only=False) for c in scalar}
-    result[columns.LABELS] = np.stack([table[a].to_numpy() for a in ATTRIBUTES], 1).astype(np.int8) \
+    result[C.LABELS] = np.stack([table[a].to_numpy() for a in ATTRIBUTES], 1).astype(np.int8) \
         if table.num_rows else np.zeros((0, len(ATTRIBUTES)), np.int8)
-    result[columns.LANDMARKS] = np.stack([table[c].to_numpy() for c in LANDMARK_FIELDS], 1).astype(np.float32) \
+    result[C.LANDMARKS] = np.stack([table[c].to_numpy() for c in LANDMARK_FIELDS], 1).astype(np.float32) \
         if table.num_rows else np.zeros((0, 10), np.float32)
     size = meta["size"]
     if "image" in columns:
-        result[columns.IMAGE] = decode_column(table["image"].to_pylist(), (size, size, 3), meta["image_format"])
+        result[C.IMAGE] = decode_column(table["image"].to_pylist(), (size, size, 3), meta["image_format"])
     if "sketch" in columns and "sketch" in table.column_names:
         shape = (size, size) if meta["sketch_channels"] == 1 else (size, size, 3)
-        result[columns.SKETCH] = decode_column(table["sketch"].to_pylist(), shape, meta["image_format"])
+        result[C.SKETCH] = decode_column(table["sketch"].to_pylist(), shape, meta["image_format"])
     if "masks" in columns and "masks" in table.column_names:
-        result[columns.MASKS] = decode_masks(table["masks"].to_pylist(), len(ATTRIBUTES), meta["mask_size"])
+        result[C.MASKS] = decode_masks(table["masks"].to_pylist(), len(ATTRIBUTES), meta["mask_size"])
     return result

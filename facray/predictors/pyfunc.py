@@ -25,7 +25,7 @@ class FacrayPyfunc(mlflow.pyfunc.PythonModel):
 
 def model_signature():
     """The pyfunc's MLflow signature: a ``path`` column in; per image out the columns of
-    :func:`facray.labelling.label_batch` (facray's output schema less ``image_id``, which needs
+    :func:`facray.labelling.batch.label_batch` (facray's output schema less ``image_id``, which needs
     the input folder)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema

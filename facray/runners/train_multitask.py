@@ -20,27 +20,17 @@ import ray.train
 from facray.attributes import ATTRIBUTES, resolve_attributes
 from facray.config import absolute_paths, config_to_dict
 from facray.data.prepared import read_metadata
+from facray.runners.mlflow_callback import EpochMetricsToMlflow
 from facray.runners.multitask_worker import train_per_worker
 from facray.runners.runtime import init_ray, verbose
 from facray.runners.streaming import split_datasets
 from facray.runners.train import fit_on_ray
 from facray.runs import RunFolder
-from facray.tracking import check_training_run, finish_training_run, log_epoch, start_training_run
+from facray.tracking import check_training_run, finish_training_run, start_training_run
 from facray.training.configs import REGISTERED_PREFIX, MultitaskConfig, input_size, uses_identities, uses_masks
 from facray.training.metrics import positive_weights, trainable_attributes
 from facray.training.run_record import claim_run
 from facray.training.splits import SplitSpec, check_splits, train_identities, train_labels
-
-
-class EpochMetricsToMlflow(ray.train.UserCallback):
-    """Runs in the Train controller: logs rank 0's epoch metrics to the run the driver opened,
-    as they arrive (the controller is the only writer while training runs)."""
-
-    def __init__(self, tracking_uri: str, run_id: str):
-        self.tracking_uri, self.run_id = tracking_uri, run_id
-
-    def after_report(self, run_context, metrics, checkpoint):
-        log_epoch(self.tracking_uri, self.run_id, metrics[0])
 
 
 def train_multitask(cfg: MultitaskConfig, callbacks: tuple = (), parent_run_id: str | None = None,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 MIN_DELTA = 1e-6
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, eq=False)  # a base of trainers: identity, not field equality
 class EarlyStopping:
     """The best validation loss so far, its epoch (1-based; 0 = none yet) and the epochs since.
     A base of the trainers' state, so their checkpoints keep these three fields as they always had."""
