@@ -262,6 +262,7 @@ def test_two_runs_into_one_output_the_second_refuses_at_once(ray_session, model,
     assert not list(tmp_path.glob("*.lock"))
 
 
+@pytest.mark.slow  # ~55 s: four labelling runs
 def test_a_changed_input_is_never_reused_after_a_failed_write(ray_session, model, tmp_path, monkeypatch):
     """An input (a link) re-pointed at another face; the next run's final write fails (a full
     disk); with the parts gone, the run after that must still relabel the changed input."""

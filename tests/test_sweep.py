@@ -45,6 +45,7 @@ def test_a_bad_space_is_refused_before_ray_starts(tmp_path, body, message):
     assert "rc 2 ray started False" in out.stdout and message.split()[0] in out.stderr
 
 
+@pytest.mark.slow  # ~170 s: a 4-trial Ray Tune sweep, interrupted and resumed in two processes
 def test_an_interrupted_sweep_resumes_only_its_unfinished_trials_then_registers_the_best(tmp_path):
     """The issue's case: Ctrl-C (SIGINT to the command's process group, as a terminal sends it)
     after the first trial finished: one line and exit 130 (the pending trial with no config used
@@ -104,7 +105,7 @@ def test_an_interrupted_sweep_resumes_only_its_unfinished_trials_then_registers_
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")  # models:/ resolves in the sweep's store
     registered, _ = read_predictor(summary["registered"])
     trained, _ = read_predictor(Path(best.run_folder) / "model")
-    assert registered["weights_sha256"] == trained["weights_sha256"]  # the best trial's model
+    assert registered.weights_sha256 == trained.weights_sha256  # the best trial's model
 
 
 def test_the_plot_covers_one_two_or_more_swept_keys_and_the_grid_keeps_each_cells_best(tmp_path):

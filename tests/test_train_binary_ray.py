@@ -151,6 +151,7 @@ def test_run_ends_when_every_job_has_stopped(ray_session, prepared_small, tmp_pa
     assert state["epoch"] == rec["epochs"]  # the last report came at the stopping epoch
 
 
+@pytest.mark.slow  # ~45 s: a training run to refuse
 def test_rerun_with_other_settings_is_refused_naming_the_keys(ray_session, prepared_small, tmp_path):
     out = tmp_path / "guard"
     cfg = _cfg(prepared_small, out, attributes="Smiling", modalities=("real",), epochs=1, num_workers=1)

@@ -74,6 +74,7 @@ def test_ddp_two_workers_interrupted_resumes_then_evaluates_and_labels(ray_sessi
         train_multitask(_cfg(prepared_small, out, lr=1e-2))
 
 
+@pytest.mark.slow  # ~50 s: two training runs
 def test_one_worker_and_two_workers_learn_alike(ray_session, prepared_small, tmp_path):
     """DDP splits each step's batch between workers (batch_size is per worker), so two workers at
     half the batch take the same steps on the same global batch as one worker: the curves should
@@ -102,6 +103,7 @@ def test_list_models(capsys):
     assert {"abm-trunk", "resnet18", "resnet50", "vgg19-transfer", "inception-v3"} <= set(names)
 
 
+@pytest.mark.slow  # ~65 s (binary stream mode runs in make test)
 def test_stream_mode_feeds_two_ddp_workers_from_ray_data(ray_session, prepared_small, tmp_path, learnable):
     record = train_multitask(_cfg(prepared_small, tmp_path / "stream", data="stream", epochs=2, class_balance=True))
     assert [h["epoch"] for h in record["history"]] == [1, 2]
