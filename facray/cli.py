@@ -70,8 +70,9 @@ def config_arguments(module: str, config: str, smoke_test: str | None = None):
     return build
 
 
-# name -> (help, add arguments, run returning the exit code). Library imports stay inside the run
-# functions so ``facray --help`` does not import torch or Ray.
+# name -> (help, add arguments, run returning the exit code). Each handler (facray.commands) imports
+# its command's code when it runs, and a parser only its own config's module: ``facray label`` never
+# imports torch, and no command imports Ray before it runs.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "data check": ("validate a dataset folder and print counts, splits and label balance",
                    _build_data_check, run_data_check),
