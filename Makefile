@@ -9,7 +9,7 @@ STAMP := $(VENV)/.facray-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch/torchvision resolve to the wheels on local disk here (see README: Install).
+	# torch/torchvision resolve to the wheels on local disk here (see README: Quick start).
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

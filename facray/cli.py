@@ -119,7 +119,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """Every command's parser; with ``only``, the arguments of that command alone are built: each
     builder imports its config's module, and ``facray label`` must not import the training code
     (and torch with it) into its driver."""
-    parser = argparse.ArgumentParser(prog="facray", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="facray", description="facray: facial-attribute models on Ray: prepare data, train, sweep, "
+                                   "combine, evaluate and label images in bulk")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
