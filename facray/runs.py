@@ -222,7 +222,8 @@ class RunFolder:
             if rec.get("status", "finished") == "finished":
                 records.append(rec)
         if not records:
-            left = f" ({len(self.diverged_jobs())} diverged)" if self.diverged_jobs() else ""
+            diverged = self.diverged_jobs()
+            left = f" ({len(diverged)} diverged)" if diverged else ""
             raise RunFolderError(f"{self.jobs_dir}: no finished jobs{left} (run `facray train-binary` first)")
         return records
 

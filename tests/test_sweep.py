@@ -34,6 +34,9 @@ def _space(tmp_path, body: str) -> Path:
     ("SPACE = {'out': tune.grid_search(['a', 'b'])}", "'out' is set by the sweep itself"),
     ("SPACE = {'epochs': tune.grid_search([2, 2.5])}", "epochs: expected int"),
     ("SPACE = {'lr': tune.grid_search([1e-3])}\nMETRIC = 'test_accuracy'", "METRIC 'test_accuracy' is not reported"),
+    ("SPACE = {'lr': tune.grid_search(['fast'])}", "lr: expected float"),
+    ("SPACE = {'num_workers': tune.grid_search([1, 2])}", "'num_workers' is set by the sweep itself"),
+    ("SPACE = {'lr': tune.grid_search([1e-3])}\nMETRIC = 'mean_val_accuracy'", "METRIC 'mean_val_accuracy' is not reported"),
 ])
 def test_a_bad_space_is_refused_before_ray_starts(tmp_path, body, message):
     with pytest.raises(ValueError, match=message):
