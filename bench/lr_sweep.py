@@ -53,7 +53,7 @@ def main() -> None:
     from facray.runners.runtime import init_ray
     from facray.training.combine import CombineConfig, combine
     from facray.training.configs import SweepConfig, BinaryConfig
-    from facray.runners.train_binary import train_binary_models
+    from facray.runners.train import train
     from facray.runners.sweep import run_sweep
 
     work = Path(args.work or tempfile.mkdtemp(prefix="facray-lr-sweep-"))
@@ -75,7 +75,7 @@ def main() -> None:
     import os
     cores = os.cpu_count() or 2
     t0 = time.perf_counter()
-    train_binary_models(BinaryConfig(**common, out=str(work / "in_stack"), lrs=lrs, cpus_per_worker=1,
+    train(BinaryConfig(**common, out=str(work / "in_stack"), lrs=lrs, cpus_per_worker=1,
                                           torch_threads=cores))
     combine(CombineConfig(run=str(work / "in_stack")))  # as the sweep does for its best trial
     in_stack_s = time.perf_counter() - t0

@@ -74,7 +74,7 @@ def ray_section(args) -> None:
     from facray.runners.prepare import prepare
     from facray.data.synth import write_synthetic_celeba
     from facray.training.configs import BinaryConfig
-    from facray.runners.train_binary import train_binary_models
+    from facray.runners.train import train
 
     tmp = Path(tempfile.mkdtemp(prefix="facray-bench-train-"))
     root = write_synthetic_celeba(tmp / "data", n=args.ray_images, seed=0)
@@ -88,7 +88,7 @@ def ray_section(args) -> None:
                                 cpus_per_worker=1.0 if mode == "fused" else 0.5,
                                 torch_threads=2 if mode == "fused" else 1)
         start = time.perf_counter()
-        train_binary_models(cfg)
+        train(cfg)
         results[mode] = time.perf_counter() - start
     import pandas as pd
     import pyarrow.dataset as pads

@@ -66,12 +66,12 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_train_binary(args: argparse.Namespace) -> int:
-    from facray.runners.train_binary import train_binary_models
+    from facray.runners.train import train
     from facray.runs import RunFolder
     from facray.training.configs import BinaryConfig
 
     cfg = _resolve(BinaryConfig, args)
-    table = train_binary_models(cfg)
+    table = train(cfg)
     _print_table(table, "job", "best_epoch", "val_accuracy", "test_accuracy", "test_precision", "test_recall")
     print(f"jobs in {RunFolder(cfg.out).jobs_dir}; MLflow: {_tracking_hint(cfg.tracking_uri, cfg.out)}")
     return 0
@@ -79,7 +79,7 @@ def run_train_binary(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from facray.models.registry import list_models
-    from facray.runners.train_multitask import train_multitask
+    from facray.runners.train import train
     from facray.runs import RunFolder
     from facray.training.configs import MultitaskConfig
 
@@ -87,7 +87,7 @@ def run_train(args: argparse.Namespace) -> int:
         print("\n".join(list_models()))
         return 0
     cfg = _resolve(MultitaskConfig, args)
-    record = train_multitask(cfg)
+    record = train(cfg)
     _print_table(record["attributes"], "attribute", "threshold", "val_accuracy", "test_accuracy",
                  "test_accuracy_at_0.5", "test_precision", "test_recall")
     print(f"{cfg.model}: mean test accuracy {record['mean_test_accuracy']:.4f} at the validation thresholds "

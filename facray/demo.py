@@ -23,8 +23,7 @@ from facray.labelling.config import LabelConfig
 from facray.reports import EvaluateConfig, evaluate_run
 from facray.runners.label import label_images
 from facray.runners.prepare import prepare
-from facray.runners.train_binary import train_binary_models
-from facray.runners.train_multitask import train_multitask
+from facray.runners.train import train
 from facray.runs import RunFolder
 from facray.training.combine import CombineConfig, combine
 from facray.training.configs import BinaryConfig, MultitaskConfig
@@ -69,7 +68,7 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> d
     t = _step(f"3/7 train-binary on Ray Train: {len(DEMO_ATTRIBUTES)} attributes x real/sketch, fused, "
               f"{epochs} epochs")
     run = out / "abm"
-    table = train_binary_models(BinaryConfig(
+    table = train(BinaryConfig(
         prepared=str(out / "prepared"), out=str(run), attributes=",".join(DEMO_ATTRIBUTES),
         epochs=epochs, image_size=48, batch_size=32, cpus_per_worker=1, seed=seed))
     print(table[["job", "best_epoch", "val_accuracy", "test_accuracy"]].round(3).to_string(index=False))
@@ -106,7 +105,7 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int = 4) -> d
     t = _step(f"7/7 train a multi-task abm-trunk (one network, 40 outputs) on Ray Train, {epochs + 2} epochs; "
               "label the same folder with it")
     mt_run = out / "multitask"
-    record = train_multitask(MultitaskConfig(model="abm-trunk", prepared=str(out / "prepared"), out=str(mt_run),
+    record = train(MultitaskConfig(model="abm-trunk", prepared=str(out / "prepared"), out=str(mt_run),
                                          image_size=48, epochs=epochs + 2, batch_size=32, lr=2e-3,
                                          cpus_per_worker=1, seed=seed))
     shown = pd.DataFrame(record["attributes"]).set_index("attribute").loc[list(DEMO_ATTRIBUTES)]

@@ -20,8 +20,7 @@ from facray.predictors.format import MANIFEST
 from facray.predictors.networks import write_predictor
 from facray.reports import EvaluateConfig
 from facray.runners.prepare import prepare
-from facray.runners.train_binary import train_binary_models
-from facray.runners.train_multitask import train_multitask
+from facray.runners.train import train
 from facray.runs import RunFolder
 from facray.training.combine import CombineConfig
 from facray.training.configs import SweepConfig, BinaryConfig, MultitaskConfig
@@ -95,8 +94,7 @@ def make_smoke_inputs(cfg) -> None:
             smoke_model(Path(cfg.model))
     elif isinstance(cfg, CombineConfig) and not RunFolder(cfg.run).jobs_dir.is_dir():
         prepared = smoke_prepared(Path(cfg.run).parent / "smoke_prepared")
-        train_binary_models(BinaryConfig(prepared=str(prepared), out=cfg.run,
-                                              **{**BinaryConfig.SMOKE, "epochs": 1}))
+        train(BinaryConfig(prepared=str(prepared), out=cfg.run, **{**BinaryConfig.SMOKE, "epochs": 1}))
     elif isinstance(cfg, EvaluateConfig) and not RunFolder(cfg.run).is_multitask:
         prepared = smoke_prepared(Path(cfg.run).parent / "smoke_prepared")
-        train_multitask(MultitaskConfig(prepared=str(prepared), out=cfg.run, **{**MultitaskConfig.SMOKE, "epochs": 1}))
+        train(MultitaskConfig(prepared=str(prepared), out=cfg.run, **{**MultitaskConfig.SMOKE, "epochs": 1}))

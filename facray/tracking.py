@@ -116,6 +116,12 @@ def start_training_run(tracking_uri: str | None, run: RunFolder, experiment: str
     return uri, mlflow_run.info.run_id  # left RUNNING: the Train controller logs epochs into it
 
 
+def end_training_run(tracking_uri: str, run_id: str, status: str) -> None:
+    """Mark a training run's MLflow run ended with ``status`` (``FAILED``, ``KILLED``): a run that
+    stopped on an error does not stay ``RUNNING``. A re-run that resumes it finishes it."""
+    mlflow.MlflowClient(tracking_uri).set_terminated(run_id, status)
+
+
 def log_epoch(tracking_uri: str, run_id: str, record: dict) -> None:
     """One epoch's numeric metrics at step = epoch (called from the Train controller)."""
     import math
@@ -139,25 +145,22 @@ def finish_training_run(tracking_uri: str, run_id: str, run: RunFolder, record: 
         return register_predictor(run.model_dir, registered_name) if registered_name else None
 
 
-def log_binary_jobs(tracking_uri: str | None, run: RunFolder, experiment: str, run_name: str, config: dict,
-                    keys: list[str], settings_hash: str, parent_run_id: str | None = None) -> str:
-    """Parent run for the set, a child run per job with per-epoch metrics. Returns the parent id.
+def log_binary_jobs(tracking_uri: str, run: RunFolder, mlflow_run_id: str, keys: list[str],
+                    settings_hash: str) -> None:
+    """A child run per finished job (its params, per-epoch curves, test metrics) under the binary
+    run's MLflow run ``mlflow_run_id`` (:func:`start_training_run`), and the per-job table.
 
-    The run folder's MLflow ledger remembers the parent and the jobs it has a child for: a re-run
-    that finishes more jobs adds their children to the same parent, never a second copy.
+    The run folder's MLflow ledger remembers the jobs that have a child: a re-run that finishes
+    more jobs adds their children to the same run, never a second copy.
     """
     import pandas as pd
-    setup_mlflow(tracking_uri, run, experiment)
+    mlflow.set_tracking_uri(tracking_uri)
     ledger = run.mlflow_ledger()
-    if ledger.get("settings_hash") != settings_hash or ledger.get("tracking_uri") != mlflow.get_tracking_uri():
-        ledger = {"settings_hash": settings_hash, "tracking_uri": mlflow.get_tracking_uri(), "jobs": []}
-    resume = {"run_id": ledger["parent_run_id"]} if ledger.get("parent_run_id") else \
-        {"run_name": run_name, "tags": {"mlflow.parentRunId": parent_run_id} if parent_run_id else None}
-    with mlflow.start_run(**resume) as parent:
-        if "parent_run_id" not in ledger:
-            mlflow.log_params(flat_params(config))
-        ledger["parent_run_id"] = parent.info.run_id
-        mlflow.log_artifact(str(run.config_file))
+    if (ledger.get("settings_hash"), ledger.get("tracking_uri"), ledger.get("parent_run_id")) != \
+            (settings_hash, tracking_uri, mlflow_run_id):
+        ledger = {"settings_hash": settings_hash, "tracking_uri": tracking_uri, "parent_run_id": mlflow_run_id,
+                  "jobs": []}
+    with mlflow.start_run(run_id=mlflow_run_id):
         rows = []
         for key in keys:
             metrics_file = run.job_metrics_file(run.job_dir(key))
@@ -175,7 +178,6 @@ def log_binary_jobs(tracking_uri: str | None, run: RunFolder, experiment: str, r
         mlflow.log_artifact(str(run.jobs_summary_file))
         if "test_accuracy" in table:
             mlflow.log_metric("mean_test_accuracy", float(table["test_accuracy"].mean()))
-        return parent.info.run_id
 
 
 def _log_job_run(key: str, rec: dict, metrics_file: Path) -> None:

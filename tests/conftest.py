@@ -132,6 +132,6 @@ def forbid_ray_start(monkeypatch) -> None:
     """Fail the test if any facray runner starts Ray: ``init_ray`` replaced in every runner module
     that calls it (each holds its own binding of the name)."""
     import importlib
-    for name in ("runtime", "prepare", "label", "train_binary", "train_multitask", "sweep"):
+    for name in ("runtime", "prepare", "label", "train", "sweep"):
         module = importlib.import_module(f"facray.runners.{name}")
         monkeypatch.setattr(module, "init_ray", lambda *a, **k: pytest.fail("Ray started"))

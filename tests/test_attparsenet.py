@@ -110,7 +110,7 @@ def test_prepare_masks_train_on_ray_and_label_with_two_attributes(ray_session, t
     from facray.labelling.config import LabelConfig
     from facray.runners.label import label_images
     from facray.training.configs import MultitaskConfig
-    from facray.runners.train_multitask import train_multitask
+    from facray.runners.train import train
 
     root = write_synthetic_celeba(tmp_path / "celeba", n=60, seed=4)
     plain, masked = tmp_path / "plain", tmp_path / "masked"
@@ -118,10 +118,10 @@ def test_prepare_masks_train_on_ray_and_label_with_two_attributes(ray_session, t
     base = dict(model="attparsenet-tiny", image_size=32, epochs=2, segmentation_epochs=1, batch_size=16,
                 cpus_per_worker=0.5, num_workers=2, attributes="Male,Smiling", data="stream")  # DDP in stage 1
     with pytest.raises(ValueError, match="prepare it with --masks"):
-        train_multitask(MultitaskConfig(prepared=str(plain), out=str(tmp_path / "nomask"), **base))
+        train(MultitaskConfig(prepared=str(plain), out=str(tmp_path / "nomask"), **base))
     prepare(PrepareConfig(root=str(root), out=str(masked), size=32, augment=1, masks=True, mask_size=16,
                           num_actors=1, batch_size=16))
-    record = train_multitask(MultitaskConfig(prepared=str(masked), out=str(tmp_path / "apn"), **base))
+    record = train(MultitaskConfig(prepared=str(masked), out=str(tmp_path / "apn"), **base))
     assert [r["attribute"] for r in record["attributes"]] == ["Male", "Smiling"]
     assert [h.get("stage") for h in record["history"]] == ["segmentation", None]
 

@@ -91,7 +91,7 @@ DRIVER = textwrap.dedent('''
     from facray.data.pipeline import PrepareConfig
     from facray.runners.prepare import prepare
     from facray.training.configs import BinaryConfig
-    from facray.runners.train_binary import train_binary_models
+    from facray.runners.train import train
     from facray.training.combine import CombineConfig, combine
     from facray.labelling.config import LabelConfig
     from facray.runners.label import label_images
@@ -101,13 +101,13 @@ DRIVER = textwrap.dedent('''
     root = write_synthetic_celeba(work / "celeba", n=60, seed=3)
     print(prepare(PrepareConfig(root=str(root), out=f"s3://{bucket}/prepared", size=32, augment=1,
                                 num_actors=1, batch_size=16)).format())
-    table = train_binary_models(BinaryConfig(
+    table = train(BinaryConfig(
         prepared=f"s3://{bucket}/prepared", out=str(work / "run"), attributes="Smiling", epochs=1,
         batch_size=16, cpus_per_worker=0.5, tracking_uri=tracking))
     print(table.to_string())
     from facray.training.configs import MultitaskConfig
-    from facray.runners.train_multitask import train_multitask
-    record = train_multitask(MultitaskConfig(model="abm-trunk-tiny", prepared=f"s3://{bucket}/prepared",
+    from facray.runners.train import train
+    record = train(MultitaskConfig(model="abm-trunk-tiny", prepared=f"s3://{bucket}/prepared",
                                          out=str(work / "mt"), image_size=32, epochs=1, batch_size=16,
                                          cpus_per_worker=0.5, tracking_uri=tracking))
     print("multitask registered", record["registered"])

@@ -117,7 +117,7 @@ def test_identity_split_joint_training_on_ray(ray_session, tmp_path, learnable):
     from facray.data.prepared import read_prepared
     from facray.data.synth import write_synthetic_celeba
     from facray.training.configs import MultitaskConfig
-    from facray.runners.train_multitask import train_multitask
+    from facray.runners.train import train
 
     root = write_synthetic_celeba(tmp_path / "celeba", n=64, seed=5, photos_per_identity=8)
     prepared = tmp_path / "p"
@@ -129,12 +129,12 @@ def test_identity_split_joint_training_on_ray(ray_session, tmp_path, learnable):
     base = dict(prepared=str(prepared), model="joint-attr-id-tiny", image_size=32, epochs=2, batch_size=16,
                 cpus_per_worker=0.5, num_workers=1)
     with pytest.raises(ValueError, match="needs --data memory"):
-        train_multitask(MultitaskConfig(out=str(tmp_path / "s"), data="stream", **base))
-    record = train_multitask(MultitaskConfig(out=str(tmp_path / "joint"), **base))
+        train(MultitaskConfig(out=str(tmp_path / "s"), data="stream", **base))
+    record = train(MultitaskConfig(out=str(tmp_path / "joint"), **base))
     ident = record["identity"]
     assert ident["classes"] == 8 and ident["test_count"] == int((rows["split"] == "test").sum())
     assert 0 <= ident["test_top1"] <= ident["test_top5"] <= 1 and len(ident["test_cmc"]) == 8
-    alone = train_multitask(MultitaskConfig(out=str(tmp_path / "attrs"), identity_weight=0, **base))
+    alone = train(MultitaskConfig(out=str(tmp_path / "attrs"), identity_weight=0, **base))
     assert "identity" not in alone and [r["attribute"] for r in alone["attributes"]] == learnable(prepared)
 
     # evaluate: the CMC curve and the class activation maps as files (and MLflow artifacts)

@@ -12,7 +12,7 @@ from facray.predictors.format import PredictorError
 from facray.predictors.networks import load_predictor
 from facray.training.combine import CombineConfig, choose_modalities, combine
 from facray.training.configs import BinaryConfig
-from facray.runners.train_binary import train_binary_models
+from facray.runners.train import train
 
 from conftest import read_png
 
@@ -32,7 +32,7 @@ def _runs(out):
 
 def test_fused_two_workers_mlflow_rerun_combine_evaluate(ray_session, prepared_small, tmp_path):
     out = tmp_path / "run"
-    table = train_binary_models(_cfg(prepared_small, out))
+    table = train(_cfg(prepared_small, out))
     assert sorted(table.job) == ["Eyeglasses__real", "Eyeglasses__sketch", "Smiling__real", "Smiling__sketch"]
     assert table.test_accuracy.between(0, 1).all()
     rec = json.loads((out / "jobs/Smiling__sketch/metrics.json").read_text())
@@ -50,7 +50,7 @@ def test_fused_two_workers_mlflow_rerun_combine_evaluate(ray_session, prepared_s
 
     # An interrupted or repeated run skips finished jobs and adds only what is missing.
     (out / "jobs/Smiling__sketch/metrics.json").unlink()
-    again = train_binary_models(_cfg(prepared_small, out))
+    again = train(_cfg(prepared_small, out))
     assert len(again) == 4 and (out / "jobs/Smiling__sketch/metrics.json").is_file()
 
     dest, uri = combine(CombineConfig(run=str(out)))
@@ -90,7 +90,7 @@ def test_fused_two_workers_mlflow_rerun_combine_evaluate(ray_session, prepared_s
 
 def test_injected_failure_resumes_from_the_last_checkpoint(ray_session, prepared_small, tmp_path):
     out = tmp_path / "ft"
-    train_binary_models(_cfg(prepared_small, out, attributes="Eyeglasses", modalities=("real",),
+    train(_cfg(prepared_small, out, attributes="Eyeglasses", modalities=("real",),
                              epochs=3, num_workers=1, fail_at_epoch=2, max_failures=1))
     assert (out / ".injected_failure").read_text().startswith("failed at epoch 2")
     rec = json.loads((out / "jobs/Eyeglasses__real/metrics.json").read_text())
@@ -100,7 +100,7 @@ def test_injected_failure_resumes_from_the_last_checkpoint(ray_session, prepared
 
 def test_separate_mode_runs_one_trainer_per_job(ray_session, prepared_small, tmp_path):
     out = tmp_path / "sep"
-    table = train_binary_models(_cfg(prepared_small, out, mode="separate", modalities=("real",),
+    table = train(_cfg(prepared_small, out, mode="separate", modalities=("real",),
                                      epochs=1, num_workers=1, max_concurrent=2))
     assert sorted(table.job) == ["Eyeglasses__real", "Smiling__real"]
     assert len(list((out / "ray_results").glob("job-*"))) == 2
@@ -108,7 +108,7 @@ def test_separate_mode_runs_one_trainer_per_job(ray_session, prepared_small, tmp
 
 def test_stream_mode_feeds_workers_from_ray_data(ray_session, prepared_small, tmp_path):
     out = tmp_path / "stream"
-    table = train_binary_models(_cfg(prepared_small, out, data="stream", attributes="Smiling",
+    table = train(_cfg(prepared_small, out, data="stream", attributes="Smiling",
                                      epochs=1, num_workers=1))
     assert list(table.job) == ["Smiling__real", "Smiling__sketch"] and table.test_accuracy.notna().all()
 
@@ -140,7 +140,7 @@ def test_tampered_or_incomplete_predictor_fails_before_any_image(tmp_path):
 
 def test_run_ends_when_every_job_has_stopped(ray_session, prepared_small, tmp_path):
     out = tmp_path / "early"
-    train_binary_models(_cfg(prepared_small, out, attributes="Eyeglasses", modalities=("real",),
+    train(_cfg(prepared_small, out, attributes="Eyeglasses", modalities=("real",),
                              epochs=30, patience=1, num_workers=1))
     rec = json.loads((out / "jobs/Eyeglasses__real/metrics.json").read_text())
     assert rec["stopped"] == "early_stopping" and rec["epochs"] < 30
@@ -155,33 +155,33 @@ def test_run_ends_when_every_job_has_stopped(ray_session, prepared_small, tmp_pa
 def test_rerun_with_other_settings_is_refused_naming_the_keys(ray_session, prepared_small, tmp_path):
     out = tmp_path / "guard"
     cfg = _cfg(prepared_small, out, attributes="Smiling", modalities=("real",), epochs=1, num_workers=1)
-    train_binary_models(cfg)
+    train(cfg)
     finished = json.loads((out / "jobs/Smiling__real/metrics.json").read_text())
     assert finished["settings_hash"] == json.loads((out / "run.json").read_text())["settings_hash"]
     weights = (out / "jobs/Smiling__real/model.pt").read_bytes()
     with pytest.raises(ValueError, match=r"other settings(.|\n)*epochs: 1 -> 3(.|\n)*image_size: 32 -> 24") as e:
-        train_binary_models(replace(cfg, epochs=3, image_size=24))
+        train(replace(cfg, epochs=3, image_size=24))
     assert "--overwrite" in str(e.value)
     with pytest.raises(ValueError, match="attributes: 'Smiling' -> 'Smiling,Male'"):
-        train_binary_models(replace(cfg, attributes="Smiling,Male"))
+        train(replace(cfg, attributes="Smiling,Male"))
     assert (out / "jobs/Smiling__real/model.pt").read_bytes() == weights  # nothing was touched
     # Operational keys (workers, failure budget, tracking) are not settings: a re-run is a no-op.
-    assert len(train_binary_models(replace(cfg, max_failures=5, torch_threads=1))) == 1
+    assert len(train(replace(cfg, max_failures=5, torch_threads=1))) == 1
     # The same job re-trained after a partial loss logs no second child run.
     (out / "jobs/Smiling__real/metrics.json").unlink()
-    train_binary_models(cfg)
+    train(cfg)
     runs = _runs(out)
     assert (runs["tags.mlflow.runName"] == "Smiling__real").sum() == 1
     assert (runs["tags.mlflow.runName"] == "train-binary-fused").sum() == 1
     # --overwrite starts afresh with the new settings.
-    table = train_binary_models(replace(cfg, epochs=2, overwrite=True))
+    table = train(replace(cfg, epochs=2, overwrite=True))
     rec = json.loads((out / "jobs/Smiling__real/metrics.json").read_text())
     assert len(table) == 1 and [h["epoch"] for h in rec["history"]] == [1, 2]
 
 
 def test_in_stack_lr_sweep_keeps_each_attributes_best_lr(ray_session, prepared_small, tmp_path):
     out = tmp_path / "lrs"
-    table = train_binary_models(_cfg(prepared_small, out, modalities=("real",), lrs=(3e-3, 3e-4), num_workers=1))
+    table = train(_cfg(prepared_small, out, modalities=("real",), lrs=(3e-3, 3e-4), num_workers=1))
     assert sorted(table.job) == ["Eyeglasses__real__lr0.0003", "Eyeglasses__real__lr0.003",
                                  "Smiling__real__lr0.0003", "Smiling__real__lr0.003"]
     runs = _runs(out)  # one MLflow child per model, each with its own curves
@@ -200,7 +200,7 @@ def test_sketch_jobs_on_data_prepared_without_sketches_are_refused_before_ray(tm
     from facray.data.prepared import write_metadata
     write_metadata(tmp_path / "prepared", size=32, sketch_channels=0, image_format="jpeg", shards="shards-x")
     with pytest.raises(ValueError, match="without sketches.*--modalities real"):
-        train_binary_models(_cfg(tmp_path / "prepared", tmp_path / "run"))
+        train(_cfg(tmp_path / "prepared", tmp_path / "run"))
 
 
 def test_a_diverging_job_keeps_no_weights_fails_the_command_and_combine_leaves_it_out(
@@ -237,12 +237,12 @@ def test_a_one_sided_attribute_is_not_trained_and_combine_leaves_it_out(ray_sess
     prepare(PrepareConfig(root=str(synth_women_only), out=str(prepared), size=32, augment=1, num_actors=1,
                           batch_size=16, sketch_channels=0))
     out = tmp_path / "run"
-    train_binary_models(_cfg(prepared, out, attributes="Male,Smiling", modalities=("real",), epochs=1,
+    train(_cfg(prepared, out, attributes="Male,Smiling", modalities=("real",), epochs=1,
                              num_workers=1))
     assert "warning: Male: all" in capsys.readouterr().out
     assert sorted(p.name for p in (out / "jobs").iterdir()) == ["Smiling__real"]
     dest, _ = combine(CombineConfig(run=str(out), register=False))
     assert [c["attribute"] for c in json.loads((dest / "manifest.json").read_text())["attributes"]] == ["Smiling"]
     with pytest.raises(ValueError, match=r"none of the 1 selected attribute\(s\) has labelled training rows of both"):
-        train_binary_models(_cfg(prepared, tmp_path / "male", attributes="Male", modalities=("real",), epochs=1))
+        train(_cfg(prepared, tmp_path / "male", attributes="Male", modalities=("real",), epochs=1))
 

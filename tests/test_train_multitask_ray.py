@@ -9,7 +9,7 @@ import pytest
 from facray.cli import main
 from facray.predictors.networks import load_predictor
 from facray.training.configs import MultitaskConfig
-from facray.runners.train_multitask import train_multitask
+from facray.runners.train import train
 
 from conftest import forbid_ray_start, assert_cam_grid
 
@@ -25,7 +25,7 @@ def _cfg(prepared, out, **kw):
 def test_ddp_two_workers_interrupted_resumes_then_evaluates_and_labels(ray_session, prepared_small, tmp_path,
                                                                        learnable):
     out = tmp_path / "mt"
-    record = train_multitask(_cfg(prepared_small, out, fail_at_epoch=2, max_failures=1))
+    record = train(_cfg(prepared_small, out, fail_at_epoch=2, max_failures=1))
     assert (out / ".injected_failure").read_text().startswith("failed at epoch 2")
     assert record["resumed_from_epoch"] == 1 and [h["epoch"] for h in record["history"]] == [1, 2, 3]
     assert [r["attribute"] for r in record["attributes"]] == learnable(prepared_small)
@@ -68,10 +68,10 @@ def test_ddp_two_workers_interrupted_resumes_then_evaluates_and_labels(ray_sessi
     assert {p for p in out.rglob("*") if p.is_file() and "mlflow.db" not in p.name} == store_files
 
     # A re-run with the same settings finds the trained model; other settings are refused.
-    again = train_multitask(_cfg(prepared_small, out, fail_at_epoch=2, max_failures=1))
+    again = train(_cfg(prepared_small, out, fail_at_epoch=2, max_failures=1))
     assert again["settings_hash"] == record["settings_hash"]
     with pytest.raises(ValueError, match="lr: 0.003 -> 0.01"):
-        train_multitask(_cfg(prepared_small, out, lr=1e-2))
+        train(_cfg(prepared_small, out, lr=1e-2))
 
 
 @pytest.mark.slow  # ~50 s: two training runs
@@ -79,7 +79,7 @@ def test_one_worker_and_two_workers_learn_alike(ray_session, prepared_small, tmp
     """DDP splits each step's batch between workers (batch_size is per worker), so two workers at
     half the batch take the same steps on the same global batch as one worker: the curves should
     match within noise (batch norm sees half-batches; the shards shuffle differently)."""
-    records = {n: train_multitask(_cfg(prepared_small, tmp_path / f"w{n}", num_workers=n, epochs=4, seed=1,
+    records = {n: train(_cfg(prepared_small, tmp_path / f"w{n}", num_workers=n, epochs=4, seed=1,
                                        batch_size=16 // n)) for n in (1, 2)}
     val_losses = {n: [h["val_loss"] for h in r["history"]] for n, r in records.items()}
     for n in (1, 2):
@@ -105,13 +105,13 @@ def test_list_models(capsys):
 
 @pytest.mark.slow  # ~65 s (binary stream mode runs in make test)
 def test_stream_mode_feeds_two_ddp_workers_from_ray_data(ray_session, prepared_small, tmp_path, learnable):
-    record = train_multitask(_cfg(prepared_small, tmp_path / "stream", data="stream", epochs=2, class_balance=True))
+    record = train(_cfg(prepared_small, tmp_path / "stream", data="stream", epochs=2, class_balance=True))
     assert [h["epoch"] for h in record["history"]] == [1, 2]
     assert [r["attribute"] for r in record["attributes"]] == learnable(prepared_small)
     assert len(record["attributes"]) < 40, "the tiny data has an attribute with one class in train: left out"
     assert all(0 <= r["test_accuracy"] <= 1 for r in record["attributes"])
     with pytest.raises(ValueError, match="holdout needs --data memory"):
-        train_multitask(_cfg(prepared_small, tmp_path / "h", data="stream", val_split="holdout"))
+        train(_cfg(prepared_small, tmp_path / "h", data="stream", val_split="holdout"))
 
 
 def test_a_diverging_run_fails_once_and_registers_nothing(ray_session, prepared_small, tmp_path, capsys):

@@ -5,8 +5,9 @@
 - :mod:`.runtime`: start or join Ray (``ray.init``), signals, Ray's console output;
 - :mod:`.datasets`: metadata tables -> Ray Data blocks;
 - :mod:`.prepare`, :mod:`.label`: the ``prepare`` and ``label`` pipelines;
-- :mod:`.train_binary`, :mod:`.binary_worker`, :mod:`.train_multitask`, :mod:`.multitask_worker`:
-  the Ray Train drivers and their per-worker loops; :mod:`.ranks`: what every worker rank does
-  together; :mod:`.streaming`: training batches streamed by Ray Data;
+- :mod:`.train`, :mod:`.worker`: the one Ray Train driver and worker loop for every training task
+  (:mod:`facray.training.tasks`); :mod:`.ranks`: what every worker rank does together;
+  :mod:`.mlflow_callback`: epochs to MLflow as they arrive; :mod:`.streaming`: training data
+  streamed by Ray Data;
 - :mod:`.sweep`: Ray Tune sweeps.
 """

@@ -1,12 +1,12 @@
 """Stream mode (``--data stream``): Ray Data feeds the Train workers from the prepared Parquet, for
 datasets larger than a worker's memory. The Datasets are built on the driver; the batches are
-decoded in the workers by the pure :func:`facray.data.prepared.batch_arrays`.
+decoded in the workers by the pure :func:`facray.training.splits.stream_batches`.
 """
 from __future__ import annotations
 
 from facray import storage
 from facray.attributes import ATTRIBUTES
-from facray.data.prepared import LANDMARK_FIELDS, batch_arrays, shard_dir
+from facray.data.prepared import LANDMARK_FIELDS, shard_dir
 from facray.training.splits import SplitSpec
 
 
@@ -30,11 +30,3 @@ def split_datasets(spec: SplitSpec, columns: tuple[str, ...] = ("image", "sketch
 
     return {"train": pick(spec.train_split, False), "val": pick(spec.val_split, True),
             "test": pick(spec.test_split, True)}
-
-
-def stream_batches(shard, batch_size: int, meta: dict, shuffle_seed: int | None):
-    """Batches of a worker's Ray Data shard as the arrays the trainers take (decoded here)."""
-    kw = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": shuffle_seed} \
-        if shuffle_seed is not None else {}
-    for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", **kw):
-        yield batch_arrays(b, meta)

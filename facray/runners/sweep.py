@@ -22,8 +22,7 @@ import pandas as pd
 
 from facray.config import config_to_dict, resolve_config
 from facray.runners.runtime import fit_in_thread, init_ray
-from facray.runners.train_binary import train_binary_models
-from facray.runners.train_multitask import train_multitask
+from facray.runners.train import train
 from facray.runs import RunFolder
 from facray.tracking import flat_params, register_predictor, setup_mlflow
 from facray.training.combine import CombineConfig, combine
@@ -31,6 +30,7 @@ from facray.training.configs import SweepConfig
 from facray.training.run_record import settings_hash
 from facray.training.sweep_report import plot_metric
 from facray.training.sweep_space import SearchSpace, load_space
+from facray.training.tasks import task_for
 
 SWEEP_EXPERIMENT = "sweep"  # the Tune experiment's name under SWEEP/tune/
 
@@ -55,20 +55,10 @@ def run_trial(config: dict, context: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     run = RunFolder(context["sweep_out"]).trial(tune.get_context().get_trial_name())
-    trainer = context["trainer"]
     cfg = context["config_class"](**{**context["base"], **config, "out": str(run.root),
                                      "tracking_uri": context["tracking_uri"], "experiment": context["experiment"]})
-    callbacks = (TuneReportCallback(),)
-    if trainer == "multitask":
-        record = train_multitask(cfg, callbacks, context["parent_run_id"], register=False)
-        best = record["history"][record["best_epoch"] - 1] if record["best_epoch"] else record["history"][-1]
-        final = {k: best[k] for k in ("val_accuracy", "val_loss", "loss")}
-        final.update(mean_test_accuracy=record["mean_test_accuracy"], epochs_run=record["epochs_run"])
-    else:
-        table = train_binary_models(cfg, callbacks, context["parent_run_id"])
-        final = {"mean_val_accuracy": float(table["val_accuracy"].mean()),
-                 "mean_test_accuracy": float(table["test_accuracy"].mean()),
-                 "epochs_run": max(len(r["history"]) for r in run.job_records())}
+    result = train(cfg, (TuneReportCallback(),), context["parent_run_id"], register=False)
+    final = task_for(cfg).trial_result(result, run)
     # The trial's result: the best epoch's validation figures (the weights the run keeps).
     tune.report({**final, "run_folder": str(run.root), "finished": 1})
 

@@ -1,20 +1,78 @@
-"""What both Ray Train drivers (:mod:`.train_binary`, :mod:`.train_multitask`) and their worker
-loops share: one Ray Train run with facray's settings (resources, storage in the run folder,
-retries, two checkpoints kept, a failure the workers reported raised as one line), and a worker's
-own state read back from the latest checkpoint."""
+"""The one Ray Train driver for every training task (``facray train``, ``facray train-binary``,
+a sweep's trials): :func:`train`. What differs between tasks is in :mod:`facray.training.tasks`;
+each worker runs :func:`facray.runners.worker.train_per_worker`.
+
+- Every check that can fail is made before Ray starts (``task.plan``).
+- One MLflow run per training run, opened before training: the epochs reach it *while training
+  runs*, from the Train controller (:class:`EpochMetricsToMlflow`, one writer); a resumed run
+  gets the same MLflow run back.
+- A checkpoint every epoch; ``FailureConfig(max_failures)`` restarts lost workers from it, and a
+  re-run of the same settings resumes it (the Train run's name is fixed by the settings).
+- The last checkpoint carries the finished outputs, which ``task.collect`` copies into the run
+  folder (:mod:`facray.runs`); ``task.finish`` logs and returns the result.
+"""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
+import time
+from dataclasses import replace
+from typing import Any
 
 import ray.train
-import torch
 from ray.train.torch import TorchTrainer
 
-from facray.runners.runtime import fit_in_thread, train_logging_config
+from facray.config import absolute_paths, config_to_dict
+from facray.runners.mlflow_callback import EpochMetricsToMlflow
+from facray.runners.runtime import fit_in_thread, init_ray, train_logging_config, verbose
+from facray.runners.streaming import split_datasets
+from facray.runners.worker import train_per_worker
 from facray.runs import RunFolder
+from facray.tracking import check_training_run, end_training_run, start_training_run
+from facray.training.binary_jobs import BinaryJob
+from facray.training.binary_task import train_run_name
 from facray.training.configs import TrainCommon
 from facray.training.run_record import TrainingFailed
+from facray.training.splits import SplitSpec
+from facray.training.task import Plan, Task
+from facray.training.tasks import TASKS, task_for
+
+
+def train(cfg: TrainCommon, callbacks: tuple = (), parent_run_id: str | None = None, register: bool = True) -> Any:
+    """Train ``cfg`` (a :class:`BinaryConfig` or :class:`MultitaskConfig`) into ``cfg.out``, or
+    find it already trained with these settings; returns the task's result (binary: the per-job
+    table; multi-task: the metrics record).
+
+    ``callbacks``: more Ray Train callbacks (a sweep trial passes Tune's); ``parent_run_id``: the
+    MLflow run this one is a child of (a sweep's); ``register``: register a multi-task model (a
+    sweep registers only its best trial's). ``cfg.out`` must be a run of the same settings (or
+    new, or ``cfg.overwrite``): see :mod:`facray.training.run_record`. Raises ValueError (and its
+    kin) for a bad setting before Ray starts; :class:`TrainingFailed` for a failure the workers
+    reported."""
+    task = task_for(cfg)
+    cfg = absolute_paths(cfg)
+    plan = task.plan(cfg)
+    if plan.done is not None:
+        print(plan.summary, flush=True)
+        return plan.done
+    if parent_run_id is None:  # a sweep checks its store once, not in every trial
+        check_training_run(cfg)
+    print(plan.summary, flush=True)
+    tracking_uri, mlflow_run_id = start_training_run(cfg.tracking_uri, plan.run, cfg.experiment,
+                                                     task.mlflow_run_name(cfg), config_to_dict(cfg), parent_run_id)
+    plan.run.set_mlflow_run_id(mlflow_run_id)  # combine and evaluate log under it
+    collected = None
+    try:
+        if plan.ranks:
+            init_ray()
+            if getattr(cfg, "mode", "fused") == "separate":
+                run_separate(task, cfg, plan)
+            else:
+                result = fit_on_ray(task, cfg, plan, (EpochMetricsToMlflow(tracking_uri, mlflow_run_id), *callbacks))
+                with result.checkpoint.as_directory() as d:
+                    collected = task.collect(RunFolder(d), plan.run)
+        return task.finish(cfg, plan, collected, tracking_uri, mlflow_run_id, register)
+    except BaseException as e:
+        end_training_run(tracking_uri, mlflow_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
 
 
 def scaling(cfg: TrainCommon, num_workers: int) -> ray.train.ScalingConfig:
@@ -24,38 +82,64 @@ def scaling(cfg: TrainCommon, num_workers: int) -> ray.train.ScalingConfig:
                                    resources_per_worker=resources)
 
 
-def fit_on_ray(loop: Callable[[dict], None], loop_config: dict, cfg: TrainCommon, name: str, num_workers: int,
-               callbacks: tuple = (), datasets: dict | None = None,
-               dataset_config: ray.train.DataConfig | None = None) -> ray.train.Result:
-    """Run ``loop(loop_config)`` on ``num_workers`` Ray Train workers as the Train run ``name``
+def fit_on_ray(task: Task, cfg: TrainCommon, plan: Plan, callbacks: tuple = ()) -> ray.train.Result:
+    """One Ray Train run of ``plan``: ``len(plan.ranks)`` workers, named ``plan.train_run``
     (storage: the run folder's ``ray_results/``; a re-run of the same name resumes from its latest
     checkpoint), ``cfg.max_failures`` restarts for lost workers. A failure a retry would repeat,
     which a worker wrote with :meth:`RunFolder.write_failure` and then returned, is raised here as
     :class:`TrainingFailed`."""
+    datasets = {}
+    if cfg.data == "stream":
+        datasets = {"datasets": split_datasets(SplitSpec.of(cfg), task.stream_columns(cfg)),
+                    "dataset_config": ray.train.DataConfig(
+                        datasets_to_split=["train"] if task.split_train_stream else [])}
     trainer = TorchTrainer(
-        loop, train_loop_config=loop_config, scaling_config=scaling(cfg, num_workers),
+        train_per_worker,
+        train_loop_config={"task": task.name, "cfg": config_to_dict(cfg), "plan": plan, "verbose": verbose()},
+        scaling_config=scaling(cfg, len(plan.ranks)),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(RunFolder(cfg.out).ray_results_dir),
+            name=plan.train_run, storage_path=str(plan.run.ray_results_dir),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks), logging_config=train_logging_config()),
-        **({"datasets": datasets, "dataset_config": dataset_config} if datasets else {}))
-    run = RunFolder(cfg.out)
-    run.clear_failure(name)
+        **datasets)
+    plan.run.clear_failure(plan.train_run)
     result = fit_in_thread(trainer)
-    failure = run.failure(name)
+    failure = plan.run.failure(plan.train_run)
     if failure:
         raise TrainingFailed(failure)
     return result
 
 
-def saved_state(filename: str, device: torch.device) -> dict | None:
-    """In a worker: its ``filename`` from the latest checkpoint of this Train run (after a
-    restart or a re-run), else None. Tensors, dicts and lists only: a checkpoint on shared storage
-    can never run code."""
-    checkpoint = ray.train.get_checkpoint()
-    if not checkpoint:
-        return None
-    with checkpoint.as_directory() as d:
-        path = Path(d) / filename
-        return torch.load(path, map_location=device, weights_only=True) if path.is_file() else None
+def run_separate(task: Task, cfg: TrainCommon, plan: Plan) -> None:
+    """``train-binary --mode separate``: one Ray Train run per job, several at once as Ray Tune
+    trials over the job grid (fractional CPU/GPU per trial): for comparison with fused mode, and
+    for clusters with many small GPUs. Each job's epochs reach Tune, not MLflow (its child run
+    holds them)."""
+    from ray import tune
+
+    jobs = [job for share in plan.ranks for job in share]
+    tuner = tune.Tuner(
+        tune.with_resources(_separate_trial, {"CPU": 0.01}),
+        param_space={"task": task.name, "cfg": config_to_dict(cfg), "plan": replace(plan, ranks=[]),
+                     "job": tune.grid_search(jobs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent),
+        run_config=tune.RunConfig(name=f"separate-{int(time.time())}",
+                                  storage_path=str(plan.run.ray_results_dir), verbose=0))
+    grid = fit_in_thread(tuner)  # Ctrl-C reaches facray's one handler (see facray.runners.runtime)
+    errors = [str(r.error) for r in grid if r.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} separate job(s) failed: {errors[:3]}")
+
+
+def _separate_trial(config: dict) -> None:
+    """A Tune trial: one Ray Train run of one job; its epochs reach Tune through the callback."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    task, job = TASKS[config["task"]], config["job"]
+    cfg = task.config_class(**config["cfg"])
+    name = train_run_name(f"job-{job['attribute']}__{job['modality']}", cfg, [BinaryJob(**job)])
+    plan = replace(config["plan"], ranks=[[job]], train_run=name)
+    result = fit_on_ray(task, cfg, plan, (TuneReportCallback(),))
+    with result.checkpoint.as_directory() as d:
+        task.collect(RunFolder(d), plan.run)

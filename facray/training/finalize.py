@@ -1,6 +1,6 @@
 """The end of a multi-task run, pure (no Ray): best weights, thresholds chosen on validation, test
 metrics and the predictor record. Rank 0 of a Ray Train run calls it on its last epoch
-(:mod:`facray.runners.multitask_worker`); ``bench/gpu_train.py`` calls it without Ray."""
+(:meth:`facray.training.multitask_task.MultitaskRank.finalize`); ``bench/gpu_train.py`` calls it without Ray."""
 from __future__ import annotations
 
 import numpy as np

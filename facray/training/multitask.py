@@ -1,5 +1,5 @@
 """Train one network with 40 sigmoid outputs. Pure torch: runs without Ray (Ray Train workers wrap
-it, see :mod:`facray.runners.train_multitask`), on CPU or GPU, with or without DDP.
+it, see :mod:`facray.training.multitask_task`), on CPU or GPU, with or without DDP.
 
 - Loss: BCE with logits over the attributes a row has labels for (-1 = unknown, e.g. MTFL's 37
   missing attributes, is masked out); optional class balance (``pos_weight`` = negatives /

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from facray.data.prepared import read_prepared, shard_dataset
+from facray.data.prepared import batch_arrays, read_prepared, shard_dataset
 
 
 @dataclass(frozen=True)
@@ -124,3 +124,13 @@ def array_batches(data: dict[str, np.ndarray], batch_size: int, shuffle: bool = 
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         yield {k: data[k][idx] for k in keys}
+
+
+def stream_batches(shard, batch_size: int, meta: dict, shuffle_seed: int | None):
+    """Batches of a Train worker's Ray Data shard (``--data stream``; anything with Ray Data's
+    ``iter_batches``) as the arrays the trainers take, decoded here (:func:`batch_arrays`);
+    shuffled within a ``4 * batch_size`` buffer when ``shuffle_seed`` is given."""
+    kw = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": shuffle_seed} \
+        if shuffle_seed is not None else {}
+    for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", **kw):
+        yield batch_arrays(b, meta)

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from facray.config import coerce
-from facray.training.configs import NON_WEIGHT_KEYS, BinaryConfig, MultitaskConfig
+from facray.training.configs import NON_WEIGHT_KEYS
+from facray.training.tasks import TASKS
 
-TRAINERS = {BinaryConfig: "binary", MultitaskConfig: "multitask"}
+TRAINERS = {task.config_class: name for name, task in TASKS.items()}
 # What a trial may report per epoch, by trainer (checked against the space's METRIC).
 METRICS = {"binary": ("mean_val_accuracy",), "multitask": ("val_accuracy", "val_loss", "loss")}
 # Keys the sweep sets itself (each trial's folder and store) or that decide where trials run.

@@ -1,0 +1,93 @@
+"""The one training skeleton without Ray: both tasks' plan -> setup -> :func:`train_epochs` ->
+collect, with a plain ``report`` in place of Ray Train's (what the runner adds is tested by the Ray
+tests). The loop resumes from a rank's saved state exactly where an uninterrupted run goes."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from facray.runs import RunFolder
+from facray.training.configs import BinaryConfig, MultitaskConfig
+from facray.training.task import train_epochs
+from facray.training.tasks import task_for
+
+CPU = torch.device("cpu")
+
+
+def _no_ddp(model, find_unused_parameters):
+    return model
+
+
+def _train(cfg, saved: list | None = None, world: int = 1) -> tuple:
+    """Every rank of ``cfg``'s plan, one after another in this process; returns (plan, the
+    checkpoints each rank reported, as folders copied under ``cfg.out``, and the metrics)."""
+    task = task_for(cfg)
+    plan = task.plan(cfg)
+    checkpoints, records = [], []
+    for rank in range(len(plan.ranks)):
+        def report(record, folder, rank=rank):
+            records.append(record)
+            if folder is not None:
+                copy = Path(cfg.out) / "reported" / f"{rank}-{len(checkpoints)}"
+                shutil.copytree(folder, copy)
+                checkpoints.append(copy)
+        work = task.setup(cfg, plan, rank, world, CPU, None)
+        work.distribute(_no_ddp)
+        state = torch.load(saved[rank], weights_only=True) if saved else None
+        train_epochs(work, rank, cfg.out, plan.train_run, report, state)
+    return task, plan, checkpoints, records
+
+
+def test_a_multitask_run_trains_and_finishes_without_ray(prepared_small, tmp_path, learnable):
+    cfg = MultitaskConfig(prepared=str(prepared_small), out=str(tmp_path / "mt"), model="abm-trunk-tiny",
+                          image_size=32, epochs=2, batch_size=16, patience=5)
+    task, plan, checkpoints, records = _train(cfg)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert (checkpoints[0] / "trainer.pt").is_file() and not RunFolder(checkpoints[0]).metrics_file.is_file()
+    record = task.collect(RunFolder(checkpoints[-1]), plan.run)  # the last one carries the predictor
+    assert record["epochs_run"] == 2 and record["settings_hash"] == plan.digest
+    assert [a["attribute"] for a in record["attributes"]] == learnable(prepared_small)
+    assert (plan.run.model_dir / "manifest.json").is_file()
+
+
+def test_binary_ranks_split_the_jobs_and_a_resumed_rank_ends_like_an_uninterrupted_one(prepared_small, tmp_path):
+    base = dict(prepared=str(prepared_small), attributes="Smiling,Male", modalities=("real",), epochs=3,
+                image_size=32, batch_size=16, patience=5, num_workers=2)
+    cfg = BinaryConfig(out=str(tmp_path / "full"), **base)
+    task, plan, checkpoints, records = _train(cfg)
+    assert [[j["attribute"] for j in share] for share in plan.ranks] == [["Male"], ["Smiling"]]  # attributes in the official order
+    assert [r["epoch"] for r in records] == [1, 2, 3, 1, 2, 3]  # rank 0's epochs, then rank 1's
+    full = {}
+    for last in (checkpoints[2], checkpoints[5]):
+        full.update({k: RunFolder(last).job_dir(k) for k in task.collect(RunFolder(last), plan.run)})
+    assert sorted(full) == sorted(plan.shared["all_jobs"])
+
+    # The same run from each rank's epoch-1 checkpoint: it resumes at epoch 2 and ends the same.
+    resumed_cfg = BinaryConfig(out=str(tmp_path / "resumed"), **base)
+    _, plan2, checkpoints2, records2 = _train(resumed_cfg, saved=[checkpoints[0] / "rank0.pt",
+                                                                  checkpoints[3] / "rank1.pt"])
+    assert [r["epoch"] for r in records2] == [2, 3, 2, 3]
+    assert {r["resumed_from_epoch"] for r in records2} == {1}
+    for last in (checkpoints2[1], checkpoints2[3]):
+        for job_dir in RunFolder(last).jobs_dir.iterdir():
+            a = torch.load(RunFolder.job_weights_file(job_dir), weights_only=True)["state_dict"]
+            b = torch.load(RunFolder.job_weights_file(full[job_dir.name]), weights_only=True)["state_dict"]
+            assert all(torch.equal(a[k], b[k]) for k in a), job_dir.name
+
+
+def test_a_diverged_run_leaves_its_reason_and_ends_without_raising(prepared_small, tmp_path):
+    cfg = MultitaskConfig(prepared=str(prepared_small), out=str(tmp_path / "nan"), model="abm-trunk-tiny",
+                          image_size=32, epochs=3, batch_size=16, lr=1e12)
+    _, plan, checkpoints, records = _train(cfg)
+    assert records == [] and checkpoints == []
+    assert plan.run.failure(plan.train_run).startswith("training diverged at epoch 1: ")
+
+
+@pytest.mark.parametrize("cfg_class", [BinaryConfig, MultitaskConfig])
+def test_every_config_class_has_its_task(cfg_class):
+    assert task_for(cfg_class).config_class is cfg_class
+    with pytest.raises(TypeError, match="no training task for dict"):
+        task_for({})
