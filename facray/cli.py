@@ -91,12 +91,12 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "sweep": ("sweep a trainer's hyperparameters on Ray Tune (tune_spaces/*.py); register the best model",
               _build_sweep, run_sweep_command),
     "combine": ("keep the better modality per attribute; write and register the combined predictor",
-                config_arguments("facray.training.combine", "CombineConfig",
+                config_arguments("facray.training.configs", "CombineConfig",
                                  "train a one-epoch tiny train-binary run into runs/smoke_abm, then combine it"),
                 run_combine),
     "evaluate": ("per-attribute report (real, sketch, combined, majority, paper) with a plot, logged to MLflow; "
                  "--dataset scores a model on another dataset",
-                 config_arguments("facray.reports", "EvaluateConfig",
+                 config_arguments("facray.training.configs", "EvaluateConfig",
                                   "train a one-epoch tiny `facray train` run into runs/smoke_multitask, then "
                                   "report on it"),
                  run_evaluate),

@@ -111,7 +111,8 @@ def _tracking_hint(uri: str | None, out) -> str:
 
 
 def run_combine(args: argparse.Namespace) -> int:
-    from facray.training.combine import CombineConfig, combine
+    from facray.training.combine import combine
+    from facray.training.configs import CombineConfig
 
     cfg = _resolve(CombineConfig, args)
     dest, uri = combine(cfg)
@@ -122,7 +123,8 @@ def run_combine(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from facray.reports import EvaluateConfig, evaluate_run
+    from facray.reports import evaluate_run
+    from facray.training.configs import EvaluateConfig
 
     cfg = _resolve(EvaluateConfig, args)
     if cfg.dataset:

@@ -20,13 +20,13 @@ from facray.data.pipeline import PrepareConfig
 from facray.data.prepared import read_prepare_config
 from facray.data.synth import write_synthetic_celeba, write_unlabelled_faces
 from facray.labelling.config import LabelConfig
-from facray.reports import EvaluateConfig, evaluate_run
+from facray.reports import evaluate_run
 from facray.runners.label import label_images
 from facray.runners.prepare import prepare
 from facray.runners.train import train
 from facray.runs import RunFolder
-from facray.training.combine import CombineConfig, combine
-from facray.training.configs import BinaryConfig, MultitaskConfig
+from facray.training.combine import combine
+from facray.training.configs import BinaryConfig, CombineConfig, EvaluateConfig, MultitaskConfig
 
 DEMO_ATTRIBUTES = ("Eyeglasses", "Smiling", "Wearing_Hat", "Bald")
 

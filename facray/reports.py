@@ -17,15 +17,12 @@ the style of the paper's Figure 3, and logs all three to MLflow.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 
 from facray.attributes import ATTRIBUTES, ATTRIBUTE_INDEX
-from facray.config import option
 from facray.data.prepared import read_prepared
 from facray.models.cam import cam_grid
 from facray.models.inputs import to_input
@@ -35,31 +32,9 @@ from facray.preflight import check_tracking_store
 from facray.runs import RunFolder
 from facray.tracking import resolve_tracking_uri, setup_mlflow
 from facray.training.combine import best_lr_records, choose_modalities
+from facray.training.configs import EvaluateConfig
 from facray.training.binary_jobs import PAPER_TABLE
 from facray.training.metrics import confusion_metrics
-
-
-@dataclass
-class EvaluateConfig:
-    # --smoke-test: a one-epoch smoke `facray train` run first (facray.testing), then its report.
-    SMOKE: ClassVar[dict] = {}
-
-    run: str = option("runs/abm", "the run folder (train-binary + combine, or train)", path=True)
-    out: str = option("", "report folder (default <run>/report; with --dataset <model>/eval-<dataset name>)",
-                      path=True)
-    dataset: str = option("", "score the model on this dataset folder instead (CelebA, a CelebA-style list or "
-                              "CSV with any subset of the attributes, MTFL): its images are labelled as "
-                              "`facray label` does, then scored per attribute the dataset labels", path=True)
-    model: str = option("", "with --dataset: the model to score (a run or predictor folder, models:/ URI; "
-                            "default --run)", path=True)
-    split: Literal["all", "train", "val", "test"] = option("all", "with --dataset: the rows to score")
-    skip_missing: bool = option(False, "with --dataset: go on without images its lists name but that are missing")
-    prepared: str | None = option(None, "the prepared data the run trained on, if it moved (default: as "
-                                        "recorded in the run; its version is checked either way)", path=True)
-    log_mlflow: bool = option(True, "log the report to MLflow")
-    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)", path=True)
-    experiment: str | None = option(None, "MLflow experiment (default: facray-abm or facray-multitask, "
-                                          "by the run's kind)")
 
 
 def majority_baseline(splits: dict) -> pd.Series:

@@ -18,12 +18,10 @@ from facray.labelling.config import LabelConfig
 from facray.models.abm import init_model
 from facray.predictors.format import MANIFEST
 from facray.predictors.networks import write_predictor
-from facray.reports import EvaluateConfig
 from facray.runners.prepare import prepare
 from facray.runners.train import train
 from facray.runs import RunFolder
-from facray.training.combine import CombineConfig
-from facray.training.configs import SweepConfig, BinaryConfig, MultitaskConfig
+from facray.training.configs import BinaryConfig, CombineConfig, EvaluateConfig, MultitaskConfig, SweepConfig
 
 
 def smoke_model(folder: Path, crop_size: int = 48) -> Path:

@@ -103,6 +103,14 @@ def test_inference_does_not_import_training_code():
     assert out.stdout.strip() == "[]"
 
 
+def test_every_commands_help_imports_neither_torch_nor_ray_nor_mlflow():
+    """``facray --help`` builds every command's parser: from torch-free config modules only."""
+    code = ("import sys\nfrom facray.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted({'torch', 'ray', 'mlflow'} & set(sys.modules)), file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "train-binary" in out.stdout and out.stderr.strip().splitlines()[-1] == "[]"
+
+
 def test_run_folder_paths_are_joined_in_one_module_only():
     """Nothing but facray/runs.py builds a path into a run folder (``x / "jobs"``)."""
     names = ("run.json", "config.yaml", "parent_run_id", "mlflow_run_id", "mlflow_logged.json", "mlflow.db",

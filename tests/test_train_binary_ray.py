@@ -10,7 +10,8 @@ import pytest
 from facray.predictors.format import PredictorError
 
 from facray.predictors.networks import load_predictor
-from facray.training.combine import CombineConfig, choose_modalities, combine
+from facray.training.combine import choose_modalities, combine
+from facray.training.configs import CombineConfig, EvaluateConfig
 from facray.training.configs import BinaryConfig
 from facray.runners.train import train
 
@@ -79,7 +80,7 @@ def test_fused_two_workers_mlflow_rerun_combine_evaluate(ray_session, prepared_s
                                         tracking_uri=mlflow.get_tracking_uri(), num_actors=1, preprocess_actors=1, batch_size=2))
     assert labelled.inputs == 2 and labelled.model == predictor.name
 
-    from facray.reports import EvaluateConfig, evaluate_run
+    from facray.reports import evaluate_run
     report, folder = evaluate_run(EvaluateConfig(run=str(out)))
     assert min(read_png(folder / "accuracy_per_attribute.png").shape[:2]) >= 200
     row = report.set_index("attribute").loc["Eyeglasses"]

@@ -25,8 +25,8 @@ from facray.runners.runtime import fit_in_thread, init_ray
 from facray.runners.train import train
 from facray.runs import RunFolder
 from facray.tracking import flat_params, register_predictor, setup_mlflow
-from facray.training.combine import CombineConfig, combine
-from facray.training.configs import SweepConfig
+from facray.training.combine import combine
+from facray.training.configs import CombineConfig, SweepConfig
 from facray.training.run_record import settings_hash
 from facray.training.sweep_report import plot_metric
 from facray.training.sweep_space import SearchSpace, load_space

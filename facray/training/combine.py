@@ -7,42 +7,22 @@ predictor (:mod:`facray.predictors`), log it to MLflow as a pyfunc model and reg
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
 
 import pandas as pd
 import torch
 
 from facray.attributes import ATTRIBUTES
-from facray.config import option
 from facray.data.prepared import prepared_crop, read_metadata
 from facray.predictors.format import Manifest, set_thresholds
 from facray.predictors.networks import load_predictor, write_predictor
 from facray.preflight import check_tracking_store
 from facray.runs import RunFolder
 from facray.tracking import register_predictor, resolve_tracking_uri, setup_mlflow
+from facray.training.configs import CombineConfig
 from facray.training.metrics import choose_thresholds
 from facray.training.splits import SplitSpec, load_validation
 
-REGISTERED_NAME = "facray-abm-combined"
-
-
-@dataclass
-class CombineConfig:
-    # --smoke-test: a one-epoch smoke train-binary run first (facray.testing), then combine it.
-    SMOKE: ClassVar[dict] = {}
-
-    run: str = option("runs/abm", "the train-binary output folder", path=True)
-    out: str = option("", "predictor folder (default <run>/combined)", path=True)
-    prepared: str | None = option(None, "the prepared data the run trained on, if it moved (default: as "
-                                        "recorded in the run; its version is checked either way)", path=True)
-    register: bool = option(True, "log to MLflow and register the model")
-    registered_name: str = option(REGISTERED_NAME, "MLflow registered model name")
-    thresholds: Literal["validation", "0.5"] = option("validation", "per-attribute decision thresholds chosen "
-                                                      "on the validation rows, or 0.5 for all")
-    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)", path=True)
-    experiment: str = option("facray-abm", "MLflow experiment")
 
 
 def best_lr_records(records: list[dict]) -> list[dict]:

@@ -1,4 +1,5 @@
-"""The configs of the training commands (``facray train-binary``, ``facray train``), parsed and
+"""The configs of the training commands (``facray train-binary``, ``facray train``, ``facray
+sweep``) and of those that read a trained run (``combine``, ``evaluate``), parsed and
 validated on the driver before Ray starts (:mod:`facray.config`), and read back by the Ray Train
 workers from the dict the driver sends them. Pure Python.
 """
@@ -186,3 +187,48 @@ class SweepConfig:
 # The names before 2026-12, which search spaces written for facray (tune_spaces/*.py: CONFIG) import.
 TrainConfig = MultitaskConfig
 TrainBinaryConfig = BinaryConfig
+
+
+# The commands that read a trained run: in this torch-free module, so that `facray --help`
+# builds every parser without importing torch or MLflow.
+REGISTERED_NAME = "facray-abm-combined"
+
+
+@dataclass
+class CombineConfig:
+    # --smoke-test: a one-epoch smoke train-binary run first (facray.testing), then combine it.
+    SMOKE: ClassVar[dict] = {}
+
+    run: str = option("runs/abm", "the train-binary output folder", path=True)
+    out: str = option("", "predictor folder (default <run>/combined)", path=True)
+    prepared: str | None = option(None, "the prepared data the run trained on, if it moved (default: as "
+                                        "recorded in the run; its version is checked either way)", path=True)
+    register: bool = option(True, "log to MLflow and register the model")
+    registered_name: str = option(REGISTERED_NAME, "MLflow registered model name")
+    thresholds: Literal["validation", "0.5"] = option("validation", "per-attribute decision thresholds chosen "
+                                                      "on the validation rows, or 0.5 for all")
+    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)", path=True)
+    experiment: str = option("facray-abm", "MLflow experiment")
+
+
+@dataclass
+class EvaluateConfig:
+    # --smoke-test: a one-epoch smoke `facray train` run first (facray.testing), then its report.
+    SMOKE: ClassVar[dict] = {}
+
+    run: str = option("runs/abm", "the run folder (train-binary + combine, or train)", path=True)
+    out: str = option("", "report folder (default <run>/report; with --dataset <model>/eval-<dataset name>)",
+                      path=True)
+    dataset: str = option("", "score the model on this dataset folder instead (CelebA, a CelebA-style list or "
+                              "CSV with any subset of the attributes, MTFL): its images are labelled as "
+                              "`facray label` does, then scored per attribute the dataset labels", path=True)
+    model: str = option("", "with --dataset: the model to score (a run or predictor folder, models:/ URI; "
+                            "default --run)", path=True)
+    split: Literal["all", "train", "val", "test"] = option("all", "with --dataset: the rows to score")
+    skip_missing: bool = option(False, "with --dataset: go on without images its lists name but that are missing")
+    prepared: str | None = option(None, "the prepared data the run trained on, if it moved (default: as "
+                                        "recorded in the run; its version is checked either way)", path=True)
+    log_mlflow: bool = option(True, "log the report to MLflow")
+    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)", path=True)
+    experiment: str | None = option(None, "MLflow experiment (default: facray-abm or facray-multitask, "
+                                          "by the run's kind)")
