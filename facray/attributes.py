@@ -19,6 +19,12 @@ ATTRIBUTES: tuple[str, ...] = (
 NUM_ATTRIBUTES = len(ATTRIBUTES)
 ATTRIBUTE_INDEX: dict[str, int] = {name: i for i, name in enumerate(ATTRIBUTES)}
 
+# CelebA's 5 facial landmarks, in the order of list_landmarks_align_celeba.txt (x, y each). A
+# horizontal mirror swaps left with right, so point i of a mirrored face is point
+# MIRRORED_LANDMARKS[i] of the original.
+LANDMARK_ORDER: tuple[str, ...] = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
+MIRRORED_LANDMARKS: tuple[int, ...] = (1, 0, 2, 4, 3)
+
 # Taherkhani et al.: attributes tied to identity, fused with the identity branch.
 IDENTITY_ATTRIBUTES: tuple[str, ...] = (
     "Narrow_Eyes", "Big_Nose", "Pointy_Nose", "Chubby", "Double_Chin",

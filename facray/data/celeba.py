@@ -23,14 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facray.attributes import ATTRIBUTES
+from facray.attributes import ATTRIBUTES, LANDMARK_ORDER
 from facray.data.errors import DatasetError, where
 from facray.data.folder import inside_root, list_images, printable_name
 
 log = logging.getLogger(__name__)
 
-LANDMARK_COLUMNS = ("lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
-                    "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y")
+LANDMARK_COLUMNS = tuple(f"{point}_{axis}" for point in LANDMARK_ORDER for axis in "xy")
 BBOX_COLUMNS = ("x_1", "y_1", "width", "height")
 PARTITION_NAMES = {0: "train", 1: "val", 2: "test"}
 # The official folders; img_align_celeba_png/ is the official lossless edition (its files are
@@ -403,10 +402,17 @@ def read_celeba(root: str | Path, split: str = "official", seed: int = 0,
     return table
 
 
+def label_matrix(n: int, columns) -> np.ndarray:
+    """The (n, 40) int8 label matrix from per-attribute columns (a mapping of attribute name ->
+    n values in {0, 1}): -1 for every attribute ``columns`` lacks (e.g. MTFL's). The one builder
+    of the matrix, for tables and for batches (:func:`facray.data.ops.pack_labels`)."""
+    out = np.full((n, len(ATTRIBUTES)), -1, np.int8)
+    for j, a in enumerate(ATTRIBUTES):
+        if a in columns:
+            out[:, j] = np.asarray(columns[a], np.int8)
+    return out
+
+
 def labels_matrix(table: pd.DataFrame) -> np.ndarray:
     """The (N, 40) int8 label matrix, with -1 for attributes the table lacks (e.g. MTFL)."""
-    out = np.full((len(table), len(ATTRIBUTES)), -1, dtype=np.int8)
-    for j, a in enumerate(ATTRIBUTES):
-        if a in table.columns:
-            out[:, j] = table[a].to_numpy(dtype=np.int8)
-    return out
+    return label_matrix(len(table), {a: table[a].to_numpy() for a in ATTRIBUTES if a in table.columns})

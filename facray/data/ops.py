@@ -11,7 +11,7 @@ import numpy as np
 
 from facray import columns
 from facray.attributes import ATTRIBUTES
-from facray.data.celeba import BBOX_COLUMNS, LANDMARK_COLUMNS
+from facray.data.celeba import BBOX_COLUMNS, LANDMARK_COLUMNS, label_matrix
 from facray.data.imageio import ImageError, MAX_PIXELS, decode_image, read_image
 from facray.data.transforms.augment import OFFLINE_AUGMENTATIONS, augment_landmarks, augment_offline
 from facray.data.transforms.detect import FaceDetector
@@ -35,11 +35,7 @@ def pack_labels(batch: dict[str, np.ndarray]) -> np.ndarray:
     n = len(batch[columns.PATH])
     if columns.LABELS in batch:
         return np.asarray(batch[columns.LABELS], np.int8).reshape(n, len(ATTRIBUTES))
-    out = np.full((n, len(ATTRIBUTES)), -1, np.int8)
-    for j, a in enumerate(ATTRIBUTES):
-        if a in batch:
-            out[:, j] = np.asarray(batch[a], np.int8)
-    return out
+    return label_matrix(n, batch)
 
 
 class ImageDecoder:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# CelebA's 5 landmarks as (x, y) pairs: left eye, right eye, nose, left mouth, right mouth. A
-# horizontal flip mirrors x and swaps left with right.
-_MIRRORED_LANDMARKS = [1, 0, 2, 4, 3]
+from facray.attributes import MIRRORED_LANDMARKS
+
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def flip_targets(masks: torch.Tensor | None, landmarks: torch.Tensor | None, fli
     if masks is not None:
         masks = torch.where(flip.view(-1, 1, 1, 1), masks.flip(-1), masks)
     if landmarks is not None:
-        mirrored = landmarks.view(-1, 5, 2)[:, _MIRRORED_LANDMARKS].clone()
+        mirrored = landmarks.view(-1, 5, 2)[:, list(MIRRORED_LANDMARKS)].clone()
         mirrored[..., 0] = 1 - mirrored[..., 0]
         landmarks = torch.where(flip.view(-1, 1), mirrored.view(-1, 10), landmarks)
     return masks, landmarks

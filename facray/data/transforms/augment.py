@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from facray.attributes import MIRRORED_LANDMARKS
 from facray.data.transforms.face import transform_points
 
 # ABM-CNN: "we convert every image into 9 images by changing its perspectives": the original and
@@ -94,5 +95,5 @@ def augment_landmarks(landmarks: np.ndarray, H: np.ndarray) -> np.ndarray:
     index 0 stays the eye on the image's left, as in CelebA."""
     out = transform_points(landmarks, H)
     if np.linalg.det(H[:2, :2]) < 0:
-        out = out[[1, 0, 2, 4, 3]]
+        out = out[list(MIRRORED_LANDMARKS)]
     return out
