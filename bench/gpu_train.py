@@ -35,7 +35,7 @@ from facray.data.prepared import read_metadata
 from facray.models.inputs import to_channels_last
 from facray.models.registry import build_model, model_spec
 from facray.runs import RunFolder
-from facray.training.configs import MultitaskConfig, input_size, uses_masks
+from facray.training.configs import MultitaskConfig, input_size, model_kwargs, uses_masks
 from facray.training.finalize import finalize
 from facray.training.metrics import attribute_metrics, choose_thresholds, positive_weights, trainable_attributes
 from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig
@@ -89,7 +89,7 @@ def run_recipe(recipe: str, prepared: str, device: torch.device, out: Path | Non
     data = split_arrays(cfg)
     torch.manual_seed(cfg.seed)
     size = input_size(cfg)
-    model = build_model(cfg.model, size, pretrained=cfg.pretrained, weights_file=cfg.weights, **cfg.model_kwargs())
+    model = build_model(cfg.model, size, pretrained=cfg.pretrained, weights_file=cfg.weights, **model_kwargs(cfg))
     model = to_channels_last(model.to(device))
     pos_weight = positive_weights(data["train"]["labels"], cfg.max_pos_weight) if cfg.class_balance else None
     trainer = MultiTaskTrainer(model, MultiTaskTrainerConfig.of(cfg), device, pos_weight, head_modules=model_spec(cfg.model).head)
@@ -108,7 +108,7 @@ def run_recipe(recipe: str, prepared: str, device: torch.device, out: Path | Non
     run = RunFolder(out / f"run-{cfg.model}-{abs(hash(recipe)) % 10**6}" if out else tempfile.mkdtemp())
     labelled = trainable_attributes(data["train"]["labels"], list(ATTRIBUTES), prepared)
     record = finalize(run, trainer, array_batches(data["val"], 512), array_batches(data["test"], 512), labelled,
-                      cfg, cfg.model_kwargs(), read_metadata(prepared), digest="bench")
+                      cfg, model_kwargs(cfg), read_metadata(prepared), digest="bench")
     probs = {}
     for split in ("val", "test"):
         plain, labels, _, _ = trainer.predict(array_batches(data[split], 512))
@@ -179,7 +179,7 @@ def throughput(prepared: str, model_name: str, batch: int, epochs: int, device: 
     train = {k: train[k] for k in ("image", "labels")}
     size = input_size(cfg)
     torch.manual_seed(0)
-    model = build_model(cfg.model, size, **cfg.model_kwargs())
+    model = build_model(cfg.model, size, **model_kwargs(cfg))
     model = to_channels_last(model.to(device))
     trainer = MultiTaskTrainer(model, MultiTaskTrainerConfig.of(cfg), device)
     for epoch in range(epochs + 1):
@@ -191,7 +191,7 @@ def throughput(prepared: str, model_name: str, batch: int, epochs: int, device: 
     facray = epochs * len(train["labels"]) / (time.perf_counter() - start)
 
     torch.manual_seed(0)
-    model = build_model(cfg.model, size, **cfg.model_kwargs())
+    model = build_model(cfg.model, size, **model_kwargs(cfg))
     model = to_channels_last(model.to(device))
     labels = torch.as_tensor(train["labels"]).clamp(min=0)
     plain = plain_epochs(model, torch.as_tensor(train["image"]), labels, torch.as_tensor(val["image"]), batch,

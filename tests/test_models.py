@@ -30,3 +30,21 @@ def test_stack_equals_separate_models_and_round_trips(kind):
         torch.testing.assert_close(copy.eval()(x), m(x), atol=1e-5, rtol=1e-5)
     sub = stack.select([2, 0])
     torch.testing.assert_close(sub(x), out[:, [2, 0]], atol=1e-5, rtol=1e-5)
+
+
+def test_every_models_config_keys_are_train_options_its_builder_takes():
+    """A model declares the `facray train` options its builder takes (ModelSpec.config_keys):
+    each is a MultitaskConfig field, and the tiny variants build with them set to their defaults."""
+    import dataclasses
+
+    from facray.models.registry import build_model, list_models, model_spec
+    from facray.training.configs import MultitaskConfig, model_kwargs
+    fields = {f.name for f in dataclasses.fields(MultitaskConfig)}
+    for name in list_models():
+        assert set(model_spec(name).config_keys) <= fields, name
+    cfg = MultitaskConfig(model="vgg-transfer-tiny", bbox_head=True, train_base=True)
+    assert model_kwargs(cfg) == {"train_base": True, "bbox_head": True, "landmark_head": False}
+    assert model_kwargs(MultitaskConfig(model="resnet-tiny")) == {}  # train_base unset: the builder's default
+    assert model_kwargs(MultitaskConfig(model="joint-attr-id-tiny", fusion="all")) == {"fusion": "all"}
+    model = build_model("vgg-transfer-tiny", 32, **model_kwargs(cfg))
+    assert set(model.heads) == {"attributes", "bbox"}

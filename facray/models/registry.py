@@ -37,16 +37,20 @@ class ModelSpec:
     mask_output: bool = False  # also returns localisation maps ("masks"), trained on prepared masks
     identity_output: bool = False  # also classifies identities (takes num_identities)
     head: tuple[str, ...] = ("head",)  # the modules that are new on a pretrained base (fine-tuning)
+    # The `facray train` options (MultitaskConfig fields) its builder takes as keywords; an option
+    # left at None is not passed (the builder's default holds).
+    config_keys: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, input_size: int, torchvision_name: str | None = None, cam_layer: str = "features",
-                   mask_output: bool = False, identity_output: bool = False, head: tuple[str, ...] = ("head",)):
+                   mask_output: bool = False, identity_output: bool = False, head: tuple[str, ...] = ("head",),
+                   config_keys: tuple[str, ...] = ()):
     def wrap(fn):
         _REGISTRY[name] = ModelSpec(name, fn, input_size, torchvision_name, cam_layer, mask_output, identity_output,
-                                    head)
+                                    head, config_keys)
         return fn
     return wrap
 
@@ -77,12 +81,14 @@ def _resnet(builder, image_size: int, num_outputs: int, train_base: bool = True,
     return TorchvisionClassifier(builder(weights=None, **kw), num_outputs, train_base)
 
 
-@register_model("resnet18", 128, "resnet18", cam_layer="backbone.layer4", head=("backbone.fc",))
+@register_model("resnet18", 128, "resnet18", cam_layer="backbone.layer4", head=("backbone.fc",),
+                config_keys=("train_base",))
 def resnet18(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return _resnet(torchvision.models.resnet18, image_size, num_outputs, **kw)
 
 
-@register_model("resnet50", 128, "resnet50", cam_layer="backbone.layer4", head=("backbone.fc",))
+@register_model("resnet50", 128, "resnet50", cam_layer="backbone.layer4", head=("backbone.fc",),
+                config_keys=("train_base",))
 def resnet50(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return _resnet(torchvision.models.resnet50, image_size, num_outputs, **kw)
 
@@ -103,7 +109,7 @@ class _TinyResNet(torchvision.models.ResNet):
         self.fc = nn.Linear(64, 1000)
 
 
-@register_model("resnet-tiny", 32, cam_layer="backbone.layer4", head=("backbone.fc",))
+@register_model("resnet-tiny", 32, cam_layer="backbone.layer4", head=("backbone.fc",), config_keys=("train_base",))
 def resnet_tiny(image_size: int, num_outputs: int, train_base: bool = True) -> nn.Module:
     return TorchvisionClassifier(_TinyResNet(), num_outputs, train_base)
 
@@ -112,24 +118,28 @@ VGG19_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 5
                 512, 512, 512, 512, "M"]
 
 
-@register_model("vgg19-transfer", 224, "vgg19", head=("trunk", "heads"))
+@register_model("vgg19-transfer", 224, "vgg19", head=("trunk", "heads"),
+                config_keys=("train_base", "bbox_head", "landmark_head"))
 def vgg19_transfer(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return VGGTransfer(vgg_features(VGG19_CONFIG), 512, image_size, num_outputs, **kw)
 
 
-@register_model("vgg-transfer-tiny", 32, head=("trunk", "heads"))
+@register_model("vgg-transfer-tiny", 32, head=("trunk", "heads"),
+                config_keys=("train_base", "bbox_head", "landmark_head"))
 def vgg_transfer_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return VGGTransfer(vgg_features([4, "M", 8, "M", 8, "M", 16, "M", 16, "M"]), 16, image_size, num_outputs,
                        hidden=16, **kw)
 
 
-@register_model("inception-v3", 299, "inception_v3", cam_layer="backbone.Mixed_7c", head=("backbone.fc",))
+@register_model("inception-v3", 299, "inception_v3", cam_layer="backbone.Mixed_7c", head=("backbone.fc",),
+                config_keys=("train_base",))
 def inception_v3(image_size: int, num_outputs: int, train_base: bool = True, **kw) -> nn.Module:
     return TorchvisionClassifier(torchvision.models.inception_v3(weights=None, aux_logits=False,
                                                                  init_weights=True, **kw), num_outputs, train_base)
 
 
-@register_model("inception-v3-tiny", 75, "inception_v3", cam_layer="backbone.Mixed_7c", head=("backbone.fc",))
+@register_model("inception-v3-tiny", 75, "inception_v3", cam_layer="backbone.Mixed_7c", head=("backbone.fc",),
+                config_keys=("train_base",))
 def inception_v3_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     """The full Inception v3 code at its smallest legal input (75 px): the real architecture, cheap."""
     return inception_v3(image_size, num_outputs, **kw)
@@ -171,18 +181,21 @@ def tcdcn_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return TCDCN(image_size, num_outputs, widths=(4, 8, 8, 8), hidden=16, **kw)
 
 
-@register_model("joint-attr-id", 112, identity_output=True, head=("attribute_branch", "identity_branch"))
+@register_model("joint-attr-id", 112, identity_output=True, head=("attribute_branch", "identity_branch"),
+                config_keys=("fusion",))
 def joint_attr_id(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return JointAttributeIdentityNet(image_size, num_outputs, **kw)
 
 
-@register_model("joint-attr-id-narrow", 64, identity_output=True, head=("attribute_branch", "identity_branch"))
+@register_model("joint-attr-id-narrow", 64, identity_output=True, head=("attribute_branch", "identity_branch"),
+                config_keys=("fusion",))
 def joint_attr_id_narrow(image_size: int, num_outputs: int, **kw) -> nn.Module:
     """A quarter of the paper's widths, 1,024-unit branches: the joint network on a CPU."""
     return JointAttributeIdentityNet(image_size, num_outputs, widths=(16, 32, 64, 128, 128), hidden=1024, **kw)
 
 
-@register_model("joint-attr-id-tiny", 32, identity_output=True, head=("attribute_branch", "identity_branch"))
+@register_model("joint-attr-id-tiny", 32, identity_output=True, head=("attribute_branch", "identity_branch"),
+                config_keys=("fusion",))
 def joint_attr_id_tiny(image_size: int, num_outputs: int, **kw) -> nn.Module:
     return JointAttributeIdentityNet(image_size, num_outputs, widths=(4, 8, 8, 16, 16), hidden=16, **kw)
 

@@ -119,17 +119,13 @@ class MultitaskConfig(TrainCommon):
     jitter_rotate: float = option(0.0, "online jitter: largest rotation, degrees (e.g. 10)")
     experiment: str = option("facray-multitask", "MLflow experiment")
 
-    def model_kwargs(self) -> dict:
-        """The builder arguments that come from the config (an identity model's number of
-        identities comes from the data: :func:`uses_identities`)."""
-        if self.model.startswith("vgg"):
-            return {"train_base": bool(self.train_base), "bbox_head": self.bbox_head,
-                    "landmark_head": self.landmark_head}
-        if self.model.startswith("joint-attr-id"):
-            return {"fusion": self.fusion}
-        if self.model.startswith(("resnet", "inception")) and self.train_base is False:
-            return {"train_base": False}
-        return {}
+
+def model_kwargs(cfg: MultitaskConfig) -> dict:
+    """The builder arguments that come from the config: the options its model declares
+    (:attr:`ModelSpec.config_keys`) that are set. An identity model's number of identities
+    comes from the data (:func:`uses_identities`)."""
+    from facray.models.registry import model_spec  # lazy: torch; `facray train --help` builds flags from this module
+    return {k: getattr(cfg, k) for k in model_spec(cfg.model).config_keys if getattr(cfg, k) is not None}
 
 
 def uses_masks(cfg: MultitaskConfig) -> bool:

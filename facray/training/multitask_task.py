@@ -20,7 +20,8 @@ from facray.models.inputs import to_channels_last
 from facray.models.registry import build_model, model_spec
 from facray.runs import RunFolder
 from facray.tracking import finish_training_run
-from facray.training.configs import REGISTERED_PREFIX, MultitaskConfig, input_size, uses_identities, uses_masks
+from facray.training.configs import (REGISTERED_PREFIX, MultitaskConfig, input_size, model_kwargs, uses_identities,
+                                     uses_masks)
 from facray.training.finalize import finalize
 from facray.training.metrics import positive_weights, trainable_attributes
 from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig
@@ -62,8 +63,8 @@ class MultitaskTask:
         labels = train_labels(SplitSpec.of(cfg))  # once, here: stream-mode workers never hold them all
         trainable = trainable_attributes(labels, [a for a in ATTRIBUTES if a in selected], cfg.prepared)
         run, digest = claim_run(cfg)
-        model_kwargs = {**cfg.model_kwargs(), **({"num_identities": len(identities)} if identities else {})}
-        shared = {"settings_hash": digest, "model_kwargs": model_kwargs, "identities": identities,
+        builder = {**model_kwargs(cfg), **({"num_identities": len(identities)} if identities else {})}
+        shared = {"settings_hash": digest, "model_kwargs": builder, "identities": identities,
                   "positive_weights": positive_weights(labels, cfg.max_pos_weight).tolist(),
                   "labelled_attributes": trainable}
         summary = (f"training {cfg.model} on {cfg.num_workers} worker(s); rows: "
