@@ -10,7 +10,7 @@ from conftest import forbid_ray_start
 
 @pytest.mark.parametrize("argv, allowed", [
     (["train-binary", "--mode", "fussed"], "fused, separate"),
-    (["train-binary", "data=strem"], "memory, stream"),
+    (["train-binary", "data=strem"], "auto, memory, stream"),
     (["train-binary", "--stack", "grouped-ish"], "auto, grouped, loop"),
     (["prepare", "--root", "x", "--crop", "detec"], "auto, landmarks, bbox, aligned, detect, full"),
     (["label", "--model", "m", "--format", "xlsx"], "csv, parquet"),

@@ -48,6 +48,10 @@ def test_fused_two_workers_mlflow_rerun_combine_evaluate(ray_session, prepared_s
     assert parent["params.epochs"].iloc[0] == "2"
     history = mlflow.tracking.MlflowClient().get_metric_history(children.run_id.iloc[0], "val_loss")
     assert [m.step for m in history] == [1, 2]
+    # The run's own epochs arrived while it trained: both workers' jobs in each figure.
+    live = mlflow.tracking.MlflowClient().get_metric_history(parent.run_id.iloc[0], "jobs_trained")
+    assert [(m.step, m.value) for m in live] == [(1, 4), (2, 4)]
+    assert parent["status"].iloc[0] == "FINISHED"
 
     # An interrupted or repeated run skips finished jobs and adds only what is missing.
     (out / "jobs/Smiling__sketch/metrics.json").unlink()
@@ -107,10 +111,20 @@ def test_separate_mode_runs_one_trainer_per_job(ray_session, prepared_small, tmp
     assert len(list((out / "ray_results").glob("job-*"))) == 2
 
 
-def test_stream_mode_feeds_workers_from_ray_data(ray_session, prepared_small, tmp_path):
-    out = tmp_path / "stream"
-    table = train(_cfg(prepared_small, out, data="stream", attributes="Smiling",
-                                     epochs=1, num_workers=1))
+def test_auto_streams_data_too_large_for_the_node_and_memory_is_refused(ray_session, prepared_small, tmp_path,
+                                                                         monkeypatch, capsys):
+    """The node's memory is faked (a 100 kB node), never allocated: --data auto streams from Ray
+    Data and trains; --data memory is refused with the sizes before any worker starts."""
+    import facray.runners.train as runner
+    from facray.training.data_mode import Node
+    monkeypatch.setattr(runner, "ray_nodes", lambda: [Node(memory=1e5, cpus=2)])
+    with pytest.raises(ValueError, match=r"--data memory does not fit: each worker loads 0\.\d\d MB .* use --data "
+                                         r"stream"):
+        train(_cfg(prepared_small, tmp_path / "memory", data="memory", attributes="Smiling", num_workers=1))
+    assert not (tmp_path / "memory" / "ray_results").exists()
+
+    table = train(_cfg(prepared_small, tmp_path / "stream", attributes="Smiling", epochs=1, num_workers=1))
+    assert "data: stream, since the arrays do not fit in memory" in capsys.readouterr().out
     assert list(table.job) == ["Smiling__real", "Smiling__sketch"] and table.test_accuracy.notna().all()
 
 

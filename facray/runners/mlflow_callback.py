@@ -1,4 +1,4 @@
-"""The Ray Train callback that logs a multi-task run's epochs to MLflow as they arrive. In a module
+"""The Ray Train callback that logs a training run's epochs to MLflow as they arrive. In a module
 of its own: Ray Train's controller imports it to unpickle the callback, and needs neither torch
 nor the training code for that."""
 from __future__ import annotations

@@ -69,6 +69,14 @@ def _start_reaper() -> None:
                      close_fds=True)
 
 
+_local_instance = False  # this process started a local Ray (its workers share the driver's cgroup)
+
+
+def started_local_ray() -> bool:
+    """Whether :func:`init_ray` started a local Ray in this process (not joined a cluster)."""
+    return _local_instance
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True,
              dashboard: bool = True) -> None:
     """Initialise Ray once per process (a no-op when already initialised). ``dashboard=False``
@@ -89,6 +97,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     else:
         # The dashboard (127.0.0.1 only) also serves the State API that Ray Train polls.
         _local_only()
+        global _local_instance
+        _local_instance = True
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
         _start_reaper()
     if threading.current_thread() is threading.main_thread():

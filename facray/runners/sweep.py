@@ -22,13 +22,14 @@ import pandas as pd
 
 from facray.config import config_to_dict, resolve_config
 from facray.runners.runtime import fit_in_thread, init_ray
-from facray.runners.train import train
+from facray.runners.train import train, with_data_mode
 from facray.runs import RunFolder
 from facray.tracking import flat_params, register_predictor, setup_mlflow
 from facray.training.combine import combine
 from facray.training.configs import CombineConfig, SweepConfig
 from facray.training.run_record import settings_hash
 from facray.training.sweep_report import plot_metric
+from facray.training.splits import SplitSpec, check_splits
 from facray.training.sweep_space import SearchSpace, load_space
 from facray.training.tasks import task_for
 
@@ -79,13 +80,20 @@ def run_sweep(cfg: SweepConfig, overrides: dict | None = None) -> dict:
     space = load_space(cfg.space)
     base = trial_config(space, cfg, overrides)
     sweep = RunFolder(cfg.out)
+    task = task_for(base)
+    if base.data == "stream" and task.memory_only(base):
+        raise ValueError(f"--data stream: {task.memory_only(base)}")
+    rows = check_splits(SplitSpec.of(base))
+    init_ray()
+    # Memory or stream for every trial, counting the trials that run at once; decided before the
+    # sweep is claimed, so its settings record the mode its trials run in.
+    base = with_data_mode(task, base, rows, base.num_workers * cfg.max_concurrent)
     settings = {"space": space.name, "space_values": repr(space.space), "metric": space.metric,
                 "base": config_to_dict(base), "num_samples": cfg.num_samples, "scheduler": cfg.scheduler}
     sweep.claim(settings, settings_hash(settings), cfg.overwrite)
     uri = setup_mlflow(cfg.tracking_uri, sweep, cfg.experiment)
     parent = sweep.mlflow_run_id() or _open_parent(uri, cfg.experiment, f"sweep-{space.name}", settings)
     sweep.set_mlflow_run_id(parent)
-    init_ray()
     experiment = sweep.tune_dir / SWEEP_EXPERIMENT
     context = {"trainer": space.trainer, "config_class": space.config_class, "base": config_to_dict(base),
                "sweep_out": str(sweep.root), "tracking_uri": uri, "experiment": cfg.experiment, "parent_run_id": parent}

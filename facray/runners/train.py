@@ -2,7 +2,8 @@
 a sweep's trials): :func:`train`. What differs between tasks is in :mod:`facray.training.tasks`;
 each worker runs :func:`facray.runners.worker.train_per_worker`.
 
-- Every check that can fail is made before Ray starts (``task.plan``).
+- Every check that can fail is made before Ray starts (``task.plan``); ``--data auto`` is decided
+  from the nodes' memory once Ray is up, before any worker starts (:func:`with_data_mode`).
 - One MLflow run per training run, opened before training: the epochs reach it *while training
   runs*, from the Train controller (:class:`EpochMetricsToMlflow`, one writer); a resumed run
   gets the same MLflow run back.
@@ -22,14 +23,17 @@ from ray.train.torch import TorchTrainer
 
 from facray.config import absolute_paths, config_to_dict
 from facray.runners.mlflow_callback import EpochMetricsToMlflow
-from facray.runners.runtime import fit_in_thread, init_ray, train_logging_config, verbose
+from facray.runners.runtime import (Terminated, fit_in_thread, init_ray, started_local_ray, train_logging_config,
+                                   verbose)
 from facray.runners.streaming import split_datasets
 from facray.runners.worker import train_per_worker
+from facray.data.prepared import read_metadata
 from facray.runs import RunFolder
 from facray.tracking import check_training_run, end_training_run, start_training_run
 from facray.training.binary_jobs import BinaryJob
 from facray.training.binary_task import train_run_name
 from facray.training.configs import TrainCommon
+from facray.training.data_mode import Node, bytes_per_worker, cgroup_memory_limit, choose_data_mode
 from facray.training.run_record import TrainingFailed
 from facray.training.splits import SplitSpec
 from facray.training.task import Plan, Task
@@ -45,10 +49,12 @@ def train(cfg: TrainCommon, callbacks: tuple = (), parent_run_id: str | None = N
     MLflow run this one is a child of (a sweep's); ``register``: register a multi-task model (a
     sweep registers only its best trial's). ``cfg.out`` must be a run of the same settings (or
     new, or ``cfg.overwrite``): see :mod:`facray.training.run_record`. Raises ValueError (and its
-    kin) for a bad setting before Ray starts; :class:`TrainingFailed` for a failure the workers
-    reported."""
+    kin) for a bad setting before Ray starts, and for ``--data memory`` that does not fit the
+    nodes before any worker starts; :class:`TrainingFailed` for a failure the workers reported."""
     task = task_for(cfg)
     cfg = absolute_paths(cfg)
+    if cfg.data == "stream" and task.memory_only(cfg):
+        raise ValueError(f"--data stream: {task.memory_only(cfg)}")
     plan = task.plan(cfg)
     if plan.done is not None:
         print(plan.summary, flush=True)
@@ -56,23 +62,60 @@ def train(cfg: TrainCommon, callbacks: tuple = (), parent_run_id: str | None = N
     if parent_run_id is None:  # a sweep checks its store once, not in every trial
         check_training_run(cfg)
     print(plan.summary, flush=True)
+    separate = getattr(cfg, "mode", "fused") == "separate"  # one worker per job, max_concurrent at once
+    if plan.ranks:
+        init_ray()
+        jobs = sum(map(len, plan.ranks)) if separate else 0
+        cfg = with_data_mode(task, cfg, plan.rows, min(cfg.max_concurrent, jobs) if separate else len(plan.ranks))
+        plan = replace(plan, train_run=task.train_run_name(cfg, plan))
     tracking_uri, mlflow_run_id = start_training_run(cfg.tracking_uri, plan.run, cfg.experiment,
                                                      task.mlflow_run_name(cfg), config_to_dict(cfg), parent_run_id)
     plan.run.set_mlflow_run_id(mlflow_run_id)  # combine and evaluate log under it
     collected = None
     try:
-        if plan.ranks:
-            init_ray()
-            if getattr(cfg, "mode", "fused") == "separate":
-                run_separate(task, cfg, plan)
-            else:
-                result = fit_on_ray(task, cfg, plan, (EpochMetricsToMlflow(tracking_uri, mlflow_run_id), *callbacks))
-                with result.checkpoint.as_directory() as d:
-                    collected = task.collect(RunFolder(d), plan.run)
+        if plan.ranks and separate:
+            run_separate(task, cfg, plan)
+        elif plan.ranks:
+            result = fit_on_ray(task, cfg, plan, (EpochMetricsToMlflow(tracking_uri, mlflow_run_id), *callbacks))
+            with result.checkpoint.as_directory() as d:
+                collected = task.collect(RunFolder(d), plan.run)
         return task.finish(cfg, plan, collected, tracking_uri, mlflow_run_id, register)
     except BaseException as e:
-        end_training_run(tracking_uri, mlflow_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        try:
+            end_training_run(tracking_uri, mlflow_run_id,
+                             "KILLED" if isinstance(e, (KeyboardInterrupt, Terminated)) else "FAILED")
+        except Exception:  # an unreachable store must not hide why the run stopped
+            pass
         raise
+
+
+def ray_nodes() -> list[Node]:
+    """The live Ray nodes' memory for Ray workers (Ray's ``memory`` resource), CPUs and GPUs. When
+    this driver started a local Ray, also within the driver's cgroup memory limit less the object
+    store (:func:`cgroup_memory_limit`: a limit Ray does not see, which binds the Ray it starts)."""
+    here, limit = ray.util.get_node_ip_address(), cgroup_memory_limit() if started_local_ray() else None
+    nodes = []
+    for n in ray.nodes():
+        if not n.get("Alive"):
+            continue
+        resources = n["Resources"]
+        memory = resources.get("memory", 0.0)
+        if limit is not None and n.get("NodeManagerAddress") == here:
+            memory = min(memory, max(0.0, limit - resources.get("object_store_memory", 0.0)))
+        nodes.append(Node(memory, resources.get("CPU", 0.0), resources.get("GPU", 0.0)))
+    return nodes
+
+
+def with_data_mode(task: Task, cfg: TrainCommon, rows: dict[str, int], workers: int) -> TrainCommon:
+    """``cfg`` with ``data`` decided (``auto`` -> ``memory`` or ``stream``) and checked against
+    the nodes' memory (:func:`facray.training.data_mode.choose_data_mode`), the choice printed.
+    ``workers``: the Ray Train workers that run at once (a sweep: every concurrent trial's).
+    Raises ValueError when memory mode does not fit, before any worker starts."""
+    per_worker = bytes_per_worker(read_metadata(cfg.prepared), rows, task.stream_columns(cfg))
+    mode, line = choose_data_mode(cfg.data, per_worker, ray_nodes(), workers, cfg.cpus_per_worker,
+                                  cfg.gpus_per_worker, task.memory_only(cfg))
+    print(line, flush=True)
+    return replace(cfg, data=mode)
 
 
 def scaling(cfg: TrainCommon, num_workers: int) -> ray.train.ScalingConfig:

@@ -69,9 +69,17 @@ class BinaryTask:
         summary = (f"{len(jobs)} jobs: {len(done & {j.key for j in jobs})} already finished, {len(todo)} to run "
                    f"({cfg.mode} mode, {cfg.num_workers} worker(s)); rows: "
                    + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        return Plan(run, digest, assign([asdict(j) for j in todo], cfg.num_workers) if todo else [],
+        plan = Plan(run, digest, assign([asdict(j) for j in todo], cfg.num_workers) if todo else [],
                     {"settings_hash": digest, "positive_weights": pos_weights, "all_jobs": [j.key for j in jobs]},
-                    train_run_name("fused", cfg, todo), summary)
+                    "", summary, rows=counts)
+        plan.train_run = self.train_run_name(cfg, plan)
+        return plan
+
+    def train_run_name(self, cfg: BinaryConfig, plan: Plan) -> str:
+        return train_run_name("fused", cfg, [BinaryJob(**j) for share in plan.ranks for j in share])
+
+    def memory_only(self, cfg: BinaryConfig) -> str:
+        return "--val-split holdout needs --data memory" if cfg.val_split == "holdout" else ""
 
     def mlflow_run_name(self, cfg: BinaryConfig) -> str:
         return f"train-binary-{cfg.mode}"

@@ -50,8 +50,10 @@ class TrainCommon:
     test_split: str = option("test", "split for the final metrics")
     holdout: float = option(0.1, "with val_split=holdout: fraction of train images (all their variants) "
                                  "held out for validation")
-    data: Literal["memory", "stream"] = option("memory", "memory (each worker loads the prepared arrays) | "
-                                                         "stream (Ray Data feeds the workers)")
+    data: Literal["auto", "memory", "stream"] = option(
+        "auto", "memory (each worker loads the prepared arrays) | stream (Ray Data feeds the workers) | auto: "
+                "memory when every worker that fits on a node, holding its decoded arrays x2, fits in 80%% of "
+                "the node's memory for Ray workers, else stream (the choice and sizes are printed)")
     num_workers: int = option(1, "Ray Train workers (train-binary: jobs spread over them; train: DDP)")
     gpus_per_worker: float = option(0.0, "GPUs per worker (fractions allowed)")
     cpus_per_worker: float = option(1.0, "CPUs per worker (use < 1 on small machines)")

@@ -43,17 +43,12 @@ class MultitaskTask:
         input_size(cfg)  # an unknown model fails here, with the known names
         if cfg.weights and not Path(cfg.weights).is_file():
             raise FileNotFoundError(f"{cfg.weights}: --weights file not found")
-        if cfg.data == "stream" and cfg.val_split == "holdout":
-            raise ValueError("--val-split holdout needs --data memory; give the prepared data a val split for "
-                             "stream mode")
         selected = set(resolve_attributes(cfg.attributes))  # a typo fails here with the known names
         if uses_masks(cfg) and not read_metadata(cfg.prepared).get("mask_size"):
             raise ValueError(f"{cfg.model} trains on weak masks, and {cfg.prepared} has none: prepare it with "
                              f"--masks, or train without segmentation (--mask-weight 0)")
         identities = []
-        if uses_identities(cfg):
-            if cfg.data == "stream":
-                raise ValueError(f"{cfg.model} with identities needs --data memory")
+        if uses_identities(cfg):  # (--data stream is refused by the driver: memory_only)
             identities = train_identities(SplitSpec.of(cfg)).tolist()
             if len(identities) < 2:
                 raise ValueError(f"{cfg.prepared}: the training rows have {len(identities)} known identities; "
@@ -69,11 +64,20 @@ class MultitaskTask:
                   "labelled_attributes": trainable}
         summary = (f"training {cfg.model} on {cfg.num_workers} worker(s); rows: "
                    + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        plan = Plan(run, digest, [None] * cfg.num_workers, shared, f"multitask-{digest[:12]}", summary)
+        plan = Plan(run, digest, [None] * cfg.num_workers, shared, "", summary, rows=counts)
+        plan.train_run = self.train_run_name(cfg, plan)
         if run.is_multitask and run.metrics().get("settings_hash") == digest:
             plan.ranks, plan.done = [], run.metrics()
             plan.summary = f"{run.root}: already trained with these settings (model in {run.model_dir})"
         return plan
+
+    def train_run_name(self, cfg: MultitaskConfig, plan: Plan) -> str:
+        return f"multitask-{plan.digest[:12]}"
+
+    def memory_only(self, cfg: MultitaskConfig) -> str:
+        if cfg.val_split == "holdout":
+            return "--val-split holdout needs --data memory (give the prepared data a val split)"
+        return f"{cfg.model} with identities needs --data memory" if uses_identities(cfg) else ""
 
     def mlflow_run_name(self, cfg: MultitaskConfig) -> str:
         return f"train-{cfg.model}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -38,7 +38,8 @@ class Plan:
     each), empty when nothing is left to train; ``shared``: what every worker gets (JSON-able:
     settings hash, class-balance weights, ...); ``train_run``: the Ray Train run's name, fixed by
     the settings so a re-run resumes its checkpoint; ``summary``: the line printed before training;
-    ``done``: the result of a run already finished with these settings (nothing is trained)."""
+    ``done``: the result of a run already finished with these settings (nothing is trained);
+    ``rows``: usable rows per split (``train``, ``val``, ``test``)."""
     run: RunFolder
     digest: str
     ranks: list
@@ -46,6 +47,7 @@ class Plan:
     train_run: str
     summary: str
     done: Any = None
+    rows: dict = field(default_factory=dict)
 
 
 class RankTraining(Protocol):
@@ -73,8 +75,10 @@ class Task(Protocol):
     split_train_stream: bool         # stream mode: Ray Train splits the train dataset between workers
 
     def plan(self, cfg) -> Plan: ...
+    def train_run_name(self, cfg, plan: Plan) -> str: ...  # fixed by the settings: a re-run resumes
     def mlflow_run_name(self, cfg) -> str: ...
-    def stream_columns(self, cfg) -> tuple[str, ...]: ...
+    def stream_columns(self, cfg) -> tuple[str, ...]: ...  # the pixel columns a worker reads
+    def memory_only(self, cfg) -> str: ...                 # why this run cannot stream ("" if it can)
     def setup(self, cfg, plan: Plan, rank: int, world: int, device: torch.device,
               shards: dict | None) -> RankTraining: ...
     def collect(self, checkpoint: RunFolder, run: RunFolder) -> Any: ...  # the last checkpoint -> run folder

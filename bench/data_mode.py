@@ -1,0 +1,60 @@
+"""Benchmark: what a ``--data memory`` worker really holds, against the estimate ``--data auto``
+decides by (:mod:`facray.training.data_mode`): the decoded arrays (``bytes_per_worker``) and the
+peak while loading them, whose ratio is ``DECODE_HEADROOM``.
+
+Each load runs in a fresh process (its peak RSS is its own); printed side by side with the
+estimate, as ratios.
+
+    python bench/data_mode.py --prepared PREP [--columns image,sketch] [--columns image]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+
+from facray.data.prepared import read_metadata
+from facray.training.data_mode import DECODE_HEADROOM, bytes_per_worker
+from facray.training.splits import SplitSpec, check_splits
+
+CHILD = """
+import json, resource, sys, time
+from facray.training.splits import SplitSpec, load_split_arrays
+import numpy as np, pyarrow, cv2  # the worker's imports, before the baseline
+def rss():
+    return int(open('/proc/self/statm').read().split()[1]) * 4096
+base = rss()
+start = time.perf_counter()
+data = load_split_arrays(SplitSpec(sys.argv[1]), tuple(sys.argv[2].split(',')))
+seconds = time.perf_counter() - start
+held = sum(v.nbytes for part in data.values() for v in part.values() if hasattr(v, 'nbytes'))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"base": base, "peak": peak, "after": rss(), "held": held, "seconds": seconds}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prepared", required=True)
+    ap.add_argument("--columns", action="append", help="pixel columns, comma-separated (repeatable)")
+    args = ap.parse_args()
+    meta, rows = read_metadata(args.prepared), check_splits(SplitSpec(args.prepared))
+    print(f"prepared: {args.prepared} ({meta['size']} px, sketch channels {meta.get('sketch_channels')}); rows "
+          + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
+    print(f"{'columns':14} {'estimate GB':>11} {'held GB':>8} {'peak-base GB':>12} {'after-base GB':>13} "
+          f"{'held/est':>8} {'peak/est':>8}  (auto assumes peak/est <= {DECODE_HEADROOM:g})")
+    for columns in args.columns or ["image,sketch", "image"]:
+        estimate = bytes_per_worker(meta, rows, tuple(columns.split(",")))
+        out = subprocess.run([sys.executable, "-c", CHILD, args.prepared, columns], capture_output=True, text=True,
+                             check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        peak, after = r["peak"] - r["base"], r["after"] - r["base"]
+        print(f"{columns:14} {estimate / 1e9:11.3f} {r['held'] / 1e9:8.3f} {peak / 1e9:12.3f} {after / 1e9:13.3f} "
+              f"{r['held'] / estimate:8.2f} {peak / estimate:8.2f}  ({r['seconds']:.1f} s to load)")
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    main()
