@@ -1,9 +1,10 @@
 """Benchmark: what a ``--data memory`` worker really holds, against the estimate ``--data auto``
 decides by (:mod:`facray.training.data_mode`): the decoded arrays (``bytes_per_worker``) and the
-peak while loading them, whose ratio is ``DECODE_HEADROOM``.
+peak while loading them, whose ratio is ``DECODE_HEADROOM``. Side by side: facray's batch-by-batch
+reader (:func:`facray.data.prepared.read_prepared`) and the plain way (the whole Arrow table,
+its bytes as Python objects, then decode), which facray used before.
 
-Each load runs in a fresh process (its peak RSS is its own); printed side by side with the
-estimate, as ratios.
+Each load runs in a fresh process (its peak RSS is its own); the ratios are to the estimate.
 
     python bench/data_mode.py --prepared PREP [--columns image,sketch] [--columns image]
 """
@@ -27,7 +28,22 @@ def rss():
     return int(open('/proc/self/statm').read().split()[1]) * 4096
 base = rss()
 start = time.perf_counter()
-data = load_split_arrays(SplitSpec(sys.argv[1]), tuple(sys.argv[2].split(',')))
+columns = tuple(sys.argv[2].split(','))
+if sys.argv[3] == "facray":
+    data = load_split_arrays(SplitSpec(sys.argv[1]), columns)
+else:  # the plain way: one Arrow table with the pixels, sorted, decoded from Python byte strings
+    from facray.data.prepared import decode_column, read_metadata, shard_dataset
+    import pyarrow.dataset as pads
+    meta = read_metadata(sys.argv[1])
+    size, data = meta["size"], {}
+    for split in ("train", "val", "test"):
+        filt = (pads.field("split") == split) & (pads.field("error") == "")
+        if split != "train":
+            filt = filt & (pads.field("variant") == "original")
+        table = shard_dataset(sys.argv[1]).to_table(columns=["image_id", "variant", *columns], filter=filt)
+        table = table.sort_by([("image_id", "ascending"), ("variant", "ascending")])
+        shapes = {"image": (size, size, 3), "sketch": (size, size) if meta["sketch_channels"] == 1 else (size, size, 3)}
+        data[split] = {c: decode_column(table[c].to_pylist(), shapes[c], meta["image_format"]) for c in columns}
 seconds = time.perf_counter() - start
 held = sum(v.nbytes for part in data.values() for v in part.values() if hasattr(v, 'nbytes'))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -43,16 +59,18 @@ def main() -> None:
     meta, rows = read_metadata(args.prepared), check_splits(SplitSpec(args.prepared))
     print(f"prepared: {args.prepared} ({meta['size']} px, sketch channels {meta.get('sketch_channels')}); rows "
           + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
-    print(f"{'columns':14} {'estimate GB':>11} {'held GB':>8} {'peak-base GB':>12} {'after-base GB':>13} "
+    print(f"{'columns, reader':20} {'estimate GB':>11} {'held GB':>8} {'peak-base GB':>12} {'after-base GB':>13} "
           f"{'held/est':>8} {'peak/est':>8}  (auto assumes peak/est <= {DECODE_HEADROOM:g})")
     for columns in args.columns or ["image,sketch", "image"]:
         estimate = bytes_per_worker(meta, rows, tuple(columns.split(",")))
-        out = subprocess.run([sys.executable, "-c", CHILD, args.prepared, columns], capture_output=True, text=True,
-                             check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        peak, after = r["peak"] - r["base"], r["after"] - r["base"]
-        print(f"{columns:14} {estimate / 1e9:11.3f} {r['held'] / 1e9:8.3f} {peak / 1e9:12.3f} {after / 1e9:13.3f} "
-              f"{r['held'] / estimate:8.2f} {peak / estimate:8.2f}  ({r['seconds']:.1f} s to load)")
+        for reader in ("facray", "plain"):
+            out = subprocess.run([sys.executable, "-c", CHILD, args.prepared, columns, reader], capture_output=True,
+                                 text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            peak, after = r["peak"] - r["base"], r["after"] - r["base"]
+            print(f"{columns + ' ' + reader:20} {estimate / 1e9:11.3f} {r['held'] / 1e9:8.3f} {peak / 1e9:12.3f} "
+                  f"{after / 1e9:13.3f} {r['held'] / estimate:8.2f} {peak / estimate:8.2f}  "
+                  f"({r['seconds']:.1f} s to load)")
 
 
 if __name__ == "__main__":

@@ -160,8 +160,13 @@ def read_prepared(out: str | Path, splits: tuple[str, ...] | None = None,
                   variants: tuple[str, ...] | None = None, limit: int | None = None) -> dict[str, np.ndarray]:
     """Load prepared rows into memory as arrays: ``image`` (N, S, S, 3), ``sketch`` (N, S, S[, 3]),
     ``labels`` (N, 40) int8, ``landmarks`` (N, 10), ``masks`` (N, 40, m, m) if asked, plus the
-    scalar columns. Rows with an error are left out unless ``include_errors``. ``limit``: only the
-    first rows found (a sample, without reading the rest).
+    scalar columns, sorted by (image id, variant). Rows with an error are left out unless
+    ``include_errors``. ``limit``: only the first rows found (a sample, without reading the rest).
+
+    Memory: the pixel columns are read and decoded one record batch at a time into arrays
+    allocated once, so the peak is the decoded arrays plus a batch (measured by
+    ``bench/data_mode.py``: reading a whole Arrow table and its Python byte strings first peaked
+    at 4-5x the arrays).
     """
     meta = read_metadata(out)
     dataset = shard_dataset(out, meta)
@@ -176,22 +181,53 @@ def read_prepared(out: str | Path, splits: tuple[str, ...] | None = None,
         filt = f if filt is None else filt & f
     scalar = [c for c in ("image_id", "path", "split", "variant", "identity", "face_found",
                           "crop_method", "error", "error_kind") if c in dataset.schema.names]
-    wanted = scalar + list(ATTRIBUTES) + list(LANDMARK_FIELDS) + [c for c in columns if c in dataset.schema.names]
-    table: pa.Table = dataset.head(limit, columns=wanted, filter=filt) if limit else \
-        dataset.to_table(columns=wanted, filter=filt)
+    small = scalar + list(ATTRIBUTES) + list(LANDMARK_FIELDS)
+    pixels = [c for c in ("image", "sketch", "masks") if c in columns and c in dataset.schema.names]
+    if limit:
+        table: pa.Table = dataset.head(limit, columns=small + pixels, filter=filt)
+        batches = lambda: iter(table.select(["image_id", *pixels]).to_batches())  # noqa: E731
+    else:
+        table = dataset.to_table(columns=small, filter=filt)
+        # 256 rows a batch: Arrow's default (131,072) would hold gigabytes of pixels at once.
+        batches = lambda: dataset.to_batches(columns=["image_id", *pixels], filter=filt, batch_size=256,
+                                             batch_readahead=2, fragment_readahead=1)  # noqa: E731
     # Shards come back in file order; sort so results do not depend on how Ray wrote them.
-    table = table.sort_by([("image_id", "ascending"), ("variant", "ascending")])
+    order = np.lexsort((table["variant"].to_numpy(zero_copy_only=False),
+                        table["image_id"].to_numpy(zero_copy_only=False))) if table.num_rows else np.zeros(0, int)
+    table = table.take(order)
     result = {c: table[c].to_numpy(zero_copy_only=False) for c in scalar}
     result[C.LABELS] = np.stack([table[a].to_numpy() for a in ATTRIBUTES], 1).astype(np.int8) \
         if table.num_rows else np.zeros((0, len(ATTRIBUTES)), np.int8)
     result[C.LANDMARKS] = np.stack([table[c].to_numpy() for c in LANDMARK_FIELDS], 1).astype(np.float32) \
         if table.num_rows else np.zeros((0, 10), np.float32)
-    size = meta["size"]
-    if "image" in columns:
-        result[C.IMAGE] = decode_column(table["image"].to_pylist(), (size, size, 3), meta["image_format"])
-    if "sketch" in columns and "sketch" in table.column_names:
-        shape = (size, size) if meta["sketch_channels"] == 1 else (size, size, 3)
-        result[C.SKETCH] = decode_column(table["sketch"].to_pylist(), shape, meta["image_format"])
-    if "masks" in columns and "masks" in table.column_names:
-        result[C.MASKS] = decode_masks(table["masks"].to_pylist(), len(ATTRIBUTES), meta["mask_size"])
+    if pixels:
+        result.update(_read_pixels(batches(), pixels, meta, order, result.get("image_id")))
     return result
+
+
+def _read_pixels(batches, pixels: list[str], meta: dict, order: np.ndarray, image_ids) -> dict[str, np.ndarray]:
+    """Decode the ``pixels`` columns batch by batch into arrays allocated once, each scanned row
+    ``i`` landing at its sorted position (``order[k] = i`` for sorted row ``k``). The scan must
+    visit the rows as the first scan did: each batch's image ids are checked against it."""
+    n, size = len(order), meta["size"]
+    shapes = {C.IMAGE: (size, size, 3), C.SKETCH: (size, size) if meta.get("sketch_channels") == 1 else (size, size, 3),
+              C.MASKS: (len(ATTRIBUTES), meta.get("mask_size") or 0, meta.get("mask_size") or 0)}
+    arrays = {c: np.empty((n, *shapes[c]), np.uint8) for c in pixels if c != C.MASKS or meta.get("mask_size")}
+    position = np.empty(n, np.int64)
+    position[order] = np.arange(n)
+    done = 0
+    for batch in batches:
+        k = batch.num_rows
+        if not k:
+            continue
+        rows = position[done:done + k]
+        if done + k > n or not np.array_equal(image_ids[rows], batch.column("image_id").to_numpy(zero_copy_only=False)):
+            raise RuntimeError("prepared shards changed while being read (the two scans differ): read again")
+        for c, target in arrays.items():
+            values = batch.column(c).to_pylist()
+            target[rows] = decode_masks(values, len(ATTRIBUTES), meta["mask_size"]) if c == C.MASKS else \
+                decode_column(values, shapes[c], meta["image_format"])
+        done += k
+    if done != n:
+        raise RuntimeError("prepared shards changed while being read (the two scans differ): read again")
+    return arrays

@@ -52,7 +52,7 @@ class TrainCommon:
                                  "held out for validation")
     data: Literal["auto", "memory", "stream"] = option(
         "auto", "memory (each worker loads the prepared arrays) | stream (Ray Data feeds the workers) | auto: "
-                "memory when every worker that fits on a node, holding its decoded arrays x2, fits in 80%% of "
+                "memory when every worker that fits on a node, holding its decoded arrays x1.5, fits in 80%% of "
                 "the node's memory for Ray workers, else stream (the choice and sizes are printed)")
     num_workers: int = option(1, "Ray Train workers (train-binary: jobs spread over them; train: DDP)")
     gpus_per_worker: float = option(0.0, "GPUs per worker (fractions allowed)")

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from facray.attributes import ATTRIBUTES
 
-# Peak worker memory while loading / the decoded arrays: the Arrow table of encoded rows and the
-# Python copies of its bytes live beside the arrays while they decode (measured: bench/data_mode.py).
-DECODE_HEADROOM = 2.0
+# Peak worker memory while loading / the decoded arrays: Arrow's read-ahead batches and its memory
+# pool live beside the arrays while they decode. Measured 1.40-1.41x (bench/data_mode.py:
+# celebahq_dev at 128 px, 37,000 rows, raw format, image with and without sketch).
+DECODE_HEADROOM = 1.5
 # Of a node's memory for Ray workers, what the workers' arrays may take: the rest is the model,
 # activations, the optimiser and Python.
 NODE_SHARE = 0.8
