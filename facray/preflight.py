@@ -143,3 +143,34 @@ def note_job_upload(location: str) -> None:
         print(f"note: {rel} is inside {here} and not in its .gitignore: `ray job submit --working-dir .` from "
               f"here would upload it; add {rel.parts[0]}/ to .gitignore or .rayignore, or write outside", flush=True)
 
+
+def cgroup_memory_limit(proc_cgroup: str | Path = "/proc/self/cgroup",
+                        root: str | Path = "/sys/fs/cgroup") -> float | None:
+    """The memory limit (bytes) of this process's own cgroup, the tightest along its path (v1
+    ``memory.limit_in_bytes`` or v2 ``memory.max``), or None when there is none. Ray reads only the
+    limit at the cgroup root (a container's); a process started inside a limited sub-group (a
+    Slurm job, a ``cgexec``, a shell moved into a group) and the local Ray it starts live under
+    this one instead."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            base, name = Path(root) / "memory", "memory.limit_in_bytes"
+        elif controllers == "":
+            base, name = Path(root), "memory.max"
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts) + 1):
+            f = base.joinpath(*parts[:depth]) / name
+            try:
+                text = f.read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < 2 ** 60:  # "max" or 2^63 - page: no limit
+                limits.append(float(text))
+    return min(limits) if limits else None

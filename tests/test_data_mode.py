@@ -59,7 +59,7 @@ def test_workers_per_node_follow_its_cpus_and_gpus():
 
 
 def test_the_tightest_cgroup_limit_on_the_process_path_counts(tmp_path):
-    from facray.training.data_mode import cgroup_memory_limit
+    from facray.preflight import cgroup_memory_limit
     proc = tmp_path / "cgroup"
     root = tmp_path / "fs"
     (root / "memory/jobs/42").mkdir(parents=True)

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 
+from facray.preflight import cgroup_memory_limit
+
 # Ray's switch for a single-machine Ray: the node's address becomes 127.0.0.1 and the GCS, raylet,
 # agents and workers listen there only (checked with ss: without it they bind *:PORT). Ray reads it
 # at import (ray_constants.ENABLE_RAY_CLUSTER) and its child processes from their environment.
@@ -99,6 +101,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         _local_only()
         global _local_instance
         _local_instance = True
+        limit = cgroup_memory_limit()
+        if limit is not None:
+            # Ray sizes its object store from the machine's memory (or a container's root cgroup),
+            # not from a limited sub-group this process runs in (a Slurm job, a capped shell): keep
+            # it to Ray's usual 30% of what this process may use.
+            kwargs["object_store_memory"] = max(int(0.3 * limit), 80 * 2**20)
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
         _start_reaper()
     if threading.current_thread() is threading.main_thread():

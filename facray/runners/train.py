@@ -33,7 +33,8 @@ from facray.tracking import check_training_run, end_training_run, start_training
 from facray.training.binary_jobs import BinaryJob
 from facray.training.binary_task import train_run_name
 from facray.training.configs import TrainCommon
-from facray.training.data_mode import Node, bytes_per_worker, cgroup_memory_limit, choose_data_mode
+from facray.preflight import cgroup_memory_limit
+from facray.training.data_mode import Node, bytes_per_worker, choose_data_mode
 from facray.training.run_record import TrainingFailed
 from facray.training.splits import SplitSpec
 from facray.training.task import Plan, Task

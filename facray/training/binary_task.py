@@ -27,7 +27,7 @@ from facray.training.configs import CHECKPOINT_NEUTRAL_KEYS, BinaryConfig
 from facray.training.metrics import positive_weights, trainable_attributes
 from facray.training.progress import with_progress
 from facray.training.run_record import TrainingDiverged, claim_run
-from facray.training.splits import (SplitSpec, array_batches, check_splits, load_split_arrays, stream_batches,
+from facray.training.splits import (SplitSpec, array_batches, check_splits, load_split_arrays, stream_sources,
                                     train_labels)
 from facray.training.task import Plan, WrapModel
 
@@ -181,10 +181,7 @@ class BinaryRank:
             return with_progress(batches, epoch + 1, self.total_epochs, total) if self.rank == 0 else batches
 
         if shards is not None:
-            return (lambda e: progress(stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e),
-                                       e, None),
-                    lambda: stream_batches(shards["val"], 256, meta, None),
-                    lambda: stream_batches(shards["test"], 256, meta, None))
+            return stream_sources(shards, cfg.batch_size, meta, cfg.seed, progress)
         data = load_split_arrays(SplitSpec.of(cfg), BinaryTask().stream_columns(cfg))
         total = -(-len(data["train"]["labels"]) // cfg.batch_size)
         return (lambda e: progress(array_batches(data["train"], cfg.batch_size, True, cfg.seed, e), e, total),

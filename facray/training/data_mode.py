@@ -1,6 +1,7 @@
 """``--data auto``: whether the Ray Train workers load the prepared arrays into memory or are fed by
 Ray Data (stream), decided from the sizes before any worker starts. No Ray here: the runner supplies the nodes'
-memory (:func:`facray.runners.train.ray_nodes`); :func:`cgroup_memory_limit` reads ``/proc``.
+memory (:func:`facray.runners.train.ray_nodes`, which also applies
+:func:`facray.preflight.cgroup_memory_limit`).
 
 The rule (also in ``--data``'s help): *memory* when every worker that can land on one node,
 holding its decoded arrays times :data:`DECODE_HEADROOM`, fits in :data:`NODE_SHARE` of that
@@ -14,7 +15,6 @@ shrink with more workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from facray.attributes import ATTRIBUTES
 
@@ -37,38 +37,6 @@ class Node:
     memory: float
     cpus: float
     gpus: float = 0.0
-
-
-def cgroup_memory_limit(proc_cgroup: str | Path = "/proc/self/cgroup",
-                        root: str | Path = "/sys/fs/cgroup") -> float | None:
-    """The memory limit (bytes) of this process's own cgroup, the tightest along its path (v1
-    ``memory.limit_in_bytes`` or v2 ``memory.max``), or None when there is none. Ray reads only the
-    limit at the cgroup root (a container's); a process started inside a limited sub-group (a
-    Slurm job, a ``cgexec``, a shell moved into a group) and the local Ray it starts live under
-    this one instead."""
-    try:
-        lines = Path(proc_cgroup).read_text().splitlines()
-    except OSError:
-        return None
-    limits = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            base, name = Path(root) / "memory", "memory.limit_in_bytes"
-        elif controllers == "":
-            base, name = Path(root), "memory.max"
-        else:
-            continue
-        parts = [p for p in path.split("/") if p]
-        for depth in range(len(parts) + 1):
-            f = base.joinpath(*parts[:depth]) / name
-            try:
-                text = f.read_text().strip()
-            except OSError:
-                continue
-            if text.isdigit() and int(text) < 2 ** 60:  # "max" or 2^63 - page: no limit
-                limits.append(float(text))
-    return min(limits) if limits else None
 
 
 def row_bytes(meta: dict, columns: tuple[str, ...]) -> int:

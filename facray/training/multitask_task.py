@@ -28,7 +28,7 @@ from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig
 from facray.training.progress import with_progress
 from facray.training.run_record import claim_run
 from facray.training.splits import (SplitSpec, array_batches, check_splits, identity_indices, load_split_arrays,
-                                    stream_batches, train_identities, train_labels)
+                                    stream_sources, train_identities, train_labels)
 from facray.training.task import Plan, WrapModel
 
 
@@ -183,10 +183,7 @@ class MultitaskRank:
             return with_progress(batches, epoch + 1, cfg.epochs, total) if rank == 0 else batches
 
         if shards is not None:
-            return (lambda e: progress(stream_batches(shards["train"], cfg.batch_size, meta, cfg.seed * 1000 + e),
-                                       e, None),
-                    lambda: stream_batches(shards["val"], 256, meta, None),
-                    lambda: stream_batches(shards["test"], 256, meta, None))
+            return stream_sources(shards, cfg.batch_size, meta, cfg.seed, progress)
         data = load_split_arrays(SplitSpec.of(cfg), MultitaskTask().stream_columns(cfg))
         if len(identities):
             for part in data.values():

@@ -134,3 +134,12 @@ def stream_batches(shard, batch_size: int, meta: dict, shuffle_seed: int | None)
         if shuffle_seed is not None else {}
     for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", **kw):
         yield batch_arrays(b, meta)
+
+
+def stream_sources(shards: dict, batch_size: int, meta: dict, seed: int, progress):
+    """``(train(epoch), val(), test())`` batch iterators over a Train worker's Ray Data
+    ``shards`` (``train``/``val``/``test``, stream mode): training batches shuffled in a buffer,
+    seeded per epoch; ``progress(batches, epoch, total)`` wraps them (total unknown: None)."""
+    return (lambda e: progress(stream_batches(shards["train"], batch_size, meta, seed * 1000 + e), e, None),
+            lambda: stream_batches(shards["val"], 256, meta, None),
+            lambda: stream_batches(shards["test"], 256, meta, None))
