@@ -91,3 +91,18 @@ def test_every_config_class_has_its_task(cfg_class):
     assert task_for(cfg_class).config_class is cfg_class
     with pytest.raises(TypeError, match="no training task for dict"):
         task_for({})
+
+
+def test_the_data_path_never_renames_a_binary_train_run(prepared_small, tmp_path):
+    """--data auto may choose memory on one run and stream on its re-run: the same Ray Train run
+    (and so its checkpoint) either way; the workers, which change each worker's jobs, rename it."""
+    from dataclasses import replace
+
+    from facray.training.binary_task import BinaryTask
+    cfg = BinaryConfig(prepared=str(prepared_small), out=str(tmp_path / "run"), attributes="Smiling,Male",
+                       modalities=("real",), num_workers=2)
+    task = BinaryTask()
+    plan = task.plan(cfg)
+    names = {task.train_run_name(replace(cfg, data=d), plan) for d in ("auto", "memory", "stream")}
+    assert len(names) == 1
+    assert task.train_run_name(replace(cfg, num_workers=1), plan) not in names

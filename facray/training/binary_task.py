@@ -36,6 +36,9 @@ def train_run_name(prefix: str, cfg: BinaryConfig, jobs: list[BinaryJob]) -> str
     """A Ray Train run name fixed by the jobs and the training config: re-running an interrupted
     command finds the same Ray Train run folder and resumes from its latest checkpoint."""
     settings = {k: v for k, v in config_to_dict(cfg).items() if k not in CHECKPOINT_NEUTRAL_KEYS}
+    # Memory or stream changes nothing a checkpoint holds, and --data auto may choose otherwise on a
+    # re-run: named as under the old default (memory), so runs named before auto keep their names.
+    settings["data"] = "memory"
     text = json.dumps([settings, sorted(j.key for j in jobs)], sort_keys=True, default=str)
     return f"{prefix}-{zlib.crc32(text.encode()):08x}"
 

@@ -25,7 +25,8 @@ NON_WEIGHT_KEYS = frozenset({
     "overwrite",
 })
 # Of those, the ones that leave a Ray Train run's checkpoints usable as well: the others (workers,
-# mode, data path) change what each worker holds, so a binary run's Ray Train name includes them.
+# mode) change what each worker holds, so a binary run's Ray Train name includes them (the data
+# path does not, see facray.training.binary_task.train_run_name).
 CHECKPOINT_NEUTRAL_KEYS = frozenset({"out", "tracking_uri", "experiment", "fail_at_epoch", "max_failures"})
 assert CHECKPOINT_NEUTRAL_KEYS <= NON_WEIGHT_KEYS
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from facray.attributes import ATTRIBUTES
 
 # Peak worker memory while loading / the decoded arrays: Arrow's read-ahead batches and its memory
-# pool live beside the arrays while they decode. Measured 1.40-1.41x (bench/data_mode.py:
-# celebahq_dev at 128 px, 37,000 rows, raw format, image with and without sketch).
+# pool live beside the arrays while they decode. Measured 1.32-1.41x over three runs
+# (bench/data_mode.py: celebahq_dev at 128 px, 37,000 rows, raw format, with and without sketch).
 DECODE_HEADROOM = 1.5
 # Of a node's memory for Ray workers, what the workers' arrays may take: the rest is the model,
 # activations, the optimiser and Python.
@@ -91,7 +91,7 @@ def choose_data_mode(requested: str, per_worker: int, nodes: list[Node], num_wor
     room = node.memory * NODE_SHARE
     sizes = (f"each worker loads {_size(per_worker, 2)} of decoded arrays; {k} worker(s) on a node need "
              f"{_size(need)} with decode headroom (x{DECODE_HEADROOM:g}), and {NODE_SHARE:.0%} of the "
-             f"smallest node's {_size(node.memory)} for Ray workers is {_size(room)}")
+             f"tightest node's {_size(node.memory)} for Ray workers is {_size(room)}")
     if need <= room:
         return "memory", f"data: memory ({sizes})"
     if requested == "auto" and not memory_only:
