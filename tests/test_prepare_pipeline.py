@@ -112,13 +112,28 @@ def test_prepare_again_switches_versions_at_once_and_removes_the_old(ray_session
     assert read_prepared(out)["image"].shape[1:] == (40, 40, 3)
 
 
-def test_read_prepared_decodes_batch_by_batch_into_the_sorted_rows(prepared_small):
+def test_read_prepared_decodes_batch_by_batch_into_the_sorted_rows(prepared_small, tmp_path):
     """The batch-by-batch reader gives each row its own pixels, sorted by (image id, variant),
-    whatever order the shards hold them in; a limited read is a prefix of the same rows' data."""
+    whatever order the shards hold them in (here: rewritten in reverse, in two files); a limited
+    read is a prefix of the same rows' data."""
+    import shutil
+
     import numpy as np
     import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
 
-    from facray.data.prepared import decode_column, shard_dataset
+    from facray.data.prepared import decode_column, shard_dataset, shard_dir
+    reversed_copy = tmp_path / "reversed"
+    shutil.copytree(prepared_small, reversed_copy)
+    whole = shard_dataset(reversed_copy).to_table()
+    whole = whole.take(np.arange(whole.num_rows)[::-1])
+    shards = Path(shard_dir(reversed_copy))
+    for f in shards.glob("*.parquet"):
+        f.unlink()
+    half = whole.num_rows // 2
+    pq.write_table(whole.slice(0, half), shards / "a.parquet")
+    pq.write_table(whole.slice(half), shards / "b.parquet")
+    prepared_small = reversed_copy
     rows = read_prepared(prepared_small, columns=("image", "sketch"))
     keys = list(zip(rows["image_id"], rows["variant"]))
     assert keys == sorted(keys) and len(keys) == len(set(keys))
@@ -130,6 +145,8 @@ def test_read_prepared_decodes_batch_by_batch_into_the_sorted_rows(prepared_smal
     images = decode_column(table["image"].take(direct).to_pylist(), (size, size, 3), meta["image_format"])
     sketches = decode_column(table["sketch"].take(direct).to_pylist(), (size, size), meta["image_format"])
     assert np.array_equal(rows["image"], images) and np.array_equal(rows["sketch"], sketches)
+    everything = read_prepared(prepared_small, columns=("image",), limit=10 ** 6)  # the limited path, all rows
+    assert np.array_equal(everything["image"], rows["image"])
     sample = read_prepared(prepared_small, columns=("image",), limit=5)
     assert len(sample["image"]) == 5
     for i, k in enumerate(zip(sample["image_id"], sample["variant"])):

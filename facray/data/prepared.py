@@ -184,16 +184,17 @@ def read_prepared(out: str | Path, splits: tuple[str, ...] | None = None,
     small = scalar + list(ATTRIBUTES) + list(LANDMARK_FIELDS)
     pixels = [c for c in ("image", "sketch", "masks") if c in columns and c in dataset.schema.names]
     if limit:
-        table: pa.Table = dataset.head(limit, columns=small + pixels, filter=filt)
-        batches = lambda: iter(table.select(["image_id", *pixels]).to_batches())  # noqa: E731
+        head: pa.Table = dataset.head(limit, columns=small + pixels, filter=filt)
+        table, batches = head.select(small), head.select(["image_id", *pixels]).to_batches()
     else:
         table = dataset.to_table(columns=small, filter=filt)
         # 256 rows a batch: Arrow's default (131,072) would hold gigabytes of pixels at once.
-        batches = lambda: dataset.to_batches(columns=["image_id", *pixels], filter=filt, batch_size=256,
-                                             batch_readahead=2, fragment_readahead=1)  # noqa: E731
-    # Shards come back in file order; sort so results do not depend on how Ray wrote them.
+        batches = dataset.to_batches(columns=["image_id", *pixels], filter=filt, batch_size=256,
+                                     batch_readahead=2, fragment_readahead=1) if pixels else ()
+    # Shards come back in file order; sort so results do not depend on how Ray wrote them. The
+    # pixel batches come in that file order too: _read_pixels puts each row at its sorted place.
     order = np.lexsort((table["variant"].to_numpy(zero_copy_only=False),
-                        table["image_id"].to_numpy(zero_copy_only=False))) if table.num_rows else np.zeros(0, int)
+                        table["image_id"].to_numpy(zero_copy_only=False)))
     table = table.take(order)
     result = {c: table[c].to_numpy(zero_copy_only=False) for c in scalar}
     result[C.LABELS] = np.stack([table[a].to_numpy() for a in ATTRIBUTES], 1).astype(np.int8) \
@@ -201,7 +202,7 @@ def read_prepared(out: str | Path, splits: tuple[str, ...] | None = None,
     result[C.LANDMARKS] = np.stack([table[c].to_numpy() for c in LANDMARK_FIELDS], 1).astype(np.float32) \
         if table.num_rows else np.zeros((0, 10), np.float32)
     if pixels:
-        result.update(_read_pixels(batches(), pixels, meta, order, result.get("image_id")))
+        result.update(_read_pixels(batches, pixels, meta, order, result["image_id"]))
     return result
 
 
