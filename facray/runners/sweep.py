@@ -27,6 +27,7 @@ from facray.runs import RunFolder
 from facray.tracking import flat_params, register_predictor, setup_mlflow
 from facray.training.combine import combine
 from facray.training.configs import CombineConfig, SweepConfig
+from facray.training.data_mode import check_streamable
 from facray.training.run_record import settings_hash
 from facray.training.sweep_report import plot_metric
 from facray.training.splits import SplitSpec, check_splits
@@ -81,8 +82,7 @@ def run_sweep(cfg: SweepConfig, overrides: dict | None = None) -> dict:
     base = trial_config(space, cfg, overrides)
     sweep = RunFolder(cfg.out)
     task = task_for(base)
-    if base.data == "stream" and task.memory_only(base):
-        raise ValueError(f"--data stream: {task.memory_only(base)}")
+    check_streamable(base.data, task.memory_only(base))
     rows = check_splits(SplitSpec.of(base))
     init_ray()
     # Memory or stream for every trial, counting the trials that run at once; decided before the

@@ -34,7 +34,7 @@ from facray.training.binary_jobs import BinaryJob
 from facray.training.binary_task import train_run_name
 from facray.training.configs import TrainCommon
 from facray.preflight import cgroup_memory_limit
-from facray.training.data_mode import Node, bytes_per_worker, choose_data_mode
+from facray.training.data_mode import Node, bytes_per_worker, check_streamable, choose_data_mode
 from facray.training.run_record import TrainingFailed
 from facray.training.splits import SplitSpec
 from facray.training.task import Plan, Task
@@ -54,8 +54,7 @@ def train(cfg: TrainCommon, callbacks: tuple = (), parent_run_id: str | None = N
     nodes before any worker starts; :class:`TrainingFailed` for a failure the workers reported."""
     task = task_for(cfg)
     cfg = absolute_paths(cfg)
-    if cfg.data == "stream" and task.memory_only(cfg):
-        raise ValueError(f"--data stream: {task.memory_only(cfg)}")
+    check_streamable(cfg.data, task.memory_only(cfg))
     plan = task.plan(cfg)
     if plan.done is not None:
         print(plan.summary, flush=True)
@@ -66,8 +65,8 @@ def train(cfg: TrainCommon, callbacks: tuple = (), parent_run_id: str | None = N
     separate = getattr(cfg, "mode", "fused") == "separate"  # one worker per job, max_concurrent at once
     if plan.ranks:
         init_ray()
-        jobs = sum(map(len, plan.ranks)) if separate else 0
-        cfg = with_data_mode(task, cfg, plan.rows, min(cfg.max_concurrent, jobs) if separate else len(plan.ranks))
+        workers = min(cfg.max_concurrent, sum(map(len, plan.ranks))) if separate else len(plan.ranks)
+        cfg = with_data_mode(task, cfg, plan.rows, workers)
         plan = replace(plan, train_run=task.train_run_name(cfg, plan))
     tracking_uri, mlflow_run_id = start_training_run(cfg.tracking_uri, plan.run, cfg.experiment,
                                                      task.mlflow_run_name(cfg), config_to_dict(cfg), parent_run_id)

@@ -87,7 +87,8 @@ class BinaryTask:
     def mlflow_run_name(self, cfg: BinaryConfig) -> str:
         return f"train-binary-{cfg.mode}"
 
-    def stream_columns(self, cfg: BinaryConfig) -> tuple[str, ...]:
+    @staticmethod
+    def stream_columns(cfg: BinaryConfig) -> tuple[str, ...]:
         return tuple(c for c, m in (("image", "real"), ("sketch", "sketch")) if m in cfg.modalities)
 
     def setup(self, cfg: BinaryConfig, plan: Plan, rank: int, world: int, device: torch.device,
@@ -131,7 +132,7 @@ class BinaryRank:
         self.train_batches, self.val_batches, self.test_batches = self._batch_sources(meta, shards)
         self._running = len(jobs)  # on every rank, after each epoch (fit_epoch)
 
-    epoch = property(lambda self: self.trainer.epoch, lambda self, v: setattr(self.trainer, "epoch", v))
+    epoch = property(lambda self: self.trainer.epoch)
 
     def distribute(self, wrap: WrapModel) -> None:
         """Nothing to wrap: each worker's models are its own (no DDP)."""
@@ -185,7 +186,7 @@ class BinaryRank:
 
         if shards is not None:
             return stream_sources(shards, cfg.batch_size, meta, cfg.seed, progress)
-        data = load_split_arrays(SplitSpec.of(cfg), BinaryTask().stream_columns(cfg))
+        data = load_split_arrays(SplitSpec.of(cfg), BinaryTask.stream_columns(cfg))
         total = -(-len(data["train"]["labels"]) // cfg.batch_size)
         return (lambda e: progress(array_batches(data["train"], cfg.batch_size, True, cfg.seed, e), e, total),
                 lambda: array_batches(data["val"], 256),

@@ -68,6 +68,13 @@ def workers_per_node(num_workers: int, cpus_per_worker: float, gpus_per_worker: 
     return int(max(0, min(num_workers, fit)))
 
 
+def check_streamable(requested: str, memory_only: str) -> None:
+    """ValueError when ``--data stream`` is asked for a run that cannot stream (``memory_only``:
+    why, "" when it can): checked before Ray starts, and again by :func:`choose_data_mode`."""
+    if requested == "stream" and memory_only:
+        raise ValueError(f"--data stream: {memory_only}")
+
+
 def choose_data_mode(requested: str, per_worker: int, nodes: list[Node], num_workers: int, cpus_per_worker: float,
                      gpus_per_worker: float = 0.0, memory_only: str = "") -> tuple[str, str]:
     """``(mode, line)``: ``memory`` or ``stream`` for ``requested`` (``auto``, ``memory``,
@@ -79,8 +86,7 @@ def choose_data_mode(requested: str, per_worker: int, nodes: list[Node], num_wor
     not fit, naming the sizes and the ways out.
     """
     if requested == "stream":
-        if memory_only:
-            raise ValueError(f"--data stream: {memory_only}")
+        check_streamable(requested, memory_only)
         return "stream", "data: stream (Ray Data feeds the workers), as asked"
     num_workers = max(1, num_workers)
     hosts = [(n, workers_per_node(num_workers, cpus_per_worker, gpus_per_worker, n)) for n in nodes]

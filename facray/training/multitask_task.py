@@ -82,7 +82,8 @@ class MultitaskTask:
     def mlflow_run_name(self, cfg: MultitaskConfig) -> str:
         return f"train-{cfg.model}"
 
-    def stream_columns(self, cfg: MultitaskConfig) -> tuple[str, ...]:
+    @staticmethod
+    def stream_columns(cfg: MultitaskConfig) -> tuple[str, ...]:
         return ("image", "masks") if uses_masks(cfg) else ("image",)
 
     def setup(self, cfg: MultitaskConfig, plan: Plan, rank: int, world: int, device: torch.device,
@@ -184,7 +185,7 @@ class MultitaskRank:
 
         if shards is not None:
             return stream_sources(shards, cfg.batch_size, meta, cfg.seed, progress)
-        data = load_split_arrays(SplitSpec.of(cfg), MultitaskTask().stream_columns(cfg))
+        data = load_split_arrays(SplitSpec.of(cfg), MultitaskTask.stream_columns(cfg))
         if len(identities):
             for part in data.values():
                 part["identity_index"] = identity_indices(part["identity"], identities)

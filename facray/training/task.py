@@ -77,7 +77,8 @@ class Task(Protocol):
     def plan(self, cfg) -> Plan: ...
     def train_run_name(self, cfg, plan: Plan) -> str: ...  # fixed by the settings: a re-run resumes
     def mlflow_run_name(self, cfg) -> str: ...
-    def stream_columns(self, cfg) -> tuple[str, ...]: ...  # the pixel columns a worker reads
+    @staticmethod
+    def stream_columns(cfg) -> tuple[str, ...]: ...       # the pixel columns a worker reads
     def memory_only(self, cfg) -> str: ...                 # why this run cannot stream ("" if it can)
     def setup(self, cfg, plan: Plan, rank: int, world: int, device: torch.device,
               shards: dict | None) -> RankTraining: ...
