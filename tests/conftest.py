@@ -5,9 +5,11 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import facray.tracking  # noqa: F401 - reads the user's MLFLOW_TRACKING_URI once, before any test sets it
+from facray.data import synth
 from facray.data.synth import write_synthetic_celeba
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -135,3 +137,19 @@ def forbid_ray_start(monkeypatch) -> None:
     for name in ("runtime", "prepare", "label", "train", "sweep"):
         module = importlib.import_module(f"facray.runners.{name}")
         monkeypatch.setattr(module, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+
+
+def mixed_faces(n: int = 12, size: int = 256, seed: int = 0):
+    """``n`` square generated faces, alternately unaligned (small, off-centre: the first one) and
+    laid out as StyleGAN/FFHQ does; returns (BGR images, aligned flags)."""
+    rng = np.random.default_rng(seed)
+    images, aligned = [], []
+    for i in range(n):
+        ident = synth.sample_identity(rng)
+        a = synth.sample_attributes(ident, rng)
+        on_template = i % 2 == 1
+        eyes = dict(eye_distance=0.246 * size, eye_center=(0.5 * size, 0.463 * size)) if on_template else \
+            dict(eye_distance=0.12 * size, eye_center=(0.32 * size, 0.35 * size))
+        images.append(synth.render_face(a, ident, rng, (size, size), jitter=0.3, **eyes)[0])
+        aligned.append(on_template)
+    return images, np.array(aligned)

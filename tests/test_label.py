@@ -109,6 +109,27 @@ def test_links_formats_and_orientation_every_input_is_a_row(ray_session, model, 
         assert np.array_equal(probs.loc[str(src / name)].to_numpy(), probs.loc[str(src / "upright.png")].to_numpy())
 
 
+def test_a_mixed_folder_gets_its_crop_method_per_row_and_a_crop_change_relabels(ray_session, model, tmp_path):
+    """Aligned (StyleGAN/FFHQ layout) and unaligned faces of one size in one folder, an unaligned
+    one first: each row says how it was cropped; a re-run with --crop detect labels every image
+    again (the crop is part of what a row is reused by) and detects them all."""
+    pytest.importorskip("yuface")
+    from conftest import mixed_faces
+    images, aligned = mixed_faces(8)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), img)
+    out = tmp_path / "labels.csv"
+    _label(folder, model, out)
+    rows = _read(out)
+    assert rows.path.tolist() == [str(folder / f"{i:02d}.png") for i in range(8)]
+    assert rows.crop_method.tolist() == ["template" if a else "detect" for a in aligned]
+    again = _label(folder, model, out, crop="detect")
+    assert again.labelled == 8 and (_read(out).crop_method == "detect").all()
+    assert _label(folder, model, out, crop="detect").reused == 8
+
+
 def test_part_writer_keeps_finished_rows_steadily(tmp_path):
     """Rows reach durable parts every few batches or seconds, not at the end of the run."""
     from facray.labelling.output import PartWriter

@@ -226,7 +226,7 @@ def test_the_summary_says_how_multi_face_images_were_labelled():
 
 
 def _keyed(rows, faces="largest"):
-    return rows.assign(size=10, mtime_ns=5, faces=faces, face_index=0)
+    return rows.assign(size=10, mtime_ns=5, faces=faces, crop="auto", face_index=0)
 
 
 def test_an_image_is_reused_only_with_all_its_faces_from_one_source(tmp_path):

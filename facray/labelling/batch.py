@@ -26,7 +26,7 @@ STAGES = ("decode", "detect", "crop", "sketch", "predict")
 DECODE_SLICE = 8
 
 
-def preprocessing_for(manifest: Manifest, crop_method: str = "detect", detector: str = "auto",
+def preprocessing_for(manifest: Manifest, crop_method: str = "auto", detector: str = "auto",
                       max_pixels: int | None = None, faces: str = "largest") -> ops.Chain:
     """The decode -> crop -> sketch chain a predictor expects, from its manifest alone: no torch
     and no weights, so the CPU actors that feed GPU predict actors stay light. ``faces``:
@@ -67,6 +67,7 @@ def label_batch(batch: dict[str, np.ndarray], predictor) -> dict[str, np.ndarray
     decisions[decisions < 0] = np.nan  # attributes the predictor does not cover
     out = {"path": np.asarray(batch[columns.PATH], dtype=object),
            "face_found": np.asarray(batch.get(columns.FACE_FOUND, np.zeros(n, bool)), bool),
+           columns.CROP_METHOD: np.asarray(batch.get(columns.CROP_METHOD, np.where(ok, "", "error")), dtype=object),
            columns.N_FACES: np.asarray(batch.get(columns.N_FACES, np.full(n, -1)), np.int16),
            columns.FACE_INDEX: np.asarray(batch.get(columns.FACE_INDEX, np.zeros(n)), np.int16),
            **{c: np.asarray(batch.get(c, np.full(n, np.nan)), np.float32) for c in (*columns.FACE_BOX, columns.FACE_SCORE)},

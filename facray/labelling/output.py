@@ -4,7 +4,9 @@ resumes from, and how it is written (whole or not at all). The one owner of that
 
 Columns (:data:`OUTPUT_COLUMNS`): ``path`` (absolute, or the URI), ``image_id`` (the path relative
 to the ``--images`` folder, glob folder or list file's folder: the key CelebA's and FFHQ's lists
-use), ``face_found``, ``n_faces`` (faces the detector found; the largest is labelled unless
+use), ``face_found``, ``crop_method`` (how the face was found: ``template`` where the image
+follows a known aligned layout, ``detect``, ``centre`` when no face was found, ``full``,
+``error``), ``n_faces`` (faces the detector found; the largest is labelled unless
 ``--faces all``), ``face_index`` (0 the largest; with ``--faces all`` one row per face), the
 labelled face's box ``face_x, face_y, face_w, face_h`` (source pixels) and ``face_score``
 (detector confidence), ``error``, 40 ``<Attribute>_prob``, 40 ``<Attribute>`` decisions (1/0,
@@ -29,12 +31,12 @@ from facray.attributes import ATTRIBUTES
 from facray.data.errors import OutputError
 
 PROB_COLUMNS = [f"{a}_prob" for a in ATTRIBUTES]
-FACE_COLUMNS = [columns.FACE_FOUND, columns.N_FACES, columns.FACE_INDEX, *columns.FACE_BOX, columns.FACE_SCORE]
+FACE_COLUMNS = [columns.FACE_FOUND, columns.CROP_METHOD, columns.N_FACES, columns.FACE_INDEX, *columns.FACE_BOX, columns.FACE_SCORE]
 OUTPUT_COLUMNS = ["path", "image_id", *FACE_COLUMNS, "error", *PROB_COLUMNS, *ATTRIBUTES, "model"]
 FORMATS = ("csv", "parquet", "celeba")
 # What decides whether a finished row is reused: the input unchanged (size, mtime), the same
-# model, the same faces mode (--faces largest | all).
-KEY_COLUMNS = ["path", "size", "mtime_ns", "model", "faces"]
+# model, the same faces mode (--faces largest | all), the same --crop.
+KEY_COLUMNS = ["path", "size", "mtime_ns", "model", "faces", "crop"]
 
 
 def output_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -50,6 +52,7 @@ def output_table(rows: pd.DataFrame) -> pd.DataFrame:
     table[floats] = table[floats].astype("float64")
     table["face_found"] = table["face_found"].fillna(False).astype(bool)
     table["error"] = table["error"].fillna("").astype(str)
+    table[columns.CROP_METHOD] = table[columns.CROP_METHOD].fillna("").astype(str)
     return table
 
 
@@ -148,6 +151,8 @@ def previous_rows(out: str, fmt: str) -> pd.DataFrame:
     rows = pd.concat([f.assign(_source=i) for i, f in enumerate(frames)], ignore_index=True)
     # Rows of an older facray: no faces mode (it labelled the largest face only), one face each.
     rows["faces"] = rows["faces"].fillna("largest") if "faces" in rows else "largest"
+    # Rows of a facray before --crop auto: detected (then the only way).
+    rows["crop"] = rows["crop"].fillna("detect") if "crop" in rows else "detect"
     rows["face_index"] = rows["face_index"].fillna(0) if "face_index" in rows else 0
     # An image's rows all come from one source, the newest (output, then parts in order): never
     # face 0 of one run beside face 2 of another.

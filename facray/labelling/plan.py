@@ -16,15 +16,16 @@ def no_rows() -> pd.DataFrame:
     return pd.DataFrame(columns=list(dict.fromkeys(OUTPUT_COLUMNS + KEY_COLUMNS)))
 
 
-def reusable(inputs: pd.DataFrame, done: pd.DataFrame, model: str, faces: str) -> np.ndarray:
+def reusable(inputs: pd.DataFrame, done: pd.DataFrame, model: str, faces: str, crop: str = "auto") -> np.ndarray:
     """Per row of ``inputs`` (:func:`facray.labelling.inputs.list_inputs`), whether ``done``
     (:func:`facray.labelling.output.previous_rows`) holds its result already: the same size and
-    modification time, the same model, the same ``--faces`` mode, and every row the image has."""
+    modification time, the same model, the same ``--faces`` and ``--crop`` modes, and every row the
+    image has."""
     keys = done[KEY_COLUMNS].drop_duplicates("path")  # an image's face rows share their keys
     merged = inputs.merge(keys, on="path", how="left", suffixes=("", "_done"))
     # Nullable columns (parts read back from Parquet) compare to NA where nothing was done: not fresh.
     return ((merged["size"] == merged["size_done"]) & (merged["mtime_ns"] == merged["mtime_ns_done"])
-            & (merged["model"] == model) & (merged["faces"] == faces)
+            & (merged["model"] == model) & (merged["faces"] == faces) & (merged["crop"] == crop)
             & merged["path"].map(complete_images(done))).fillna(False).to_numpy(dtype=bool)
 
 

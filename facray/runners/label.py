@@ -5,7 +5,7 @@ runs them.
 
 Flow: check the settings -> lock the output -> load and verify the model (fails before any image is
 read; no torch in the driver) -> list the inputs and skip those already labelled (same path, size,
-mtime, model and faces mode) -> Ray Data: decode -> detect + crop -> sketch if needed -> predict
+mtime, model, faces and crop modes) -> Ray Data: decode -> detect + crop -> sketch if needed -> predict
 (GPU or CPU actors) -> Parquet parts as rows arrive -> merge old and new rows and replace the output
 atomically. An interrupted run leaves the old output untouched and its finished parts behind,
 which the next run reuses.
@@ -77,7 +77,7 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     if cfg.overwrite:
         storage.delete_dir(parts_dir(out))
     done = no_rows() if cfg.overwrite else previous_rows(out, cfg.format)
-    reused = reusable(inputs, done, predictor.name, cfg.faces)
+    reused = reusable(inputs, done, predictor.name, cfg.faces, cfg.crop)
     todo = inputs[~reused]
     print(f"{len(inputs)} input image(s): {int(reused.sum())} already labelled, {len(todo)} to label "
           f"with {predictor.name} ({len(predictor.attributes)} attributes"
@@ -85,7 +85,7 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     unnamable = todo[todo.error != ""]  # error rows straight away: their names cannot travel
     todo = todo[todo.error == ""]
     new = [pd.DataFrame(label_batch({k: unnamable[k].to_numpy() for k in ("path", "error", "size", "mtime_ns")},
-                                    predictor)).assign(faces=cfg.faces)] if len(unnamable) else []
+                                    predictor)).assign(faces=cfg.faces, crop=cfg.crop)] if len(unnamable) else []
     phases = {}
     if len(todo):
         init_ray(dashboard=False)
@@ -245,4 +245,4 @@ def run_pipeline(todo: pd.DataFrame, manifest: Manifest, weights_ref, cfg: Label
         ds = ds.map_batches(LabelActor, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), **actors)
     with PartWriter(part, flush_rows=4 * cfg.batch_size, flush_seconds=5.0) as writer:
         for block in ds.iter_batches(batch_size=None, batch_format="pandas"):
-            writer.add(block.assign(faces=cfg.faces))
+            writer.add(block.assign(faces=cfg.faces, crop=cfg.crop))
