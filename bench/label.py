@@ -18,6 +18,11 @@ images, else generated StyleGAN-like faces.
     python bench/label.py --n 20000 --skip-plain     # memory stays flat?
     python bench/label.py --n 3000 --layout fused     # every actor decodes and predicts
     python bench/label.py --n 3000 --cli              # the command as users run it, driver included
+    python bench/label.py --n 3000 --crops auto,detect  # template crops vs detecting every face
+
+The plain loop detects every face (YuNet); facray label runs once per ``--crops`` entry (default
+``auto``: template crops where an image follows a known aligned layout), each against the plain
+loop and against the first.
 """
 from __future__ import annotations
 
@@ -130,7 +135,8 @@ class CropDataset(torch.utils.data.Dataset):
         if self.labeller is None:  # built in the worker process
             import cv2
             cv2.setNumThreads(1)
-            self.labeller = BatchLabeller(self.predictor, preprocessing_for(self.predictor.manifest))
+            # Detection on every image: what a loop written without facray does.
+            self.labeller = BatchLabeller(self.predictor, preprocessing_for(self.predictor.manifest, "detect"))
         return self.labeller.preprocess({"path": np.array([self.paths[i]], dtype=object)})
 
 
@@ -174,9 +180,8 @@ def main():
     p.add_argument("--min-side", type=int, default=0, help="only input images at least this large (1024: full-size faces)")
     p.add_argument("--plain-forward", choices=("models", "facray"), default="models")
     p.add_argument("--skip-plain", action="store_true")
+    p.add_argument("--crops", default="auto", help="facray label --crop values to run, comma-separated (e.g. auto,detect)")
     args = p.parse_args()
-    from facray.labelling.config import LabelConfig
-    from facray.runners.label import label_images  # Ray only here: the plain loop runs without it
 
     model = args.model or str(trained_predictor(Path(args.work), args.size, args.epochs))
     predictor = load_predictor(model)
@@ -193,9 +198,22 @@ def main():
         plain, plain_stages = plain_loop(paths, predictor, forward, args.batch_size, workers=2)
         print(f"plain DataLoader (2 workers) + {args.plain_forward} forward: {plain:8.1f} img/s")
         print(f"  stages: {format_stage_seconds(plain_stages)}")
+    runs = {}
+    for crop in args.crops.split(","):
+        runs[crop] = run_facray(args, model, folder, tmp / f"labels-{crop}.csv", crop, len(paths))
+        if not args.skip_plain:
+            print(f"ratio facray (--crop {crop}) / plain = {runs[crop] / plain:.2f}x")
+    first = next(iter(runs))
+    for crop, speed in list(runs.items())[1:]:
+        print(f"ratio --crop {first} / --crop {crop} = {runs[first] / speed:.2f}x")
+
+
+def run_facray(args, model: str, folder: Path, out: Path, crop: str, n: int) -> float:
+    """One facray label run; prints its speed, memory and stages; returns img/s."""
+    from facray.labelling.config import LabelConfig
+    from facray.runners.label import label_images  # Ray only here: the plain loop runs without it
     options = dict(batch_size=args.batch_size, layout=args.layout, num_actors=args.num_actors,
-                   preprocess_actors=args.preprocess_actors, torch_threads=args.torch_threads)
-    out = tmp / "labels.csv"
+                   preprocess_actors=args.preprocess_actors, torch_threads=args.torch_threads, crop=crop)
     with TreeMemory() as mem:
         start = time.perf_counter()
         if args.cli:  # the command a user runs, its driver a fresh process: all its memory counts
@@ -205,18 +223,19 @@ def main():
         else:
             summary = label_images(LabelConfig(images=str(folder), model=model, out=str(out), **options))
         seconds = time.perf_counter() - start
-    facray = len(paths) / seconds
-    print(f"facray label ({'the command, ' if args.cli else ''}Ray Data, start-up incl.): {facray:8.1f} img/s")
+    facray = n / seconds
+    print(f"facray label --crop {crop} ({'the command, ' if args.cli else ''}Ray Data, start-up incl.): "
+          f"{facray:8.1f} img/s")
     print(f"  {mem.format()}")
     print(f"  {mem.format_by_name()}")
     if args.cli:
         print("  " + "\n  ".join(line for line in printed.splitlines() if line.lstrip().startswith(("wall", "in the"))))
     else:
-        print(f"  faces found {summary.faces_found}/{summary.inputs}")
+        methods = pd.read_csv(out, usecols=["crop_method"], keep_default_na=False).crop_method.value_counts()
+        print(f"  faces found {summary.faces_found}/{summary.inputs}; crop methods {methods.to_dict()}")
         print("  wall clock: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary.phases.items()))
         print(f"  stages: {format_stage_seconds(summary.stages)}")
-    if not args.skip_plain:
-        print(f"ratio facray / plain = {facray / plain:.2f}x")
+    return facray
 
 
 if __name__ == "__main__":
