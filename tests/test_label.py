@@ -174,7 +174,7 @@ def test_interrupted_run_reuses_finished_parts_and_leaves_no_half_file(ray_sessi
     # Simulate a run killed after writing one part: no final file, a part with 2 rows.
     part = tmp_path / "labels.csv.parts" / "run-1"
     part.mkdir(parents=True)
-    done.iloc[:2].merge(keys[["path", "size", "mtime_ns"]], on="path").to_parquet(part / "a.parquet")
+    done.iloc[:2].merge(keys[["path", "size", "mtime_ns", "faces", "crop"]], on="path").to_parquet(part / "a.parquet")
     (part / "b.parquet").write_bytes(b"PAR1 cut off")
     out.unlink()
     summary = _label(folder, model, out)

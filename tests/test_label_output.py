@@ -232,11 +232,12 @@ def _keyed(rows, faces="largest"):
 def test_an_image_is_reused_only_with_all_its_faces_from_one_source(tmp_path):
     """--faces all: a run killed between two parts may have written some of an image's faces;
     such an image is labelled again, and an image's rows never mix two runs."""
-    from facray.labelling.output import complete_images, parts_dir, previous_rows, write_atomically
+    from facray.labelling.merge import previous_rows, write_rows
+    from facray.labelling.output import complete_images, parts_dir
     base = _rows().iloc[:1]
     three = pd.concat([_keyed(base, "all").assign(face_index=k, n_faces=3) for k in range(3)], ignore_index=True)
     out = str(tmp_path / "labels.csv")
-    write_atomically(three, out, "csv")
+    write_rows(three, out, "csv")
     part = tmp_path / "labels.csv.parts" / "run-1"
     part.mkdir(parents=True)
     three.iloc[:2].to_parquet(part / "part-0.parquet")  # a newer run got two of the three faces
@@ -249,13 +250,14 @@ def test_an_image_is_reused_only_with_all_its_faces_from_one_source(tmp_path):
 
 
 def test_another_format_under_the_same_name_is_relabelled_never_misread(tmp_path):
-    from facray.labelling.output import errors_path, previous_rows, write_atomically
+    from facray.labelling.merge import previous_rows, write_rows
+    from facray.labelling.output import errors_path
     rows = _keyed(_rows())
     out = str(tmp_path / "labels.out")
-    write_atomically(rows, out, "csv")
+    write_rows(rows, out, "csv")
     assert len(previous_rows(out, "csv")) == 5 and previous_rows(out, "celeba").empty
-    write_atomically(rows, out, "celeba")
+    write_rows(rows, out, "celeba")
     assert os.path.exists(errors_path(out))
     assert len(previous_rows(out, "celeba")) == 5 and previous_rows(out, "csv").empty  # no KeyError
-    write_atomically(rows, out, "parquet")
+    write_rows(rows, out, "parquet")
     assert not os.path.exists(errors_path(out)) and previous_rows(out, "csv").empty

@@ -74,10 +74,20 @@ def encode_output(rows: pd.DataFrame, fmt: str) -> tuple[bytes, pd.DataFrame]:
         return buf.getvalue(), table.iloc[:0]
     if fmt != "celeba":
         raise ValueError(f"output format must be one of {FORMATS}, got {fmt!r}")
-    if (table[columns.FACE_INDEX] > 0).any():
-        raise ValueError("a CelebA-style list holds one row per image: --faces all needs --format csv or parquet")
     ok = table["error"] == ""
     covered = [a for a in ATTRIBUTES if table.loc[ok, a].notna().any()] or list(ATTRIBUTES)
+    lines, left_out = celeba_lines(table, covered)
+    return ("\n".join([str(len(lines)), " ".join(covered), *lines]) + "\n").encode(), left_out
+
+
+def celeba_lines(table: pd.DataFrame, covered: list[str]) -> tuple[list[str], pd.DataFrame]:
+    """The lines of a CelebA-style list for the rows of ``table`` (:func:`output_table`'s) that it
+    can hold, ``image_id`` and -1/1 for each ``covered`` attribute, and the rows it cannot (an
+    error, white space in the id, a missing decision) with their reason."""
+    if (table[columns.FACE_INDEX] > 0).any():
+        raise ValueError("a CelebA-style list holds one row per image: --faces all needs --format csv or parquet")
+    table = table.copy()
+    ok = table["error"] == ""
     spaced = ok & table["image_id"].astype(str).str.contains(r"\s")
     table.loc[spaced, "error"] = [f"{p}: its image_id has white space, which a CelebA-style list cannot hold "
                                   "(use --format csv or parquet)" for p in table.loc[spaced, "path"]]
@@ -87,9 +97,8 @@ def encode_output(rows: pd.DataFrame, fmt: str) -> tuple[bytes, pd.DataFrame]:
     ok &= ~undecided
     listed = table[ok]
     signed = (2 * listed[covered].astype("int64") - 1).to_numpy()  # 1/0 -> 1/-1
-    lines = [str(len(listed)), " ".join(covered)]
-    lines += [f"{name} " + " ".join(f"{v:2d}" for v in row) for name, row in zip(listed["image_id"], signed)]
-    return ("\n".join(lines) + "\n").encode(), table.loc[~ok, ["path", "image_id", "error"]]
+    lines = [f"{name} " + " ".join(f"{v:2d}" for v in row) for name, row in zip(listed["image_id"], signed)]
+    return lines, table.loc[~ok, ["path", "image_id", "error"]]
 
 
 def index_path(out: str) -> str:
@@ -121,45 +130,6 @@ def read_output(location: str, fmt: str) -> pd.DataFrame:
                        dtype={"path": str, "error": str, "model": str})
 
 
-def previous_rows(out: str, fmt: str) -> pd.DataFrame:
-    """Rows already labelled: the final output joined with its index, plus parts of an interrupted
-    run. Unreadable leftovers are ignored (those images are simply labelled again)."""
-    frames = []
-    if storage.is_file(out) and storage.is_file(index_path(out)):
-        keys = read_parquet(index_path(out))
-        # An index of an older facray has no format: it was csv or parquet, as asked now.
-        written_as = str(keys["format"].iloc[0]) if "format" in keys and len(keys) else \
-            (fmt if fmt != "celeba" else "")
-        if written_as != fmt:
-            pass  # another format under the same name: its rows are labelled again, never misread
-        elif fmt == "celeba":  # the list holds decisions only: its index holds the whole rows
-            frames.append(keys)
-        else:
-            rows = read_output(out, fmt).drop(columns=["model"])
-            if "face_index" not in rows:
-                rows["face_index"] = 0
-            if "face_index" not in keys:  # an index of an older facray: one row per image
-                keys = keys.assign(face_index=0, faces="largest")
-            frames.append(rows.merge(keys, on=["path", "face_index"], how="inner"))
-    for part in storage.list_files(parts_dir(out), (".parquet",)):
-        try:
-            frames.append(read_parquet(part))
-        except Exception:  # noqa: BLE001 - a part cut off mid-write
-            continue
-    if not frames:
-        return pd.DataFrame(columns=list(dict.fromkeys(OUTPUT_COLUMNS + KEY_COLUMNS)))
-    rows = pd.concat([f.assign(_source=i) for i, f in enumerate(frames)], ignore_index=True)
-    # Rows of an older facray: no faces mode (it labelled the largest face only), one face each.
-    rows["faces"] = rows["faces"].fillna("largest") if "faces" in rows else "largest"
-    # Rows of a facray before --crop auto: detected (then the only way).
-    rows["crop"] = rows["crop"].fillna("detect") if "crop" in rows else "detect"
-    rows["face_index"] = rows["face_index"].fillna(0) if "face_index" in rows else 0
-    # An image's rows all come from one source, the newest (output, then parts in order): never
-    # face 0 of one run beside face 2 of another.
-    rows = rows[rows["_source"] == rows.groupby("path")["_source"].transform("max")]
-    return rows.drop(columns="_source").drop_duplicates(subset=["path", "face_index"], keep="last")
-
-
 def complete_images(done: pd.DataFrame) -> pd.Series:
     """Per path of ``done`` (rows of :func:`previous_rows`), whether all its rows are there: one
     row, or with ``--faces all`` one per face found (``face_index`` 0 .. n_faces-1; a run killed
@@ -171,26 +141,6 @@ def complete_images(done: pd.DataFrame) -> pd.Series:
     per["expected"] = per["n"].where(done["faces"] == "all", 1)
     grouped = per.groupby("path").agg(found=("index", "nunique"), expected=("expected", "max"))
     return grouped["found"] >= grouped["expected"]
-
-
-def write_atomically(rows: pd.DataFrame, out: str, fmt: str) -> None:
-    """Write ``out`` so readers see the old or the new file, never half of one: locally a
-    temporary file and ``os.replace``; on an object store one object write (atomic there). The
-    index (path, size, mtime, model; for ``celeba``, whose list holds decisions only, the whole
-    rows) goes beside it for resuming; ``celeba`` writes the rows its list cannot hold to
-    :func:`errors_path`. The bytes are :func:`encode_output`'s."""
-    data, left_out = encode_output(rows, fmt)
-    index = io.BytesIO()
-    (output_table(rows).assign(**{k: rows[k].to_numpy() for k in KEY_COLUMNS[1:]})
-     if fmt == "celeba" else rows[[*KEY_COLUMNS, "face_index"]]).assign(format=fmt).to_parquet(index, index=False)
-    # The index says which rows of the output are current: it goes first out of the way and last
-    # back in, so a failure between the two writes (a full disk) never pairs new keys with old rows.
-    storage.delete_file(index_path(out))
-    storage.delete_file(errors_path(out))  # (a celeba run's, under the same name)
-    if fmt == "celeba" and len(left_out):
-        _write_whole(errors_path(out), left_out.to_csv(index=False).encode())
-    _write_whole(out, data)
-    _write_whole(index_path(out), index.getvalue())
 
 
 def _write_whole(location: str, data: bytes) -> None:
@@ -235,7 +185,10 @@ class PartWriter:
     def flush(self) -> None:
         if self.pending:
             buf = io.BytesIO()
-            pd.concat(self.pending, ignore_index=True).to_parquet(buf, index=False)
+            # Sorted as the output is: a run's parts, delivered in input order, then stream in order.
+            rows = pd.concat(self.pending, ignore_index=True)
+            rows.sort_values(["path", "face_index"] if "face_index" in rows else ["path"], kind="stable").to_parquet(
+                buf, index=False)
             _write_whole(storage.join(self.folder, f"part-{self.parts:06d}.parquet"), buf.getvalue())
             self.parts += 1
             self.pending = []

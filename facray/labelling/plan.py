@@ -8,17 +8,12 @@ import numpy as np
 import pandas as pd
 
 from facray.labelling.batch import format_stage_seconds
-from facray.labelling.output import KEY_COLUMNS, OUTPUT_COLUMNS, complete_images, output_table
-
-
-def no_rows() -> pd.DataFrame:
-    """An empty table of earlier rows (``--overwrite``, or nothing written yet)."""
-    return pd.DataFrame(columns=list(dict.fromkeys(OUTPUT_COLUMNS + KEY_COLUMNS)))
+from facray.labelling.output import KEY_COLUMNS, complete_images
 
 
 def reusable(inputs: pd.DataFrame, done: pd.DataFrame, model: str, faces: str, crop: str = "auto") -> np.ndarray:
     """Per row of ``inputs`` (:func:`facray.labelling.inputs.list_inputs`), whether ``done``
-    (:func:`facray.labelling.output.previous_rows`) holds its result already: the same size and
+    (:func:`facray.labelling.merge.previous_rows`) holds its result already: the same size and
     modification time, the same model, the same ``--faces`` and ``--crop`` modes, and every row the
     image has."""
     keys = done[KEY_COLUMNS].drop_duplicates("path")  # an image's face rows share their keys
@@ -29,18 +24,18 @@ def reusable(inputs: pd.DataFrame, done: pd.DataFrame, model: str, faces: str, c
             & merged["path"].map(complete_images(done))).fillna(False).to_numpy(dtype=bool)
 
 
-def merge_rows(inputs: pd.DataFrame, done: pd.DataFrame, reused: np.ndarray, new: list[pd.DataFrame]) -> pd.DataFrame:
-    """The run's output rows: the reused ones of ``done`` and the ``new`` ones, one set per image
-    (the newest), sorted by path and face, each with its ``image_id``. Raises ``RuntimeError`` if
-    an input has no row: every input shows up in the output, labelled or with its error."""
-    kept = done[done.path.isin(set(inputs.path[reused]))]
-    rows = pd.concat([kept, *new], ignore_index=True).drop_duplicates(["path", "face_index"], keep="last")
-    rows = rows.sort_values(["path", "face_index"], kind="stable").reset_index(drop=True)
-    missing = set(inputs.path) - set(rows.path)
-    if missing:
+def choose_sources(inputs: pd.DataFrame, done: pd.DataFrame, reused: np.ndarray, new: pd.DataFrame) -> pd.Series:
+    """Where each input's rows come from (path -> source id; see :mod:`facray.labelling.merge`):
+    a reused image from the earlier source ``done`` (:func:`facray.labelling.merge.previous_rows`)
+    has it in, any other from this run's ``new`` keys. Raises ``RuntimeError`` if an input has no
+    row: every input shows up in the output, labelled or with its error."""
+    earlier = done.drop_duplicates("path").set_index("path")["_source"].reindex(inputs.path[reused])
+    fresh = new.drop_duplicates("path", keep="last").set_index("path")["_source"].reindex(inputs.path[~reused])
+    chosen = pd.concat([earlier, fresh])
+    missing = chosen.index[chosen.isna()]
+    if len(missing):
         raise RuntimeError(f"{len(missing)} input(s) have no output row (e.g. {sorted(missing)[:3]})")
-    rows["image_id"] = rows["path"].map(dict(zip(inputs.path, inputs.image_id)))
-    return rows
+    return chosen.astype("int64")
 
 
 @dataclass
@@ -64,15 +59,13 @@ class LabelSummary:
     first_rows: pd.DataFrame | None = None  # the output's first rows (output_table's columns), to show
 
     @classmethod
-    def of(cls, rows: pd.DataFrame, inputs: pd.DataFrame, reused: np.ndarray, labelled: int, **rest) -> "LabelSummary":
-        """Counted from the written ``rows``: faces found, errors and images with several faces
-        are counted per image (with ``--faces all``, on the image's largest-face row)."""
-        per_image = rows.drop_duplicates("path")
-        n_faces = pd.to_numeric(per_image["n_faces"], errors="coerce")
-        return cls(inputs=len(inputs), reused=int(reused.sum()), labelled=labelled,
-                   faces_found=int(per_image.face_found.astype(bool).sum()),
-                   errors=int((per_image.error.fillna("") != "").sum()), skipped=inputs.attrs.get("skipped_text", ""),
-                   multi_face=int((n_faces > 1).sum()), rows=len(rows), first_rows=output_table(rows.head(5)), **rest)
+    def of(cls, written, inputs: pd.DataFrame, reused: np.ndarray, labelled: int, **rest) -> "LabelSummary":
+        """From what was written (:class:`facray.labelling.merge.Written`, counted as the rows
+        streamed by): faces found, errors and images with several faces are counted per image
+        (with ``--faces all``, on the image's largest-face row)."""
+        return cls(inputs=len(inputs), reused=int(reused.sum()), labelled=labelled, faces_found=written.faces_found,
+                   errors=written.errors, skipped=inputs.attrs.get("skipped_text", ""), multi_face=written.multi_face,
+                   rows=written.rows, first_rows=written.first_rows, **rest)
 
     def format(self) -> str:
         return (f"labelled {self.labelled} new image(s), reused {self.reused}, {self.rows or self.inputs} rows "

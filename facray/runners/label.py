@@ -35,9 +35,9 @@ from facray.labelling.batch import BatchLabeller, label_batch, preprocessing_for
 from facray.labelling.config import LabelConfig, check_before_start
 from facray.labelling.inputs import list_inputs
 from facray.labelling.lock import output_lock
-from facray.labelling.output import (PartWriter, errors_path, parts_dir, previous_rows, read_parquet,
-                                     write_atomically)
-from facray.labelling.plan import LabelSummary, merge_rows, no_rows, reusable
+from facray.labelling.merge import Source, earlier_sources, previous_rows, write_output
+from facray.labelling.output import PartWriter, errors_path, parts_dir
+from facray.labelling.plan import LabelSummary, choose_sources, reusable
 from facray.labelling.pools import ACTOR_RUNTIME_ENV, pool_sizes
 from facray.predictors.format import Manifest, PredictorError, read_weights_file
 from facray.predictors.locate import locate_predictor
@@ -76,7 +76,8 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     inputs = list_inputs(images)
     if cfg.overwrite:
         storage.delete_dir(parts_dir(out))
-    done = no_rows() if cfg.overwrite else previous_rows(out, cfg.format)
+    sources = [] if cfg.overwrite else earlier_sources(out, cfg.format)
+    done = previous_rows(out, cfg.format, sources)  # keys only: what to reuse is decided on them
     reused = reusable(inputs, done, predictor.name, cfg.faces, cfg.crop)
     todo = inputs[~reused]
     print(f"{len(inputs)} input image(s): {int(reused.sum())} already labelled, {len(todo)} to label "
@@ -84,30 +85,32 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
           f"{', sketches needed' if predictor.needs_sketch else ''})", flush=True)
     unnamable = todo[todo.error != ""]  # error rows straight away: their names cannot travel
     todo = todo[todo.error == ""]
-    new = [pd.DataFrame(label_batch({k: unnamable[k].to_numpy() for k in ("path", "error", "size", "mtime_ns")},
-                                    predictor)).assign(faces=cfg.faces, crop=cfg.crop)] if len(unnamable) else []
-    phases = {}
+    new = []  # this run's sources: the error rows above, then the pipeline's parts
+    if len(unnamable):
+        rows = pd.DataFrame(label_batch({k: unnamable[k].to_numpy() for k in ("path", "error", "size", "mtime_ns")},
+                                        predictor)).assign(faces=cfg.faces, crop=cfg.crop)
+        new.append(Source(len(sources), frame=rows.sort_values("path", kind="stable")))
+    phases, stages = {}, {}
     if len(todo):
         init_ray(dashboard=False)
         weights_ref = weights_ref or put_verified_weights(blob, manifest, path)
         del blob  # in the object store now
         phases["start-up"] = time.perf_counter() - start
         part = storage.join(parts_dir(out), f"run-{int(time.time() * 1000)}")
-        run_pipeline(todo, manifest, weights_ref, cfg, part)
-        new += [read_parquet(p) for p in storage.list_files(part, (".parquet",))]
+        stages = run_pipeline(todo, manifest, weights_ref, cfg, part)
+        new.append(Source(len(sources) + len(new), files=storage.list_files(part, (".parquet",))))
         phases["pipeline"] = time.perf_counter() - start - phases["start-up"]
-    written = time.perf_counter()
-    rows = merge_rows(inputs, done, reused, new)
+    written_at = time.perf_counter()
+    chosen = choose_sources(inputs, done, reused, pd.concat([s.keys() for s in new]) if new else done.iloc[:0])
     try:
-        write_atomically(rows, out, cfg.format)
+        written = write_output(sources + new, chosen, inputs.set_index("path")["image_id"], out, cfg.format)
     except OutputError as e:
         raise OutputError(f"{e}; the labelled rows are kept in {parts_dir(out)}: free space (or fix access) "
                           "and re-run the same command to write them") from None
     storage.delete_dir(parts_dir(out))
-    phases["write"] = time.perf_counter() - written
-    return LabelSummary.of(rows, inputs, reused, len(todo) + len(unnamable), seconds=time.perf_counter() - start,
-                           out=out, model=predictor.name, phases=phases,
-                           stages=stage_seconds(pd.concat(new)) if new else {},
+    phases["write"] = time.perf_counter() - written_at
+    return LabelSummary.of(written, inputs, reused, len(todo) + len(unnamable), seconds=time.perf_counter() - start,
+                           out=out, model=predictor.name, phases=phases, stages=stages,
                            errors_file=errors_path(out) if cfg.format == "celeba" and storage.is_file(errors_path(out))
                            else "", faces=cfg.faces)
 
@@ -223,26 +226,64 @@ def generate_images(cfg: LabelConfig, out: str) -> str:
     return str(folder)
 
 
-def run_pipeline(todo: pd.DataFrame, manifest: Manifest, weights_ref, cfg: LabelConfig, part: str) -> None:
+def run_pipeline(todo: pd.DataFrame, manifest: Manifest, weights_ref, cfg: LabelConfig, part: str) -> dict:
     """Label ``todo``'s images on Ray Data (actor pools sized by :func:`facray.labelling.pools.pool_sizes`)
-    into Parquet parts under ``part``, written by the driver as rows arrive."""
+    into Parquet parts under ``part``, written by the driver as rows arrive, with a progress line
+    every 10 s; returns the actors' seconds per stage."""
     num_actors, preprocess_actors, threads = pool_sizes(cfg, ray.cluster_resources())
     cfg = replace(cfg, num_actors=num_actors, preprocess_actors=preprocess_actors, torch_threads=threads)
     split = cfg.layout == "split"
     print(f"labelling with {num_actors} {'predict' if split else 'CPU'} actor(s) of {threads} torch thread(s)"
           + (f" fed by {preprocess_actors} preprocess actor(s)" if split else ""), flush=True)
     block = rows_per_block(len(todo), max(cfg.num_actors, cfg.preprocess_actors), most=cfg.batch_size * 4)
-    ds = metadata_dataset(todo[["path", "size", "mtime_ns"]], block)
-    # The weights in a list: the actors that predict fetch them themselves with ray.get.
-    actors = dict(fn_constructor_args=(manifest, [weights_ref], cfg), batch_format="numpy", batch_size=cfg.batch_size,
-                  num_cpus=cfg.cpus_per_actor, runtime_env=ACTOR_RUNTIME_ENV)
-    if split:
-        ds = ds.map_batches(PreprocessForLabelActor, compute=ray.data.ActorPoolStrategy(size=cfg.preprocess_actors),
-                            **actors)
-        ds = ds.map_batches(PredictActor, num_gpus=cfg.gpus or None, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-                            **actors)
-    else:
-        ds = ds.map_batches(LabelActor, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), **actors)
-    with PartWriter(part, flush_rows=4 * cfg.batch_size, flush_seconds=5.0) as writer:
-        for block in ds.iter_batches(batch_size=None, batch_format="pandas"):
-            writer.add(block.assign(faces=cfg.faces, crop=cfg.crop))
+    # In input order (path order): each run's parts are then sorted as the output is, so the
+    # output is a streamed merge (facray.labelling.merge), never all rows in the driver at once.
+    context = ray.data.DataContext.get_current()
+    keep, context.execution_options.preserve_order = context.execution_options.preserve_order, True
+    try:
+        ds = metadata_dataset(todo[["path", "size", "mtime_ns"]], block)
+        # The weights in a list: the actors that predict fetch them themselves with ray.get.
+        actors = dict(fn_constructor_args=(manifest, [weights_ref], cfg), batch_format="numpy",
+                      batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, runtime_env=ACTOR_RUNTIME_ENV)
+        if split:
+            ds = ds.map_batches(PreprocessForLabelActor, compute=ray.data.ActorPoolStrategy(size=cfg.preprocess_actors),
+                                **actors)
+            ds = ds.map_batches(PredictActor, num_gpus=cfg.gpus or None,
+                                compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), **actors)
+        else:
+            ds = ds.map_batches(LabelActor, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), **actors)
+        progress, stages = Progress(len(todo)), {}
+        with PartWriter(part, flush_rows=4 * cfg.batch_size, flush_seconds=5.0) as writer:
+            for block in ds.iter_batches(batch_size=None, batch_format="pandas"):
+                writer.add(block.assign(faces=cfg.faces, crop=cfg.crop))
+                for stage, secs in stage_seconds(block).items():
+                    stages[stage] = stages.get(stage, 0.0) + secs
+                progress.update(block["path"].nunique())
+    finally:
+        context.execution_options.preserve_order = keep
+    progress.finish()
+    return stages
+
+
+class Progress:
+    """A progress line every ``every`` seconds: images done, img/s since the start, ETA."""
+
+    def __init__(self, total: int, every: float = 10.0):
+        self.total, self.every, self.done = total, every, 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, images: int) -> None:
+        self.done += images
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            print(self.line(now), flush=True)
+
+    def line(self, now: float) -> str:
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
+        return f"  {self.done}/{self.total} images ({100 * self.done / max(self.total, 1):.0f}%), {rate:.1f} img/s, ETA {eta_text}"
+
+    def finish(self) -> None:
+        print(self.line(time.monotonic()).replace("ETA 00:00:00", "done"), flush=True)
