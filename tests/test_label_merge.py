@@ -9,7 +9,8 @@ import pytest
 
 from facray.attributes import ATTRIBUTES
 from facray.labelling import merge
-from facray.labelling.merge import Source, earlier_sources, previous_rows, write_output, write_rows
+from facray.labelling.merge import Source, earlier_sources, previous_rows
+from facray.labelling.write import write_output, write_rows
 from facray.labelling.output import PartWriter, encode_output, errors_path, index_path, parts_dir
 from facray.labelling.plan import choose_sources, reusable
 

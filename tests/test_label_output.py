@@ -232,7 +232,8 @@ def _keyed(rows, faces="largest"):
 def test_an_image_is_reused_only_with_all_its_faces_from_one_source(tmp_path):
     """--faces all: a run killed between two parts may have written some of an image's faces;
     such an image is labelled again, and an image's rows never mix two runs."""
-    from facray.labelling.merge import previous_rows, write_rows
+    from facray.labelling.merge import previous_rows
+    from facray.labelling.write import write_rows
     from facray.labelling.output import complete_images, parts_dir
     base = _rows().iloc[:1]
     three = pd.concat([_keyed(base, "all").assign(face_index=k, n_faces=3) for k in range(3)], ignore_index=True)
@@ -250,7 +251,8 @@ def test_an_image_is_reused_only_with_all_its_faces_from_one_source(tmp_path):
 
 
 def test_another_format_under_the_same_name_is_relabelled_never_misread(tmp_path):
-    from facray.labelling.merge import previous_rows, write_rows
+    from facray.labelling.merge import previous_rows
+    from facray.labelling.write import write_rows
     from facray.labelling.output import errors_path
     rows = _keyed(_rows())
     out = str(tmp_path / "labels.out")

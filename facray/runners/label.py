@@ -35,7 +35,8 @@ from facray.labelling.batch import BatchLabeller, label_batch, preprocessing_for
 from facray.labelling.config import LabelConfig, check_before_start
 from facray.labelling.inputs import list_inputs
 from facray.labelling.lock import output_lock
-from facray.labelling.merge import Source, earlier_sources, previous_rows, write_output
+from facray.labelling.merge import Source, earlier_sources, previous_rows
+from facray.labelling.write import write_output
 from facray.labelling.output import PartWriter, errors_path, parts_dir
 from facray.labelling.plan import LabelSummary, choose_sources, reusable
 from facray.labelling.pools import ACTOR_RUNTIME_ENV, pool_sizes
