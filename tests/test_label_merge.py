@@ -60,7 +60,7 @@ def test_streamed_output_equals_the_all_at_once_output_row_for_row(tmp_path, mon
     reused = reusable(inputs, done, "m", "largest", "auto")
     assert reused.all()
     chosen = choose_sources(inputs, done, reused, done.iloc[:0])
-    written = write_output(sources, chosen, image_ids(paths), out, fmt)
+    written = write_output(sources, inputs, chosen, out, fmt)
 
     everything = pd.concat([old, *runs])
     everything = everything.sort_values("path").assign(image_id=lambda r: r.path.str[6:])
@@ -93,7 +93,7 @@ def test_parts_out_of_order_are_sorted_and_faces_of_an_image_stay_together(tmp_p
     paths = sorted(rows.path)
     inputs = pd.DataFrame({"path": paths, "image_id": paths, "size": 100, "mtime_ns": 7})
     reused = reusable(inputs, done, "m", "all", "auto")
-    write_output(sources, choose_sources(inputs, done, reused, done.iloc[:0]), image_ids(paths), out, "csv")
+    write_output(sources, inputs, choose_sources(inputs, done, reused, done.iloc[:0]), out, "csv")
     back = pd.read_csv(out, keep_default_na=False)
     assert list(zip(back.path, back.face_index)) == [("/d/a.png", 0), ("/d/b.png", 0), ("/d/c.png", 0), ("/d/c.png", 1),
                                                     ("/d/c.png", 2), ("/d/d.png", 0), ("/d/e.png", 0)]
@@ -123,7 +123,7 @@ def test_resume_after_a_kill_at_half_of_100000_rows_loses_and_doubles_nothing(tm
             writer.add(fake_rows(todo[i:i + 1024], seed=n + i))
     new = [Source(len(sources), merge.storage.list_files(rest, (".parquet",)))]
     chosen = choose_sources(inputs, done, reused, pd.concat([s.keys() for s in new]))
-    written = write_output(sources + new, chosen, image_ids(paths), out, "csv")
+    written = write_output(sources + new, inputs, chosen, out, "csv")
     back = pd.read_csv(out, usecols=["path", "image_id", "error"], keep_default_na=False)
     assert written.rows == n and back.path.tolist() == paths and back.image_id.is_unique
     assert (back.error != "").sum() == written.errors > 0

@@ -160,17 +160,31 @@ def previous_rows(out: str, fmt: str, sources: list[Source] | None = None) -> pd
         return pd.DataFrame(columns=[*RESUME_COLUMNS, "_source"])
     rows = pd.concat([source.keys() for source in sources], ignore_index=True)
     rows = rows[rows["_source"] == rows.groupby("path")["_source"].transform("max")]
-    return rows.drop_duplicates(subset=["path", "face_index"], keep="last").reset_index(drop=True)
+    rows = rows.drop_duplicates(subset=["path", "face_index"], keep="last").reset_index(drop=True)
+    pa.default_memory_pool().release_unused()  # the chunks read: back to the system (mimalloc keeps them)
+    return rows
 
 
-def merged_rows(sources: list[Source], chosen: pd.Series) -> Iterator[pd.DataFrame]:
-    """The rows of every path of ``chosen`` (path -> source id) from its source, in (path,
-    face_index) order, in chunks of about :data:`CHUNK_ROWS`. A k-way merge of sorted streams: each
-    round emits every buffered row up to the smallest last path any buffer holds."""
+def positions(sorted_paths: np.ndarray, paths) -> np.ndarray:
+    """Where each of ``paths`` is in ``sorted_paths`` (an object array in sorted order, the inputs'),
+    -1 where it is not: a binary search, so no hash table of a million paths is built."""
+    paths = np.asarray(paths, dtype=object)
+    if not len(sorted_paths):
+        return np.full(len(paths), -1, np.int64)
+    pos = np.minimum(np.searchsorted(sorted_paths, paths), len(sorted_paths) - 1)
+    return np.where(sorted_paths[pos] == paths, pos, -1)
+
+
+def merged_rows(sources: list[Source], sorted_paths: np.ndarray, chosen: np.ndarray) -> Iterator[pd.DataFrame]:
+    """Every row of each input (``sorted_paths``, sorted) from the source ``chosen`` for it (its
+    id, per input), in (path, face_index) order, in chunks of about :data:`CHUNK_ROWS`, each with
+    ``_input`` (the input's position). A k-way merge of sorted streams: each round emits every
+    buffered row up to the smallest last path any buffer holds."""
     def refill(source: Source, stream) -> pd.DataFrame | None:
         for chunk in stream:
-            keep = chosen.reindex(chunk["path"]).to_numpy() == source.id
-            chunk = chunk[keep].drop_duplicates(["path", "face_index"], keep="last")
+            pos = positions(sorted_paths, chunk["path"])
+            keep = (pos >= 0) & (chosen[np.maximum(pos, 0)] == source.id)
+            chunk = chunk[keep].assign(_input=pos[keep]).drop_duplicates(["path", "face_index"], keep="last")
             if len(chunk):
                 return chunk
         return None

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from facray.labelling.batch import format_stage_seconds
+from facray.labelling.merge import positions
 from facray.labelling.output import KEY_COLUMNS, complete_images
 
 
@@ -24,18 +25,25 @@ def reusable(inputs: pd.DataFrame, done: pd.DataFrame, model: str, faces: str, c
             & merged["path"].map(complete_images(done))).fillna(False).to_numpy(dtype=bool)
 
 
-def choose_sources(inputs: pd.DataFrame, done: pd.DataFrame, reused: np.ndarray, new: pd.DataFrame) -> pd.Series:
-    """Where each input's rows come from (path -> source id; see :mod:`facray.labelling.merge`):
-    a reused image from the earlier source ``done`` (:func:`facray.labelling.merge.previous_rows`)
-    has it in, any other from this run's ``new`` keys. Raises ``RuntimeError`` if an input has no
-    row: every input shows up in the output, labelled or with its error."""
-    earlier = done.drop_duplicates("path").set_index("path")["_source"].reindex(inputs.path[reused])
-    fresh = new.drop_duplicates("path", keep="last").set_index("path")["_source"].reindex(inputs.path[~reused])
-    chosen = pd.concat([earlier, fresh])
-    missing = chosen.index[chosen.isna()]
-    if len(missing):
+def choose_sources(inputs: pd.DataFrame, done: pd.DataFrame, reused: np.ndarray, new: pd.DataFrame) -> np.ndarray:
+    """Where each input's rows come from, per row of ``inputs`` (sorted by path): the id of a
+    :class:`facray.labelling.merge.Source`. A reused image comes from the earlier source ``done``
+    (:func:`facray.labelling.merge.previous_rows`) has it in, any other from this run's ``new``
+    keys. Raises ``RuntimeError`` if an input has no row: every input shows up in the output,
+    labelled or with its error."""
+    paths = inputs["path"].to_numpy(object)
+    chosen = np.full(len(paths), -1, np.int64)
+    for keys, wanted in ((done, reused), (new, ~reused)):
+        first = keys.drop_duplicates("path", keep="last")
+        pos = positions(paths, first["path"])
+        found = pos >= 0
+        pos, source = pos[found], first["_source"].to_numpy()[found]
+        take = wanted[pos]
+        chosen[pos[take]] = source[take]
+    if (chosen < 0).any():
+        missing = paths[chosen < 0]
         raise RuntimeError(f"{len(missing)} input(s) have no output row (e.g. {sorted(missing)[:3]})")
-    return chosen.astype("int64")
+    return chosen
 
 
 @dataclass

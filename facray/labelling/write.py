@@ -141,16 +141,18 @@ def _render(index: str, fmt: str, out_tmp: str, errors_tmp: str) -> tuple[Writte
     return written, left_out
 
 
-def write_output(sources: list[Source], chosen: pd.Series, image_ids: pd.Series, out: str, fmt: str) -> Written:
-    """Write ``out`` in ``fmt`` from the rows ``chosen`` names (path -> source id), each with its
-    ``image_id`` (path -> id), and the index beside it; see the module docstring for how. A
-    failure to write is an :class:`~facray.data.errors.OutputError` naming the location."""
+def write_output(sources: list[Source], inputs: pd.DataFrame, chosen: np.ndarray, out: str, fmt: str) -> Written:
+    """Write ``out`` in ``fmt`` with every row of each of ``inputs`` (sorted by path; their
+    ``image_id``) from the source ``chosen`` for it (its id, per input), and the index beside it;
+    see the module docstring for how. A failure to write is an
+    :class:`~facray.data.errors.OutputError` naming the location."""
     index_tmp, out_tmp, errors_tmp = (_temporary(out, s) for s in (".index", "", ".errors"))
     try:
         try:
             writer = None
-            for rows in merged_rows(sources, chosen):
-                rows = rows.assign(image_id=image_ids.reindex(rows["path"]).to_numpy())
+            image_ids = inputs["image_id"]
+            for rows in merged_rows(sources, inputs["path"].to_numpy(object), chosen):
+                rows = rows.assign(image_id=image_ids.take(rows.pop("_input").to_numpy()).to_numpy())
                 if writer is None:
                     writer = pq.ParquetWriter(index_tmp, INDEX_SCHEMA)
                 writer.write_table(_index_table(rows, fmt))
@@ -181,7 +183,5 @@ def write_rows(rows: pd.DataFrame, out: str, fmt: str) -> Written:
     """Write a table of rows (with ``image_id`` and the resume keys) as the output: what
     :func:`write_output` does for one in-memory source."""
     rows = normalise(rows).sort_values(["path", "face_index"], kind="stable")
-    source = Source(0, frame=rows)
-    chosen = pd.Series(0, index=pd.unique(rows["path"]))
-    return write_output([source], chosen, pd.Series(rows["image_id"].to_numpy(), index=rows["path"]).groupby(level=0).first(),
-                        out, fmt)
+    inputs = rows.drop_duplicates("path")[["path", "image_id"]].reset_index(drop=True)
+    return write_output([Source(0, frame=rows)], inputs, np.zeros(len(inputs), np.int64), out, fmt)

@@ -74,7 +74,7 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
         images = generate_images(cfg, out)
     else:
         images = cfg.images
-    inputs = list_inputs(images)
+    inputs = list_inputs(images).sort_values("path", ignore_index=True)  # the output's order
     if cfg.overwrite:
         storage.delete_dir(parts_dir(out))
     sources = [] if cfg.overwrite else earlier_sources(out, cfg.format)
@@ -103,8 +103,9 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
         phases["pipeline"] = time.perf_counter() - start - phases["start-up"]
     written_at = time.perf_counter()
     chosen = choose_sources(inputs, done, reused, pd.concat([s.keys() for s in new]) if new else done.iloc[:0])
+    del done  # the keys: only where each input's rows come from is needed now
     try:
-        written = write_output(sources + new, chosen, inputs.set_index("path")["image_id"], out, cfg.format)
+        written = write_output(sources + new, inputs, chosen, out, cfg.format)
     except OutputError as e:
         raise OutputError(f"{e}; the labelled rows are kept in {parts_dir(out)}: free space (or fix access) "
                           "and re-run the same command to write them") from None
