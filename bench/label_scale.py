@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -68,8 +67,31 @@ def fake_rows(paths, seed: int):
     return rows
 
 
+class PeakRSS:
+    """This process's peak RSS, sampled every 20 ms until :meth:`stop` (so that checks done after
+    the step do not count)."""
+
+    def __init__(self):
+        import threading
+        import psutil
+        self.process, self.peak, self.running = psutil.Process(), 0, True
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.02)
+
+    def stop(self) -> float:
+        self.running = False
+        self.thread.join()
+        return round(self.peak / 2**20)
+
+
 def step(name: str, folder: str, listing: str, work: str) -> dict:
-    """One step, in this (fresh) process; returns seconds and figures."""
+    """One step, in this (fresh) process; returns seconds and figures (``peak_mb``: RSS while
+    the step ran, the checks after it left out)."""
     import pandas as pd
     from facray.labelling.inputs import list_inputs
     from facray.labelling.merge import Source, earlier_sources, previous_rows
@@ -78,13 +100,15 @@ def step(name: str, folder: str, listing: str, work: str) -> dict:
     from facray.labelling.write import write_output
     from facray import storage
     out = str(Path(work) / "labels.csv")
+    peak = PeakRSS()
     start = time.perf_counter()
     if name == "list":
         inputs = list_inputs(folder)
         mid = time.perf_counter()
+        del inputs
         listed = list_inputs(listing)
-        assert len(listed) == len(inputs)
-        return {"inputs": len(inputs), "folder_s": mid - start, "list_s": time.perf_counter() - mid}
+        return {"inputs": len(listed), "folder_s": mid - start, "list_s": time.perf_counter() - mid,
+                "peak_mb": peak.stop()}
     inputs = list_inputs(folder).sort_values("path", ignore_index=True)
     inputs["size"], inputs["mtime_ns"] = 1, 1  # as the made-up rows say
     listed = time.perf_counter()
@@ -94,7 +118,7 @@ def step(name: str, folder: str, listing: str, work: str) -> dict:
         rows = rows.sort_values(["path", "face_index"]).assign(image_id=inputs.image_id.to_numpy())
         data, _ = encode_output(rows, "csv")
         Path(out + ".all").write_bytes(data)
-        return {"inputs": n, "seconds": time.perf_counter() - listed}
+        return {"inputs": n, "write_s": time.perf_counter() - listed, "peak_mb": peak.stop()}
     if name == "resume":  # the killed first run's parts, then the start-up decision
         with PartWriter(f"{parts_dir(out)}/run-1", flush_rows=4096) as writer:
             for i in range(0, n // 2, 4096):
@@ -104,7 +128,7 @@ def step(name: str, folder: str, listing: str, work: str) -> dict:
         done = previous_rows(out, "csv", sources)
         reused = reusable(inputs, done, "bench", "largest", "auto")
         return {"inputs": n, "reused": int(reused.sum()), "decide_s": time.perf_counter() - decided,
-                "list_s": listed - start}
+                "list_s": listed - start, "peak_mb": peak.stop()}
     sources = earlier_sources(out, "csv")
     done = previous_rows(out, "csv", sources)
     reused = reusable(inputs, done, "bench", "largest", "auto")
@@ -117,10 +141,10 @@ def step(name: str, folder: str, listing: str, work: str) -> dict:
     new = [Source(len(sources), storage.list_files(run, (".parquet",)))]
     chosen = choose_sources(inputs, done, reused, pd.concat([s.keys() for s in new]))
     written = write_output(sources + new, inputs, chosen, out, "csv")
-    seconds = time.perf_counter() - merged
+    seconds, peak_mb = time.perf_counter() - merged, peak.stop()
     back = pd.read_csv(out, usecols=["path"]).path
     assert written.rows == n and back.tolist() == inputs.path.tolist()
-    return {"inputs": n, "rows": written.rows, "write_s": seconds}
+    return {"inputs": n, "rows": written.rows, "write_s": seconds, "peak_mb": peak_mb}
 
 
 def main() -> None:
@@ -131,7 +155,6 @@ def main() -> None:
     args = p.parse_args()
     if args.step:
         figures = step(*args.step)
-        figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(figures))
         return
     root = Path(args.work)

@@ -160,9 +160,9 @@ def previous_rows(out: str, fmt: str, sources: list[Source] | None = None) -> pd
         return pd.DataFrame(columns=[*RESUME_COLUMNS, "_source"])
     rows = pd.concat([source.keys() for source in sources], ignore_index=True)
     rows = rows[rows["_source"] == rows.groupby("path")["_source"].transform("max")]
-    rows = rows.drop_duplicates(subset=["path", "face_index"], keep="last").reset_index(drop=True)
-    pa.default_memory_pool().release_unused()  # the chunks read: back to the system (mimalloc keeps them)
-    return rows
+    # (pyarrow's release_unused() would hand the chunks' memory back, but once in five 1M-input
+    # runs here the keys read after it were wrong: pyarrow 25's bundled mimalloc; not used.)
+    return rows.drop_duplicates(subset=["path", "face_index"], keep="last").reset_index(drop=True)
 
 
 def positions(sorted_paths: np.ndarray, paths) -> np.ndarray:

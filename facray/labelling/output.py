@@ -1,5 +1,5 @@
-"""The output of ``facray label``: its columns, its formats, the index beside it that a re-run
-resumes from, and how it is written (whole or not at all). The one owner of that format, as
+"""The output of ``facray label``: its columns, its formats, the files beside it that a re-run
+resumes from (written by :mod:`facray.labelling.write`). The one owner of that format, as
 :mod:`facray.data.prepared` is of prepared data.
 
 Columns (:data:`OUTPUT_COLUMNS`): ``path`` (absolute, or the URI), ``image_id`` (the path relative
@@ -12,9 +12,10 @@ labelled face's box ``face_x, face_y, face_w, face_h`` (source pixels) and ``fac
 (detector confidence), ``error``, 40 ``<Attribute>_prob``, 40 ``<Attribute>`` decisions (1/0,
 empty when the image failed or the predictor does not cover the attribute) and ``model``.
 
-Beside ``OUT``: ``OUT.index.parquet`` (the resume keys :data:`KEY_COLUMNS` per row; for ``celeba``,
-whose list holds decisions only, the whole rows), ``OUT.parts/`` (rows of a run not yet merged:
-an interrupted run's are reused) and, for ``celeba``, ``OUT.errors.csv`` (rows its list cannot hold).
+Beside ``OUT``: ``OUT.index.parquet`` (every row whole with its resume keys :data:`KEY_COLUMNS`
+and the format, sorted by path: what a re-run reuses rows from, whatever the format; see
+:mod:`facray.labelling.merge`), ``OUT.parts/`` (rows of a run not yet merged: an interrupted run's
+are reused) and, for ``celeba``, ``OUT.errors.csv`` (rows its list cannot hold).
 """
 from __future__ import annotations
 

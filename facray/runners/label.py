@@ -6,7 +6,8 @@ runs them.
 Flow: check the settings -> lock the output -> load and verify the model (fails before any image is
 read; no torch in the driver) -> list the inputs and skip those already labelled (same path, size,
 mtime, model, faces and crop modes) -> Ray Data: decode -> detect + crop -> sketch if needed -> predict
-(GPU or CPU actors) -> Parquet parts as rows arrive -> merge old and new rows and replace the output
+(GPU or CPU actors), in input order -> Parquet parts as rows arrive -> the earlier index and the
+new parts merged a chunk at a time into the new output (:mod:`facray.labelling.write`), replaced
 atomically. An interrupted run leaves the old output untouched and its finished parts behind,
 which the next run reuses.
 
@@ -15,7 +16,7 @@ their tensors once in a throw-away task (:func:`put_verified_weights`: a bad fil
 image is read) and in each actor as it builds its predictor (what it loads is what was checked).
 
 Memory stays bounded by Ray Data's streaming (blocks in flight), not by the number of images; the
-driver holds only the small output table at the end.
+driver holds the inputs' names and keys (about 0.8 GB at a million inputs), never all rows.
 """
 from __future__ import annotations
 
