@@ -105,7 +105,8 @@ def _readable(location: str) -> bool:
         with _open(location) as f:
             pq.ParquetFile(f)
         return True
-    except Exception:  # noqa: BLE001 - a part cut off mid-write: its images are labelled again
+    except Exception as e:  # noqa: BLE001 - a damaged part: its images are labelled again
+        print(f"{location}: unreadable part, its images are labelled again ({e})", flush=True)
         return False
 
 
