@@ -287,7 +287,8 @@ def test_two_runs_into_one_output_the_second_refuses_at_once(ray_session, model,
 def test_a_changed_input_is_never_reused_after_a_failed_write(ray_session, model, tmp_path, monkeypatch):
     """An input (a link) re-pointed at another face; the next run's final write fails (a full
     disk); with the parts gone, the run after that must still relabel the changed input."""
-    import facray.labelling.output as labelling
+    import errno
+    import facray.labelling.write as labelling
     from facray.data.errors import OutputError
     faces = _images(tmp_path / "faces", n=3)
     folder, out = tmp_path / "imgs", tmp_path / "labels.csv"
@@ -298,13 +299,13 @@ def test_a_changed_input_is_never_reused_after_a_failed_write(ray_session, model
     _label(folder, model, out)
     link.unlink()
     os.symlink(faces[2], link)  # the same path now shows another face
-    real_write = labelling._write_whole
+    real_publish = labelling._publish
 
-    def full_disk(location, data):
+    def full_disk(local, location):
         if location == str(out):
-            raise OutputError(f"{location}: cannot write (No space left on device)")
-        real_write(location, data)
-    monkeypatch.setattr(labelling, "_write_whole", full_disk)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_publish(local, location)
+    monkeypatch.setattr(labelling, "_publish", full_disk)
     with pytest.raises(OutputError, match="No space left on device.*kept in"):
         _label(folder, model, out)
     monkeypatch.undo()
