@@ -127,6 +127,7 @@ def step(name: str, folder: str, listing: str, work: str) -> dict:
         sources = earlier_sources(out, "csv")
         done = previous_rows(out, "csv", sources)
         reused = reusable(inputs, done, "bench", "largest", "auto")
+        assert reused.sum() == n // 2 and reused[: n // 2].all(), "the resume decision lost rows"
         return {"inputs": n, "reused": int(reused.sum()), "decide_s": time.perf_counter() - decided,
                 "list_s": listed - start, "peak_mb": peak.stop()}
     sources = earlier_sources(out, "csv")

@@ -11,7 +11,7 @@ from facray.attributes import ATTRIBUTES
 from facray.labelling import merge
 from facray.labelling.merge import Source, earlier_sources, previous_rows
 from facray.labelling.write import write_output, write_rows
-from facray.labelling.output import PartWriter, encode_output, errors_path, index_path, parts_dir
+from facray.labelling.output import PROB_COLUMNS, PartWriter, encode_output, errors_path, index_path, parts_dir
 from facray.labelling.plan import choose_sources, reusable
 
 
@@ -130,3 +130,46 @@ def test_resume_after_a_kill_at_half_of_100000_rows_loses_and_doubles_nothing(tm
     again = previous_rows(out, "csv")
     assert len(again) == n and reusable(inputs, again, "m", "largest", "auto").all()
     assert pd.read_parquet(index_path(out), columns=["format"]).format.eq("csv").all()
+
+
+def test_positions_finds_each_path_by_binary_search_or_minus_one():
+    sorted_paths = np.array(["/a/1.png", "/a/2.png", "/b/é.png"], dtype=object)
+    assert merge.positions(sorted_paths, ["/b/é.png", "/a/0.png", "/a/1.png", "/z.png"]).tolist() == [2, -1, 0, -1]
+    assert merge.positions(sorted_paths[:0], ["/a/1.png"]).tolist() == [-1]
+
+
+def test_a_file_a_list_names_twice_is_one_input(tmp_path):
+    import cv2
+    from facray.labelling.inputs import list_inputs
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((40, 40, 3), np.uint8))
+    (tmp_path / "list.txt").write_text(f"a.png\n{tmp_path / 'a.png'}\na.png\n")
+    assert list_inputs(str(tmp_path / "list.txt")).path.tolist() == [str(tmp_path / "a.png")]
+
+
+def test_an_output_written_by_an_older_facray_is_reused_and_rewritten(tmp_path):
+    """Before streamed output, a CSV's index held keys only (path, size, mtime, model, faces,
+    face_index); its rows are read from the CSV, reused, and written again with a whole-row index."""
+    out = str(tmp_path / "labels.csv")
+    paths = [f"/d/{i}.png" for i in range(6)]
+    rows = fake_rows(paths, crop="detect").assign(image_id=lambda r: r.path.str[3:])
+    data, _ = encode_output(rows, "csv")
+    (tmp_path / "labels.csv").write_bytes(data)
+    rows[["path", "size", "mtime_ns", "model", "faces", "face_index"]].assign(format="csv").to_parquet(index_path(out))
+    sources = earlier_sources(out, "csv")
+    assert sources[0].frame is not None  # read whole: it was written whole
+    done = previous_rows(out, "csv", sources)
+    inputs = pd.DataFrame({"path": paths, "image_id": [p[3:] for p in paths], "size": 100, "mtime_ns": 7})
+    assert not reusable(inputs, done, "m", "largest", "auto").any()  # it detected; auto is another crop
+    reused = reusable(inputs, done, "m", "largest", "detect")
+    assert reused.all()
+    write_output(sources, inputs, choose_sources(inputs, done, reused, done.iloc[:0]), out, "csv")
+    assert open(out, "rb").read() == data
+    assert PROB_COLUMNS[0] in pd.read_parquet(index_path(out)).columns
+
+
+def test_the_progress_line_gives_images_rate_and_eta_past_a_day():
+    from facray.runners.label import Progress
+    progress = Progress(1_000_000, every=1e9)
+    progress.start -= 100.0
+    progress.update(1000)
+    assert progress.line(progress.start + 100.0) == "  1000/1000000 images (0%), 10.0 img/s, ETA 27:45:00"

@@ -90,14 +90,17 @@ class FaceCropper:
         exactly one face and it sits where the layout puts it; else None (detect at full size)."""
         h, w = image.shape[:2]
         template = template_for_shape(w, h)
-        if template is None:
+        # --faces all wants every face: the small copy may not show a small one in the background.
+        if template is None or self.faces == "all":
             return None
         found = self.checker.detect_all(image)
         if len(found) != 1 or not agrees(found[0].box, template.box_for(w, h)):
             return None
         lm = template.landmarks_for(w, h)
         box = face_box_from_landmarks(lm)
-        return box, "template", lm, Detection(box, lm, found[0].xywh, found[0].score, 1)
+        # The face box is the one the crop came from (as for a landmark file); the score is the check's.
+        square = (box.cx - box.size / 2, box.cy - box.size / 2, box.size, box.size)
+        return box, "template", lm, Detection(box, lm, square, found[0].score, 1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch[columns.PATH])

@@ -35,7 +35,9 @@ class PrepareConfig:
     out: str = option("prepared", "output folder", path=True)
     size: int = option(180, "crop side in pixels (ABM-CNN: 180)")
     margin: float = option(0.35, "crop margin around the face box, per side")
-    crop: Literal["auto", "landmarks", "bbox", "aligned", "detect", "full"] = option("auto", "auto | landmarks | bbox | aligned | detect | full")
+    crop: Literal["auto", "landmarks", "bbox", "aligned", "template", "detect", "full"] = option(
+        "auto", "auto (landmarks, bbox, CelebA aligned geometry, a checked known layout, else detect) | landmarks | bbox | "
+                "aligned | template | detect | full")
     centre: Literal["face", "nose"] = option("face", "crop centre: face | nose (the KTH paper's nose-centred "
                                                      "crops; needs landmarks: a landmark file or YuNet)")
     augment: int = option(9, "variants per train image (ABM-CNN: 9; 1 = none)")
@@ -141,7 +143,7 @@ def summarise(out: str, shards: str, rows_in: int, seconds: float, detector: str
 def detector_name(cfg: PrepareConfig) -> str:
     """The detector that runs, said up front and in the output (``auto`` falls back to Haar
     without yuface); ``none`` for crops that need none."""
-    return FaceDetector(cfg.detector).name if cfg.crop in ("auto", "detect") else "none"
+    return FaceDetector(cfg.detector).name if cfg.crop in ("auto", "template", "detect") else "none"
 
 
 def new_shards_name() -> str:

@@ -17,11 +17,12 @@ def list_inputs(images: str) -> pd.DataFrame:
     ``attrs["skipped_text"]`` (:meth:`facray.data.folder.Listing.format_skipped`).
 
     A local file whose name is not UTF-8 is listed under a distinct escaped name with an error:
-    Arrow and CSV cannot hold the name, and one such file must not sink the job.
+    Arrow and CSV cannot hold the name, and one such file must not sink the job. A file a list
+    names twice is one input (one row).
     """
     is_uri = storage.is_uri(images)
     listing = list_source(images)
-    paths = listing.paths
+    paths = list(dict.fromkeys(listing.paths))
     if not paths:
         raise DatasetError(f"{images}: no images found ({listing.format_skipped() or 'nothing there'})")
     sizes, mtimes = [], []

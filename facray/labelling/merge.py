@@ -113,7 +113,8 @@ def _readable(location: str) -> bool:
 def _legacy_output(out: str, fmt: str, keys_location: str) -> pd.DataFrame:
     """The rows of an output an older facray wrote (its index holds keys only): output and keys
     joined, in memory (outputs were written whole then, so they fit)."""
-    keys = pd.read_parquet(_open(keys_location))
+    with _open(keys_location) as f:
+        keys = pd.read_parquet(f)
     rows = read_output(out, fmt).drop(columns=["model"])
     if "face_index" not in rows:
         rows["face_index"] = 0

@@ -1,4 +1,4 @@
-"""What a ``facray label`` run labels, what it reuses, how the two are merged, and its summary:
+"""What a ``facray label`` run labels, what it reuses, where each input's rows come from, and its summary:
 the business rules of a run, pure, so the Ray runner (:mod:`facray.runners.label`) only runs them."""
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ class LabelSummary:
 
     @classmethod
     def of(cls, written, inputs: pd.DataFrame, reused: np.ndarray, labelled: int, **rest) -> "LabelSummary":
-        """From what was written (:class:`facray.labelling.merge.Written`, counted as the rows
+        """From what was written (:class:`facray.labelling.write.Written`, counted as the rows
         streamed by): faces found, errors and images with several faces are counted per image
         (with ``--faces all``, on the image's largest-face row)."""
         return cls(inputs=len(inputs), reused=int(reused.sum()), labelled=labelled, faces_found=written.faces_found,

@@ -4,11 +4,14 @@ into a new index, then the output rendered from that index chunk by chunk, then 
 Readers see the old output or the new one, never half of either: everything is written under
 temporary names (locally beside ``OUT``; for a URI, in the local temporary folder) and put in place
 at the end, the old index first out of the way and the new one last in (a failure between never
-pairs new keys with old rows). The bytes are those :func:`facray.labelling.output.encode_output`
-gives for all the rows at once (tested), written a chunk at a time.
+pairs new keys with old rows). On an object store an upload that fails part way is deleted: no
+output is left rather than half of one (the run's rows stay in its parts). The CSV and CelebA bytes
+are those :func:`facray.labelling.output.encode_output` gives for all the rows at once, the Parquet
+table the same (tested), written a chunk at a time.
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -72,6 +75,15 @@ def _temporary(location: str, suffix: str) -> str:
     return str(Path(location).with_name(f".{Path(location).name}.tmp-{os.getpid()}{suffix}"))
 
 
+def _remove_stale_temporaries(location: str) -> None:
+    """Temporary files a killed run left beside a local ``location`` (the caller holds the
+    output's lock, so no other run is writing them)."""
+    if storage.is_uri(location):
+        return
+    for stale in Path(location).parent.glob(f".{glob.escape(Path(location).name)}.tmp-*"):
+        stale.unlink(missing_ok=True)
+
+
 def _publish(local: str, location: str) -> None:
     """Put a finished local file at ``location``: ``os.replace`` locally; one object written as a
     stream on a store (atomic there: the object appears when the upload completes)."""
@@ -82,8 +94,17 @@ def _publish(local: str, location: str) -> None:
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
         fs.create_dir(parent, recursive=True)
-    with open(local, "rb") as src, fs.open_output_stream(path) as dst:
-        shutil.copyfileobj(src, dst, 16 << 20)
+    try:
+        with open(local, "rb") as src, fs.open_output_stream(path) as dst:
+            shutil.copyfileobj(src, dst, 16 << 20)
+    except BaseException:
+        # Closing the stream completes the upload even after an error (apache/arrow#40502): what
+        # it wrote is cut short, so it goes.
+        try:
+            fs.delete_file(path)
+        except OSError:
+            pass
+        raise
     os.unlink(local)
 
 
@@ -146,6 +167,7 @@ def write_output(sources: list[Source], inputs: pd.DataFrame, chosen: np.ndarray
     ``image_id``) from the source ``chosen`` for it (its id, per input), and the index beside it;
     see the module docstring for how. A failure to write is an
     :class:`~facray.data.errors.OutputError` naming the location."""
+    _remove_stale_temporaries(out)
     index_tmp, out_tmp, errors_tmp = (_temporary(out, s) for s in (".index", "", ".errors"))
     try:
         try:
@@ -182,6 +204,6 @@ def write_output(sources: list[Source], inputs: pd.DataFrame, chosen: np.ndarray
 def write_rows(rows: pd.DataFrame, out: str, fmt: str) -> Written:
     """Write a table of rows (with ``image_id`` and the resume keys) as the output: what
     :func:`write_output` does for one in-memory source."""
-    rows = normalise(rows).sort_values(["path", "face_index"], kind="stable")
+    rows = normalise(rows.copy()).sort_values(["path", "face_index"], kind="stable")
     inputs = rows.drop_duplicates("path")[["path", "image_id"]].reset_index(drop=True)
     return write_output([Source(0, frame=rows)], inputs, np.zeros(len(inputs), np.int64), out, fmt)

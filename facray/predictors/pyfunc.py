@@ -30,7 +30,7 @@ def model_signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    kinds = {"path": "string", "error": "string", "model": "string", "face_found": "boolean",
+    kinds = {"path": "string", "error": "string", "model": "string", "crop_method": "string", "face_found": "boolean",
              "n_faces": "long", "face_index": "long"}
     return ModelSignature(inputs=Schema([ColSpec("string", "path")]),
                           outputs=Schema([ColSpec(kinds.get(c, "double"), c) for c in OUTPUT_COLUMNS

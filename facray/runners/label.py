@@ -16,7 +16,8 @@ their tensors once in a throw-away task (:func:`put_verified_weights`: a bad fil
 image is read) and in each actor as it builds its predictor (what it loads is what was checked).
 
 Memory stays bounded by Ray Data's streaming (blocks in flight), not by the number of images; the
-driver holds the inputs' names and keys (about 0.8 GB at a million inputs), never all rows.
+driver holds the inputs' names and keys (under 1 GB at a million inputs), not the rows (but for an
+output an older facray wrote, read whole once: it was written whole).
 """
 from __future__ import annotations
 
@@ -285,8 +286,8 @@ class Progress:
     def line(self, now: float) -> str:
         rate = self.done / max(now - self.start, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
+        eta_text = f"{int(eta) // 3600}:{int(eta) % 3600 // 60:02d}:{int(eta) % 60:02d}" if np.isfinite(eta) else "?"
         return f"  {self.done}/{self.total} images ({100 * self.done / max(self.total, 1):.0f}%), {rate:.1f} img/s, ETA {eta_text}"
 
     def finish(self) -> None:
-        print(self.line(time.monotonic()).replace("ETA 00:00:00", "done"), flush=True)
+        print(self.line(time.monotonic()).replace("ETA 0:00:00", "done"), flush=True)
