@@ -234,6 +234,9 @@ def run_facray(args, model: str, folder: Path, out: Path, crop: str, n: int) -> 
         methods = pd.read_csv(out, usecols=["crop_method"], keep_default_na=False).crop_method.value_counts()
         print(f"  faces found {summary.faces_found}/{summary.inputs}; crop methods {methods.to_dict()}")
         print("  wall clock: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary.phases.items()))
+        if summary.phases.get("pipeline"):
+            print(f"  steady: {n / summary.phases['pipeline']:.1f} img/s once started (start-up "
+                  f"{summary.phases.get('start-up', 0):.1f}s)")
         print(f"  stages: {format_stage_seconds(summary.stages)}")
     return facray
 

@@ -173,3 +173,13 @@ def test_the_progress_line_gives_images_rate_and_eta_past_a_day():
     progress.start -= 100.0
     progress.update(1000)
     assert progress.line(progress.start + 100.0) == "  1000/1000000 images (0%), 10.0 img/s, ETA 27:45:00"
+
+
+def test_a_killed_writer_s_temporary_files_are_removed_by_the_next_write(tmp_path):
+    out = tmp_path / "labels.csv"
+    stale = tmp_path / ".labels.csv.tmp-99999.index"
+    stale.write_bytes(b"half an index")
+    other = tmp_path / ".other.csv.tmp-99999"
+    other.write_bytes(b"not ours")
+    write_rows(fake_rows(["/d/a.png"]).assign(image_id="a.png"), str(out), "csv")
+    assert not stale.exists() and other.exists() and out.exists()
