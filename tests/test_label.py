@@ -125,6 +125,8 @@ def test_a_mixed_folder_gets_its_crop_method_per_row_and_a_crop_change_relabels(
     rows = _read(out)
     assert rows.path.tolist() == [str(folder / f"{i:02d}.png") for i in range(8)]
     assert rows.crop_method.tolist() == ["template" if a else "detect" for a in aligned]
+    first = _label(folder, model, out, overwrite=True)
+    assert first.crop_methods == {"detect": 4, "template": 4} and "crops: detect 4, template 4" in first.format()
     again = _label(folder, model, out, crop="detect")
     assert again.labelled == 8 and (_read(out).crop_method == "detect").all()
     assert _label(folder, model, out, crop="detect").reused == 8

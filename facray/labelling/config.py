@@ -36,8 +36,10 @@ class LabelConfig:
                                        "per CPU left after the predict actors), capped by memory")
     crop: Literal["auto", "detect", "full"] = option(
         "auto", "auto: crop by a known aligned layout (FFHQ/StyleGAN, aligned CelebA) where a quick check on "
-                "a 96 px copy finds the image's one face where the layout puts it, else detect | detect: "
-                "always detect | full: the whole image (crop_method says which, per row)")
+                "a 96 px copy finds the image's one face where the layout puts it, else detect (--faces all "
+                "always detects) | detect: always detect | full: no face search, the centre square. Each row's "
+                "crop_method says how it was cropped (template, detect, centre, full); a re-run with another "
+                "--crop labels again")
     faces: Literal["largest", "all"] = option("largest", "largest: one row per image, its largest face "
                                                         "(n_faces says how many were found) | all: one row per "
                                                         "face (face_index 0 = the largest), for group photos")

@@ -64,6 +64,7 @@ class LabelSummary:
     errors_file: str = ""  # --format celeba: where the rows its list cannot hold went
     rows: int = 0  # rows written: one per input, or (--faces all) one per face
     faces: str = "largest"  # --faces
+    crop_methods: dict | None = None  # rows per crop_method (template, detect, ...)
     first_rows: pd.DataFrame | None = None  # the output's first rows (output_table's columns), to show
 
     @classmethod
@@ -73,7 +74,8 @@ class LabelSummary:
         (with ``--faces all``, on the image's largest-face row)."""
         return cls(inputs=len(inputs), reused=int(reused.sum()), labelled=labelled, faces_found=written.faces_found,
                    errors=written.errors, skipped=inputs.attrs.get("skipped_text", ""), multi_face=written.multi_face,
-                   rows=written.rows, first_rows=written.first_rows, **rest)
+                   rows=written.rows, first_rows=written.first_rows,
+                   crop_methods={k or "(older facray)": v for k, v in written.crop_methods.most_common()}, **rest)
 
     def format(self) -> str:
         return (f"labelled {self.labelled} new image(s), reused {self.reused}, {self.rows or self.inputs} rows "
@@ -85,5 +87,7 @@ class LabelSummary:
                       else "the largest labelled, n_faces says how many)") if self.multi_face else "") +
                 f", errors: {self.errors}" + (f" (in {self.errors_file})" if self.errors_file else "")
                 + f", {self.seconds:.1f}s\n"
+                + (("  crops: " + ", ".join(f"{k} {v}" for k, v in self.crop_methods.items()) + "\n")
+                   if self.crop_methods else "") +
                 "  wall clock: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.phases.items()) + "\n"
                 "  in the actors: " + (format_stage_seconds(self.stages) or "nothing to label"))

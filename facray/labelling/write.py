@@ -15,7 +15,8 @@ import glob
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ class Written:
     faces_found: int = 0
     errors: int = 0
     multi_face: int = 0
+    crop_methods: Counter = field(default_factory=Counter)  # rows per crop_method
     first_rows: pd.DataFrame | None = None
     _last_path: object = None
 
@@ -61,6 +63,7 @@ class Written:
         self.faces_found += int(per_image["face_found"].astype(bool).sum())
         self.errors += int((per_image["error"] != "").sum())
         self.multi_face += int((pd.to_numeric(per_image[columns.N_FACES], errors="coerce") > 1).sum())
+        self.crop_methods.update(table[columns.CROP_METHOD].value_counts().to_dict())
         if len(table):
             self._last_path = table["path"].iat[-1]
 

@@ -21,6 +21,7 @@ output an older facray wrote, read whole once: it was written whole).
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import replace
@@ -270,9 +271,11 @@ def run_pipeline(todo: pd.DataFrame, manifest: Manifest, weights_ref, cfg: Label
 
 
 class Progress:
-    """A progress line every ``every`` seconds: images done, img/s since the start, ETA."""
+    """A progress line at most every ``every`` seconds (default 10, ``FACRAY_PROGRESS_SECONDS``
+    as for training), as rows arrive: images done, img/s since the start, ETA."""
 
-    def __init__(self, total: int, every: float = 10.0):
+    def __init__(self, total: int, every: float | None = None):
+        every = float(os.environ.get("FACRAY_PROGRESS_SECONDS", 10.0)) if every is None else every
         self.total, self.every, self.done = total, every, 0
         self.start = self.last = time.monotonic()
 
