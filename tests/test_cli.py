@@ -12,7 +12,7 @@ from conftest import forbid_ray_start
     (["train-binary", "--mode", "fussed"], "fused, separate"),
     (["train-binary", "data=strem"], "auto, memory, stream"),
     (["train-binary", "--stack", "grouped-ish"], "auto, grouped, loop"),
-    (["prepare", "--root", "x", "--crop", "detec"], "auto, landmarks, bbox, aligned, detect, full"),
+    (["prepare", "--root", "x", "--crop", "detec"], "auto, landmarks, bbox, aligned, template, detect, full"),
     (["label", "--model", "m", "--format", "xlsx"], "csv, parquet"),
 ])
 def test_a_typo_in_a_choice_fails_at_once_with_the_allowed_values(argv, allowed, capsys, monkeypatch):
