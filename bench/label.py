@@ -111,12 +111,12 @@ class PlainModels:
             if self.network is not None:
                 columns = self.predictor.columns
                 out[:, columns] = torch.sigmoid(self.network(inputs["real"])["attributes"]).numpy()[:, columns]
-                return out
+                return self.predictor.calibrate(out)
             if sketches is not None:
                 inputs["sketch"] = to_input(sketches, self.image_size, torch.device("cpu"))
             for column, modality, m in self.models:
                 out[:, column] = torch.softmax(m(inputs[modality]), -1)[:, 1].numpy()
-        return out
+        return self.predictor.calibrate(out)  # the thresholds decide calibrated probabilities
 
     def __getattr__(self, name):  # decide, name, needs_sketch, crop...
         return getattr(self.predictor, name)

@@ -14,8 +14,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from facray.commands import (run_combine, run_data_check, run_data_synth, run_demo_command, run_evaluate, run_label,
-                             run_prepare, run_sweep_command, run_train, run_train_binary)
+from facray.commands import (run_combine, run_data_check, run_data_synth, run_demo_command, run_distill, run_ensemble,
+                             run_evaluate, run_label, run_prepare, run_sweep_command, run_train, run_train_binary)
 from facray.data.errors import DatasetError, OutputError, OutputLockedError
 from facray.runners.runtime import Terminated, configure_ray_output, raise_terminated, stop_ray
 
@@ -88,14 +88,25 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
                      run_train_binary),
     "train": ("train a multi-task model (one network, 40 outputs) on Ray Train; --list-models names them",
               _build_train, run_train),
+    "distill": ("train one multi-task network on a teacher's probabilities (an ensemble's accuracy at one "
+                "network's speed) on Ray Train",
+                config_arguments("facray.training.configs", "DistillConfig",
+                                 "a one-epoch tiny `facray train` run into runs/smoke_multitask teaches a tiny "
+                                 "student"), run_distill),
     "sweep": ("sweep a trainer's hyperparameters on Ray Tune (tune_spaces/*.py); register the best model",
               _build_sweep, run_sweep_command),
     "combine": ("keep the better modality per attribute; write and register the combined predictor",
                 config_arguments("facray.training.configs", "CombineConfig",
                                  "train a one-epoch tiny train-binary run into runs/smoke_abm, then combine it"),
                 run_combine),
+    "ensemble": ("one predictor from several runs or models: the weighted mean of their probabilities, calibrated "
+                 "and thresholded on validation rows none of them trained on",
+                 config_arguments("facray.training.configs", "EnsembleConfig",
+                                  "two one-epoch tiny `facray train` runs (seeds 0, 1) next to --out, ensembled with "
+                                  "--flip and scored on their test split"), run_ensemble),
     "evaluate": ("per-attribute report (real, sketch, combined, majority, paper) with a plot, logged to MLflow; "
-                 "--dataset scores a model on another dataset",
+                 "--model M --dataset DIR scores a model on another dataset, --model M --prepared DIR on prepared "
+                 "crops (calibration, reliability plot)",
                  config_arguments("facray.training.configs", "EvaluateConfig",
                                   "train a one-epoch tiny `facray train` run into runs/smoke_multitask, then "
                                   "report on it"),

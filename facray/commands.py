@@ -79,19 +79,33 @@ def run_train_binary(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from facray.models.registry import list_models
-    from facray.runners.train import train
-    from facray.runs import RunFolder
     from facray.training.configs import MultitaskConfig
 
     if args.list_models:
         print("\n".join(list_models()))
         return 0
-    cfg = _resolve(MultitaskConfig, args)
+    return _train_one_network(_resolve(MultitaskConfig, args))
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from facray.training.configs import DistillConfig
+
+    return _train_one_network(_resolve(DistillConfig, args))
+
+
+def _train_one_network(cfg) -> int:
+    """``facray train`` and ``facray distill``: train, print the per-attribute table and where it went."""
+    from facray.runners.train import train
+    from facray.runs import RunFolder
+
     record = train(cfg)
     _print_table(record["attributes"], "attribute", "threshold", "val_accuracy", "test_accuracy",
-                 "test_accuracy_at_0.5", "test_precision", "test_recall")
+                 "test_accuracy_at_0.5", "test_balanced_accuracy", "test_precision", "test_recall", "test_ece")
     print(f"{cfg.model}: mean test accuracy {record['mean_test_accuracy']:.4f} at the validation thresholds "
-          f"({record['mean_test_accuracy_at_0.5']:.4f} at 0.5), best epoch {record['best_epoch']}")
+          f"({record['mean_test_accuracy_at_0.5']:.4f} at 0.5), balanced accuracy "
+          f"{record.get('mean_test_balanced_accuracy', float('nan')):.4f}, calibration error "
+          f"{record.get('mean_test_ece', float('nan')):.4f} (raw {record.get('mean_test_ece_raw', float('nan')):.4f}), "
+          f"best epoch {record['best_epoch']}")
     print(f"model: {RunFolder(cfg.out).model_dir}; registered: {record.get('registered')}; "
           f"MLflow: {_tracking_hint(cfg.tracking_uri, cfg.out)}")
     return 0
@@ -122,6 +136,23 @@ def run_combine(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_ensemble(args: argparse.Namespace) -> int:
+    from facray.training.configs import EnsembleConfig
+    from facray.training.ensemble import build_ensemble
+
+    # Positional arguments without '=' are members (paths, models:/ URIs); key=value ones set keys.
+    given = args.overrides or []
+    args.overrides = [a for a in given if "=" in a and not Path(a).exists()]
+    members = [a for a in given if a not in args.overrides]
+    cfg = _resolve(EnsembleConfig, args)
+    from dataclasses import replace
+    cfg = replace(cfg, members=tuple(m if ":/" in m else str(Path(m).resolve()) for m in (*cfg.members, *members)))
+    dest, uri, table, line = build_ensemble(cfg)
+    _print_table(table, *table.columns)
+    print(f"ensemble predictor: {dest}" + (f"\nregistered: {uri}" if uri else "") + (f"\n{line}" if line else ""))
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from facray.reports import evaluate_run
     from facray.training.configs import EvaluateConfig
@@ -131,7 +162,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         from facray.dataset_eval import evaluate_on_dataset
-        table, out, line = evaluate_on_dataset(replace(cfg, model=cfg.model or cfg.run))
+        table, out, line = evaluate_on_dataset(replace(cfg, model=cfg.model or cfg.run, split=cfg.split or "all"))
+        _print_table(table, *table.columns)
+    elif cfg.model and cfg.prepared:
+        from facray.predictors.networks import load_predictor
+        from facray.prepared_eval import evaluate_on_prepared
+
+        if cfg.split == "all":
+            raise ValueError("--split all scores every row of a --dataset; with --prepared name one split (e.g. test)")
+        split = cfg.split or "test"
+        out = Path(cfg.out) if cfg.out else Path(f"eval-{Path(cfg.prepared).name}-{split}")
+        table, line = evaluate_on_prepared(load_predictor(cfg.model), cfg.prepared, split, out.resolve(),
+                                           cfg.min_confidence)
         _print_table(table, *table.columns)
     else:
         table, out = evaluate_run(cfg)

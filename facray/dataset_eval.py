@@ -54,11 +54,12 @@ def evaluate_on_dataset(cfg) -> tuple[pd.DataFrame, Path, str]:
     attribute, before any image is labelled."""
 
     table, layout = read_dataset(cfg.dataset, skip_missing=cfg.skip_missing)
-    if cfg.split != "all":
-        if cfg.split not in set(table["split"]):
-            raise ValueError(f"{cfg.dataset}: no {cfg.split!r} rows (splits: {sorted(set(table['split']))}); "
+    split = cfg.split or "all"
+    if split != "all":
+        if split not in set(table["split"]):
+            raise ValueError(f"{cfg.dataset}: no {split!r} rows (splits: {sorted(set(table['split']))}); "
                              "--split all scores every image")
-        table = table[table["split"] == cfg.split].reset_index(drop=True)
+        table = table[table["split"] == split].reset_index(drop=True)
     truth = labels_matrix(table)
     labelled = [a for j, a in enumerate(ATTRIBUTES) if (truth[:, j] >= 0).any()]
     if not cfg.model.startswith(("models:/", "runs:/")):
@@ -89,7 +90,7 @@ def evaluate_on_dataset(cfg) -> tuple[pd.DataFrame, Path, str]:
     full[["scored", "positives"]] = full[["scored", "positives"]].astype("Int64")  # (empty on the mean row)
     full.to_csv(out / "report.csv", index=False)
     faces = int(rows["face_found"].astype(str).str.lower().isin(["true", "1"]).sum())
-    line = (f"{len(table)} image(s) of {cfg.dataset} [{layout}, split {cfg.split}]: faces found {faces}, errors "
+    line = (f"{len(table)} image(s) of {cfg.dataset} [{layout}, split {split}]: faces found {faces}, errors "
             f"{int((~ok).sum())}; {len(report)} attribute(s) scored ({summary.model})")
     (out / "report.md").write_text(full.round(3).to_string(index=False) + f"\n\n{line}\n")
     return full, out, line

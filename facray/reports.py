@@ -27,7 +27,9 @@ from facray.data.prepared import read_prepared
 from facray.models.cam import cam_grid
 from facray.models.inputs import to_input
 from facray.models.registry import model_spec
+from facray.predictors.calibration import reliability_curve
 from facray.predictors.networks import load_predictor
+from facray.prepared_eval import plot_reliability, raw_and_calibrated
 from facray.preflight import check_tracking_store
 from facray.runs import RunFolder
 from facray.tracking import resolve_tracking_uri, setup_mlflow
@@ -85,9 +87,9 @@ def build_multitask_report(run: RunFolder, splits: dict) -> pd.DataFrame:
     table["test_balanced_accuracy"] = table.confusion.map(balanced_accuracy)
     table = table.merge(majority_baseline(splits), left_on="attribute", right_index=True, how="left")
     cols = ["attribute", "test_accuracy", "test_accuracy_at_0.5", "test_balanced_accuracy", "threshold",
-            "test_precision", "test_recall",
-            "test_f1", "majority_accuracy", "val_accuracy", "one_class_only", "confusion"]
-    return table[cols]
+            "test_precision", "test_recall", "test_f1", "test_ece", "test_ece_raw", "temperature",
+            "majority_accuracy", "val_accuracy", "one_class_only", "confusion"]
+    return table[[c for c in cols if c in table]]  # (runs before 2026-12 have no calibration figures)
 
 
 def balanced_accuracy(confusion_json: str) -> float:
@@ -165,7 +167,8 @@ def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
         plot_accuracy(table, {"threshold 0.5": "test_accuracy_at_0.5", "validation thresholds": "test_accuracy"},
                       out / "accuracy_per_attribute.png", f"{record['model']} per attribute")
         write_cam_grid(run, splits, list(table.attribute), out / "cam_grid.png")
-        artifacts.append("cam_grid.png")
+        write_reliability(run, splits, out / "reliability.png")
+        artifacts += ["cam_grid.png", "reliability.png"]
         if "identity" in record:
             ident = record["identity"]
             plot_cmc(ident["test_cmc"], out / "identity_cmc.png",
@@ -185,9 +188,10 @@ def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
         parent = run.mlflow_run_id()
         with mlflow.start_run(run_name="evaluate", tags={"mlflow.parentRunId": parent} if parent else {}):
             means = mean_rows(table).iloc[0]
-            keys = ("test_accuracy", "test_accuracy_at_0.5", "majority_accuracy") if multitask else \
+            keys = ("test_accuracy", "test_accuracy_at_0.5", "test_balanced_accuracy", "test_ece", "test_ece_raw",
+                    "majority_accuracy") if multitask else \
                 ("real_test_accuracy", "sketch_test_accuracy", "combined_test_accuracy", "majority_accuracy")
-            mlflow.log_metrics({f"mean_{k}": float(means[k]) for k in keys if pd.notna(means[k])})
+            mlflow.log_metrics({f"mean_{k}": float(means[k]) for k in keys if k in means and pd.notna(means[k])})
             mlflow.log_metric("one_class_attributes", len(stuck))
             if multitask and "identity" in record:
                 mlflow.log_metrics({"test_identity_top1": record["identity"]["test_top1"],
@@ -216,6 +220,18 @@ def write_cam_grid(run: RunFolder, splits: dict, trained: list[str], path: Path,
     x = to_input(crops, predictor.image_size, predictor.device)
     grid = cam_grid(model, layer, crops, x, [(ATTRIBUTE_INDEX[a], a) for a in chosen[:attributes]])
     cv2.imwrite(str(path), grid)
+
+
+def write_reliability(run: RunFolder, splits: dict, path: Path) -> None:
+    """The reliability diagram of the run's model on its test split: raw sigmoid outputs and, for
+    a calibrated model, its calibrated probabilities (:mod:`facray.prepared_eval`)."""
+    predictor = load_predictor(run.model_dir)
+    test = read_prepared(splits["prepared"], (splits["test_split"],), ("image",), variants=("original",))
+    raw, probs = raw_and_calibrated(predictor, test)
+    curves = {"raw": reliability_curve(raw, test["labels"])}
+    if predictor.manifest.calibration is not None:
+        curves["calibrated"] = reliability_curve(probs, test["labels"])
+    plot_reliability(curves, path, f"{predictor.name}\n{splits['test_split']} split, {len(probs)} images")
 
 
 def plot_cmc(cmc: list[float], path: Path, title: str) -> None:

@@ -21,7 +21,8 @@ from facray.predictors.networks import write_predictor
 from facray.runners.prepare import prepare
 from facray.runners.train import train
 from facray.runs import RunFolder
-from facray.training.configs import BinaryConfig, CombineConfig, EvaluateConfig, MultitaskConfig, SweepConfig
+from facray.training.configs import (BinaryConfig, CombineConfig, DistillConfig, EnsembleConfig, EvaluateConfig,
+                                     MultitaskConfig, SweepConfig)
 
 
 def smoke_model(folder: Path, crop_size: int = 48) -> Path:
@@ -64,6 +65,9 @@ def smoke_settings(cfg) -> dict:
         settings["root"] = str(Path(cfg.out).resolve() / "smoke_data")
     elif isinstance(cfg, (BinaryConfig, MultitaskConfig)):
         settings["prepared"] = str(Path(cfg.out).resolve() / "smoke_prepared")
+        if isinstance(cfg, DistillConfig):  # the teacher's data: a smoke train run beside the output
+            base = Path(cfg.out).resolve().parent
+            settings.update(teacher=str(base / "smoke_multitask"), prepared=str(base / "smoke_prepared"))
     elif isinstance(cfg, LabelConfig):
         base = Path(cfg.out).resolve().parent / "smoke_label"
         settings.update(images=str(base / "images"), model=str(base / "untrained_predictor"))
@@ -71,6 +75,9 @@ def smoke_settings(cfg) -> dict:
         settings["run"] = str(Path(cfg.run).resolve().parent / "smoke_abm")
     elif isinstance(cfg, EvaluateConfig):
         settings["run"] = str(Path(cfg.run).resolve().parent / "smoke_multitask")
+    elif isinstance(cfg, EnsembleConfig):
+        base = Path(cfg.out).resolve().parent
+        settings["members"] = (str(base / "smoke_multitask"), str(base / "smoke_multitask_seed1"))
     return settings
 
 
@@ -84,6 +91,8 @@ def make_smoke_inputs(cfg) -> None:
     """Write what :func:`smoke_settings` pointed ``cfg`` at, unless an earlier smoke run did."""
     if isinstance(cfg, PrepareConfig) and not Path(cfg.root).is_dir():
         write_synthetic_celeba(cfg.root, n=40)
+    elif isinstance(cfg, DistillConfig):
+        smoke_multitask_run(Path(cfg.teacher))
     elif isinstance(cfg, (BinaryConfig, MultitaskConfig)):
         smoke_prepared(cfg.prepared)
     elif isinstance(cfg, LabelConfig):
@@ -93,6 +102,17 @@ def make_smoke_inputs(cfg) -> None:
     elif isinstance(cfg, CombineConfig) and not RunFolder(cfg.run).jobs_dir.is_dir():
         prepared = smoke_prepared(Path(cfg.run).parent / "smoke_prepared")
         train(BinaryConfig(prepared=str(prepared), out=cfg.run, **{**BinaryConfig.SMOKE, "epochs": 1}))
-    elif isinstance(cfg, EvaluateConfig) and not RunFolder(cfg.run).is_multitask:
-        prepared = smoke_prepared(Path(cfg.run).parent / "smoke_prepared")
-        train(MultitaskConfig(prepared=str(prepared), out=cfg.run, **{**MultitaskConfig.SMOKE, "epochs": 1}))
+    elif isinstance(cfg, EvaluateConfig):
+        smoke_multitask_run(Path(cfg.run))
+    elif isinstance(cfg, EnsembleConfig):
+        for seed, member in enumerate(cfg.members):
+            smoke_multitask_run(Path(member), seed)
+
+
+def smoke_multitask_run(run: Path, seed: int = 0) -> None:
+    """A one-epoch tiny ``facray train`` run in ``run`` (unless one is there), on the smoke prepared
+    set beside it: what ``evaluate``, ``ensemble`` and ``distill`` smoke-test on."""
+    if not RunFolder(run).is_multitask:
+        prepared = smoke_prepared(run.parent / "smoke_prepared")
+        train(MultitaskConfig(prepared=str(prepared), out=str(run), seed=seed,
+                              **{**MultitaskConfig.SMOKE, "epochs": 1}))

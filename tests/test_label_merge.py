@@ -129,6 +129,7 @@ def test_resume_after_a_kill_at_half_of_100000_rows_loses_and_doubles_nothing(tm
     assert (back.error != "").sum() == written.errors > 0
     again = previous_rows(out, "csv")
     assert len(again) == n and reusable(inputs, again, "m", "largest", "auto").all()
+    assert not reusable(inputs, again, "m", "largest", "auto", min_confidence=0.9).any()  # other abstentions
     assert pd.read_parquet(index_path(out), columns=["format"]).format.eq("csv").all()
 
 

@@ -270,6 +270,7 @@ def test_weights_with_non_finite_values_are_refused_at_load(tmp_path):
 def test_a_row_without_error_never_has_empty_probabilities():
     class Broken:
         name = "broken"
+        covered = np.ones(40, bool)
 
         def predict_proba(self, images, sketches):
             probs = np.full((len(images), 40), 0.7, np.float32)

@@ -255,3 +255,29 @@ def test_a_diverging_run_stops_at_the_first_non_finite_epoch_naming_loss_and_lr(
                                                r"at learning rate 1e\+20"):
         for _ in range(3):
             trainer.fit_epoch(array_batches(data, 16, shuffle=True), array_batches(data, 16))
+
+
+def test_a_student_fitted_to_a_fixed_teacher_reproduces_it_on_its_training_images():
+    """Distillation (facray distill's loss): rows with ``soft`` targets and no labels train on the
+    teacher's probabilities alone, and the student ends up answering like the teacher. The fixed
+    teacher: P(attribute j) = sigmoid(slope_j x the image's standardised brightness), slopes from
+    -3 to 3 (a function a small CNN can learn; a random network's outputs barely vary by image)."""
+    rng = np.random.default_rng(3)
+    level = rng.uniform(0.2, 1.0, 64)
+    images = (rng.integers(0, 255, (64, 32, 32, 3)) * level[:, None, None, None]).astype(np.uint8)
+    z = (level - level.mean()) / level.std()
+    soft = (1 / (1 + np.exp(-z[:, None] * np.linspace(-3, 3, len(ATTRIBUTES))[None]))).astype(np.float32)
+    soft[:, 7] = np.nan  # an attribute the teacher does not cover: no target, no gradient
+    covered = ~np.isnan(soft[0])
+    train = {"image": images, "labels": np.full((64, len(ATTRIBUTES)), -1, np.int8), "soft": soft}
+    val = {"image": images, "labels": (soft > 0.5).astype(np.int8)}
+    torch.manual_seed(2)
+    cfg = MultiTaskTrainerConfig(lr=3e-3, image_size=32, online_flip=False, patience=100, weight_decay=0)
+    trainer = MultiTaskTrainer(build_model("abm-trunk-tiny", 32), cfg, "cpu")
+
+    def gap():
+        return float(np.abs(trainer.predict(array_batches(val, 64))[0][:, covered] - soft[:, covered]).mean())
+    before = gap()
+    for _ in range(30):
+        trainer.fit_epoch(array_batches(train, 16, shuffle=True), array_batches(val, 64))
+    assert gap() < 0.06 and gap() < before / 3, (before, gap())

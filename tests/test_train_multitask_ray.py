@@ -149,3 +149,39 @@ def test_a_setup_error_in_the_workers_fails_at_once_not_retried(ray_session, pre
     code = main(["train", "--prepared", str(prepared_small), "--out", str(tmp_path / "missing"),
                  "--model", "abm-trunk-tiny", "--weights", str(tmp_path / "nope.pt")])
     assert code == 2 and f"{tmp_path / 'nope.pt'}: --weights file not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~1 min: a teacher run, an ensemble, a student run on Ray Train, a labelling run
+def test_ensemble_then_distill_then_label_with_abstention(ray_session, prepared_small, tmp_path):
+    import numpy as np
+
+    from facray.data.pipeline import PrepareConfig
+    from facray.data.synth import write_unlabelled_faces
+    from facray.labelling.config import LabelConfig
+    from facray.runners.label import label_images
+    from facray.runners.prepare import prepare
+    from facray.training.configs import DistillConfig
+
+    teacher = train(_cfg(prepared_small, tmp_path / "t", num_workers=1, epochs=2))
+    assert "test_ece" in teacher["attributes"][0] and teacher["mean_test_ece"] >= 0
+    assert main(["ensemble", str(tmp_path / "t"), str(tmp_path / "t"), "--out", str(tmp_path / "e"),
+                 "--no-register", "--test-split", "test"]) == 0
+    write_unlabelled_faces(tmp_path / "gen", n=6, seed=1, sizes=(96,))
+    prepare(PrepareConfig(root=str(tmp_path / "gen"), dataset="folder", out=str(tmp_path / "gen_prepared"), size=32,
+                          augment=1, num_actors=1, batch_size=8))
+    base = {k: v for k, v in vars(_cfg(prepared_small, tmp_path / "s", num_workers=1, epochs=2)).items()}
+    student = train(DistillConfig(**{**base, "teacher": str(tmp_path / "e"), "unlabelled": str(tmp_path / "gen_prepared")}))
+    assert student["registered"] == "models:/facray-distill-abm-trunk-tiny@newest" and student["teacher"]
+    assert load_predictor(tmp_path / "s").manifest.calibration["method"] == "temperature"
+
+    write_unlabelled_faces(tmp_path / "faces", n=4, seed=4, sizes=(96,))
+    summary = label_images(LabelConfig(images=str(tmp_path / "faces"), model=str(tmp_path / "s"),
+                                       out=str(tmp_path / "l.csv"), min_confidence=0.6, num_actors=1,
+                                       preprocess_actors=1, batch_size=2))
+    rows = pd.read_csv(tmp_path / "l.csv", keep_default_na=False, na_values=[""])
+    predictor = load_predictor(tmp_path / "s")
+    probs = rows[[f"{a}_prob" for a in predictor.attributes]].to_numpy()
+    thresholds = predictor.thresholds[predictor.columns]
+    sure = np.where(probs >= thresholds, probs, 1 - probs) >= 0.6
+    assert (rows[predictor.attributes].notna().to_numpy() == sure).all()
+    assert summary.decided == int(sure.sum()) and "decisions kept at confidence >= 0.6" in summary.format()

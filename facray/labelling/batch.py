@@ -54,8 +54,7 @@ def label_batch(batch: dict[str, np.ndarray], predictor) -> dict[str, np.ndarray
         probs[ok] = predictor.predict_proba(batch[columns.IMAGE][ok], sketches)
         # A row with no error always has every probability its model covers (uncovered attributes
         # stay empty): a non-finite one becomes an error, never an empty row with 0 decisions.
-        covered = predictor.decide(np.zeros((1, len(ATTRIBUTES)), np.float32))[0] >= 0
-        broken = ok & ~np.isfinite(probs[:, covered]).all(1)
+        broken = ok & ~np.isfinite(probs[:, predictor.covered]).all(1)
         if broken.any():
             errors = errors.copy()
             errors[broken] = [f"{p}: the model gave non-finite probabilities (broken weights)"
@@ -64,7 +63,7 @@ def label_batch(batch: dict[str, np.ndarray], predictor) -> dict[str, np.ndarray
             ok = errors == ""
     decisions = predictor.decide(probs).astype(np.float32)
     decisions[~ok] = np.nan
-    decisions[decisions < 0] = np.nan  # attributes the predictor does not cover
+    decisions[decisions < 0] = np.nan  # attributes the predictor does not cover, or abstentions
     out = {"path": np.asarray(batch[columns.PATH], dtype=object),
            "face_found": np.asarray(batch.get(columns.FACE_FOUND, np.zeros(n, bool)), bool),
            columns.CROP_METHOD: np.asarray(batch.get(columns.CROP_METHOD, np.where(ok, "", "error")), dtype=object),

@@ -45,6 +45,9 @@ class LabelConfig:
                                                         "face (face_index 0 = the largest), for group photos")
     detector: str = option("auto", "face detector: auto (YuNet if yuface is installed, else Haar) | yunet | "
                                    "haar | a YuNet .onnx file")
+    min_confidence: float = option(0.0, "leave a decision empty (abstain) where the calibrated probability of the "
+                                        "decided class is below this (e.g. 0.9); the summary prints the share of "
+                                        "decisions kept. 0 = decide every cell")
     max_pixels: int = option(50_000_000, "refuse larger images")
     generator: str | None = option(None, "TorchScript generator file: z -> image", path=True)
     num: int = option(0, "with --generator: images to generate")
@@ -65,6 +68,11 @@ def check_before_start(cfg: LabelConfig, out: str) -> None:
     :func:`facray.runners.label.put_verified_weights`."""
     if cfg.layout == "fused" and cfg.gpus > 0:
         raise ValueError("--layout fused runs on CPU; with --gpus preprocess actors feed the GPU actors (split)")
+    if not 0 <= cfg.min_confidence <= 1:
+        raise ValueError(f"--min-confidence {cfg.min_confidence}: expected a probability in [0, 1] (e.g. 0.9)")
+    if cfg.min_confidence > 0 and cfg.format == "celeba":
+        raise ValueError("--min-confidence leaves decisions empty; a CelebA-style list has no empty cell (-1 means "
+                         "'no'): use --format csv or parquet")
     if cfg.generator:
         if not cfg.num:
             raise ValueError("--generator needs --num N")

@@ -27,7 +27,7 @@ from facray.labelling.output import KEY_COLUMNS, OUTPUT_COLUMNS, PROB_COLUMNS, i
 CHUNK_ROWS = 20_000
 # What the index adds to the output's columns: the resume keys the output does not show, and the
 # format the output was written in (another format under the same name is never misread).
-INDEX_EXTRA = ["size", "mtime_ns", "faces", "crop", "format"]
+INDEX_EXTRA = ["size", "mtime_ns", "faces", "crop", "min_confidence", "format"]
 INDEX_COLUMNS = [*OUTPUT_COLUMNS, *INDEX_EXTRA]
 # What deciding what to reuse reads of every earlier row.
 RESUME_COLUMNS = [*KEY_COLUMNS, columns.FACE_INDEX, columns.N_FACES]
@@ -49,8 +49,9 @@ def _open(location: str):
 
 def normalise(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows of an older facray: no faces mode (it labelled the largest face only, one row each),
-    no crop mode (it always detected)."""
-    rows = rows.copy() if any(c not in rows for c in ("faces", "crop", "face_index")) else rows
+    no crop mode (it always detected), no abstention (it decided every cell)."""
+    rows = rows.copy() if any(c not in rows for c in ("faces", "crop", "face_index", "min_confidence")) else rows
+    rows["min_confidence"] = rows["min_confidence"].fillna(0.0) if "min_confidence" in rows else 0.0
     rows["faces"] = rows["faces"].fillna("largest") if "faces" in rows else "largest"
     rows["crop"] = rows["crop"].fillna("detect") if "crop" in rows else "detect"
     rows["face_index"] = rows["face_index"].fillna(0).astype("int64") if "face_index" in rows else 0

@@ -36,8 +36,8 @@ FACE_COLUMNS = [columns.FACE_FOUND, columns.CROP_METHOD, columns.N_FACES, column
 OUTPUT_COLUMNS = ["path", "image_id", *FACE_COLUMNS, "error", *PROB_COLUMNS, *ATTRIBUTES, "model"]
 FORMATS = ("csv", "parquet", "celeba")
 # What decides whether a finished row is reused: the input unchanged (size, mtime), the same
-# model, the same faces mode (--faces largest | all), the same --crop.
-KEY_COLUMNS = ["path", "size", "mtime_ns", "model", "faces", "crop"]
+# model, the same faces mode (--faces largest | all), the same --crop and --min-confidence.
+KEY_COLUMNS = ["path", "size", "mtime_ns", "model", "faces", "crop", "min_confidence"]
 
 
 def output_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -93,7 +93,8 @@ def celeba_lines(table: pd.DataFrame, covered: list[str]) -> tuple[list[str], pd
     table.loc[spaced, "error"] = [f"{p}: its image_id has white space, which a CelebA-style list cannot hold "
                                   "(use --format csv or parquet)" for p in table.loc[spaced, "path"]]
     ok &= ~spaced
-    undecided = ok & table[covered].isna().any(axis=1)  # (cannot happen for a row with no error)
+    # (a row with no error has every decision: label refuses --min-confidence with this format)
+    undecided = ok & table[covered].isna().any(axis=1)
     table.loc[undecided, "error"] = [f"{p}: no decision for every attribute" for p in table.loc[undecided, "path"]]
     ok &= ~undecided
     listed = table[ok]

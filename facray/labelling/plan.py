@@ -12,16 +12,18 @@ from facray.labelling.merge import positions
 from facray.labelling.output import KEY_COLUMNS, complete_images
 
 
-def reusable(inputs: pd.DataFrame, done: pd.DataFrame, model: str, faces: str, crop: str = "auto") -> np.ndarray:
+def reusable(inputs: pd.DataFrame, done: pd.DataFrame, model: str, faces: str, crop: str = "auto",
+             min_confidence: float = 0.0) -> np.ndarray:
     """Per row of ``inputs`` (:func:`facray.labelling.inputs.list_inputs`), whether ``done``
     (:func:`facray.labelling.merge.previous_rows`) holds its result already: the same size and
-    modification time, the same model, the same ``--faces`` and ``--crop`` modes, and every row the
-    image has."""
+    modification time, the same model, the same ``--faces``, ``--crop`` and ``--min-confidence``,
+    and every row the image has."""
     keys = done[KEY_COLUMNS].drop_duplicates("path")  # an image's face rows share their keys
     merged = inputs.merge(keys, on="path", how="left", suffixes=("", "_done"))
     # Nullable columns (parts read back from Parquet) compare to NA where nothing was done: not fresh.
     return ((merged["size"] == merged["size_done"]) & (merged["mtime_ns"] == merged["mtime_ns_done"])
             & (merged["model"] == model) & (merged["faces"] == faces) & (merged["crop"] == crop)
+            & (merged["min_confidence"] == min_confidence)
             & merged["path"].map(complete_images(done))).fillna(False).to_numpy(dtype=bool)
 
 
@@ -66,6 +68,9 @@ class LabelSummary:
     faces: str = "largest"  # --faces
     crop_methods: dict | None = None  # rows per crop_method (template, detect, ...)
     first_rows: pd.DataFrame | None = None  # the output's first rows (output_table's columns), to show
+    min_confidence: float = 0.0  # --min-confidence
+    decided: int = 0  # cells with a decision (rows without an error)
+    decidable: int = 0  # cells the model covers (rows without an error)
 
     @classmethod
     def of(cls, written, inputs: pd.DataFrame, reused: np.ndarray, labelled: int, **rest) -> "LabelSummary":
@@ -74,7 +79,8 @@ class LabelSummary:
         (with ``--faces all``, on the image's largest-face row)."""
         return cls(inputs=len(inputs), reused=int(reused.sum()), labelled=labelled, faces_found=written.faces_found,
                    errors=written.errors, skipped=inputs.attrs.get("skipped_text", ""), multi_face=written.multi_face,
-                   rows=written.rows, first_rows=written.first_rows,
+                   rows=written.rows, first_rows=written.first_rows, decided=written.decided,
+                   decidable=written.decidable,
                    crop_methods={k or "(older facray)": v for k, v in written.crop_methods.most_common()}, **rest)
 
     def format(self) -> str:
@@ -88,6 +94,9 @@ class LabelSummary:
                 f", errors: {self.errors}" + (f" (in {self.errors_file})" if self.errors_file else "")
                 + f", {self.seconds:.1f}s\n"
                 + (("  crops: " + ", ".join(f"{k} {v}" for k, v in self.crop_methods.items()) + "\n")
-                   if self.crop_methods else "") +
+                   if self.crop_methods else "")
+                + (f"  decisions kept at confidence >= {self.min_confidence:g}: {self.decided}/{self.decidable} "
+                   f"({self.decided / max(self.decidable, 1):.1%}; the others are empty)\n"
+                   if self.min_confidence > 0 else "") +
                 "  wall clock: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.phases.items()) + "\n"
                 "  in the actors: " + (format_stage_seconds(self.stages) or "nothing to label"))

@@ -29,7 +29,7 @@ from facray.attributes import ATTRIBUTES
 from facray.data.errors import OutputError
 from facray.labelling import merge
 from facray.labelling.merge import INDEX_EXTRA, INDEX_SCHEMA, Source, merged_rows, normalise
-from facray.labelling.output import OUTPUT_COLUMNS, celeba_lines, errors_path, index_path, output_table
+from facray.labelling.output import OUTPUT_COLUMNS, PROB_COLUMNS, celeba_lines, errors_path, index_path, output_table
 
 
 def _index_table(rows: pd.DataFrame, fmt: str) -> pa.Table:
@@ -49,6 +49,8 @@ class Written:
     errors: int = 0
     multi_face: int = 0
     crop_methods: Counter = field(default_factory=Counter)  # rows per crop_method
+    decided: int = 0  # cells with a decision, of the rows without an error
+    decidable: int = 0  # cells with a probability (attributes the model covers), of those rows
     first_rows: pd.DataFrame | None = None
     _last_path: object = None
 
@@ -64,6 +66,9 @@ class Written:
         self.errors += int((per_image["error"] != "").sum())
         self.multi_face += int((pd.to_numeric(per_image[columns.N_FACES], errors="coerce") > 1).sum())
         self.crop_methods.update(table[columns.CROP_METHOD].value_counts().to_dict())
+        ok = (table["error"] == "").to_numpy()
+        self.decidable += int(table.loc[ok, PROB_COLUMNS].notna().to_numpy().sum())
+        self.decided += int(table.loc[ok, list(ATTRIBUTES)].notna().to_numpy().sum())
         if len(table):
             self._last_path = table["path"].iat[-1]
 

@@ -5,9 +5,12 @@ A predictor is a directory holding ``weights.pt`` and ``manifest.json``, in one 
 
 - ``facray-abm-combined`` (``facray combine``): per attribute one binary ABM-CNN on the photo or
   its sketch; ``weights.pt`` is ``{"<attribute>__<modality>": ABMCNN state dict}``;
-- ``facray-multitask`` (``facray train``): one registered network (:mod:`facray.models.registry`)
-  with a logit per attribute; ``weights.pt`` is its state dict, the manifest names the model and
-  its arguments.
+- ``facray-multitask`` (``facray train``, ``facray distill``): one registered network
+  (:mod:`facray.models.registry`) with a logit per attribute; ``weights.pt`` is its state dict, the
+  manifest names the model and its arguments;
+- ``facray-ensemble`` (``facray ensemble``): the weighted mean of member predictors' probabilities;
+  ``weights.pt`` is ``{"<i>": member i's weights}``, the manifest's ``members`` holds each member's
+  weight and whole manifest (:mod:`facray.predictors.ensemble`).
 
 ``manifest.json`` holds the format and version, the crop the model expects (size, margin, centre),
 the input size, per attribute its decision threshold (chosen on validation) and validation/test
@@ -22,12 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from facray.predictors.calibration import temperatures_of
 FORMAT = "facray-abm-combined"
 MULTITASK_FORMAT = "facray-multitask"
-FORMATS = (FORMAT, MULTITASK_FORMAT)
+ENSEMBLE_FORMAT = "facray-ensemble"
+FORMATS = (FORMAT, MULTITASK_FORMAT, ENSEMBLE_FORMAT)
 VERSION = 1
 MANIFEST, WEIGHTS = "manifest.json", "weights.pt"
 
@@ -53,6 +58,8 @@ class Manifest:
     model: str | None = None          # multi-task: the registered model name
     model_kwargs: dict = field(default_factory=dict)
     name: str | None = None
+    # Per-attribute temperatures fitted on validation (facray.predictors.calibration); None: raw sigmoids.
+    calibration: dict | None = None
     extra: dict = field(default_factory=dict)
 
     REQUIRED = ("weights_sha256", "tensor_shapes", "attributes", "image_size", "crop", "sketch_channels")
@@ -68,6 +75,10 @@ class Manifest:
         if missing:
             raise PredictorError(f"{source}: missing {', '.join(missing)} (incomplete or hand-edited manifest)")
         named = {f.name for f in fields(cls)} - {"extra"}
+        try:
+            temperatures_of(record.get("calibration"))
+        except ValueError as e:
+            raise PredictorError(f"{source}: {e}") from None
         return cls(**{k: v for k, v in record.items() if k in named},
                    extra={k: v for k, v in record.items() if k not in named})
 
@@ -85,8 +96,9 @@ class Manifest:
         record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         if self.format != MULTITASK_FORMAT:
             del record["model"], record["model_kwargs"]
-        if self.name is None:
-            del record["name"]
+        for optional in ("name", "calibration"):
+            if record[optional] is None:
+                del record[optional]
         return {**record, **self.extra}
 
     def write(self, folder: Path) -> None:
@@ -98,8 +110,21 @@ class Manifest:
 
     @property
     def needs_sketch(self) -> bool:
-        """Whether any attribute is decided on the pencil sketch."""
+        """Whether any attribute is decided on the pencil sketch (by any member of an ensemble)."""
+        if self.format == ENSEMBLE_FORMAT:
+            return any(m.needs_sketch for _, m in self.members)
         return any(c.get("modality") == "sketch" for c in self.attributes)
+
+    @property
+    def members(self) -> list[tuple[float, "Manifest"]]:
+        """An ensemble's (weight, member manifest) pairs, checked; empty for other formats."""
+        if self.format != ENSEMBLE_FORMAT:
+            return []
+        records = self.extra.get("members")
+        if not isinstance(records, list) or not records:
+            raise PredictorError(f"{MANIFEST}: an ensemble manifest needs a non-empty members list")
+        return [(float(r["weight"]), Manifest.from_json(r["manifest"], f"{MANIFEST} member {i}"))
+                for i, r in enumerate(records)]
 
     @property
     def display_name(self) -> str:
@@ -126,12 +151,16 @@ def read_weights_file(path: Path, manifest: Manifest) -> bytes:
     return blob
 
 
-def set_thresholds(dest: str | Path, thresholds: dict[str, float], how: str) -> None:
-    """Replace the decision thresholds of the predictor in ``dest`` (attribute -> threshold;
-    ``how`` says where they came from, kept as the manifest's ``thresholds``). The weights are
-    untouched, so their SHA-256 still holds."""
+def set_thresholds(dest: str | Path, thresholds: dict[str, float], how: str, calibration: dict | None = None) -> None:
+    """Replace the decision thresholds of the predictor in ``dest`` (attribute -> threshold on the
+    calibrated probabilities; ``how`` says where they came from, kept as the manifest's
+    ``thresholds``) and, when given, its ``calibration``
+    (:func:`facray.predictors.calibration.calibration_record`). The weights are untouched, so their
+    SHA-256 still holds."""
     manifest = Manifest.read(Path(dest))
     for c in manifest.attributes:
         c["threshold"] = float(thresholds.get(c["attribute"], c.get("threshold", 0.5)))
     manifest.extra["thresholds"] = how
+    if calibration is not None:
+        manifest = replace(manifest, calibration=calibration)
     manifest.write(Path(dest))

@@ -1,5 +1,6 @@
 """The predictor networks (torch): write a predictor folder, load and verify its weights, and
-run it (:class:`CombinedPredictor`, :class:`MultiTaskPredictor`, one interface: ``predict_proba``,
+run it (:class:`CombinedPredictor`, :class:`MultiTaskPredictor`,
+:class:`~facray.predictors.ensemble.EnsemblePredictor`; one interface: ``predict_proba``,
 ``decide``, ``attributes``, ``crop``, ``needs_sketch``, ``name``). The folder format is
 :mod:`facray.predictors.format`'s; no training code is imported here.
 
@@ -20,8 +21,9 @@ from facray.attributes import ATTRIBUTES, MODALITIES
 from facray.models.abm import build_stack, default_stack_kind
 from facray.models.inputs import to_channels_last, to_input
 from facray.models.registry import build_model, list_models
-from facray.predictors.format import (FORMAT, MANIFEST, MULTITASK_FORMAT, VERSION, WEIGHTS, Manifest, PredictorError,
-                                      read_weights_file, sha256)
+from facray.predictors.ensemble import EnsemblePredictor, reconcile_inputs
+from facray.predictors.format import (ENSEMBLE_FORMAT, FORMAT, MANIFEST, MULTITASK_FORMAT, VERSION, WEIGHTS, Manifest,
+                                      PredictorError, read_weights_file, sha256)
 from facray.predictors.locate import locate_predictor
 from facray.predictors.thresholds import Thresholded, thresholds_of
 
@@ -36,7 +38,7 @@ def write_predictor(dest: str | Path, choices: list[dict], weights: dict[str, di
     ``modality``, ``threshold``, ``val_accuracy``, ``test_accuracy``; ``weights``: key -> ABMCNN
     state dict."""
     shapes = {k: {n: list(t.shape) for n, t in sd.items()} for k, sd in weights.items()}
-    return _write(dest, weights, shapes, {"format": FORMAT, "crop": crop, "image_size": image_size,
+    return write_predictor_folder(dest, weights, shapes, {"format": FORMAT, "crop": crop, "image_size": image_size,
                                           "sketch_channels": sketch_channels, "attributes": choices, **(extra or {})})
 
 
@@ -46,12 +48,28 @@ def write_multitask_predictor(dest: str | Path, model_name: str, model_kwargs: d
     """Write a multi-task predictor. ``choices``: one dict per predicted attribute with
     ``attribute``, ``threshold``, ``val_accuracy``, ``test_accuracy``."""
     shapes = {n: list(t.shape) for n, t in state_dict.items()}
-    return _write(dest, state_dict, shapes, {"format": MULTITASK_FORMAT, "model": model_name,
+    return write_predictor_folder(dest, state_dict, shapes, {"format": MULTITASK_FORMAT, "model": model_name,
                                              "model_kwargs": model_kwargs, "crop": crop, "image_size": image_size,
                                              "sketch_channels": 0, "attributes": choices, **(extra or {})})
 
 
-def _write(dest: str | Path, weights: dict, tensor_shapes: dict, fields: dict) -> Path:
+def write_ensemble(dest: str | Path, members: list[tuple[Manifest, dict]], weights: list[float], flip: bool,
+                   choices: list[dict], calibration: dict | None, extra: dict | None = None) -> Path:
+    """Write an ensemble predictor. ``members``: each member's (manifest, verified weights);
+    ``weights``: their weights in the mean (any positive numbers); ``choices``: one dict per
+    covered attribute (``attribute``, ``threshold``, ``val_accuracy``); ``calibration``: the
+    ensemble's own (:func:`facray.predictors.calibration.calibration_record`)."""
+    manifests = [m for m, _ in members]
+    crop, image_size, sketch_channels = reconcile_inputs(manifests, [f"member {i}" for i in range(len(members))])
+    tensors = {str(i): w for i, (_, w) in enumerate(members)}
+    return write_predictor_folder(dest, tensors, {str(i): m.tensor_shapes for i, m in enumerate(manifests)}, {
+        "format": ENSEMBLE_FORMAT, "crop": crop, "image_size": image_size, "sketch_channels": sketch_channels,
+        "attributes": choices, "calibration": calibration, "flip": bool(flip),
+        "members": [{"weight": float(w), "manifest": m.to_json()} for w, m in zip(weights, manifests)],
+        **(extra or {})})
+
+
+def write_predictor_folder(dest: str | Path, weights: dict, tensor_shapes: dict, fields: dict) -> Path:
     """``weights.pt``, then the manifest naming its SHA-256 and shapes (written last: a folder
     with a manifest is complete)."""
     dest = Path(dest)
@@ -103,7 +121,8 @@ class CombinedPredictor(Thresholded):
 
     @torch.inference_mode()
     def predict_proba(self, images: np.ndarray, sketches: np.ndarray | None = None) -> np.ndarray:
-        """(B, S, S, 3) uint8 crops [+ (B, S, S[, 3]) sketches] -> (B, 40) float32 P(attribute)."""
+        """(B, S, S, 3) uint8 crops [+ (B, S, S[, 3]) sketches] -> (B, 40) float32 P(attribute), calibrated
+        where the manifest says how (:meth:`Thresholded.calibrate`)."""
         n = len(images)
         out = np.full((n, len(ATTRIBUTES)), np.nan, np.float32)
         if n == 0:
@@ -122,7 +141,7 @@ class CombinedPredictor(Thresholded):
                     logits = stack(x).float()  # (B, K, 2)
                 out[start:start + PREDICT_CHUNK, self.stack_columns[m]] = \
                     torch.softmax(logits, -1)[..., 1].cpu().numpy()
-        return out
+        return self.calibrate(out)
 
 
 def _for_inference(module: torch.nn.Module, device: torch.device, channels_last: bool = True) -> torch.nn.Module:
@@ -166,7 +185,8 @@ class MultiTaskPredictor(Thresholded):
 
     @torch.inference_mode()
     def predict_proba(self, images: np.ndarray, sketches: np.ndarray | None = None) -> np.ndarray:
-        """(B, S, S, 3) uint8 crops -> (B, 40) float32 P(attribute) (``sketches`` unused)."""
+        """(B, S, S, 3) uint8 crops -> (B, 40) float32 P(attribute), calibrated where the manifest says how
+        (``sketches`` unused)."""
         out = np.full((len(images), len(ATTRIBUTES)), np.nan, np.float32)
         if len(images) == 0:
             return out
@@ -175,7 +195,7 @@ class MultiTaskPredictor(Thresholded):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             logits = self.model(x)["attributes"].float()
         out[:, self.columns] = torch.sigmoid(logits).cpu().numpy()[:, self.columns]
-        return out
+        return self.calibrate(out)
 
 
 def read_predictor(uri_or_path: str | Path) -> tuple[Manifest, dict[str, dict[str, torch.Tensor]]]:
@@ -201,10 +221,25 @@ def load_weights(blob: bytes, manifest: Manifest, path: Path) -> dict:
                              f"loading it ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if not isinstance(weights, dict):
         raise PredictorError(f"{path / WEIGHTS}: expected a dict of state dicts, got {type(weights).__name__}")
+    check_weights(weights, manifest, path)
+    _check_finite(path, weights)
+    return weights
+
+
+def check_weights(weights: dict, manifest: Manifest, path: Path) -> None:
+    """Raise :class:`PredictorError` unless ``weights`` hold every model the manifest names, in
+    the manifest's shapes (an ensemble: each member's, against the member's manifest)."""
+    if manifest.format == ENSEMBLE_FORMAT:
+        for i, (_, member) in enumerate(manifest.members):
+            if member.format == ENSEMBLE_FORMAT:
+                raise PredictorError(f"{path / MANIFEST}: member {i} is itself an ensemble (not supported)")
+            if not isinstance(weights.get(str(i)), dict):
+                raise PredictorError(f"{path / WEIGHTS}: no weights for ensemble member {i}")
+            check_weights(weights[str(i)], member, path)
+        return
     if manifest.format == MULTITASK_FORMAT:
         _check_multitask(path, manifest, weights)
-        _check_finite(path, weights)
-        return weights
+        return
     for c in manifest.attributes:
         if c.get("attribute") not in ATTRIBUTES or c.get("modality") not in MODALITIES:
             raise PredictorError(f"{path / MANIFEST}: unknown attribute/modality {c.get('attribute')}/{c.get('modality')}")
@@ -214,8 +249,6 @@ def load_weights(blob: bytes, manifest: Manifest, path: Path) -> dict:
         shapes = {n: list(t.shape) for n, t in weights[key].items()}
         if shapes != manifest.tensor_shapes.get(key):
             raise PredictorError(f"{path / WEIGHTS}: tensor shapes of {key} differ from the manifest")
-    _check_finite(path, weights)
-    return weights
 
 
 def _check_finite(path: Path, weights: dict) -> None:
@@ -251,6 +284,9 @@ def build_predictor(manifest: Manifest, weights: dict, device: str | torch.devic
     of each shape wait for the compiler). ``fold_norms``: a multi-task network's batch norms
     folded into its convolutions (:func:`fold_batch_norm`); off for code that needs the modules
     as trained."""
+    if manifest.format == ENSEMBLE_FORMAT:
+        return EnsemblePredictor(manifest, weights, torch.device(device),
+                                 lambda member, tensors: build_predictor(member, tensors, device, compiled, fold_norms))
     if manifest.format == MULTITASK_FORMAT:
         model = build_model(manifest.model, manifest.image_size, **manifest.model_kwargs)
         model.load_state_dict(weights)

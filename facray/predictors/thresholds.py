@@ -1,10 +1,12 @@
 """Decisions from a predictor's thresholds, without torch: what the labelling driver needs to
-name and decide, and the shared half of both network predictors."""
+name and decide, and the shared half of every network predictor (calibration, thresholds,
+abstention)."""
 from __future__ import annotations
 
 import numpy as np
 
 from facray.attributes import ATTRIBUTES
+from facray.predictors.calibration import apply_temperatures, confidence, temperatures_of
 from facray.predictors.format import Manifest
 
 
@@ -18,14 +20,33 @@ def thresholds_of(choices: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Thresholded:
-    """Decisions and naming from the manifest alone, shared by every predictor kind."""
+    """Calibration, decisions and naming from the manifest alone, shared by every predictor kind.
+    ``min_confidence``: ``facray label --min-confidence``, 0 = decide every covered cell."""
     manifest: Manifest
     thresholds: np.ndarray
+    min_confidence: float = 0.0
+    calibrated: bool = True  # False: predict_proba returns the raw outputs (to fit or measure calibration)
+
+    def calibrate(self, probs: np.ndarray) -> np.ndarray:
+        """Raw (B, 40) sigmoid outputs -> the probabilities the predictor reports: its manifest's
+        per-attribute temperatures applied (:mod:`facray.predictors.calibration`), or as they are
+        for a predictor without them."""
+        temperatures = temperatures_of(self.manifest.calibration)
+        return probs if temperatures is None or not self.calibrated else apply_temperatures(probs, temperatures)
+
+    @property
+    def covered(self) -> np.ndarray:
+        """(40,) bool: the attributes the predictor decides."""
+        return ~np.isnan(self.thresholds)
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
-        """(B, 40) probabilities -> (B, 40) int8: 1/0 at each attribute's threshold; -1 where not covered."""
+        """(B, 40) probabilities -> (B, 40) int8: 1/0 at each attribute's threshold; -1 where the
+        predictor gives no decision: an attribute it does not cover, or (``min_confidence`` > 0)
+        a cell whose decided class has a probability below ``min_confidence`` (it abstains)."""
         d = (probs >= self.thresholds).astype(np.int8)
-        d[:, np.isnan(self.thresholds)] = -1
+        if self.min_confidence > 0:
+            d[confidence(probs, self.thresholds) < self.min_confidence] = -1
+        d[:, ~self.covered] = -1
         return d
 
     @property

@@ -82,7 +82,8 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
         storage.delete_dir(parts_dir(out))
     sources = [] if cfg.overwrite else earlier_sources(out, cfg.format)
     done = previous_rows(out, cfg.format, sources)  # keys only: what to reuse is decided on them
-    reused = reusable(inputs, done, predictor.name, cfg.faces, cfg.crop)
+    predictor.min_confidence = cfg.min_confidence
+    reused = reusable(inputs, done, predictor.name, cfg.faces, cfg.crop, cfg.min_confidence)
     todo = inputs[~reused]
     print(f"{len(inputs)} input image(s): {int(reused.sum())} already labelled, {len(todo)} to label "
           f"with {predictor.name} ({len(predictor.attributes)} attributes"
@@ -92,7 +93,7 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     new = []  # this run's sources: the error rows above, then the pipeline's parts
     if len(unnamable):
         rows = pd.DataFrame(label_batch({k: unnamable[k].to_numpy() for k in ("path", "error", "size", "mtime_ns")},
-                                        predictor)).assign(faces=cfg.faces, crop=cfg.crop)
+                                        predictor)).assign(**_modes(cfg))
         new.append(Source(len(sources), frame=rows.sort_values("path", kind="stable")))
     phases, stages = {}, {}
     if len(todo):
@@ -117,7 +118,12 @@ def _label_locked(cfg: LabelConfig, out: str) -> LabelSummary:
     return LabelSummary.of(written, inputs, reused, len(todo) + len(unnamable), seconds=time.perf_counter() - start,
                            out=out, model=predictor.name, phases=phases, stages=stages,
                            errors_file=errors_path(out) if cfg.format == "celeba" and storage.is_file(errors_path(out))
-                           else "", faces=cfg.faces)
+                           else "", faces=cfg.faces, min_confidence=cfg.min_confidence)
+
+
+def _modes(cfg: LabelConfig) -> dict:
+    """The run's settings each row records beside its resume keys (:data:`KEY_COLUMNS`)."""
+    return {"faces": cfg.faces, "crop": cfg.crop, "min_confidence": cfg.min_confidence}
 
 
 def _predictor_from(manifest: Manifest, weights_ref, cfg: LabelConfig, device: str = "cpu"):
@@ -126,7 +132,9 @@ def _predictor_from(manifest: Manifest, weights_ref, cfg: LabelConfig, device: s
     may not reach it)."""
     from facray.predictors.networks import build_predictor, load_weights  # lazy: torch in actors only
     weights = load_weights(ray.get(weights_ref[0]), manifest, Path(cfg.model))
-    return build_predictor(manifest, weights, device, cfg.compile)
+    predictor = build_predictor(manifest, weights, device, cfg.compile)
+    predictor.min_confidence = cfg.min_confidence
+    return predictor
 
 
 def _check_weights(manifest: Manifest, weights_ref, path: str) -> None:
@@ -260,7 +268,7 @@ def run_pipeline(todo: pd.DataFrame, manifest: Manifest, weights_ref, cfg: Label
         progress, stages = Progress(len(todo)), {}
         with PartWriter(part, flush_rows=4 * cfg.batch_size, flush_seconds=5.0) as writer:
             for block in ds.iter_batches(batch_size=None, batch_format="pandas"):
-                writer.add(block.assign(faces=cfg.faces, crop=cfg.crop))
+                writer.add(block.assign(**_modes(cfg)))
                 for stage, secs in stage_seconds(block).items():
                     stages[stage] = stages.get(stage, 0.0) + secs
                 progress.update(block["path"].nunique())

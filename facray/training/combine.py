@@ -9,19 +9,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from facray.attributes import ATTRIBUTES
 from facray.data.prepared import prepared_crop, read_metadata
+from facray.predictors.calibration import calibration_record
 from facray.predictors.format import Manifest, set_thresholds
 from facray.predictors.networks import load_predictor, write_predictor
 from facray.preflight import check_tracking_store
 from facray.runs import RunFolder
 from facray.tracking import register_predictor, resolve_tracking_uri, setup_mlflow
 from facray.training.configs import CombineConfig
-from facray.training.metrics import choose_thresholds
-from facray.training.splits import SplitSpec, load_validation
+from facray.training.metrics import fit_decisions
+from facray.training.splits import SplitSpec, load_validation, training_data
 
 
 
@@ -86,31 +88,33 @@ def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
                         "sketch_val_accuracy": _num(row.sketch_val_accuracy)})
     crop = prepared_crop(prepared_meta)
     write_predictor(dest, choices, weights, crop, image_size, prepared_meta["sketch_channels"],
-                    extra={"source_run": str(run.root), "thresholds": "0.5"})
-    if cfg.thresholds == "validation":
-        thresholds = validation_thresholds(load_predictor(dest), SplitSpec.of(splits))
-        set_thresholds(dest, thresholds, "validation")
-        table["threshold"] = table.attribute.map(thresholds)
-    else:
-        table["threshold"] = 0.5
+                    extra={"source_run": str(run.root), "thresholds": "0.5",
+                           "training_data": training_data(splits, splits["prepared_version"])})
+    temperatures, thresholds = validation_decisions(load_predictor(dest), SplitSpec.of(splits))
+    if cfg.thresholds != "validation":
+        thresholds = dict.fromkeys(thresholds, 0.5)  # calibration keeps 0.5 where it is
+    set_thresholds(dest, thresholds, cfg.thresholds, calibration_record(
+        np.array([temperatures.get(a, 1.0) for a in ATTRIBUTES]), list(thresholds), "validation"))
+    table["threshold"] = table.attribute.map(thresholds)
+    table["temperature"] = table.attribute.map(temperatures)
     table.drop(columns=[c for c in table if c.endswith("_dir") or c in ("real_lr", "sketch_lr")]).to_csv(
         dest / "choices.csv", index=False)
     uri = register_combined(dest, cfg, run) if cfg.register else None
     return dest, uri
 
 
-def validation_thresholds(predictor, splits: SplitSpec) -> dict[str, float]:
-    """Per attribute, the decision threshold that maximises accuracy on the run's validation rows
-    (the same rows early stopping used), for the model combine chose."""
-    import numpy as np
-
+def validation_decisions(predictor, splits: SplitSpec) -> tuple[dict[str, float], dict[str, float]]:
+    """Per attribute, the temperature and the decision threshold (on calibrated probabilities)
+    fitted on the run's validation rows (the same rows early stopping used) for the model combine
+    chose (:func:`facray.training.metrics.fit_decisions`)."""
     columns = ("image", "sketch") if predictor.needs_sketch else ("image",)
     val = load_validation(splits, columns)
     probs = np.concatenate([predictor.predict_proba(val["image"][i:i + 256],
                                                     val["sketch"][i:i + 256] if "sketch" in val else None)
                             for i in range(0, len(val["image"]), 256)])
-    chosen = choose_thresholds(np.nan_to_num(probs, nan=0.0), val["labels"])
-    return {a: float(chosen[ATTRIBUTES.index(a)]) for a in predictor.attributes}
+    temperatures, thresholds = fit_decisions(probs, val["labels"])
+    return ({a: float(temperatures[ATTRIBUTES.index(a)]) for a in predictor.attributes},
+            {a: float(thresholds[ATTRIBUTES.index(a)]) for a in predictor.attributes})
 
 
 def _num(v) -> float | None:

@@ -51,6 +51,9 @@ class TrainCommon:
     test_split: str = option("test", "split for the final metrics")
     holdout: float = option(0.1, "with val_split=holdout: fraction of train images (all their variants) "
                                  "held out for validation")
+    holdout_seed: int | None = option(None, "with val_split=holdout: the holdout's seed (default --seed); runs "
+                                            "with other --seed but one --holdout-seed validate on the same rows, so "
+                                            "`facray ensemble` can fit them together")
     data: Literal["auto", "memory", "stream"] = option(
         "auto", "memory (each worker loads the prepared arrays) | stream (Ray Data feeds the workers) | auto: "
                 "memory when every worker that fits on a node, holding its decoded arrays x1.5, fits in 80%% of "
@@ -221,13 +224,61 @@ class EvaluateConfig:
     dataset: str = option("", "score the model on this dataset folder instead (CelebA, a CelebA-style list or "
                               "CSV with any subset of the attributes, MTFL): its images are labelled as "
                               "`facray label` does, then scored per attribute the dataset labels", path=True)
-    model: str = option("", "with --dataset: the model to score (a run or predictor folder, models:/ URI; "
-                            "default --run)", path=True)
-    split: Literal["all", "train", "val", "test"] = option("all", "with --dataset: the rows to score")
+    model: str = option("", "with --dataset or --prepared: the model to score (a run, ensemble or predictor "
+                            "folder, models:/ URI; default --run)", path=True)
+    split: Literal["", "all", "train", "val", "test"] = option(
+        "", "the rows to score: with --dataset default all; with --model and --prepared a split of the prepared "
+            "data, default test")
+    min_confidence: float = option(0.9, "with --model and --prepared: also report the coverage and accuracy of the "
+                                        "decisions whose class has at least this calibrated probability")
     skip_missing: bool = option(False, "with --dataset: go on without images its lists name but that are missing")
     prepared: str | None = option(None, "the prepared data the run trained on, if it moved (default: as "
-                                        "recorded in the run; its version is checked either way)", path=True)
+                                        "recorded in the run; its version is checked either way); with --model: "
+                                        "score the model on this prepared data's --split (no face detection, "
+                                        "calibration report and reliability plot)", path=True)
     log_mlflow: bool = option(True, "log the report to MLflow")
     tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)", path=True)
     experiment: str | None = option(None, "MLflow experiment (default: facray-abm or facray-multitask, "
                                           "by the run's kind)")
+
+
+@dataclass
+class EnsembleConfig:
+    """``facray ensemble MEMBER... --out DIR``: one predictor from several (:mod:`facray.training.ensemble`)."""
+    # --smoke-test: two one-epoch smoke `facray train` runs (seeds 0 and 1) first (facray.testing).
+    SMOKE: ClassVar[dict] = {"flip": True, "test_split": "test"}
+
+    members: tuple[str, ...] = option((), "the members: run folders (train, train-binary + combine, distill, sweep "
+                                          "trials), predictor folders or models:/ URIs (also as positional arguments)")
+    out: str = option("runs/ensemble", "ensemble folder: the predictor in model/, members.csv, report/, MLflow "
+                                       "store", path=True)
+    weights: tuple[float, ...] = option((), "each member's weight in the mean, in order (default: equal)")
+    flip: bool = option(False, "average each member over the image and its mirror image (2x the compute)")
+    prepared: str | None = option(None, "prepared data holding the validation rows (default: the members')",
+                                  path=True)
+    val_split: str = option("", "validation split of --prepared, or 'holdout' (with --holdout, --seed); default: "
+                                "the one every member validated on. Temperatures and thresholds are fitted there; "
+                                "a member that trained on any of its images is refused")
+    holdout: float = option(0.1, "with --val-split holdout: the fraction of the train split held out")
+    seed: int = option(0, "with --val-split holdout: the holdout's seed")
+    test_split: str = option("", "also score the ensemble and each member on this split of the prepared data "
+                                 "(e.g. test) and write the report into <out>/report")
+    register: bool = option(True, "log to MLflow and register the model")
+    registered_name: str = option("facray-ensemble", "MLflow registered model name")
+    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)", path=True)
+    experiment: str = option("facray-ensemble", "MLflow experiment")
+
+
+@dataclass
+class DistillConfig(MultitaskConfig):
+    """``facray distill``: one multi-task network trained on a teacher predictor's probabilities
+    (:mod:`facray.training.distill_task`); every other key is ``facray train``'s. ``--smoke-test``:
+    ``train``'s, taught by a one-epoch smoke ``train`` run (:mod:`facray.testing`)."""
+    teacher: str = option("", "the teacher: an ensemble or any predictor (run or predictor folder, models:/ URI)",
+                          path=True)
+    unlabelled: str | None = option(None, "prepared unlabelled faces (`facray prepare --dataset folder`, the same "
+                                          "crop) the teacher labels for the student too", path=True)
+    hard_weight: float = option(0.0, "weight of the BCE on the true labels beside the BCE on the teacher's "
+                                     "probabilities (0 = the teacher's alone)")
+    out: str = option("runs/distill", "run folder (model, checkpoints, report, MLflow store)", path=True)
+    experiment: str = option("facray-distill", "MLflow experiment")

@@ -15,6 +15,17 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Ten
     return per.sum() / known.sum().clamp(min=1), per.sum(0).detach()
 
 
+def soft_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean BCE against soft (B, A) targets in [0, 1], a teacher's probabilities (knowledge
+    distillation, Hinton et al. 2015, with a sigmoid per attribute); NaN targets (attributes the
+    teacher does not cover, or that are not trained) are left out. ``pos_weight``: class balance
+    (the positive part of each target weighted), as :func:`masked_bce`."""
+    known = torch.isfinite(targets)
+    per = F.binary_cross_entropy_with_logits(logits, targets.nan_to_num(0.5).to(logits.dtype), pos_weight=pos_weight,
+                                             reduction="none")
+    return (per * known).sum() / known.sum().clamp(min=1)
+
+
 def mask_mse(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """MSE of (B, A, h, w) localisation maps against (B, A, m, m) 0/1 masks resized by nearest
     neighbour (the paper's downsampling) to the maps' side."""

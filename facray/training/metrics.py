@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from facray.attributes import ATTRIBUTES
+from facray.predictors.calibration import apply_temperatures, fit_temperatures
 
 # A split with fewer examples of a class than this says little about that class: ``facray data
 # check`` warns per split and attribute. A training split with none trains no model at all
@@ -143,6 +144,15 @@ def choose_thresholds(probs: np.ndarray, labels: np.ndarray, default: float = 0.
         if gain > 0 and gain >= min_z * np.sqrt(int((moved != stays).sum())):
             out[j] = cut
     return out
+
+
+def fit_decisions(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """On validation (N, 40) raw probabilities and labels: (temperatures, thresholds), both (40,):
+    the temperatures (:func:`facray.predictors.calibration.fit_temperatures`), then the thresholds chosen on the calibrated
+    probabilities (:func:`choose_thresholds`). What every predictor writer
+    stores (``train``, ``combine``, ``ensemble``, ``distill``)."""
+    temperatures = fit_temperatures(probs, labels)
+    return temperatures, choose_thresholds(np.nan_to_num(apply_temperatures(probs, temperatures), nan=0.0), labels)
 
 
 def attribute_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | float = 0.5

@@ -2,7 +2,9 @@
 it, see :mod:`facray.training.multitask_task`), on CPU or GPU, with or without DDP.
 
 - Loss: BCE with logits over the attributes a row has labels for (-1 = unknown, e.g. MTFL's 37
-  missing attributes, is masked out); optional class balance (``pos_weight`` = negatives /
+  missing attributes, is masked out); a batch with ``soft`` targets (a teacher's probabilities,
+  ``facray distill``) takes the BCE against those instead, plus ``hard_weight`` x the BCE on the
+  labels; optional class balance (``pos_weight`` = negatives /
   positives per attribute on the training split, capped), which lifts rare attributes off their
   majority class. Optional MSE heads (bbox, landmarks) add their losses when present.
 - Localisation maps (AttParseNet, models with a ``"masks"`` output): MSE against the prepared
@@ -42,7 +44,7 @@ from facray.models.inputs import to_input
 from facray.training.augment import Jitter, augment_images, augment_targets
 from facray.training.configs import MultitaskConfig, input_size
 from facray.training.early_stopping import EarlyStopping
-from facray.training.losses import mask_mse, masked_bce
+from facray.training.losses import mask_mse, masked_bce, soft_bce
 from facray.training.metrics import attribute_metrics, identification_metrics
 from facray.training.run_record import TrainingDiverged, divergence
 
@@ -92,6 +94,9 @@ class MultiTaskTrainerConfig:
     base_lr_scale: float = MultitaskConfig.base_lr_scale
     attribute_weight: float = MultitaskConfig.attribute_weight
     identity_weight: float = MultitaskConfig.identity_weight
+    # Distillation (batches with a "soft" key, the teacher's probabilities): the weight of the BCE
+    # on the true labels beside the BCE on the teacher's (``facray distill --hard-weight``).
+    hard_weight: float = 0.0
 
     @classmethod
     def of(cls, cfg: MultitaskConfig) -> "MultiTaskTrainerConfig":
@@ -101,7 +106,8 @@ class MultiTaskTrainerConfig:
                    online_flip=cfg.online_flip, jitter=Jitter(cfg.jitter_shift, cfg.jitter_scale, cfg.jitter_rotate),
                    seed=cfg.seed, lr_schedule=cfg.lr_schedule, epochs=cfg.epochs, mask_weight=cfg.mask_weight,
                    segmentation_epochs=cfg.segmentation_epochs, attribute_weight=cfg.attribute_weight,
-                   identity_weight=cfg.identity_weight, head_epochs=cfg.head_epochs, base_lr_scale=cfg.base_lr_scale)
+                   identity_weight=cfg.identity_weight, head_epochs=cfg.head_epochs, base_lr_scale=cfg.base_lr_scale,
+                   hard_weight=getattr(cfg, "hard_weight", 0.0))  # a DistillConfig's
 
     def __post_init__(self):
         if self.segmentation_epochs and self.mask_weight <= 0:
@@ -183,7 +189,15 @@ class MultiTaskTrainer(EarlyStopping):
                              "prepared data none (prepare --masks)")
         if self.segmenting:
             return loss
-        if self.cfg.attribute_weight > 0:
+        if self.cfg.attribute_weight > 0 and "soft" in batch:  # distillation: the teacher's probabilities
+            soft = torch.as_tensor(batch["soft"], device=self.device, dtype=torch.float32)
+            if self.untrained is not None:
+                soft = soft.masked_fill(self.untrained, float("nan"))
+            loss = loss + self.cfg.attribute_weight * soft_bce(out["attributes"], soft, self.pos_weight)
+            if self.cfg.hard_weight > 0:
+                loss = loss + self.cfg.hard_weight * masked_bce(out["attributes"], self._labels(batch),
+                                                                self.pos_weight)[0]
+        elif self.cfg.attribute_weight > 0:
             loss = loss + self.cfg.attribute_weight * masked_bce(out["attributes"], self._labels(batch),
                                                                  self.pos_weight)[0]
         if "identity" in out and "identity_index" in batch and self.cfg.identity_weight > 0:

@@ -57,7 +57,7 @@ class MultitaskTask:
         counts = check_splits(SplitSpec.of(cfg))
         labels = train_labels(SplitSpec.of(cfg))  # once, here: stream-mode workers never hold them all
         trainable = trainable_attributes(labels, [a for a in ATTRIBUTES if a in selected], cfg.prepared)
-        run, digest = claim_run(cfg)
+        run, digest = claim_run(cfg, self.run_inputs(cfg))
         builder = {**model_kwargs(cfg), **({"num_identities": len(identities)} if identities else {})}
         shared = {"settings_hash": digest, "model_kwargs": builder, "identities": identities,
                   "positive_weights": positive_weights(labels, cfg.max_pos_weight).tolist(),
@@ -70,6 +70,10 @@ class MultitaskTask:
             plan.ranks, plan.done = [], run.metrics()
             plan.summary = f"{run.root}: already trained with these settings (model in {run.model_dir})"
         return plan
+
+    def run_inputs(self, cfg: MultitaskConfig) -> dict:
+        """What decides the weights beyond the config (:func:`claim_run`'s ``inputs``): nothing here."""
+        return {}
 
     def train_run_name(self, cfg: MultitaskConfig, plan: Plan) -> str:
         return f"multitask-{plan.digest[:12]}"
@@ -173,6 +177,14 @@ class MultitaskRank:
         finalize(folder, self.trainer, self.val_batches(), self.test_batches(), shared["labelled_attributes"],
                  self.cfg, shared["model_kwargs"], self.meta, self.plan.digest, resumed_from)
 
+    def columns(self) -> tuple[str, ...]:
+        """The prepared columns this rank loads."""
+        return MultitaskTask.stream_columns(self.cfg)
+
+    def add_training_targets(self, data: dict[str, dict[str, np.ndarray]]) -> None:
+        """A hook on the loaded splits before training: a distillation rank adds the teacher's
+        probabilities (:class:`facray.training.distill_task.DistillRank`)."""
+
     def _batch_sources(self, rank: int, world: int, identities: np.ndarray, shards: dict | None):
         """(train(epoch), val(), test()) batch iterators: from memory (each worker loads the arrays
         and takes its equal share of every epoch) or from Ray Data ``shards`` (stream mode: Ray
@@ -185,10 +197,11 @@ class MultitaskRank:
 
         if shards is not None:
             return stream_sources(shards, cfg.batch_size, meta, cfg.seed, progress)
-        data = load_split_arrays(SplitSpec.of(cfg), MultitaskTask.stream_columns(cfg))
+        data = load_split_arrays(SplitSpec.of(cfg), self.columns())
         if len(identities):
             for part in data.values():
                 part["identity_index"] = identity_indices(part["identity"], identities)
+        self.add_training_targets(data)
         n = len(data["train"]["labels"])
         total = -(-((n - n % world) // world if world > 1 else n) // cfg.batch_size)
         return (lambda e: progress(array_batches(data["train"], cfg.batch_size, True, cfg.seed, e, rank, world),

@@ -52,9 +52,15 @@ def inject_failure_once(out: str | Path, fail_at_epoch: int, epoch: int) -> None
             raise RuntimeError(f"injected failure at the start of epoch {epoch} (fail_at_epoch)")
 
 
+# Keys added after runs were trained without them, left out of the settings while at these values (what
+# those runs did), so the runs still resume and keep their hash.
+LATER_KEYS = {"holdout_seed": None}
+
+
 def run_settings(cfg, prepared_version: str) -> dict:
     """The settings that decide a run's weights (JSON-friendly, sorted)."""
-    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in NON_WEIGHT_KEYS}
+    settings = {k: v for k, v in config_to_dict(cfg).items()
+                if k not in NON_WEIGHT_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])}
     settings["prepared_version"] = prepared_version
     return dict(sorted(settings.items()))
 
@@ -63,11 +69,13 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def claim_run(cfg) -> tuple[RunFolder, str]:
+def claim_run(cfg, inputs: dict | None = None) -> tuple[RunFolder, str]:
     """Check ``cfg.out`` against ``cfg``'s settings, record them and the config; return the run
-    folder and the settings hash (see :meth:`facray.runs.RunFolder.claim`)."""
+    folder and the settings hash (see :meth:`facray.runs.RunFolder.claim`). ``inputs``: more
+    that decides the weights beyond the config (a distillation teacher's weights and calibration
+    digests: the same path may hold another teacher later)."""
     run = RunFolder(cfg.out)
-    settings = run_settings(cfg, read_metadata(cfg.prepared)["shards"])
+    settings = {**run_settings(cfg, read_metadata(cfg.prepared)["shards"]), **(inputs or {})}
     digest = settings_hash(settings)
     run.claim(settings, digest, cfg.overwrite)
     run.write_config(config_text(cfg))

@@ -27,9 +27,30 @@ class SplitSpec:
 
     @classmethod
     def of(cls, cfg) -> "SplitSpec":
-        """The split fields of any trainer config (a dataclass or a saved config dict)."""
-        get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
-        return cls(*(get(k) for k in ("prepared", "train_split", "val_split", "test_split", "holdout", "seed")))
+        """The split fields of any trainer config (a dataclass or a saved config dict). The
+        holdout's seed is ``holdout_seed`` where set (runs sharing one validation set, to be
+        ensembled), else the run's ``seed``."""
+        get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k, None)
+        seed = get("holdout_seed") if get("holdout_seed") is not None else get("seed")
+        return cls(*(get(k) for k in ("prepared", "train_split", "val_split", "test_split", "holdout")), seed)
+
+
+def training_data(cfg, prepared_version: str) -> dict:
+    """A predictor manifest's ``training_data``: which prepared rows trained it (the split fields of
+    a trainer config or its saved settings, and the data's shard version), so ``facray ensemble``
+    can refuse a validation set a member trained on (:func:`training_image_ids`)."""
+    return {**SplitSpec.of(cfg).__dict__, "prepared_version": prepared_version}
+
+
+def training_image_ids(record: dict) -> np.ndarray:
+    """The image ids a predictor's ``training_data`` record trained on (its train split, less the
+    holdout when it validated on one). Raises ``FileNotFoundError`` when the data is gone."""
+    spec = SplitSpec(**{k: record[k] for k in SplitSpec.__dataclass_fields__})
+    rows = read_prepared(spec.prepared, (spec.train_split,), columns=())
+    ids = np.asarray(rows["image_id"])
+    if spec.val_split == "holdout":
+        ids = ids[~holdout_mask(ids, spec.holdout, spec.seed)]
+    return np.unique(ids)
 
 
 def holdout_mask(image_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -110,6 +131,10 @@ def check_splits(spec: SplitSpec) -> dict[str, int]:
     return counts
 
 
+# The arrays a training batch carries (``soft``: a teacher's probabilities, facray distill).
+BATCH_KEYS = ("image", "sketch", "labels", "soft", "landmarks", "masks", "identity_index")
+
+
 def array_batches(data: dict[str, np.ndarray], batch_size: int, shuffle: bool = False, seed: int = 0,
                   epoch: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """Batches from in-memory arrays. The shuffle depends on (seed, epoch) only, so every mode and
@@ -120,7 +145,7 @@ def array_batches(data: dict[str, np.ndarray], batch_size: int, shuffle: bool = 
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     if world > 1:
         order = order[: n - n % world][rank::world]
-    keys = [k for k in ("image", "sketch", "labels", "landmarks", "masks", "identity_index") if k in data]
+    keys = [k for k in BATCH_KEYS if k in data]
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         yield {k: data[k][idx] for k in keys}
