@@ -158,6 +158,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from facray.training.configs import EvaluateConfig
 
     cfg = _resolve(EvaluateConfig, args)
+    if cfg.model and not (cfg.dataset or cfg.prepared):
+        raise ValueError("--model needs --dataset DIR (score it on a dataset's images) or --prepared DIR (on "
+                         "prepared crops); a training run's own report is --run RUN")
     if cfg.dataset:
         from dataclasses import replace
 
@@ -168,6 +171,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from facray.predictors.networks import load_predictor
         from facray.prepared_eval import evaluate_on_prepared
 
+        if cfg.tracking_uri:  # where a models:/ model is registered
+            import mlflow
+            mlflow.set_tracking_uri(cfg.tracking_uri)
         if cfg.split == "all":
             raise ValueError("--split all scores every row of a --dataset; with --prepared name one split (e.g. test)")
         split = cfg.split or "test"

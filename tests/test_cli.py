@@ -43,3 +43,9 @@ def test_ctrl_c_is_a_message_not_a_traceback(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "facray: interrupted" in err and "Traceback" not in err
     assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
+
+
+def test_evaluate_with_a_model_says_what_to_score_it_on(capsys):
+    """``--model`` alone would fall back to the default ``--run``'s report: refused, naming both ways."""
+    assert cli.main(["evaluate", "--model", "runs/somewhere"]) == 2
+    assert "--model needs --dataset DIR" in capsys.readouterr().err

@@ -17,7 +17,8 @@ class LabelConfig:
     SMOKE: ClassVar[dict] = {"batch_size": 4, "num_actors": 1, "preprocess_actors": 1}
 
     images: str = option("", "folder (recursive), glob, .txt list of paths, or URI", path=True)
-    model: str = option("", "predictor folder or MLflow URI (models:/name@alias, runs:/...)", path=True)
+    model: str = option("", "predictor, run or ensemble folder, or MLflow URI (models:/name@alias, runs:/...)",
+                        path=True)
     out: str = option("labels.csv", "output file (.csv; .parquet or .txt with --format)", path=True)
     format: Literal["csv", "parquet", "celeba"] = option(
         "csv", "csv | parquet (decisions as nullable integers) | celeba (list_attr_celeba.txt's layout: "

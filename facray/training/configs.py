@@ -219,7 +219,8 @@ class EvaluateConfig:
     SMOKE: ClassVar[dict] = {}
 
     run: str = option("runs/abm", "the run folder (train-binary + combine, or train)", path=True)
-    out: str = option("", "report folder (default <run>/report; with --dataset <model>/eval-<dataset name>)",
+    out: str = option("", "report folder (default <run>/report; with --dataset <model>/eval-<dataset name>; with "
+                          "--prepared ./eval-<prepared name>-<split>)",
                       path=True)
     dataset: str = option("", "score the model on this dataset folder instead (CelebA, a CelebA-style list or "
                               "CSV with any subset of the attributes, MTFL): its images are labelled as "
@@ -261,8 +262,8 @@ class EnsembleConfig:
                                 "a member that trained on any of its images is refused")
     holdout: float = option(0.1, "with --val-split holdout: the fraction of the train split held out")
     seed: int = option(0, "with --val-split holdout: the holdout's seed")
-    test_split: str = option("", "also score the ensemble and each member on this split of the prepared data "
-                                 "(e.g. test) and write the report into <out>/report")
+    test_split: str = option("", "also score the ensemble on this split of the prepared data (e.g. test) and write "
+                                 "the report into <out>/report")
     register: bool = option(True, "log to MLflow and register the model")
     registered_name: str = option("facray-ensemble", "MLflow registered model name")
     tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)", path=True)
@@ -274,7 +275,8 @@ class DistillConfig(MultitaskConfig):
     """``facray distill``: one multi-task network trained on a teacher predictor's probabilities
     (:mod:`facray.training.distill_task`); every other key is ``facray train``'s. ``--smoke-test``:
     ``train``'s, taught by a one-epoch smoke ``train`` run (:mod:`facray.testing`)."""
-    teacher: str = option("", "the teacher: an ensemble or any predictor (run or predictor folder, models:/ URI)",
+    teacher: str = option("", "the teacher: an ensemble or any predictor, as a folder the workers read (an "
+                              "ensemble's --out, a run or predictor folder; not a models:/ URI)",
                           path=True)
     unlabelled: str | None = option(None, "prepared unlabelled faces (`facray prepare --dataset folder`, the same "
                                           "crop) the teacher labels for the student too", path=True)
