@@ -173,7 +173,7 @@ def test_the_progress_line_gives_images_rate_and_eta_past_a_day():
     progress = Progress(1_000_000, every=1e9)
     progress.start -= 100.0
     progress.update(1000)
-    assert progress.line(progress.start + 100.0) == "  1000/1000000 images (0%), 10.0 img/s, ETA 27:45:00"
+    assert progress.line(progress.start + 100.0) == "  1000/1000000 images (0%), 10.0 img/s, ETA 27h45m"
 
 
 def test_a_killed_writer_s_temporary_files_are_removed_by_the_next_write(tmp_path):

@@ -21,7 +21,6 @@ output an older facray wrote, read whole once: it was written whole).
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from dataclasses import replace
@@ -46,6 +45,7 @@ from facray.labelling.pools import ACTOR_RUNTIME_ENV, pool_sizes
 from facray.predictors.format import Manifest, PredictorError, read_weights_file
 from facray.predictors.locate import locate_predictor
 from facray.predictors.thresholds import PredictorInfo
+from facray.progress import every_seconds, format_seconds
 from facray.runners.datasets import metadata_dataset, rows_per_block
 from facray.runners.runtime import init_ray
 
@@ -283,7 +283,7 @@ class Progress:
     as for training), as rows arrive: images done, img/s since the start, ETA."""
 
     def __init__(self, total: int, every: float | None = None):
-        every = float(os.environ.get("FACRAY_PROGRESS_SECONDS", 10.0)) if every is None else every
+        every = every_seconds(10.0) if every is None else every
         self.total, self.every, self.done = total, every, 0
         self.start = self.last = time.monotonic()
 
@@ -297,8 +297,8 @@ class Progress:
     def line(self, now: float) -> str:
         rate = self.done / max(now - self.start, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        eta_text = f"{int(eta) // 3600}:{int(eta) % 3600 // 60:02d}:{int(eta) % 60:02d}" if np.isfinite(eta) else "?"
-        return f"  {self.done}/{self.total} images ({100 * self.done / max(self.total, 1):.0f}%), {rate:.1f} img/s, ETA {eta_text}"
+        return (f"  {self.done}/{self.total} images ({100 * self.done / max(self.total, 1):.0f}%), {rate:.1f} img/s, "
+                f"ETA {format_seconds(eta)}")
 
     def finish(self) -> None:
-        print(self.line(time.monotonic()).replace("ETA 0:00:00", "done"), flush=True)
+        print(self.line(time.monotonic()).replace("ETA 0s", "done"), flush=True)

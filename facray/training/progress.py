@@ -3,23 +3,15 @@ hours at full CelebA scale) says how far it is on a terminal and in ``ray job lo
 Python; wraps any iterable of batches."""
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable, Iterable, Iterator
 
+from facray.progress import every_seconds, format_seconds
+
 # Seconds between two progress lines of one epoch (FACRAY_PROGRESS_SECONDS overrides): a line
-# every 30 s is 120 lines in an hour-long epoch, few enough to read in a job log.
+# every 30 s is 120 lines in an hour-long epoch, few enough to read in a job log. format_seconds
+# (facray.progress) is imported here for the callers that know it from this module.
 DEFAULT_EVERY_S = 30.0
-
-
-def format_seconds(seconds: float) -> str:
-    """``42s``, ``4m05s``, ``2h03m``."""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def with_progress(batches: Iterable[dict], epoch: int, epochs: int, total: int | None = None, rank: int = 0,
@@ -29,7 +21,7 @@ def with_progress(batches: Iterable[dict], epoch: int, epochs: int, total: int |
     ``[rank 0] epoch 3/10: 1200/5000 batches, 850 img/s, ETA 4m30s`` (``total``: batches in the
     epoch, when known; images are counted from each batch's ``labels``). The line starts as
     :data:`facray.runners.runtime.PROGRESS_LINE_REGEX` says, so Ray never folds it away."""
-    every_s = float(os.environ.get("FACRAY_PROGRESS_SECONDS", DEFAULT_EVERY_S)) if every_s is None else every_s
+    every_s = every_seconds(DEFAULT_EVERY_S) if every_s is None else every_s
     start = last = clock()
     images = 0
     for done, batch in enumerate(batches, 1):
