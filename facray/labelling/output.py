@@ -145,6 +145,21 @@ def complete_images(done: pd.DataFrame) -> pd.Series:
     return grouped["found"] >= grouped["expected"]
 
 
+def temporary_name(location: str, suffix: str = "") -> Path:
+    """The hidden name beside a local ``location`` that a file is written under before it replaces
+    ``location`` (``.labels.csv.tmp-<pid><suffix>``): one per process, and a killed writer's are
+    found by :data:`TEMPORARY_GLOB`."""
+    return Path(location).with_name(f".{Path(location).name}.tmp-{os.getpid()}{suffix}")
+
+
+TEMPORARY_GLOB = ".{name}.tmp-*"  # every temporary_name of an output called name (glob-escaped)
+
+
+def cannot_write(location: str, error: OSError) -> OutputError:
+    """The one-line error of a failed write: the location and the system's reason (a full disk)."""
+    return OutputError(f"{location}: cannot write ({getattr(error, 'strerror', None) or error})")
+
+
 def _write_whole(location: str, data: bytes) -> None:
     """Write a file readers see whole or not at all: one object on a store; locally a temporary
     name then ``os.replace``, the temporary file removed if the write fails (a full disk). A
@@ -154,14 +169,14 @@ def _write_whole(location: str, data: bytes) -> None:
             storage.write_bytes(location, data)
             return
         Path(location).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(location).with_name(f".{Path(location).name}.tmp-{os.getpid()}")
+        tmp = temporary_name(location)
         try:
             tmp.write_bytes(data)
             os.replace(tmp, location)
         finally:
             tmp.unlink(missing_ok=True)
     except OSError as e:
-        raise OutputError(f"{location}: cannot write ({getattr(e, 'strerror', None) or e})") from None
+        raise cannot_write(location, e) from None
 
 
 class PartWriter:

@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 
 from facray import columns, storage
 from facray.attributes import ATTRIBUTES
-from facray.data.errors import OutputError
 from facray.labelling import merge
 from facray.labelling.merge import INDEX_EXTRA, INDEX_SCHEMA, Source, merged_rows, normalise
-from facray.labelling.output import OUTPUT_COLUMNS, PROB_COLUMNS, celeba_lines, errors_path, index_path, output_table
+from facray.labelling.output import (OUTPUT_COLUMNS, PROB_COLUMNS, TEMPORARY_GLOB, cannot_write, celeba_lines,
+                                     errors_path, index_path, output_table, temporary_name)
 
 
 def _index_table(rows: pd.DataFrame, fmt: str) -> pa.Table:
@@ -80,7 +80,7 @@ def _temporary(location: str, suffix: str) -> str:
         os.close(fd)
         return path
     Path(location).parent.mkdir(parents=True, exist_ok=True)
-    return str(Path(location).with_name(f".{Path(location).name}.tmp-{os.getpid()}{suffix}"))
+    return str(temporary_name(location, suffix))
 
 
 def _remove_stale_temporaries(location: str) -> None:
@@ -88,7 +88,7 @@ def _remove_stale_temporaries(location: str) -> None:
     output's lock, so no other run is writing them)."""
     if storage.is_uri(location):
         return
-    for stale in Path(location).parent.glob(f".{glob.escape(Path(location).name)}.tmp-*"):
+    for stale in Path(location).parent.glob(TEMPORARY_GLOB.format(name=glob.escape(Path(location).name))):
         stale.unlink(missing_ok=True)
 
 
@@ -191,7 +191,7 @@ def write_output(sources: list[Source], inputs: pd.DataFrame, chosen: np.ndarray
             writer.close()
             written, left_out = _render(index_tmp, fmt, out_tmp, errors_tmp)
         except OSError as e:
-            raise OutputError(f"{out}: cannot write ({getattr(e, 'strerror', None) or e})") from None
+            raise cannot_write(out, e) from None
         # The old index goes first out of the way and the new one last in: a failure between the
         # writes (a full disk) never pairs new keys with old rows.
         for location, local in ((index_path(out), None), (errors_path(out), errors_tmp if left_out else None),
@@ -202,7 +202,7 @@ def write_output(sources: list[Source], inputs: pd.DataFrame, chosen: np.ndarray
                 else:
                     _publish(local, location)
             except OSError as e:
-                raise OutputError(f"{location}: cannot write ({getattr(e, 'strerror', None) or e})") from None
+                raise cannot_write(location, e) from None
         return written
     finally:
         for tmp in (index_tmp, out_tmp, errors_tmp, out_tmp + ".body"):
