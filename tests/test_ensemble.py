@@ -92,3 +92,21 @@ def test_members_must_crop_alike_and_say_what_they_trained_on(prepared_small, me
         build_ensemble(EnsembleConfig(members=(str(members[0]), nested), out=str(tmp_path / "e2"), register=False))
     with pytest.raises(ValueError, match="expected 2 positive numbers"):
         build_ensemble(EnsembleConfig(members=tuple(map(str, members)), out=str(tmp_path / "e"), weights=(1.0,)))
+
+
+def test_distill_checks_its_teacher_and_counts_the_unlabelled_rows_before_ray(prepared_small, members, tmp_path):
+    from facray.training.configs import DistillConfig
+    from facray.training.distill_task import DistillTask
+
+    base = dict(prepared=str(prepared_small), model="abm-trunk-tiny", image_size=32, epochs=1, batch_size=16)
+    plan = DistillTask().plan(DistillConfig(**base, teacher=str(members[0]), unlabelled=str(prepared_small),
+                                            out=str(tmp_path / "s")))
+    every_row = len(read_prepared(prepared_small, None, columns=())["labels"])
+    assert plan.rows["unlabelled"] == every_row and f"unlabelled {every_row}" in plan.summary
+    assert plan.summary.startswith("distilling ") and plan.shared["teacher_sha256"]
+    with pytest.raises(ValueError, match="give the teacher's folder"):
+        DistillTask().plan(DistillConfig(**base, teacher="models:/facray-ensemble@newest", out=str(tmp_path / "u")))
+    wide = _member(tmp_path / "wide", prepared_small, seed=3, crop={**prepared_crop(read_metadata(prepared_small)),
+                                                                     "margin": 0.6})
+    with pytest.raises(ValueError, match="crops faces with margin 0.6"):
+        DistillTask().plan(DistillConfig(**base, teacher=str(wide), out=str(tmp_path / "w")))

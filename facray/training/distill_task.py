@@ -71,9 +71,18 @@ class DistillTask(MultitaskTask):
             if not taught:
                 raise ValueError(f"{cfg.teacher} covers none of the attributes this run trains")
             plan.shared.update(labelled_attributes=taught, teacher=teacher.display_name,
-                               teacher_sha256=teacher.weights_sha256, teacher_needs_sketch=teacher.needs_sketch)
+                               teacher_sha256=teacher.weights_sha256)
             plan.summary = plan.summary.replace("training", f"distilling {teacher.display_name} into", 1)
+            if cfg.unlabelled:  # every worker holds them too: --data auto sizes memory with them
+                plan.rows["unlabelled"] = len(read_prepared(cfg.unlabelled, None, columns=())["labels"])
+                plan.summary += f", unlabelled {plan.rows['unlabelled']}"
         return plan
+
+    @staticmethod
+    def stream_columns(cfg: DistillConfig) -> tuple[str, ...]:
+        """``train``'s columns, and the sketches a teacher that reads them needs."""
+        sketch = ("sketch",) if cfg.teacher and locate_predictor(cfg.teacher)[1].needs_sketch else ()
+        return (*MultitaskTask.stream_columns(cfg), *sketch)
 
     def run_inputs(self, cfg: DistillConfig) -> dict:
         """The teacher's weights and calibration: a teacher folder rebuilt in place is another teacher."""
@@ -107,8 +116,7 @@ class DistillRank(MultitaskRank):
     """A ``facray train`` rank whose training rows carry the teacher's probabilities (``soft``)."""
 
     def columns(self) -> tuple[str, ...]:
-        sketch = ("sketch",) if self.plan.shared.get("teacher_needs_sketch") else ()
-        return (*super().columns(), *sketch)
+        return DistillTask.stream_columns(self.cfg)
 
     def add_training_targets(self, data: dict[str, dict[str, np.ndarray]]) -> None:
 
