@@ -45,12 +45,7 @@ def training_data(cfg, prepared_version: str) -> dict:
 def training_image_ids(record: dict) -> np.ndarray:
     """The image ids a predictor's ``training_data`` record trained on (its train split, less the
     holdout when it validated on one). Raises ``FileNotFoundError`` when the data is gone."""
-    spec = SplitSpec(**{k: record[k] for k in SplitSpec.__dataclass_fields__})
-    rows = read_prepared(spec.prepared, (spec.train_split,), columns=())
-    ids = np.asarray(rows["image_id"])
-    if spec.val_split == "holdout":
-        ids = ids[~holdout_mask(ids, spec.holdout, spec.seed)]
-    return np.unique(ids)
+    return np.unique(training_rows(SplitSpec(**{k: record[k] for k in SplitSpec.__dataclass_fields__}))["image_id"])
 
 
 def holdout_mask(image_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -84,22 +79,27 @@ def load_validation(spec: SplitSpec, columns: tuple[str, ...] = ("image",)) -> d
     return {k: v[held] for k, v in train.items()}
 
 
+def training_rows(spec: SplitSpec) -> dict[str, np.ndarray]:
+    """The label and scalar columns (no pixels) of the training rows, originals and variants: the
+    train split less its holdout when validation is one. What the driver reads them for."""
+    rows = read_prepared(spec.prepared, (spec.train_split,), columns=())
+    if spec.val_split != "holdout":
+        return rows
+    kept = ~holdout_mask(rows["image_id"], spec.holdout, spec.seed)
+    return {k: v[kept] for k, v in rows.items()}
+
+
 def train_labels(spec: SplitSpec) -> np.ndarray:
     """(N, 40) int8 labels of the training rows (originals and variants), read from the label
     columns only: what class balance is computed from on the driver."""
-    labels = read_prepared(spec.prepared, (spec.train_split,), columns=())
-    if spec.val_split == "holdout":
-        return labels["labels"][~holdout_mask(labels["image_id"], spec.holdout, spec.seed)]
-    return labels["labels"]
+    return training_rows(spec)["labels"]
 
 
 def train_identities(spec: SplitSpec) -> np.ndarray:
     """The identities of the training rows, sorted, unknown (-1) left out: the classes of an
     identity model (class ``i`` is identity ``train_identities(spec)[i]``)."""
-    rows = read_prepared(spec.prepared, (spec.train_split,), columns=())
+    rows = training_rows(spec)
     ids = np.asarray(rows["identity"], np.int64) if "identity" in rows else np.zeros(0, np.int64)
-    if spec.val_split == "holdout":
-        ids = ids[~holdout_mask(rows["image_id"], spec.holdout, spec.seed)]
     return np.unique(ids[ids >= 0])
 
 
