@@ -20,7 +20,8 @@ import pandas as pd
 from facray.attributes import ATTRIBUTES
 from facray.data.prepared import prepared_crop, read_metadata, read_prepared
 from facray.predictors.calibration import (apply_temperatures, expected_calibration_error, reliability_curve,
-                                           selective_accuracy, temperatures_of)
+                                           selective_accuracy)
+from facray.predictors.format import Manifest
 from facray.training.metrics import attribute_metrics
 
 PREDICT_ROWS = 256  # crops per predict_proba call
@@ -46,8 +47,7 @@ def raw_and_calibrated(predictor, data: dict[str, np.ndarray]) -> tuple[np.ndarr
         raw = predict_arrays(predictor, data)
     finally:
         predictor.calibrated = True
-    temperatures = temperatures_of(predictor.manifest.calibration)
-    return raw, raw if temperatures is None else apply_temperatures(raw, temperatures)
+    return raw, raw if predictor.temperatures is None else apply_temperatures(raw, predictor.temperatures)
 
 
 def score_probabilities(probs: np.ndarray, raw: np.ndarray, labels: np.ndarray, thresholds: np.ndarray,
@@ -110,17 +110,21 @@ def plot_reliability(curves: dict[str, dict], path: Path, title: str) -> Path:
     return path
 
 
-def check_inputs(predictor, prepared: str) -> None:
-    """Raise ``ValueError`` unless ``prepared`` holds crops ``predictor`` reads: its margin and
-    centring, and sketches when it needs them."""
+def check_inputs(manifest: Manifest, prepared: str, name: str,
+                 remedy: str = "it must see the crops it was trained on (prepare the data alike)") -> None:
+    """Raise ``ValueError`` unless ``prepared`` holds crops the predictor of ``manifest`` (called
+    ``name`` in the message) reads: its margin and centring (else the message ends with
+    ``remedy``), and sketches when it needs them. What ``evaluate --prepared`` and ``distill``
+    check before any image is read."""
     meta = read_metadata(prepared)
     crop = prepared_crop(meta)
     for key in ("margin", "centre"):
-        if predictor.crop.get(key) != crop.get(key):
-            raise ValueError(f"{predictor.name} crops faces with {key} {predictor.crop.get(key)!r}, {prepared} with "
-                             f"{crop.get(key)!r}: score it on data prepared alike, or with --dataset (its own crop)")
-    if predictor.needs_sketch and not meta.get("sketch_channels"):
-        raise ValueError(f"{predictor.name} decides some attributes on sketches; {prepared} has none")
+        if manifest.crop.get(key) != crop.get(key):
+            raise ValueError(f"{name} crops faces with {key} {manifest.crop.get(key)!r}, {prepared} with "
+                             f"{crop.get(key)!r}: {remedy}")
+    if manifest.needs_sketch and not meta.get("sketch_channels"):
+        raise ValueError(f"{name} decides some attributes on sketches; {prepared} has none "
+                         "(prepare with --sketch-channels)")
 
 
 def evaluate_on_prepared(predictor, prepared: str, split: str, out: Path, min_confidence: float = 0.9
@@ -129,7 +133,8 @@ def evaluate_on_prepared(predictor, prepared: str, split: str, out: Path, min_co
     docstring); writes the report into ``out``. Returns the table (with its MEAN row) and a
     one-line summary. Raises ``ValueError`` when the split has no rows or the predictor needs
     sketches the data lacks."""
-    check_inputs(predictor, prepared)
+    check_inputs(predictor.manifest, prepared, predictor.name,
+                 "score it on data prepared alike, or with --dataset (its own crop)")
     columns = ("image", "sketch") if predictor.needs_sketch else ("image",)
     data = read_prepared(prepared, (split,), columns, variants=("original",))
     if not len(data["labels"]):

@@ -10,7 +10,7 @@ what the predictor decides.
 
 A predictor's manifest stores the fitted temperatures as ``calibration``
 (:func:`calibration_record`); every predictor applies them in ``predict_proba``
-(:func:`apply_calibration`), so ``facray label``'s ``<Attribute>_prob`` columns, its thresholds and
+(:meth:`facray.predictors.thresholds.Thresholded.calibrate`), so ``facray label``'s ``<Attribute>_prob`` columns, its thresholds and
 ``--min-confidence`` all speak of calibrated probabilities. A predictor without the record (written
 before 2026-12) reports its raw sigmoid outputs.
 """

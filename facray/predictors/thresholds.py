@@ -3,6 +3,8 @@ name and decide, and the shared half of every network predictor (calibration, th
 abstention)."""
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 from facray.attributes import ATTRIBUTES
@@ -27,12 +29,18 @@ class Thresholded:
     min_confidence: float = 0.0
     calibrated: bool = True  # False: predict_proba returns the raw outputs (to fit or measure calibration)
 
+    @cached_property
+    def temperatures(self) -> np.ndarray | None:
+        """(40,) temperatures of the manifest's calibration (read once, not per batch); None without."""
+        return temperatures_of(self.manifest.calibration)
+
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
         """Raw (B, 40) sigmoid outputs -> the probabilities the predictor reports: its manifest's
         per-attribute temperatures applied (:mod:`facray.predictors.calibration`), or as they are
         for a predictor without them."""
-        temperatures = temperatures_of(self.manifest.calibration)
-        return probs if temperatures is None or not self.calibrated else apply_temperatures(probs, temperatures)
+        if self.temperatures is None or not self.calibrated:
+            return probs
+        return apply_temperatures(probs, self.temperatures)
 
     @property
     def covered(self) -> np.ndarray:

@@ -21,10 +21,9 @@ import numpy as np
 
 from facray.attributes import ATTRIBUTES
 from facray.data.prepared import prepared_crop, read_metadata, read_prepared
-from facray.predictors.format import read_weights_file
 from facray.predictors.locate import is_model_uri, locate_predictor
-from facray.predictors.networks import build_predictor, load_weights
-from facray.prepared_eval import predict_arrays
+from facray.predictors.networks import load_predictor, read_predictor
+from facray.prepared_eval import check_inputs, predict_arrays
 from facray.tracking import finish_training_run
 from facray.training.configs import REGISTERED_PREFIX, DistillConfig, uses_identities, uses_masks
 from facray.training.multitask_task import MultitaskRank, MultitaskTask
@@ -45,23 +44,14 @@ class DistillTask(MultitaskTask):
         if is_model_uri(cfg.teacher):  # the workers load it, and need not reach the tracking store
             raise ValueError(f"--teacher {cfg.teacher}: give the teacher's folder (each training worker reads it; "
                              "`facray ensemble --out DIR`, a run folder, or the model downloaded from MLflow)")
-        path, teacher = locate_predictor(cfg.teacher)
-        load_weights(read_weights_file(path, teacher), teacher, path)  # verified once here, before Ray
-        crop = prepared_crop(read_metadata(cfg.prepared))
-        for key in ("margin", "centre"):
-            if teacher.crop.get(key) != crop.get(key):
-                raise ValueError(f"{cfg.teacher} crops faces with {key} {teacher.crop.get(key)!r}, {cfg.prepared} "
-                                 f"with {crop.get(key)!r}: the teacher must see the crops it was trained on")
-        if teacher.needs_sketch and not read_metadata(cfg.prepared).get("sketch_channels"):
-            raise ValueError(f"{cfg.teacher} decides some attributes on sketches; {cfg.prepared} has none "
-                             "(prepare with --sketch-channels)")
+        teacher, _ = read_predictor(cfg.teacher)  # verified once here, before Ray
+        check_inputs(teacher, cfg.prepared, cfg.teacher)
         if cfg.unlabelled:
-            other = prepared_crop(read_metadata(cfg.unlabelled))
+            crop, other = (prepared_crop(read_metadata(p)) for p in (cfg.prepared, cfg.unlabelled))
             if other != crop:
                 raise ValueError(f"{cfg.unlabelled} crops faces as {other}, {cfg.prepared} as {crop}: prepare the "
                                  "unlabelled faces with the same --size, --margin and --centre")
-            if teacher.needs_sketch and not read_metadata(cfg.unlabelled).get("sketch_channels"):
-                raise ValueError(f"{cfg.teacher} decides some attributes on sketches; {cfg.unlabelled} has none")
+            check_inputs(teacher, cfg.unlabelled, cfg.teacher)
             if uses_masks(cfg) or uses_identities(cfg):
                 raise ValueError(f"--unlabelled faces have no weak masks or identities, which {cfg.model} trains "
                                  "on: distill it without --unlabelled")
@@ -128,7 +118,6 @@ class DistillRank(MultitaskRank):
             extra["landmarks"] = np.full((n, train["landmarks"].shape[1]), np.nan, np.float32)
             kept = [k for k in BATCH_KEYS if k in train]  # (plan refused models needing masks or identities)
             train = data["train"] = {k: np.concatenate([train[k], extra[k]]) for k in kept}
-        path, manifest = locate_predictor(self.cfg.teacher)
-        teacher = build_predictor(manifest, load_weights(read_weights_file(path, manifest), manifest, path), self.device)
+        teacher = load_predictor(self.cfg.teacher, self.device)
         train["soft"] = predict_arrays(teacher, train)
         del teacher

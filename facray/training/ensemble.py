@@ -30,9 +30,8 @@ from facray.attributes import ATTRIBUTES
 from facray.data.prepared import read_metadata
 from facray.predictors.calibration import apply_temperatures, calibration_record, expected_calibration_error
 from facray.predictors.ensemble import reconcile_inputs
-from facray.predictors.format import ENSEMBLE_FORMAT, Manifest, read_weights_file
-from facray.predictors.locate import locate_predictor
-from facray.predictors.networks import load_predictor, load_weights, write_ensemble
+from facray.predictors.format import ENSEMBLE_FORMAT, Manifest
+from facray.predictors.networks import load_predictor, read_predictor, write_ensemble
 from facray.prepared_eval import PREDICT_ROWS, evaluate_on_prepared
 from facray.preflight import check_tracking_store
 from facray.runs import RunFolder, RunFolderError
@@ -51,14 +50,13 @@ class Member:
 
 
 def read_member(source: str) -> Member:
-    """Locate and verify one member (:func:`facray.predictors.locate.locate_predictor`) and find
+    """Locate and verify one member (:func:`facray.predictors.networks.read_predictor`) and find
     which rows trained it: its manifest's ``training_data``, else the settings of the run folder
     it was given as, or of the run a combined predictor names."""
-    path, manifest = locate_predictor(source)
+    manifest, weights = read_predictor(source)
     if manifest.format == ENSEMBLE_FORMAT:
         raise ValueError(f"{source} is an ensemble itself: name its members instead (they are listed in its "
                          "members.csv)")
-    weights = load_weights(read_weights_file(path, manifest), manifest, path)
     training = manifest.extra.get("training_data")
     for run in (source, manifest.extra.get("source_run")):
         if training is None and run and not str(run).startswith(("models:/", "runs:/")):
