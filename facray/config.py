@@ -28,6 +28,17 @@ def option(default: Any, help: str, path: bool = False) -> Any:  # noqa: A002 - 
     return dataclasses.field(default=default, metadata={"help": help, "path": path})
 
 
+def node_wait_option() -> Any:
+    """``--node-wait``, shared by the commands that wait for Ray workers (training, labelling)."""
+    return option(600.0, "seconds to wait for CPUs/GPUs no live node offers (a lost node's replacement, an "
+                         "autoscaler's new node) before stopping with what is missing; re-running resumes")
+
+
+def check_node_wait(seconds: float) -> None:
+    if not seconds > 0:
+        raise ValueError(f"--node-wait {seconds:g}: expected a number of seconds above 0 (default 600)")
+
+
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
 

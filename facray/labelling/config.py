@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from facray import storage
-from facray.config import option
+from facray.config import check_node_wait, node_wait_option, option
 from facray.preflight import PreflightError, check_generator_file, check_tracking_store, check_writable
 
 
@@ -55,6 +55,7 @@ class LabelConfig:
     seed: int = option(0, "with --generator: first seed (one seed per image)")
     z_dim: int = option(0, "with --generator: latent size (0 = the module's z_dim)")
     tracking_uri: str | None = option(None, "MLflow URI for models:/ and runs:/ models", path=True)
+    node_wait: float = node_wait_option()
     torch_threads: int = option(0, "torch threads per actor that predicts; 0 = fused 1, split on CPU "
                                    "the predict actor's share of the CPUs (at most 4)")
     compile: bool = option(False, "torch.compile the predictor's networks (one H100: 2.8-3x the forward; "
@@ -67,6 +68,7 @@ def check_before_start(cfg: LabelConfig, out: str) -> None:
     here, not after the run), the tracking store an MLflow model URI needs. The model itself is
     checked by :func:`facray.predictors.locate.locate_predictor` and
     :func:`facray.runners.label.put_verified_weights`."""
+    check_node_wait(cfg.node_wait)
     if cfg.layout == "fused" and cfg.gpus > 0:
         raise ValueError("--layout fused runs on CPU; with --gpus preprocess actors feed the GPU actors (split)")
     if not 0 <= cfg.min_confidence <= 1:

@@ -47,7 +47,7 @@ from facray.predictors.locate import locate_predictor
 from facray.predictors.thresholds import PredictorInfo
 from facray.progress import every_seconds, format_seconds
 from facray.runners.datasets import metadata_dataset, rows_per_block
-from facray.runners.runtime import init_ray
+from facray.runners.runtime import describe_nodes, init_ray, stop_if_stalled
 
 
 def label_images(cfg: LabelConfig) -> LabelSummary:
@@ -267,7 +267,9 @@ def run_pipeline(todo: pd.DataFrame, manifest: Manifest, weights_ref, cfg: Label
             ds = ds.map_batches(LabelActor, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), **actors)
         progress, stages = Progress(len(todo)), {}
         with PartWriter(part, flush_rows=4 * cfg.batch_size, flush_seconds=5.0) as writer:
-            for block in ds.iter_batches(batch_size=None, batch_format="pandas"):
+            blocks = stop_if_stalled(ds.iter_batches(batch_size=None, batch_format="pandas"), cfg.node_wait,
+                                     lambda: _stalled(cfg, progress))
+            for block in blocks:
                 writer.add(block.assign(**_modes(cfg)))
                 for stage, secs in stage_seconds(block).items():
                     stages[stage] = stages.get(stage, 0.0) + secs
@@ -276,6 +278,16 @@ def run_pipeline(todo: pd.DataFrame, manifest: Manifest, weights_ref, cfg: Label
         context.execution_options.preserve_order = keep
     progress.finish()
     return stages
+
+
+def _stalled(cfg: LabelConfig, progress: "Progress") -> str:
+    """What a labelling run that got no rows for ``--node-wait`` seconds needs and the cluster has."""
+    pools = (f"{cfg.num_actors} predict actor(s) of {cfg.cpus_per_actor:g} CPU" + (f" + {cfg.gpus:g} GPU" if cfg.gpus else "")
+             + (f" and {cfg.preprocess_actors} preprocess actor(s) of {cfg.cpus_per_actor:g} CPU"
+                if cfg.layout == "split" else ""))
+    return (f"no labelled images for {cfg.node_wait:g} s (--node-wait) after {progress.done}/{progress.total}: "
+            f"the pools want {pools}; {describe_nodes()}. A lost node, or too few CPUs/GPUs: add a node (or let "
+            f"the autoscaler), then re-run the same command: the labelled rows are kept and reused")
 
 
 class Progress:

@@ -13,8 +13,11 @@ import signal
 import subprocess
 import sys
 import threading
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from facray.preflight import cgroup_memory_limit
+
+T = TypeVar("T")
 
 # Ray's switch for a single-machine Ray: the node's address becomes 127.0.0.1 and the GCS, raylet,
 # agents and workers listen there only (checked with ss: without it they bind *:PORT). Ray reads it
@@ -26,6 +29,57 @@ def _local_only() -> None:
     os.environ[LOCAL_ONLY_ENV] = "0"
     from ray._private import ray_constants
     ray_constants.ENABLE_RAY_CLUSTER = False  # this process may have imported Ray already
+
+
+class ClusterTooSmall(RuntimeError):
+    """Work that waited ``--node-wait`` seconds for CPUs/GPUs no live node offers (a lost node not
+    replaced, an autoscaler that never added one). Its message names what is needed and what the
+    nodes have; finished work (checkpoints, label parts) is kept, so the same command resumes."""
+
+
+def describe_nodes() -> str:
+    """The live nodes and what the cluster has free now, for a :class:`ClusterTooSmall` message:
+    "live nodes: 1a2b3c4d (CPU 1, GPU 1), 5e6f7a8b (CPU 1); free now: CPU 0, GPU 1"."""
+    import ray
+
+    def amounts(resources: dict) -> str:
+        return ", ".join(f"{key} {resources.get(key, 0):g}" for key in ("CPU", "GPU") if key == "CPU" or
+                         resources.get(key))
+    try:
+        nodes = [f"{n['NodeID'][:8]} ({amounts(n.get('Resources', {}))})" for n in ray.nodes() if n.get("Alive")]
+        return f"live nodes: {', '.join(nodes)}; free now: {amounts(ray.available_resources())}"
+    except Exception:  # noqa: BLE001 - the message goes out without the details
+        return "the live nodes could not be listed"
+
+
+def stop_if_stalled(items: Iterable[T], seconds: float, stalled: Callable[[], str]) -> Iterator[T]:
+    """``items`` (a Ray Data iterator: its ``next`` blocks while the pipeline waits), read in a
+    helper thread; raises :class:`ClusterTooSmall` with ``stalled()``'s message when none arrives
+    for ``seconds``. Ray Data waits forever for an actor no live node can host (the only GPU node
+    lost), with no word; a pool that merely shrank keeps going and never trips this."""
+    import queue
+    handoff: queue.Queue = queue.Queue(maxsize=1)  # the thread reads at most one item ahead
+    done = object()
+
+    def read():
+        try:
+            for item in items:
+                handoff.put((item, None))
+            handoff.put((done, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread as it is
+            handoff.put((done, e))
+
+    threading.Thread(target=read, name="stop-if-stalled", daemon=True).start()
+    while True:
+        try:
+            item, error = handoff.get(timeout=seconds)
+        except queue.Empty:
+            raise ClusterTooSmall(stalled()) from None
+        if error is not None:
+            raise error
+        if item is done:
+            return
+        yield item
 
 
 class Terminated(BaseException):
@@ -91,6 +145,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if ray.is_initialized():
         return
     _started_here = True
+    try:
+        # Ray's public calls (ray.get, ...) start a fresh Ray when none is up. After facray shuts
+        # Ray down on an error, a helper thread still inside Ray Data would then join the cluster
+        # again as a new driver (measured: a stalled `label` under `ray job submit`): never wanted.
+        from ray._private import auto_init_hook
+        auto_init_hook.enable_auto_connect = False
+    except ImportError:  # another Ray version: the thread ends with the process, after a warning
+        pass
     address = address or os.environ.get("RAY_ADDRESS")
     # Worker output (per-epoch progress lines) reaches the driver; Ray's own INFO logs do not.
     kwargs = dict(log_to_driver=True, logging_level=logging.WARNING if quiet else logging.INFO)

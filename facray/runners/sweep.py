@@ -59,7 +59,7 @@ def run_trial(config: dict, context: dict) -> None:
     run = RunFolder(context["sweep_out"]).trial(tune.get_context().get_trial_name())
     cfg = context["config_class"](**{**context["base"], **config, "out": str(run.root),
                                      "tracking_uri": context["tracking_uri"], "experiment": context["experiment"]})
-    result = train(cfg, (TuneReportCallback(),), context["parent_run_id"], register=False)
+    result = train(cfg, (TuneReportCallback(),), context["parent_run_id"], register=False, trial=True)
     final = task_for(cfg).trial_result(result, run)
     # The trial's result: the best epoch's validation figures (the weights the run keeps).
     tune.report({**final, "run_folder": str(run.root), "finished": 1})

@@ -14,6 +14,7 @@ each worker runs :func:`facray.runners.worker.train_per_worker`.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from typing import Any
@@ -21,10 +22,10 @@ from typing import Any
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from facray.config import absolute_paths, config_to_dict
+from facray.config import absolute_paths, check_node_wait, config_to_dict
 from facray.runners.mlflow_callback import EpochMetricsToMlflow
-from facray.runners.runtime import (Terminated, fit_in_thread, init_ray, started_local_ray, train_logging_config,
-                                   verbose)
+from facray.runners.runtime import (ClusterTooSmall, Terminated, describe_nodes, fit_in_thread, init_ray,
+                                    started_local_ray, train_logging_config, verbose)
 from facray.runners.streaming import split_datasets
 from facray.runners.worker import train_per_worker
 from facray.data.prepared import read_metadata
@@ -41,20 +42,25 @@ from facray.training.task import Plan, Task
 from facray.training.tasks import TASKS, task_for
 
 
-def train(cfg: TrainCommon, callbacks: tuple = (), parent_run_id: str | None = None, register: bool = True) -> Any:
+def train(cfg: TrainCommon, callbacks: tuple = (), parent_run_id: str | None = None, register: bool = True,
+          trial: bool = False) -> Any:
     """Train ``cfg`` (a :class:`BinaryConfig` or :class:`MultitaskConfig`) into ``cfg.out``, or
     find it already trained with these settings; returns the task's result (binary: the per-job
     table; multi-task: the metrics record).
 
     ``callbacks``: more Ray Train callbacks (a sweep trial passes Tune's); ``parent_run_id``: the
     MLflow run this one is a child of (a sweep's); ``register``: register a multi-task model (a
-    sweep registers only its best trial's). ``cfg.out`` must be a run of the same settings (or
-    new, or ``cfg.overwrite``): see :mod:`facray.training.run_record`. Raises ValueError (and its
-    kin) for a bad setting before Ray starts, and for ``--data memory`` that does not fit the
-    nodes before any worker starts; :class:`TrainingFailed` for a failure the workers reported."""
+    sweep registers only its best trial's); ``trial``: a Tune trial, which waits for its workers as
+    long as it takes (trials queue for each other's resources), not ``cfg.node_wait``.
+    ``cfg.out`` must be a run of the same settings (or new, or ``cfg.overwrite``): see
+    :mod:`facray.training.run_record`. Raises ValueError (and its kin) for a bad setting before Ray
+    starts, and for ``--data memory`` that does not fit the nodes before any worker starts;
+    :class:`TrainingFailed` for a failure the workers reported; :class:`ClusterTooSmall` when no
+    node offers the workers' resources within ``cfg.node_wait`` seconds."""
     task = task_for(cfg)
     cfg = absolute_paths(cfg)
     check_streamable(cfg.data, task.memory_only(cfg))
+    check_node_wait(cfg.node_wait)
     plan = task.plan(cfg)
     if plan.done is not None:
         print(plan.summary, flush=True)
@@ -76,7 +82,8 @@ def train(cfg: TrainCommon, callbacks: tuple = (), parent_run_id: str | None = N
         if plan.ranks and separate:
             run_separate(task, cfg, plan)
         elif plan.ranks:
-            result = fit_on_ray(task, cfg, plan, (EpochMetricsToMlflow(tracking_uri, mlflow_run_id), *callbacks))
+            result = fit_on_ray(task, cfg, plan, (EpochMetricsToMlflow(tracking_uri, mlflow_run_id), *callbacks),
+                                node_wait=None if trial else cfg.node_wait)
             with result.checkpoint.as_directory() as d:
                 collected = task.collect(RunFolder(d), plan.run)
         return task.finish(cfg, plan, collected, tracking_uri, mlflow_run_id, register)
@@ -119,35 +126,62 @@ def with_data_mode(task: Task, cfg: TrainCommon, rows: dict[str, int], workers: 
 
 
 def scaling(cfg: TrainCommon, num_workers: int) -> ray.train.ScalingConfig:
-    """``num_workers`` workers of ``cfg.cpus_per_worker`` CPUs (and ``cfg.gpus_per_worker`` GPUs)."""
+    """``num_workers`` workers of ``cfg.cpus_per_worker`` CPUs (and ``cfg.gpus_per_worker`` GPUs),
+    placed by ``cfg.placement`` (Ray's placement group strategy, PACK or SPREAD)."""
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
     return ray.train.ScalingConfig(num_workers=num_workers, use_gpu=cfg.gpus_per_worker > 0,
-                                   resources_per_worker=resources)
+                                   resources_per_worker=resources, placement_strategy=cfg.placement.upper())
 
 
-def fit_on_ray(task: Task, cfg: TrainCommon, plan: Plan, callbacks: tuple = ()) -> ray.train.Result:
+# Ray Train's wait for a worker group's placement group (read by its controller, which the driver's
+# environment reaches: ray.train.v2._internal.constants.ENV_VARS_TO_PROPAGATE).
+WORKER_GROUP_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+def fit_on_ray(task: Task, cfg: TrainCommon, plan: Plan, callbacks: tuple = (),
+               node_wait: float | None = None) -> ray.train.Result:
     """One Ray Train run of ``plan``: ``len(plan.ranks)`` workers, named ``plan.train_run``
     (storage: the run folder's ``ray_results/``; a re-run of the same name resumes from its latest
-    checkpoint), ``cfg.max_failures`` restarts for lost workers. A failure a retry would repeat,
-    which a worker wrote with :meth:`RunFolder.write_failure` and then returned, is raised here as
-    :class:`TrainingFailed`."""
+    checkpoint), ``cfg.max_failures`` restarts for lost workers and nodes, each from the latest
+    checkpoint. A failure a retry would repeat, which a worker wrote with
+    :meth:`RunFolder.write_failure` and then returned, is raised here as :class:`TrainingFailed`.
+
+    ``node_wait``: seconds the workers may wait for their resources, at the start and after a lost
+    node, before :class:`ClusterTooSmall` is raised naming what is missing. Ray Train's own default
+    retries every 60 s forever, so a lost node nobody replaces hung the run with no word. None:
+    wait forever (a Tune trial queues for the resources other trials hold)."""
     datasets = {}
     if cfg.data == "stream":
         datasets = {"datasets": split_datasets(SplitSpec.of(cfg), task.stream_columns(cfg)),
                     "dataset_config": ray.train.DataConfig(
                         datasets_to_split=["train"] if task.split_train_stream else [])}
+    if node_wait is not None:
+        # Two tries of half the wait each: a worker group whose start fails (a node lost while its
+        # actors start) gets a second try, and the wait for resources stays node_wait in all.
+        os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = f"{node_wait / 2:g}"
     trainer = TorchTrainer(
         train_per_worker,
         train_loop_config={"task": task.name, "cfg": config_to_dict(cfg), "plan": plan, "verbose": verbose()},
         scaling_config=scaling(cfg, len(plan.ranks)),
         run_config=ray.train.RunConfig(
             name=plan.train_run, storage_path=str(plan.run.ray_results_dir),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures,
+                                                   controller_failure_limit=-1 if node_wait is None else 1),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks), logging_config=train_logging_config()),
         **datasets)
     plan.run.clear_failure(plan.train_run)
-    result = fit_in_thread(trainer)
+    try:
+        result = fit_in_thread(trainer)
+    except ray.train.ControllerError as e:
+        if node_wait is None or "WorkerGroupStartupTimeoutError" not in type(e.controller_failure).__name__:
+            raise
+        need = scaling(cfg, len(plan.ranks))
+        raise ClusterTooSmall(
+            f"Ray Train waited {node_wait:g} s (--node-wait) for {need.num_workers} worker(s) of "
+            f"{need.resources_per_worker} ({need.placement_strategy}) and no node offered them; "
+            f"{describe_nodes()}. Add a node (or let the autoscaler), then re-run the same command: it resumes "
+            f"from the last checkpoint in {plan.run.root}") from None
     failure = plan.run.failure(plan.train_run)
     if failure:
         raise TrainingFailed(failure)

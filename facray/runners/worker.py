@@ -4,8 +4,10 @@ reports). What differs between tasks is in :mod:`facray.training.tasks`; the dri
 :mod:`facray.runners.train`."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -28,6 +30,9 @@ def train_per_worker(config: dict) -> None:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     device = ray.train.torch.get_device()
+    # One line per worker and attempt: where each rank landed (after a lost node, the new one).
+    print(f"[rank {rank}] node {ray.get_runtime_context().get_node_id()[:12]} ({socket.gethostname()}), "
+          f"{device}, {world} worker(s)", flush=True)
     shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val", "test")} if cfg.data == "stream" else None
     work = set_up_on_every_rank(cfg.out, lambda: task.setup(cfg, plan, rank, world, device, shards))
     if work is None:  # a failure a retry would repeat: the driver reports it

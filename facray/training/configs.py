@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from facray.attributes import MODALITIES
-from facray.config import option
+from facray.config import node_wait_option, option
 
 # Registered MLflow model names of `facray train` runs: facray-<model name>.
 REGISTERED_PREFIX = "facray-"
@@ -20,14 +20,15 @@ REGISTERED_PREFIX = "facray-"
 # ``run.json``'s settings and hash (:func:`facray.training.run_record.run_settings`), so moving a
 # run to more workers or another MLflow store resumes it.
 NON_WEIGHT_KEYS = frozenset({
-    "out", "tracking_uri", "experiment", "fail_at_epoch", "max_failures", "num_workers",
+    "out", "tracking_uri", "experiment", "fail_at_epoch", "max_failures", "num_workers", "placement", "node_wait",
     "cpus_per_worker", "gpus_per_worker", "max_concurrent", "torch_threads", "mode", "data", "stack",
     "overwrite",
 })
 # Of those, the ones that leave a Ray Train run's checkpoints usable as well: the others (workers,
 # mode) change what each worker holds, so a binary run's Ray Train name includes them (the data
 # path does not, see facray.training.binary_task.train_run_name).
-CHECKPOINT_NEUTRAL_KEYS = frozenset({"out", "tracking_uri", "experiment", "fail_at_epoch", "max_failures"})
+CHECKPOINT_NEUTRAL_KEYS = frozenset({"out", "tracking_uri", "experiment", "fail_at_epoch", "max_failures",
+                                     "placement", "node_wait"})
 assert CHECKPOINT_NEUTRAL_KEYS <= NON_WEIGHT_KEYS
 
 
@@ -61,8 +62,12 @@ class TrainCommon:
     num_workers: int = option(1, "Ray Train workers (train-binary: jobs spread over them; train: DDP)")
     gpus_per_worker: float = option(0.0, "GPUs per worker (fractions allowed)")
     cpus_per_worker: float = option(1.0, "CPUs per worker (use < 1 on small machines)")
+    placement: Literal["pack", "spread"] = option(
+        "pack", "where Ray puts the workers: pack (as few nodes as possible, Ray's default: fast collectives) | "
+                "spread (one per node where possible: every node's GPU, CPUs and memory)")
     torch_threads: int = option(0, "torch CPU threads per worker (0 = default)")
     max_failures: int = option(3, "worker failures tolerated (resume from checkpoint)")
+    node_wait: float = node_wait_option()
     fail_at_epoch: int = option(0, "testing: raise once at the start of this epoch")
     overwrite: bool = option(False, "discard a run in --out trained with other settings and start afresh")
     tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)", path=True)

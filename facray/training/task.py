@@ -98,6 +98,8 @@ def train_epochs(work: RankTraining, rank: int, out: str | Path, train_run: str,
     if saved is not None:
         work.load_state_dict(saved)
         resumed_from = work.epoch
+        if rank == 0:  # after a lost worker or node, or a re-run: the user sees where it picks up
+            print(f"[rank 0] resuming from the checkpoint after epoch {resumed_from}", flush=True)
     while work.epoch < work.total_epochs and not work.stopped:
         inject_failure_once(out, fail_at_epoch, work.epoch + 1)
         start = time.perf_counter()
