@@ -14,10 +14,11 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from facray.commands import (run_combine, run_data_check, run_data_synth, run_demo_command, run_distill, run_ensemble,
-                             run_evaluate, run_label, run_prepare, run_sweep_command, run_train, run_train_binary)
+from facray.commands import (run_check_nodes, run_combine, run_data_check, run_data_synth, run_demo_command,
+                             run_distill, run_ensemble, run_evaluate, run_label, run_prepare, run_sweep_command,
+                             run_train, run_train_binary)
 from facray.data.errors import DatasetError, OutputError, OutputLockedError
-from facray.runners.runtime import Terminated, configure_ray_output, raise_terminated, stop_ray
+from facray.runners.runtime import ClusterTooSmall, Terminated, configure_ray_output, raise_terminated, stop_ray
 
 
 def _build_data_check(p: argparse.ArgumentParser) -> None:
@@ -55,6 +56,13 @@ def _build_sweep(p: argparse.ArgumentParser) -> None:
                      "a 4-trial sweep of a tiny model on 60 generated faces (about a minute)")(p)
     p.epilog = ("key=value arguments that are not sweep keys set the trainer's config for every trial "
                 "(e.g. prepared=DIR val_split=holdout model=resnet18)")
+
+
+def _build_check_nodes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds to wait for each node's answer (a GPU node's check waits for a free GPU share)")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="check this machine (what the command does wherever no cluster is given)")
 
 
 def config_arguments(module: str, config: str, smoke_test: str | None = None):
@@ -115,6 +123,9 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
               config_arguments("facray.labelling.config", "LabelConfig",
                                "label 8 generated faces (2 of them broken) with an untrained predictor"),
               run_label),
+    "check-nodes": ("check every live Ray node: facray's requirements installed at versions pyproject.toml "
+                    "allows, and CUDA where a node declares GPUs; one line per node, exit 1 on a problem",
+                    _build_check_nodes, run_check_nodes),
     "demo": ("run the whole pipeline on generated data with local Ray and MLflow",
              _build_demo, run_demo_command),
 }
@@ -162,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, raise_terminated)
     try:
         code = args.handler_(args)
-    except (DatasetError, ValueError, FileNotFoundError, OutputLockedError, OutputError) as e:
+    except (DatasetError, ValueError, FileNotFoundError, OutputLockedError, OutputError, ClusterTooSmall) as e:
         print(f"facray: error: {e}", file=sys.stderr)
         code = 2
     except (KeyboardInterrupt, Terminated) as e:

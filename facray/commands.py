@@ -41,6 +41,17 @@ def run_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_check_nodes(args: argparse.Namespace) -> int:
+    from facray.runners.nodes import check_nodes
+
+    reports = check_nodes(args.timeout)
+    for report in reports:
+        print(report.line())
+    bad = sum(bool(r.problems) for r in reports)
+    print(f"{len(reports)} node(s) checked: " + (f"{bad} with problems" if bad else "all ok"))
+    return 1 if bad else 0
+
+
 def _resolve(cls, args: argparse.Namespace):
     """The command's config from its arguments; with ``--smoke-test``, the class's ``SMOKE``
     overlay and generated inputs (:mod:`facray.testing`) instead of the user's data."""

@@ -134,7 +134,7 @@ def forbid_ray_start(monkeypatch) -> None:
     """Fail the test if any facray runner starts Ray: ``init_ray`` replaced in every runner module
     that calls it (each holds its own binding of the name)."""
     import importlib
-    for name in ("runtime", "prepare", "label", "train", "sweep"):
+    for name in ("runtime", "prepare", "label", "train", "sweep", "nodes"):
         module = importlib.import_module(f"facray.runners.{name}")
         monkeypatch.setattr(module, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
 

@@ -16,7 +16,8 @@ JOBS = sorted(p.stem for p in (REPO / "jobs").glob("*.py"))
 EXPECTED = {"data_check": "images (labelled): 20", "data_synth": "wrote 8 generated CelebA faces",
             "prepare": "prepared 40 images", "train_binary": "Eyeglasses__real", "train": "mean test accuracy",
             "sweep": "best trial", "combine": "combined predictor:", "evaluate": "report:",
-            "label": "labelled 8 new image(s)", "ensemble": "ensemble predictor:", "distill": "mean test accuracy"}
+            "label": "labelled 8 new image(s)", "ensemble": "ensemble predictor:", "distill": "mean test accuracy",
+            "check_nodes": "node(s) checked: all ok"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 
