@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.facray-installed
 
-.PHONY: demo test test-slow test-all bench install clean
+.PHONY: demo test test-slow test-all bench install clean wheelhouse
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ bench: $(STAMP)
 	$(BIN)/python bench/prepare.py
 	$(BIN)/python bench/train_binary.py
 	$(BIN)/python bench/label.py
+
+# Offline installs (README: On a cluster): facray and its dependencies as wheels for Python $(PY) on
+# Linux x86-64, files over 60 MB split; EXCLUDE=torch,torchvision leaves out what the target has;
+# pythonX.Y must be on the PATH (or INTERPRETER=/path/to/pythonX.Y): its pip resolves the markers.
+PY ?= 3.12
+EXCLUDE ?=
+INTERPRETER ?=
+wheelhouse: $(STAMP)
+	$(BIN)/python tools/wheelhouse.py --python $(PY) --out wheelhouse $(if $(EXCLUDE),--exclude $(EXCLUDE)) \
+		$(if $(INTERPRETER),--interpreter $(INTERPRETER))
 
 clean:
 	rm -rf demo_output .pytest_cache

@@ -6,6 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
 
@@ -51,3 +57,25 @@ def test_dashboard_on_all_interfaces_only_with_token_auth(config):
         if "ray start" in command:
             assert command.startswith("RAY_AUTH_MODE=token ray start"), command
     assert "~/.ray/auth_token" in config["file_mounts"]  # every node gets the token
+
+
+def test_nodes_install_facray_itself_not_a_hand_kept_list(config):
+    """Every runtime dependency reaches the nodes because they install facray (whose metadata is
+    pyproject.toml's list); a package named in setup_commands would be a second list that drifts."""
+    mounts = {k: str(v) for k, v in config["file_mounts"].items()}
+    assert mounts["~/facray"] == "." and ".gitignore" in config["rsync_filter"]  # the repo, less .venv etc.
+    installs = [c for c in config["setup_commands"] if "pip install" in c]
+    assert any(c.split()[-1] == "~/facray" for c in installs), installs
+    declared = tomllib.loads((CLUSTER_YAML.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {Requirement(r).name for r in declared}
+    for command in installs:
+        named = {word.split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip("'\"") for word in command.split()}
+        assert not names & named, f"setup_commands lists {names & named} by hand: {command}"
+
+
+def test_installed_metadata_lists_every_pyproject_dependency():
+    """What `pip install ~/facray` installs on a node is what facray's metadata requires, which
+    `facray check-nodes` checks node by node: the same list as pyproject.toml's."""
+    from facray.environment import facray_requirements
+    declared = tomllib.loads((CLUSTER_YAML.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert {str(Requirement(r)) for r in facray_requirements()} == {str(Requirement(r)) for r in declared}
