@@ -30,13 +30,15 @@ def option(default: Any, help: str, path: bool = False) -> Any:  # noqa: A002 - 
 
 def node_wait_option() -> Any:
     """``--node-wait``, shared by the commands that wait for Ray workers (training, labelling)."""
-    return option(600.0, "seconds to wait for CPUs/GPUs no live node offers (a lost node's replacement, an "
-                         "autoscaler's new node) before stopping with what is missing; re-running resumes")
+    return option(600.0, "seconds (at most 86400) to wait, each time, for CPUs/GPUs no live node offers (a lost "
+                         "node's replacement, an autoscaler's new node; labelling: for new rows) before stopping "
+                         "with what is missing; re-running resumes")
 
 
 def check_node_wait(seconds: float) -> None:
-    if not seconds > 0:
-        raise ValueError(f"--node-wait {seconds:g}: expected a number of seconds above 0 (default 600)")
+    # Finite and at most a day: a thread's timeout overflows above threading.TIMEOUT_MAX.
+    if not 0 < seconds <= 86400:
+        raise ValueError(f"--node-wait {seconds:g}: expected seconds above 0 and at most 86400 (a day; default 600)")
 
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")

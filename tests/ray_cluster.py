@@ -133,7 +133,10 @@ class LocalCluster:
         # A short temp dir: Unix socket paths have at most 107 characters.
         node = Node(name, tempfile.mkdtemp(prefix=f"facray-{name}-", dir="/tmp"), marks)
         self.nodes.append(node)
-        ports = [f"--{flag}={free_port()}" for flag in NODE_PORT_FLAGS]
+        # Worker processes on any free port (as ray.cluster_utils.Cluster does): three raylets on one
+        # host would otherwise share Ray's default range 10002-19999.
+        ports = [f"--{flag}={free_port()}" for flag in NODE_PORT_FLAGS] + ["--min-worker-port=0",
+                                                                            "--max-worker-port=0"]
         ray_cli("start", *args, "--temp-dir", node.temp_dir, "--disable-usage-stats", *ports, env=self.env)
         return node
 

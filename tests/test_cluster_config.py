@@ -60,12 +60,14 @@ def test_dashboard_on_all_interfaces_only_with_token_auth(config):
 
 
 def test_nodes_install_facray_itself_not_a_hand_kept_list(config):
-    """Every runtime dependency reaches the nodes because they install facray (whose metadata is
-    pyproject.toml's list); a package named in setup_commands would be a second list that drifts."""
+    """Every runtime dependency reaches the nodes because they install facray's wheel (whose
+    metadata is pyproject.toml's list); a package named in setup_commands would be a second list
+    that drifts."""
     mounts = {k: str(v) for k, v in config["file_mounts"].items()}
-    assert mounts["~/facray"] == "." and ".gitignore" in config["rsync_filter"]  # the repo, less .venv etc.
+    assert mounts["~/facray-dist"] == "dist"  # `make dist`: facray's wheel alone (the launcher hashes mounts)
+    assert "dist:" in (CLUSTER_YAML.parent / "Makefile").read_text()
     installs = [c for c in config["setup_commands"] if "pip install" in c]
-    assert any(c.split()[-1] == "~/facray" for c in installs), installs
+    assert any("~/facray-dist/facray-*.whl" in c and "--no-deps" not in c for c in installs), installs
     declared = tomllib.loads((CLUSTER_YAML.parent / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {Requirement(r).name for r in declared}
     for command in installs:

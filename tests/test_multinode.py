@@ -143,17 +143,20 @@ def test_train_binary_and_a_sweep_on_two_nodes(cluster):
 def test_label_with_a_gpu_predict_actor_and_preprocess_actors_on_both_nodes(cluster):
     faces = write_unlabelled_faces(cluster.work / "faces", n=40, seed=2, sizes=(96,), formats=("png",))
     out = cluster.work / "labels.csv"
-    logs = cluster.c.run("python", "jobs/label.py", "--images", str(cluster.work / "faces"), "--model",
-                         str(cluster.work / "train_w2"), "--out", str(out), "--gpus", "1", "--preprocess-actors", "2",
-                         "--batch-size", "8")
+    job = cluster.c.submit("python", "jobs/label.py", "--images", str(cluster.work / "faces"), "--model",
+                           str(cluster.work / "train_w2"), "--out", str(out), "--gpus", "1", "--preprocess-actors",
+                           "2", "--batch-size", "8")
+    status, logs = cluster.c.wait(job)
+    assert re.search("succeeded", status, re.IGNORECASE), f"{status}\n{logs[-4000:]}"
     assert "labelling with 1 predict actor(s)" in logs and "fed by 2 preprocess actor(s)" in logs
     rows = pd.read_csv(out)
     assert len(rows) == len(faces) and rows.path.is_unique and rows.Smiling_prob.between(0, 1).all()
     # Ray's record of the job's actors (the dead ones too): the pools ran on both worker nodes, the
     # predict actor on the one with the GPU.
     nodes: dict[str, set[str]] = {}
+    ray_job = cluster.c.jobs.get_job_info(job).job_id  # this job's actors, not an earlier job's
     for actor in _listed(cluster, "actors"):
-        if "Actor)" in actor.get("class_name", ""):  # MapWorker(MapBatches(PredictActor)), ...
+        if "Actor)" in actor.get("class_name", "") and actor.get("job_id") == ray_job:  # MapWorker(MapBatches(...
             nodes.setdefault(actor["class_name"], set()).add(actor["node_id"])
     gpu_nodes = {n["node_id"] for n in _listed(cluster, "nodes") if n["resources_total"].get("GPU")
                  and n["state"] == "ALIVE"}
@@ -172,6 +175,7 @@ def _lose_a_node_while(cluster, job: str, until: str, replace: bool = True):
     """Wait for ``until`` in the job's logs, then kill the CPU worker node; start its replacement."""
     status, logs = cluster.c.wait(job, 300, until=until)
     assert re.search(until, logs, re.MULTILINE), f"{status}\n{logs[-3000:]}"
+    assert not re.search(r"succeeded|failed|stopped", cluster.c.status(job), re.IGNORECASE), "ended before the kill"
     cluster.lost = cluster.cpu_node
     assert cluster.c.kill(cluster.lost) > 0
     if replace:
@@ -216,7 +220,7 @@ def test_label_survives_a_lost_node_every_input_once(cluster):
     job = cluster.c.submit("python", "jobs/label.py", "--images", str(cluster.work / "many"), "--model",
                            str(cluster.work / "train_w2"), "--out", str(out), "--crop", "full", "--batch-size", "16",
                            "--num-actors", "2", "--preprocess-actors", "2")
-    _lose_a_node_while(cluster, job, r"^\s+\d+/3000 images")
+    _lose_a_node_while(cluster, job, r"^\s+(?!3000/)\d+/3000 images")
     status, logs = cluster.c.wait(job, 600)
     assert re.search("succeeded", status, re.IGNORECASE), f"{status}\n{logs[-4000:]}"
     rows = pd.read_csv(out)
@@ -227,7 +231,7 @@ def test_label_survives_a_lost_node_every_input_once(cluster):
 def test_without_a_replacement_node_train_and_label_stop_naming_what_is_missing(cluster):
     out = cluster.work / "train_unreplaced"
     command = ("python", "jobs/train.py", *TRAIN, "--prepared", str(cluster.prepared), "--epochs", "6",
-               "--batch-size", "8", "--num-workers", "2", "--placement", "spread", "--node-wait", "20",
+               "--batch-size", "2", "--num-workers", "2", "--placement", "spread", "--node-wait", "20",
                "--out", str(out))
     job = cluster.c.submit(*command)
     _lose_a_node_while(cluster, job, r"epoch 2/6: loss", replace=False)
@@ -245,7 +249,7 @@ def test_without_a_replacement_node_train_and_label_stop_naming_what_is_missing(
     job = cluster.c.submit("python", "jobs/label.py", "--images", str(cluster.work / "many"), "--model",
                            str(cluster.work / "train_w2"), "--out", str(out), "--crop", "full", "--batch-size", "16",
                            "--gpus", "1", "--node-wait", "20")
-    status, logs = cluster.c.wait(job, 300, until=r"^\s+\d+/3000 images")
+    status, logs = cluster.c.wait(job, 300, until=r"^\s+(?!3000/)\d+/3000 images")
     cluster.c.kill(cluster.gpu_node)
     status, logs = cluster.c.wait(job, 300)
     if re.search("succeeded", status, re.IGNORECASE):  # it finished before the node went: nothing to check

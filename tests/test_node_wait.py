@@ -30,6 +30,20 @@ def test_an_iterator_that_stops_delivering_raises_with_the_callers_message():
     assert got == [0, 1, 2] and time.monotonic() - start < 10
 
 
+def test_a_caller_that_stops_early_releases_the_source():
+    closed = threading.Event()
+
+    def endless():
+        try:
+            while True:
+                yield 1
+        finally:
+            closed.set()
+    for _ in stop_if_stalled(endless(), 5, lambda: "stalled"):
+        break  # the caller's own error or Ctrl-C ends the loop the same way
+    assert closed.wait(5)
+
+
 def test_a_slow_but_moving_iterator_and_its_errors_pass_through():
     def slow():
         for i in range(4):
@@ -44,11 +58,12 @@ def test_a_slow_but_moving_iterator_and_its_errors_pass_through():
         list(stop_if_stalled(broken(), 5, lambda: "stalled"))
 
 
+@pytest.mark.parametrize("wait", ["0", "inf", "1e9"])
 @pytest.mark.parametrize("command", [["label", "--images", "x", "--model", "y"], ["train", "--prepared", "x"]])
-def test_a_node_wait_of_zero_is_refused_before_ray(command, tmp_path, capsys, monkeypatch):
+def test_a_node_wait_out_of_range_is_refused_before_ray(command, wait, tmp_path, capsys, monkeypatch):
     forbid_ray_start(monkeypatch)
-    assert main([*command, "--out", str(tmp_path / "o"), "--node-wait", "0"]) == 2
-    assert "--node-wait 0: expected a number of seconds above 0" in capsys.readouterr().err
+    assert main([*command, "--out", str(tmp_path / "o"), "--node-wait", wait]) == 2
+    assert f"--node-wait {float(wait):g}: expected seconds above 0 and at most 86400" in capsys.readouterr().err
 
 
 def test_placement_and_node_wait_leave_the_run_and_its_checkpoints_alone():
@@ -57,3 +72,27 @@ def test_placement_and_node_wait_leave_the_run_and_its_checkpoints_alone():
     cfg = MultitaskConfig(placement="spread", cpus_per_worker=0.5)
     assert scaling(cfg, 2).placement_strategy == "SPREAD" and scaling(MultitaskConfig(), 1).placement_strategy == "PACK"
     assert {"placement", "node_wait"} <= CHECKPOINT_NEUTRAL_KEYS
+
+
+def _state(name: str):
+    return type(name, (), {})()
+
+
+def test_each_wait_for_resources_is_bounded_and_running_resets_it(monkeypatch):
+    """The controller callback counts one wait at a time: a run that got its workers back starts
+    afresh (a long run on spot instances survives many lost nodes), one wait over the bound stops it."""
+    from facray.runners import node_wait
+    clock = [0.0]
+    monkeypatch.setattr(node_wait.time, "monotonic", lambda: clock[0])
+    guard = node_wait.callback(20)[0]
+    for _ in range(3):  # three lost nodes, each replaced within 15 s
+        guard.after_controller_state_update(_state("RunningState"), _state("RestartingState"))
+        clock[0] += 15
+        guard.after_controller_state_update(_state("RestartingState"), _state("SchedulingState"))
+        guard.after_controller_state_update(_state("SchedulingState"), _state("RunningState"))
+        clock[0] += 600
+    guard.after_controller_state_update(_state("RunningState"), _state("RestartingState"))
+    clock[0] += 21
+    with pytest.raises(node_wait.NodeWaitExceeded, match="21 s without the resources"):
+        guard.after_controller_state_update(_state("RestartingState"), _state("SchedulingState"))
+    assert node_wait.callback(None) == []

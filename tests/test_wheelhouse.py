@@ -88,3 +88,12 @@ def test_the_resolving_interpreter_must_be_the_targets_version():
     with pytest.raises(SystemExit, match=f"is Python {here}, not 3.99"):
         target_interpreter("3.99", sys.executable)
     assert target_interpreter(here, sys.executable) == sys.executable
+
+
+def test_a_requirement_the_resolution_left_out_is_an_error_not_a_gap():
+    """pip evaluates markers on the machine it runs on: resolved elsewhere, torch's CUDA libraries
+    would be missing from the report, and the wheelhouse would fail offline on the cluster."""
+    report = {"install": [item for item in REPORT["install"] if item["metadata"]["name"] != "nvidia-cublas-cu12"]}
+    with pytest.raises(SystemExit, match="the target needs nvidia-cublas-cu12"):
+        keep(report, "facray", target_environment("3.11"), exclude=set())
+    assert "torch" in keep(REPORT, "facray", target_environment("3.11"), exclude=set())

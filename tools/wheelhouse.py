@@ -1,5 +1,6 @@
 """A wheelhouse of facray and everything it needs, for a cluster without internet (an air-gapped
-GPU cluster, a common HPC setup) and for a target Python and platform other than this machine's.
+GPU cluster, a common HPC setup) and for a target Python other than this machine's. Built on Linux
+x86-64 for Linux x86-64 (pip evaluates platform markers on the machine it runs on).
 
     make wheelhouse PY=3.12                      # -> wheelhouse/ (or: python tools/wheelhouse.py --python 3.12)
     make wheelhouse PY=3.12 EXCLUDE=torch,torchvision   # the target already has these (and what only they need)
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import platform
 import shutil
 import subprocess
 import sys
@@ -68,11 +70,14 @@ def keep(report: dict, root: str, environment: dict, exclude: set[str]) -> dict[
     the requiring package asked for (``ray[train]`` follows ray's ``extra == "train"`` entries)."""
     found = {canonicalize_name(item["metadata"]["name"]): item["metadata"] for item in report["install"]}
     excluded = {canonicalize_name(name) for name in exclude}
+    missing = []
     kept: dict[str, str] = {}
     todo = [(canonicalize_name(root), frozenset())]
     seen: set[tuple[str, frozenset]] = set()
     while todo:
         name, extras = todo.pop()
+        if name not in found and name not in excluded:
+            missing.append(name)  # pip resolved markers another way than the target would
         if (name, extras) in seen or name in excluded or name not in found:
             continue
         seen.add((name, extras))
@@ -84,6 +89,10 @@ def keep(report: dict, root: str, environment: dict, exclude: set[str]) -> dict[
                 Marker(str(req.marker)).evaluate({**environment, "extra": extra}) for extra in ("", *extras))
             if applies:
                 todo.append((canonicalize_name(req.name), frozenset(req.extras)))
+    if missing:
+        raise SystemExit(f"wheelhouse: the target needs {', '.join(sorted(set(missing)))}, which pip's resolution "
+                         "left out: it evaluated markers for another machine (build on the target's OS and "
+                         "architecture)")
     return kept
 
 
@@ -129,6 +138,13 @@ def target_interpreter(python: str, given: str | None) -> str:
 def build(out: Path, python: str, platforms: tuple[str, ...], exclude: set[str], part_mb: float,
           interpreter: str | None = None) -> None:
     exe = target_interpreter(python, interpreter)
+    if platforms == LINUX_X86_64 and (sys.platform != "linux" or platform.machine() != "x86_64"):
+        # pip evaluates sys_platform / platform_machine markers on this machine, not the target's.
+        raise SystemExit(f"wheelhouse: builds for Linux x86-64 on Linux x86-64 only (this is {sys.platform} "
+                         f"{platform.machine()}): pip reads requirement markers from the machine it runs on")
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"wheelhouse: {out} is not empty: remove it first (two builds in one folder would mix "
+                         "their wheels, and install.sh would pick the newest)")
 
     def pip(*args: str) -> None:
         subprocess.run([exe, "-m", "pip", *args], check=True)

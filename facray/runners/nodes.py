@@ -42,9 +42,16 @@ def _check_here(requirements: list[str], gpus_declared: float) -> tuple[str, lis
 
 
 def check_nodes(timeout_s: float = 300.0) -> list[NodeReport]:
-    """One :class:`NodeReport` per live node (the requirements are the driver's facray's). Raises
-    ``PackageNotFoundError`` when facray is not installed where the driver runs."""
-    requirements = facray_requirements()
+    """One :class:`NodeReport` per live node (the requirements are the driver's facray's), all
+    answers awaited together for at most ``timeout_s``. Raises ValueError when facray is not
+    installed where the driver runs (a source folder has no metadata to read)."""
+    import importlib.metadata
+    import time
+    try:
+        requirements = facray_requirements()
+    except importlib.metadata.PackageNotFoundError:
+        raise ValueError("facray is not installed here, so its requirements cannot be read: `pip install .` "
+                         "(or the wheel) where the driver runs, as cluster.yaml's setup_commands do") from None
     init_ray()
     check = ray.remote(num_cpus=0)(_check_here)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -55,10 +62,10 @@ def check_nodes(timeout_s: float = 300.0) -> list[NodeReport]:
         options = dict(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
                        num_gpus=0.01 if gpus else 0)
         pending.append(check.options(**options).remote(requirements, gpus))
-    reports = []
+    reports, deadline = [], time.monotonic() + timeout_s
     for node, ref in zip(nodes, pending):
         try:
-            python, problems = ray.get(ref, timeout=timeout_s)
+            python, problems = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
         except ray.exceptions.GetTimeoutError:
             python, problems = "?", [f"no answer within {timeout_s:g} s (its GPUs all busy, or the node is stuck)"]
         except ray.exceptions.RayError as e:

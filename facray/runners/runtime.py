@@ -56,30 +56,53 @@ def stop_if_stalled(items: Iterable[T], seconds: float, stalled: Callable[[], st
     """``items`` (a Ray Data iterator: its ``next`` blocks while the pipeline waits), read in a
     helper thread; raises :class:`ClusterTooSmall` with ``stalled()``'s message when none arrives
     for ``seconds``. Ray Data waits forever for an actor no live node can host (the only GPU node
-    lost), with no word; a pool that merely shrank keeps going and never trips this."""
+    lost), with no word; a pool that merely shrank keeps going and never trips this. However the
+    caller stops (this error, its own, Ctrl-C), the helper leaves its loop and closes ``items``,
+    so the pipeline behind it is released."""
     import queue
     handoff: queue.Queue = queue.Queue(maxsize=1)  # the thread reads at most one item ahead
-    done = object()
+    stop, done = threading.Event(), object()
+
+    def hand(entry) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(entry, timeout=0.2)
+                return True
+            except queue.Full:
+                pass
+        return False
 
     def read():
         try:
             for item in items:
-                handoff.put((item, None))
-            handoff.put((done, None))
+                if not hand((item, None)):
+                    break
+            else:
+                hand((done, None))
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread as it is
-            handoff.put((done, e))
+            hand((done, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - closing a pipeline already torn down
+                    pass
 
     threading.Thread(target=read, name="stop-if-stalled", daemon=True).start()
-    while True:
-        try:
-            item, error = handoff.get(timeout=seconds)
-        except queue.Empty:
-            raise ClusterTooSmall(stalled()) from None
-        if error is not None:
-            raise error
-        if item is done:
-            return
-        yield item
+    try:
+        while True:
+            try:
+                item, error = handoff.get(timeout=seconds)
+            except queue.Empty:
+                raise ClusterTooSmall(stalled()) from None
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 class Terminated(BaseException):

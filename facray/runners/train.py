@@ -14,7 +14,6 @@ each worker runs :func:`facray.runners.worker.train_per_worker`.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import replace
 from typing import Any
@@ -24,6 +23,9 @@ from ray.train.torch import TorchTrainer
 
 from facray.config import absolute_paths, check_node_wait, config_to_dict
 from facray.runners.mlflow_callback import EpochMetricsToMlflow
+from facray.runners.node_wait import callback as node_wait_callback
+from facray.runners.node_wait import exceeded as node_wait_exceeded
+from facray.runners.node_wait import start_timeout
 from facray.runners.runtime import (ClusterTooSmall, Terminated, describe_nodes, fit_in_thread, init_ray,
                                     started_local_ray, train_logging_config, verbose)
 from facray.runners.streaming import split_datasets
@@ -133,11 +135,6 @@ def scaling(cfg: TrainCommon, num_workers: int) -> ray.train.ScalingConfig:
                                    resources_per_worker=resources, placement_strategy=cfg.placement.upper())
 
 
-# Ray Train's wait for a worker group's placement group (read by its controller, which the driver's
-# environment reaches: ray.train.v2._internal.constants.ENV_VARS_TO_PROPAGATE).
-WORKER_GROUP_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
-
-
 def fit_on_ray(task: Task, cfg: TrainCommon, plan: Plan, callbacks: tuple = (),
                node_wait: float | None = None) -> ray.train.Result:
     """One Ray Train run of ``plan``: ``len(plan.ranks)`` workers, named ``plan.train_run``
@@ -146,42 +143,38 @@ def fit_on_ray(task: Task, cfg: TrainCommon, plan: Plan, callbacks: tuple = (),
     checkpoint. A failure a retry would repeat, which a worker wrote with
     :meth:`RunFolder.write_failure` and then returned, is raised here as :class:`TrainingFailed`.
 
-    ``node_wait``: seconds the workers may wait for their resources, at the start and after a lost
-    node, before :class:`ClusterTooSmall` is raised naming what is missing. Ray Train's own default
-    retries every 60 s forever, so a lost node nobody replaces hung the run with no word. None:
-    wait forever (a Tune trial queues for the resources other trials hold)."""
+    ``node_wait``: seconds the workers may wait for their resources each time they have none (at
+    the start, after a lost node), before :class:`ClusterTooSmall` is raised naming what is
+    missing (:mod:`facray.runners.node_wait`). None: wait forever, as Ray Train does (a Tune trial
+    queues for the resources other trials hold)."""
     datasets = {}
     if cfg.data == "stream":
         datasets = {"datasets": split_datasets(SplitSpec.of(cfg), task.stream_columns(cfg)),
                     "dataset_config": ray.train.DataConfig(
                         datasets_to_split=["train"] if task.split_train_stream else [])}
-    if node_wait is not None:
-        # Two tries of half the wait each: a worker group whose start fails (a node lost while its
-        # actors start) gets a second try, and the wait for resources stays node_wait in all.
-        os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = f"{node_wait / 2:g}"
     trainer = TorchTrainer(
         train_per_worker,
         train_loop_config={"task": task.name, "cfg": config_to_dict(cfg), "plan": plan, "verbose": verbose()},
         scaling_config=scaling(cfg, len(plan.ranks)),
         run_config=ray.train.RunConfig(
             name=plan.train_run, storage_path=str(plan.run.ray_results_dir),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures,
-                                                   controller_failure_limit=-1 if node_wait is None else 1),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=list(callbacks), logging_config=train_logging_config()),
+            callbacks=[*callbacks, *node_wait_callback(node_wait)], logging_config=train_logging_config()),
         **datasets)
     plan.run.clear_failure(plan.train_run)
     try:
-        result = fit_in_thread(trainer)
+        with start_timeout(node_wait):
+            result = fit_in_thread(trainer)
     except ray.train.ControllerError as e:
-        if node_wait is None or "WorkerGroupStartupTimeoutError" not in type(e.controller_failure).__name__:
+        if not node_wait_exceeded(e):
             raise
         need = scaling(cfg, len(plan.ranks))
         raise ClusterTooSmall(
             f"Ray Train waited {node_wait:g} s (--node-wait) for {need.num_workers} worker(s) of "
-            f"{need.resources_per_worker} ({need.placement_strategy}) and no node offered them; "
-            f"{describe_nodes()}. Add a node (or let the autoscaler), then re-run the same command: it resumes "
-            f"from the last checkpoint in {plan.run.root}") from None
+            f"{need.resources_per_worker} ({need.placement_strategy}) and no node offered them "
+            f"({e.controller_failure}); {describe_nodes()}. Add a node (or let the autoscaler), then re-run the "
+            f"same command: it resumes from the last checkpoint in {plan.run.root}") from None
     failure = plan.run.failure(plan.train_run)
     if failure:
         raise TrainingFailed(failure)

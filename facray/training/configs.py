@@ -66,7 +66,8 @@ class TrainCommon:
         "pack", "where Ray puts the workers: pack (as few nodes as possible, Ray's default: fast collectives) | "
                 "spread (one per node where possible: every node's GPU, CPUs and memory)")
     torch_threads: int = option(0, "torch CPU threads per worker (0 = default)")
-    max_failures: int = option(3, "worker failures tolerated (resume from checkpoint)")
+    max_failures: int = option(3, "lost workers tolerated over the run, each resumed from the last checkpoint "
+                                  "(-1: no limit)")
     node_wait: float = node_wait_option()
     fail_at_epoch: int = option(0, "testing: raise once at the start of this epoch")
     overwrite: bool = option(False, "discard a run in --out trained with other settings and start afresh")
