@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.facray-installed
 
-.PHONY: demo test test-slow test-all bench install clean wheelhouse
+.PHONY: demo test test-slow test-all bench install clean wheelhouse dist
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/prepare.py
 	$(BIN)/python bench/train_binary.py
 	$(BIN)/python bench/label.py
+
+# facray's wheel alone, for cluster.yaml's file_mounts (README: On a cluster).
+dist: $(STAMP)
+	rm -rf dist build
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
 
 # Offline installs (README: On a cluster): facray and its dependencies as wheels for Python $(PY) on
 # Linux x86-64, files over 60 MB split; EXCLUDE=torch,torchvision leaves out what the target has;
