@@ -77,14 +77,14 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_train_binary(args: argparse.Namespace) -> int:
+    from facray import storage
     from facray.runners.train import train
-    from facray.runs import RunFolder
     from facray.training.configs import BinaryConfig
 
     cfg = _resolve(BinaryConfig, args)
     table = train(cfg)
     _print_table(table, "job", "best_epoch", "val_accuracy", "test_accuracy", "test_precision", "test_recall")
-    print(f"jobs in {RunFolder(cfg.out).jobs_dir}; MLflow: {_tracking_hint(cfg.tracking_uri, cfg.out)}")
+    print(f"jobs in {storage.join(cfg.out, 'jobs')}; MLflow: {_tracking_hint(cfg.tracking_uri, cfg.out)}")
     return 0
 
 
@@ -106,8 +106,8 @@ def run_distill(args: argparse.Namespace) -> int:
 
 def _train_one_network(cfg) -> int:
     """``facray train`` and ``facray distill``: train, print the per-attribute table and where it went."""
+    from facray import storage
     from facray.runners.train import train
-    from facray.runs import RunFolder
 
     record = train(cfg)
     _print_table(record["attributes"], "attribute", "threshold", "val_accuracy", "test_accuracy",
@@ -117,7 +117,7 @@ def _train_one_network(cfg) -> int:
           f"{record.get('mean_test_balanced_accuracy', float('nan')):.4f}, calibration error "
           f"{record.get('mean_test_ece', float('nan')):.4f} (raw {record.get('mean_test_ece_raw', float('nan')):.4f}), "
           f"best epoch {record['best_epoch']}")
-    print(f"model: {RunFolder(cfg.out).model_dir}; registered: {record.get('registered')}; "
+    print(f"model: {storage.join(cfg.out, 'model')}; registered: {record.get('registered')}; "
           f"MLflow: {_tracking_hint(cfg.tracking_uri, cfg.out)}")
     return 0
 

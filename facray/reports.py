@@ -31,7 +31,9 @@ from facray.predictors.calibration import reliability_curve
 from facray.predictors.networks import load_predictor
 from facray.prepared_eval import plot_reliability, raw_and_calibrated
 from facray.preflight import check_tracking_store
+from facray.run_data import split_settings
 from facray.runs import RunFolder
+from facray.staged_runs import run_folder
 from facray.tracking import resolve_tracking_uri, setup_mlflow
 from facray.training.combine import best_lr_records, choose_modalities
 from facray.training.configs import EvaluateConfig
@@ -144,9 +146,13 @@ def plot_accuracy(table: pd.DataFrame, bars: dict[str, str], path: Path, title: 
 
 
 def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
-    run = RunFolder(cfg.run)
+    """A training run's report (``facray evaluate --run RUN``) in ``RUN/report`` (or ``cfg.out``):
+    the table and where it is. A run on object storage is read from its local copy (pulled now),
+    and its report pushed back."""
+    run = run_folder(cfg.run)
+    run.pull()
     out = Path(cfg.out).resolve() if cfg.out else run.report_dir
-    splits = run.split_settings(cfg.prepared)  # checks the data is the version the run trained on
+    splits = split_settings(run, cfg.prepared)  # checks the data is the version the run trained on
     if cfg.log_mlflow:  # before the report is computed: the store answers, the experiment is usable
         check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, run.root),
                              cfg.experiment or ("facray-multitask" if run.is_multitask else "facray-abm"))
@@ -198,6 +204,7 @@ def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
                                     "test_identity_top5": record["identity"]["test_top5"]})
             for f in artifacts:
                 mlflow.log_artifact(str(out / f))
+    run.push()
     return full, out
 
 

@@ -27,19 +27,16 @@ A sweep (``facray sweep``) is a run folder too: ``run.json`` holds the sweep's s
 A worker's checkpoint uses the same layout for what it carries (``jobs/``, ``model/``,
 ``metrics.json``), so ``RunFolder(checkpoint_dir)`` reads it.
 
-The prepared data a run trained on is found through :meth:`RunFolder.prepared`: the location in
-``run.json`` (or one given explicitly, e.g. the same data at another path), checked against the
-shard version the run recorded, so a report is never computed on data re-prepared since.
+The prepared data a run trained on is found through :func:`facray.run_data.trained_on`.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from shlex import quote
 from pathlib import Path
 
-from facray.data.prepared import read_metadata
+from facray import storage
 from facray.predictors.format import MANIFEST
 
 
@@ -54,11 +51,30 @@ _TRAINED_OUTPUTS = ("jobs", "ray_results", "combined", "model", "metrics.json", 
 
 
 class RunFolder:
+    """A run folder at ``root`` on a filesystem every node reaches (local disk on one machine, NFS
+    on a cluster); for one on object storage see :func:`facray.staged_runs.run_folder`."""
+
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
 
     def __repr__(self) -> str:
-        return f"RunFolder({str(self.root)!r})"
+        return f"{type(self).__name__}({self.location!r})"
+
+    @property
+    def location(self) -> str:
+        """Where the run is, as the user names it (a path here; a URI for a run on object storage)."""
+        return str(self.root)
+
+    def pull(self) -> None:
+        """Bring a local copy up to date (nothing to do: this folder is where the run is)."""
+
+    def push(self) -> None:
+        """Send a local copy back (nothing to do: this folder is where the run is)."""
+
+    def ray_storage(self, name: str = "ray_results") -> tuple[str, object]:
+        """(``storage_path``, ``storage_filesystem``) for Ray Train's or Tune's ``RunConfig``:
+        ``<run>/<name>``, which every node must reach."""
+        return str(self.root / name), None
 
     # ---- layout ---------------------------------------------------------------------------------
     record_file = property(lambda self: self.root / "run.json")
@@ -135,60 +151,25 @@ class RunFolder:
     def write_config(self, text: str) -> None:
         self.config_file.write_text(text)
 
-    def prepared(self, override: str | None = None) -> str:
-        """The prepared data this run trained on: ``override`` (the same data elsewhere) or the
-        recorded location, verified against the shard version the run recorded."""
-        settings = self.settings()
-        location = override or settings["prepared"]
-        try:
-            version = read_metadata(location)["shards"]
-        except FileNotFoundError as e:
-            raise RunFolderError(f"{self.root} trained on {location}, which is gone ({e}); "
-                                 "pass --prepared with the same data's new location") from None
-        if version != settings["prepared_version"]:
-            raise RunFolderError(self._other_data(location, settings))
-        return location
-
-    def _other_data(self, location: str, settings: dict) -> str:
-        """Why ``location`` is not the data this run trained on: another dataset (its source
-        differs from the recorded data's) or the same one prepared again."""
-        meta = read_metadata(location)
-        try:
-            trained = read_metadata(settings["prepared"]) if settings["prepared"] != location else None
-        except FileNotFoundError:
-            trained = None
-        source = f"{meta.get('dataset', '?')} from {meta.get('root', '?')}"
-        if trained and (trained.get("dataset"), trained.get("root")) != (meta.get("dataset"), meta.get("root")):
-            return (f"{location} holds {source}, but {self.root} trained on {trained.get('dataset', '?')} from "
-                    f"{trained.get('root', '?')}: another dataset. To score this run on it: facray evaluate "
-                    f"--model {quote(str(self.root))} --dataset {quote(str(meta.get('root', location)))}")
-        return (f"{location} holds shards {meta['shards']} ({source}), but {self.root} trained on shards "
-                f"{settings['prepared_version']}: re-prepared since, or another dataset; a report on it would not "
-                f"describe this run. Pass --prepared with the data it trained on; to score the run on another "
-                f"dataset: facray evaluate --model {quote(str(self.root))} --dataset DIR")
-
-    def split_settings(self, prepared: str | None = None) -> dict:
-        """The run's split fields (train/val/test split, holdout, seed) with the verified prepared
-        location: what :meth:`facray.training.splits.SplitSpec.of` takes."""
-        return {**self.settings(), "prepared": self.prepared(prepared)}
-
     # ---- deterministic failures reported by workers ----------------------------------------------
     def write_failure(self, message: str, train_run: str = "") -> None:
         """A worker's one-line reason for a failure that a retry would repeat (a diverged loss, a
         missing file): it ends normally instead of raising into Ray Train's retries, and the driver
         reads this. ``train_run``: the Ray Train run's name, so runs side by side (``train-binary
         --mode separate``) keep theirs apart."""
-        self._failure_file(train_run).write_text(message)
+        storage.write_text(self._failure_note(train_run), message)
 
     def failure(self, train_run: str = "") -> str | None:
-        f = self._failure_file(train_run)
-        return f.read_text().strip() if f.is_file() else None
+        note = self._failure_note(train_run)
+        return storage.read_text(note).strip() if storage.is_file(note) else None
 
     def clear_failure(self, train_run: str = "") -> None:
-        self._failure_file(train_run).unlink(missing_ok=True)
+        storage.delete_file(self._failure_note(train_run))
 
-    def _failure_file(self, train_run: str) -> Path:
-        return self.failure_file.with_name(f"failure-{train_run}.txt") if train_run else self.failure_file
+    def _failure_note(self, train_run: str) -> str:
+        """Where every node reaches it: the worker writing it may be on any node."""
+        name = f"failure-{train_run}.txt" if train_run else self.failure_file.name
+        return storage.join(self.location, name)
 
     # ---- MLflow bookkeeping ---------------------------------------------------------------------
     def default_tracking_uri(self) -> str:

@@ -59,6 +59,12 @@ def path_inside(location: str) -> str:
     return parsed.path
 
 
+def staging_name(uri: str) -> str:
+    """A relative local path that names ``uri`` readably: ``s3://bucket/runs/x`` -> ``s3/bucket/runs/x``."""
+    parsed = urlparse(str(uri))
+    return os.path.join(parsed.scheme, parsed.netloc or "_", *[p for p in parsed.path.split("/") if p not in ("", ".", "..")])
+
+
 def join(location: str, *parts: str) -> str:
     """``location/part/...`` for paths and URIs alike."""
     text = str(location)
@@ -130,3 +136,42 @@ def list_files(location: str, suffixes: tuple[str, ...] = ()) -> list[str]:
         scheme = str(location).split("://", 1)[0]
         return sorted(f"{scheme}://{p}" for p in found)
     return sorted(found)
+
+
+def mirror(source: str, target: str, skip: frozenset[str] = frozenset()) -> int:
+    """Make the files under ``target`` those under ``source`` (paths or URIs, either way round):
+    copy each file ``target`` lacks, holds with another size, or holds older than ``source``'s,
+    and delete the files ``source`` lacks. Paths with a folder or file named in ``skip`` (at any
+    depth) are neither copied nor deleted. Returns the number of files copied.
+
+    Size and modification time decide what changed (no checksums: a run folder's files are
+    written whole and re-read in full anyway); a copy's time is when it was made, so it is never
+    older than its source and an unchanged file is not copied again."""
+    src_fs, src_root = filesystem(source)
+    dst_fs, dst_root = filesystem(target)
+    wanted, present = _tree(src_fs, src_root, skip), _tree(dst_fs, dst_root, skip)
+    copied = 0
+    for rel, info in wanted.items():
+        have = present.get(rel)
+        if have is not None and have.size == info.size and (have.mtime is None or info.mtime is None
+                                                            or have.mtime >= info.mtime):
+            continue
+        dst = f"{dst_root}/{rel}"
+        dst_fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+        pafs.copy_files(f"{src_root}/{rel}", dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
+        copied += 1
+    for rel in present.keys() - wanted.keys():
+        dst_fs.delete_file(f"{dst_root}/{rel}")
+    return copied
+
+
+def _tree(fs: pafs.FileSystem, root: str, skip: frozenset[str]) -> dict[str, pafs.FileInfo]:
+    """Relative path -> FileInfo of every file under ``root`` outside ``skip``."""
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return {}
+    found = {}
+    for entry in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        rel = entry.path[len(root):].lstrip("/")
+        if entry.type == pafs.FileType.File and not skip.intersection(rel.split("/")):
+            found[rel] = entry
+    return found

@@ -17,6 +17,7 @@ import mlflow
 import facray
 from facray.preflight import check_tracking_store, check_writable
 from facray.runs import RunFolder
+from facray.staged_runs import run_folder
 
 
 # The user's MLFLOW_TRACKING_URI, read once at import: mlflow.set_tracking_uri() writes that variable
@@ -30,7 +31,7 @@ def resolve_tracking_uri(explicit: str | None, out: str | Path) -> str:
         return explicit
     if _USER_TRACKING_URI:
         return _USER_TRACKING_URI
-    return RunFolder(out).default_tracking_uri()
+    return run_folder(out).default_tracking_uri()
 
 
 def check_training_run(cfg) -> None:

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from facray.run_data import split_settings, trained_on
 from facray.runs import RunFolder, RunFolderError
 
 
@@ -53,16 +54,16 @@ def test_claim_refuses_other_settings_naming_the_keys_and_overwrite_keeps_mlflow
 def test_prepared_is_verified_against_the_version_the_run_trained_on(tmp_path):
     prepared = _prepared(tmp_path / "prep")
     run = _run(tmp_path, prepared)
-    assert run.prepared() == str(prepared)
-    assert run.split_settings()["test_split"] == "val"
+    assert trained_on(run) == str(prepared)
+    assert split_settings(run)["test_split"] == "val"
     _prepared(prepared, shards="shards-b")  # re-prepared since the run trained
     with pytest.raises(RunFolderError, match="re-prepared since"):
-        run.prepared()
+        trained_on(run)
     moved = _prepared(tmp_path / "elsewhere", shards="shards-a")  # the same data, moved
-    assert run.split_settings(str(moved))["prepared"] == str(moved)
+    assert split_settings(run, str(moved))["prepared"] == str(moved)
     shutil.rmtree(prepared)
     with pytest.raises(RunFolderError, match="--prepared"):
-        run.prepared()
+        trained_on(run)
 
 
 def test_another_dataset_is_named_as_such_with_the_command_that_scores_on_it(tmp_path):
@@ -76,7 +77,7 @@ def test_another_dataset_is_named_as_such_with_the_command_that_scores_on_it(tmp
     (other / "prepared.json").write_text(json.dumps({"shards": "shards-m", "size": 32, "dataset": "mtfl",
                                                      "root": "/data/my mtfl"}))
     with pytest.raises(RunFolderError) as e:
-        run.prepared(str(other))
+        trained_on(run, str(other))
     message = str(e.value)
     assert "holds mtfl from /data/my mtfl, but" in message and "trained on celeba from /data/celeba" in message
     assert "another dataset" in message and "re-prepared" not in message

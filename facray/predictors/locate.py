@@ -1,5 +1,5 @@
 """Find a predictor, without torch: a predictor folder, a run folder (its ``facray train`` or
-``facray combine`` output) or an MLflow model URI (``models:/name@alias``, ``models:/name/3``,
+``facray combine`` output), either on object storage (``s3://...``), or an MLflow model URI (``models:/name@alias``, ``models:/name/3``,
 ``runs:/<id>/model``) -> the local folder and its checked :class:`~facray.predictors.format.Manifest`."""
 from __future__ import annotations
 
@@ -8,8 +8,28 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from facray import storage
 from facray.predictors.format import MANIFEST, WEIGHTS, Manifest, PredictorError
 from facray.runs import RunFolder, RunFolderError
+from facray.staged_runs import run_folder
+
+
+def from_object_storage(uri: str) -> Path | None:
+    """A predictor folder or run folder on object storage (``s3://``, ``gs://``, ``file://``...):
+    its local copy (a run folder: :meth:`RunFolder.at`'s copy, refreshed; a predictor folder: a
+    private temporary copy). None when ``uri`` is neither (an MLflow URI, or nothing there)."""
+    if "://" not in uri or not storage.is_uri(uri):
+        return None
+    if storage.is_file(storage.join(uri, MANIFEST)):
+        dest = Path(tempfile.mkdtemp(prefix="facray-model-"))
+        atexit.register(shutil.rmtree, dest, ignore_errors=True)
+        storage.mirror(uri, str(dest))
+        return dest
+    run = run_folder(uri)
+    if storage.is_file(storage.join(uri, run.record_file.name)):
+        run.pull()
+        return run.root
+    return None
 
 
 def is_model_uri(text: str) -> bool:
@@ -44,7 +64,7 @@ def locate_predictor(uri_or_path: str | Path) -> tuple[Path, Manifest]:
     Raises :class:`PredictorError` naming the file: no manifest, an unreadable one, an unknown
     format, missing keys, or no weights file."""
     text = str(uri_or_path)
-    path = resolve_uri(text) if is_model_uri(text) else Path(text)
+    path = from_object_storage(text) or (resolve_uri(text) if is_model_uri(text) else Path(text))
     if path.is_file() and path.name == MANIFEST:
         path = path.parent
     if not (path / MANIFEST).is_file():  # a run folder: its `facray train` / `facray combine` output

@@ -8,7 +8,7 @@ from typing import Callable, TypeVar
 import ray.train
 import torch.distributed as dist
 
-from facray.runs import RunFolder
+from facray.staged_runs import run_folder
 
 T = TypeVar("T")
 
@@ -34,7 +34,7 @@ def set_up_on_every_rank(out: str | Path, setup: Callable[[], T]) -> T | None:
 def failed_on_any_rank(out: str | Path, error: str) -> bool:
     """Every Ray Train worker calls this once after its setup, with its error line ("" when none).
     True when any rank failed: the first failure is written as the run's (rank 0 writes
-    :meth:`RunFolder.write_failure`; the driver raises it) and every rank should return, so no rank
+    :meth:`~facray.runs.RunFolder.write_failure`; the driver raises it) and every rank should return, so no rank
     waits for another in a collective and nothing is retried. One all-gather of short strings."""
     messages = [error]
     distributed = dist.is_available() and dist.is_initialized()
@@ -43,7 +43,7 @@ def failed_on_any_rank(out: str | Path, error: str) -> bool:
         dist.all_gather_object(messages, error)
     failed = [m for m in messages if m]
     if failed and (not distributed or dist.get_rank() == 0):
-        RunFolder(out).write_failure(failed[0], ray.train.get_context().get_experiment_name())
+        run_folder(out).write_failure(failed[0], ray.train.get_context().get_experiment_name())
     return bool(failed)
 
 

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
 
+from facray import storage
 from facray.config import config_to_dict, resolve_config
 from facray.runners.runtime import fit_in_thread, init_ray
 from facray.runners.train import train, with_data_mode
 from facray.runs import RunFolder
+from facray.staged_runs import run_folder
 from facray.tracking import flat_params, register_predictor, setup_mlflow
 from facray.training.combine import combine
 from facray.training.configs import CombineConfig, SweepConfig
@@ -56,13 +59,13 @@ def run_trial(config: dict, context: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    run = RunFolder(context["sweep_out"]).trial(tune.get_context().get_trial_name())
-    cfg = context["config_class"](**{**context["base"], **config, "out": str(run.root),
+    run = run_folder(context["sweep_out"]).trial(tune.get_context().get_trial_name())
+    cfg = context["config_class"](**{**context["base"], **config, "out": run.location,
                                      "tracking_uri": context["tracking_uri"], "experiment": context["experiment"]})
     result = train(cfg, (TuneReportCallback(),), context["parent_run_id"], register=False, trial=True)
     final = task_for(cfg).trial_result(result, run)
     # The trial's result: the best epoch's validation figures (the weights the run keeps).
-    tune.report({**final, "run_folder": str(run.root), "finished": 1})
+    tune.report({**final, "run_folder": run.location, "finished": 1})
 
 
 def _scheduler(space: SearchSpace, cfg: SweepConfig, max_t: int):
@@ -75,12 +78,27 @@ def _scheduler(space: SearchSpace, cfg: SweepConfig, max_t: int):
 
 
 def run_sweep(cfg: SweepConfig, overrides: dict | None = None) -> dict:
-    """Run (or resume) the sweep; return its summary (best trial, metric, registered model)."""
-    import ray.tune as tune
+    """Run (or resume) the sweep; return its summary (best trial, metric, registered model).
 
+    ``cfg.out`` on object storage (a URI): the Tune experiment and every trial's run folder live
+    there, so the trials may run on any node; their MLflow runs then need a store every node
+    reaches (``--tracking-uri``), checked here before Ray starts."""
     space = load_space(cfg.space)
     base = trial_config(space, cfg, overrides)
-    sweep = RunFolder(cfg.out)
+    sweep = run_folder(cfg.out)
+    if sweep.shared and not (cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise ValueError(f"--out {sweep.shared}: a sweep on object storage runs its trials on any node, and each "
+                         "logs to MLflow from there; pass --tracking-uri (an MLflow server every node reaches)")
+    sweep.pull()
+    try:
+        return _run_sweep(sweep, space, base, cfg)
+    finally:
+        sweep.push()
+
+
+def _run_sweep(sweep: RunFolder, space: SearchSpace, base, cfg: SweepConfig) -> dict:
+    import ray.tune as tune
+
     task = task_for(base)
     check_streamable(base.data, task.memory_only(base))
     rows = check_splits(SplitSpec.of(base))
@@ -94,14 +112,17 @@ def run_sweep(cfg: SweepConfig, overrides: dict | None = None) -> dict:
     uri = setup_mlflow(cfg.tracking_uri, sweep, cfg.experiment)
     parent = sweep.mlflow_run_id() or _open_parent(uri, cfg.experiment, f"sweep-{space.name}", settings)
     sweep.set_mlflow_run_id(parent)
-    experiment = sweep.tune_dir / SWEEP_EXPERIMENT
+    tune_path, tune_filesystem = sweep.ray_storage("tune")  # on the object storage for a sweep there
+    experiment = f"{tune_path}/{SWEEP_EXPERIMENT}"
     context = {"trainer": space.trainer, "config_class": space.config_class, "base": config_to_dict(base),
-               "sweep_out": str(sweep.root), "tracking_uri": uri, "experiment": cfg.experiment, "parent_run_id": parent}
+               "sweep_out": sweep.location, "tracking_uri": uri, "experiment": cfg.experiment, "parent_run_id": parent}
     # CPU 0.01: the trial function only waits; its Ray Train worker holds the trial's CPUs/GPUs.
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"CPU": 0.01})
-    if tune.Tuner.can_restore(str(experiment)):
-        print(f"resuming the sweep in {experiment} (finished trials are kept)", flush=True)
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+    if tune.Tuner.can_restore(experiment, storage_filesystem=tune_filesystem):
+        print(f"resuming the sweep in {storage.join(sweep.location, 'tune', SWEEP_EXPERIMENT)} (finished trials "
+              "are kept)", flush=True)
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=tune_filesystem)
     else:
         max_t = max(space.grid_values("epochs") or [getattr(base, "epochs", 1)]) + 1  # + the final report
         tuner = tune.Tuner(
@@ -109,7 +130,7 @@ def run_sweep(cfg: SweepConfig, overrides: dict | None = None) -> dict:
             tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=cfg.num_samples,
                                         max_concurrent_trials=cfg.max_concurrent,
                                         scheduler=_scheduler(space, cfg, max_t)),
-            run_config=tune.RunConfig(name=SWEEP_EXPERIMENT, storage_path=str(sweep.tune_dir),
+            run_config=tune.RunConfig(name=SWEEP_EXPERIMENT, storage_path=tune_path, storage_filesystem=tune_filesystem,
                                       failure_config=tune.FailureConfig(max_failures=1)))
     grid = fit_in_thread(tuner)  # Ctrl-C reaches facray's handler: one line, exit 130; Tune resumes
     table = results_table(grid, space)
@@ -154,9 +175,10 @@ def finish_sweep(sweep: RunFolder, space: SearchSpace, cfg: SweepConfig, table: 
     plot_metric(table, space, sweep.sweep_plot_file)
     finished = table[table.status == "finished"]
     if finished.empty:
-        raise RuntimeError(f"no trial finished; see {sweep.sweep_results_file} and {sweep.tune_dir}")
+        raise RuntimeError(f"no trial finished; see {sweep.sweep_results_file} and "
+                           f"{storage.join(sweep.location, 'tune')}")
     best = finished.iloc[0]
-    predictor = _best_predictor(RunFolder(best.run_folder), space, uri)
+    predictor = _best_predictor(run_folder(best.run_folder), space, uri)
     name = cfg.registered_name or f"facray-sweep-{space.name.replace('_', '-')}"
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=parent):
@@ -167,7 +189,8 @@ def finish_sweep(sweep: RunFolder, space: SearchSpace, cfg: SweepConfig, table: 
         registered = register_predictor(predictor, name)
     summary = {"metric": space.metric, "best_trial": best.trial, "best_config": {k: _plain(best[k]) for k in sorted(space.space)},
                space.metric: float(best[space.metric]), "run_folder": best.run_folder, "registered": registered,
-               "results": str(sweep.sweep_results_file), "plot": str(sweep.sweep_plot_file),
+               "results": storage.join(sweep.location, sweep.sweep_results_file.name),
+               "plot": storage.join(sweep.location, sweep.sweep_plot_file.name),
                "trials": {s: int(n) for s, n in table.status.value_counts().items()}}
     sweep.sweep_summary_file.write_text(json.dumps(summary, indent=1))
     return summary
@@ -176,8 +199,9 @@ def finish_sweep(sweep: RunFolder, space: SearchSpace, cfg: SweepConfig, table: 
 def _best_predictor(run: RunFolder, space: SearchSpace, uri: str) -> Path:
     """The best trial's predictor: a multi-task run's model, or a binary run combined now."""
     if space.trainer == "multitask":
+        run.pull()  # a trial on object storage: its local copy, on this node
         return run.model_dir
-    dest, _ = combine(CombineConfig(run=str(run.root), register=False, tracking_uri=uri))
+    dest, _ = combine(CombineConfig(run=run.location, register=False, tracking_uri=uri))
     return dest
 
 

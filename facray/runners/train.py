@@ -64,6 +64,14 @@ def train(cfg: TrainCommon, callbacks: tuple = (), parent_run_id: str | None = N
     check_streamable(cfg.data, task.memory_only(cfg))
     check_node_wait(cfg.node_wait)
     plan = task.plan(cfg)
+    try:
+        return _train_planned(task, cfg, plan, callbacks, parent_run_id, register, trial)
+    finally:  # a run on object storage: what this driver wrote goes back there, finished or not
+        plan.run.push()
+
+
+def _train_planned(task: Task, cfg: TrainCommon, plan: Plan, callbacks: tuple, parent_run_id: str | None,
+                   register: bool, trial: bool) -> Any:
     if plan.done is not None:
         print(plan.summary, flush=True)
         return plan.done
@@ -138,7 +146,7 @@ def scaling(cfg: TrainCommon, num_workers: int) -> ray.train.ScalingConfig:
 def fit_on_ray(task: Task, cfg: TrainCommon, plan: Plan, callbacks: tuple = (),
                node_wait: float | None = None) -> ray.train.Result:
     """One Ray Train run of ``plan``: ``len(plan.ranks)`` workers, named ``plan.train_run``
-    (storage: the run folder's ``ray_results/``; a re-run of the same name resumes from its latest
+    (storage: the run folder's ``ray_results/``, on its object storage for a run there; a re-run of the same name resumes from its latest
     checkpoint), ``cfg.max_failures`` restarts for lost workers and nodes, each from the latest
     checkpoint. A failure a retry would repeat, which a worker wrote with
     :meth:`RunFolder.write_failure` and then returned, is raised here as :class:`TrainingFailed`.
@@ -152,12 +160,13 @@ def fit_on_ray(task: Task, cfg: TrainCommon, plan: Plan, callbacks: tuple = (),
         datasets = {"datasets": split_datasets(SplitSpec.of(cfg), task.stream_columns(cfg)),
                     "dataset_config": ray.train.DataConfig(
                         datasets_to_split=["train"] if task.split_train_stream else [])}
+    storage_path, storage_filesystem = plan.run.ray_storage()  # on object storage for a run there
     trainer = TorchTrainer(
         train_per_worker,
         train_loop_config={"task": task.name, "cfg": config_to_dict(cfg), "plan": plan, "verbose": verbose()},
         scaling_config=scaling(cfg, len(plan.ranks)),
         run_config=ray.train.RunConfig(
-            name=plan.train_run, storage_path=str(plan.run.ray_results_dir),
+            name=plan.train_run, storage_path=storage_path, storage_filesystem=storage_filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[*callbacks, *node_wait_callback(node_wait)], logging_config=train_logging_config()),
@@ -189,13 +198,14 @@ def run_separate(task: Task, cfg: TrainCommon, plan: Plan) -> None:
     from ray import tune
 
     jobs = [job for share in plan.ranks for job in share]
+    storage_path, storage_filesystem = plan.run.ray_storage()
     tuner = tune.Tuner(
         tune.with_resources(_separate_trial, {"CPU": 0.01}),
         param_space={"task": task.name, "cfg": config_to_dict(cfg), "plan": replace(plan, ranks=[]),
                      "job": tune.grid_search(jobs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent),
-        run_config=tune.RunConfig(name=f"separate-{int(time.time())}",
-                                  storage_path=str(plan.run.ray_results_dir), verbose=0))
+        run_config=tune.RunConfig(name=f"separate-{int(time.time())}", storage_path=storage_path,
+                                  storage_filesystem=storage_filesystem, verbose=0))
     grid = fit_in_thread(tuner)  # Ctrl-C reaches facray's one handler (see facray.runners.runtime)
     errors = [str(r.error) for r in grid if r.error]
     if errors:

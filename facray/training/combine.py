@@ -19,7 +19,9 @@ from facray.predictors.calibration import calibration_record
 from facray.predictors.format import Manifest, set_thresholds
 from facray.predictors.networks import load_predictor, write_predictor
 from facray.preflight import check_tracking_store
+from facray.run_data import split_settings
 from facray.runs import RunFolder
+from facray.staged_runs import run_folder
 from facray.tracking import register_predictor, resolve_tracking_uri, setup_mlflow
 from facray.training.configs import CombineConfig
 from facray.training.metrics import fit_decisions
@@ -66,15 +68,17 @@ def choose_modalities(records: list[dict]) -> pd.DataFrame:
 
 
 def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
-    """Write the combined predictor; register it when asked. Returns (folder, model URI or None)."""
-    run = RunFolder(cfg.run)
+    """Write the combined predictor; register it when asked. Returns (folder, model URI or None).
+    A run on object storage (``--run s3://...``) is combined in its local copy, then pushed back."""
+    run = run_folder(cfg.run)
+    run.pull()
     if cfg.register:  # before any work: the store answers and the experiment is usable
         check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, run.root), cfg.experiment)
     dest = Path(cfg.out).resolve() if cfg.out else run.combined_dir
     table = choose_modalities(run.job_records())
     for line in run.diverged_jobs():  # no weights: the other modality (if any) is the choice
         print(f"left out (diverged): {line}", flush=True)
-    splits = run.split_settings(cfg.prepared)
+    splits = split_settings(run, cfg.prepared)
     prepared_meta = read_metadata(splits["prepared"])
     weights, choices, image_size = {}, [], None
     for _, row in table.iterrows():
@@ -100,6 +104,7 @@ def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
     table.drop(columns=[c for c in table if c.endswith("_dir") or c in ("real_lr", "sketch_lr")]).to_csv(
         dest / "choices.csv", index=False)
     uri = register_combined(dest, cfg, run) if cfg.register else None
+    run.push()
     return dest, uri
 
 

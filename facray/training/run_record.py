@@ -14,9 +14,11 @@ import json
 import math
 from pathlib import Path
 
+from facray import storage
 from facray.config import config_text, config_to_dict
 from facray.data.prepared import read_metadata
 from facray.runs import RunFolder
+from facray.staged_runs import run_folder
 from facray.training.configs import NON_WEIGHT_KEYS
 
 
@@ -43,12 +45,13 @@ def divergence(epoch: int, loss: float, val_loss: float, lr: float) -> str | Non
 
 def inject_failure_once(out: str | Path, fail_at_epoch: int, epoch: int) -> None:
     """Testing aid (``--fail-at-epoch``): raise once, at the start of that epoch; a marker file in
-    ``out`` remembers, so the restarted worker goes on."""
+    ``out`` (on its object storage for a run there: the restarted worker may be on another node)
+    remembers, so the restarted worker goes on."""
     if fail_at_epoch and epoch == fail_at_epoch:
-        marker = RunFolder(out).failure_marker
-        if not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(f"failed at epoch {epoch}\n")
+        run = run_folder(out)
+        marker = storage.join(run.location, run.failure_marker.name)
+        if not storage.exists(marker):
+            storage.write_text(marker, f"failed at epoch {epoch}\n")
             raise RuntimeError(f"injected failure at the start of epoch {epoch} (fail_at_epoch)")
 
 
@@ -73,8 +76,10 @@ def claim_run(cfg, inputs: dict | None = None) -> tuple[RunFolder, str]:
     """Check ``cfg.out`` against ``cfg``'s settings, record them and the config; return the run
     folder and the settings hash (see :meth:`facray.runs.RunFolder.claim`). ``inputs``: more
     that decides the weights beyond the config (a distillation teacher's weights and calibration
-    digests: the same path may hold another teacher later)."""
-    run = RunFolder(cfg.out)
+    digests: the same path may hold another teacher later). A run on object storage is pulled into
+    its local copy first (:meth:`RunFolder.at`); :func:`facray.runners.train.train` pushes it back."""
+    run = run_folder(cfg.out)
+    run.pull()
     settings = {**run_settings(cfg, read_metadata(cfg.prepared)["shards"]), **(inputs or {})}
     digest = settings_hash(settings)
     run.claim(settings, digest, cfg.overwrite)

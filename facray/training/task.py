@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from facray.runs import RunFolder
+from facray.staged_runs import run_folder
 from facray.training.configs import TrainCommon
 from facray.training.run_record import TrainingDiverged, inject_failure_once
 
@@ -107,7 +108,7 @@ def train_epochs(work: RankTraining, rank: int, out: str | Path, train_run: str,
             record = work.fit_epoch()
         except TrainingDiverged as e:  # every rank stops at the same epoch (check_finite)
             if rank == 0:
-                RunFolder(out).write_failure(str(e), train_run)
+                run_folder(out).write_failure(str(e), train_run)
             return
         last = work.is_last()
         record.update(epoch_seconds=time.perf_counter() - start, resumed_from_epoch=resumed_from)

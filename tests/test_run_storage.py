@@ -1,0 +1,122 @@
+"""Run folders on object storage (``--out s3://...``), without S3: ``file://`` URIs take the same
+path through pyarrow (the S3 server and three nodes are in tests/test_multinode.py)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import pyarrow.fs as pafs
+import pytest
+
+from facray import storage
+from facray.runs import RunFolder
+from facray.staged_runs import run_folder
+
+
+def _write(path, text="x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_mirror_copies_what_changed_deletes_what_is_gone_and_leaves_skipped_paths(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _write(src / "run.json", "{}")
+    _write(src / "jobs/a/model.pt", "weights")
+    _write(src / "jobs/a/ray_results/ckpt", "skipped at any depth")
+    _write(dst / "stale.txt")
+    _write(dst / "ray_results/keep", "not ours to delete")
+    assert storage.mirror(str(src), f"file://{dst}", skip=frozenset({"ray_results"})) == 2
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()) == [
+        "jobs/a/model.pt", "ray_results/keep", "run.json"]
+    assert storage.mirror(str(src), str(dst), skip=frozenset({"ray_results"})) == 0  # nothing changed
+    _write(src / "run.json", '{"changed": 1}')
+    os.utime(src / "run.json", (2e9, 2e9))  # newer than the copy
+    assert storage.mirror(str(src), str(dst)) >= 1 and (dst / "run.json").read_text() == '{"changed": 1}'
+    assert storage.mirror(str(tmp_path / "missing"), str(dst)) == 0 and not list(dst.rglob("*.*"))
+
+
+def test_a_uri_run_folder_is_a_local_copy_with_shared_parts_on_the_storage(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACRAY_STAGING", str(tmp_path / "staging"))
+    remote = tmp_path / "bucket/runs/x"
+    run = run_folder(f"file://{remote}")
+    assert run.location == f"file://{remote}" and run.root == tmp_path / "staging" / "file" / "_" / str(remote)[1:]
+    assert type(run_folder(str(tmp_path / "plain"))) is RunFolder
+
+    path, fs = run.ray_storage()  # Ray Train's storage is on the bucket, never in the local copy
+    assert path == f"{remote}/ray_results" and isinstance(fs, pafs.LocalFileSystem)
+    assert run.ray_storage("tune")[0] == f"{remote}/tune"
+    trial = run.trial("t1")
+    assert trial.location == f"file://{remote}/trials/t1" and trial.root == run.trials_dir / "t1"
+
+    # A worker on any node writes its failure note where the driver reads it: on the storage.
+    run.write_failure("ValueError: bad", "train-x")
+    assert (remote / "failure-train-x.txt").read_text() == "ValueError: bad" and not run.root.exists()
+    assert run.failure("train-x") == "ValueError: bad"
+    run.clear_failure("train-x")
+    assert run.failure("train-x") is None
+
+    run.claim({"a": 1}, "h1")
+    _write(run.jobs_dir / "Smiling__real/metrics.json", "{}")
+    run.push()
+    assert json.loads((remote / "run.json").read_text())["settings"] == {"a": 1}
+    _write(remote / "ray_results/train-x/checkpoint", "on the storage only")
+    _write(remote / "trials/t1/run.json", "a trial pushes its own")
+
+    # Another driver (or this one after its copy was lost) sees the same run; a re-claim with
+    # other settings is refused, --overwrite clears the storage's checkpoints too.
+    other = run_folder(f"file://{remote}/")
+    other.root.joinpath("leftover.txt").write_text("not on the storage")
+    other.pull()
+    assert (other.jobs_dir / "Smiling__real/metrics.json").is_file() and not other.ray_results_dir.exists()
+    assert not (other.root / "leftover.txt").exists() and not (other.root / "trials").exists()
+    with pytest.raises(ValueError, match="other settings"):
+        other.claim({"a": 2}, "h2")
+    other.claim({"a": 2}, "h2", overwrite=True)
+    other.push()
+    assert not (remote / "ray_results").exists() and not [p for p in (remote / "jobs").rglob("*") if p.is_file()]
+    assert (remote / "trials/t1/run.json").is_file()  # never the sweep driver's to delete
+
+
+def test_staging_name_is_readable_and_stays_inside_the_staging_root():
+    assert storage.staging_name("s3://bucket/runs/x/") == os.path.join("s3", "bucket", "runs", "x")
+    assert ".." not in storage.staging_name("s3://bucket/../../etc")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(420)
+def test_train_binary_combine_and_label_a_run_on_object_storage(ray_session, prepared_small, tmp_path,
+                                                                monkeypatch):
+    """train-binary into a URI, then combine, evaluate and locate the predictor from it, each from a
+    fresh local copy (as on another machine): nothing is read from the first driver's copy."""
+    from facray.predictors.locate import locate_predictor
+    from facray.reports import evaluate_run
+    from facray.runners.train import train
+    from facray.training.combine import combine
+    from facray.training.configs import BinaryConfig, CombineConfig, EvaluateConfig
+
+    monkeypatch.setenv("FACRAY_STAGING", str(tmp_path / "driver1"))
+    remote = tmp_path / "bucket/runs/abm"
+    uri = f"file://{remote}"
+    cfg = BinaryConfig(prepared=str(prepared_small), out=uri, attributes="Smiling", modalities=("real",), epochs=2,
+                       batch_size=16, image_size=32, cpus_per_worker=0.5, num_workers=1)
+    table = train(cfg)
+    assert list(table.job) == ["Smiling__real"]
+    assert (remote / "run.json").is_file() and (remote / "jobs/Smiling__real/model.pt").is_file()
+    assert (remote / "mlflow.db").is_file()  # the default MLflow store travels with the run
+    checkpoints = [p for p in (remote / "ray_results").rglob("checkpoint_*") if p.is_dir()]
+    assert checkpoints, "Ray Train's checkpoints are on the storage"
+    assert not any((tmp_path / "driver1").rglob("checkpoint_*"))
+
+    monkeypatch.setenv("FACRAY_STAGING", str(tmp_path / "driver2"))
+    assert train(cfg).equals(table)  # already trained: found on the storage, nothing retrained
+    dest, _ = combine(CombineConfig(run=uri, register=False))
+    assert (remote / "combined/manifest.json").is_file() and dest.is_relative_to(tmp_path / "driver2")
+    report, _ = evaluate_run(EvaluateConfig(run=uri))
+    assert (remote / "report/report.csv").is_file() and report.attribute.iloc[0] == "Smiling"
+
+    monkeypatch.setenv("FACRAY_STAGING", str(tmp_path / "labeller"))
+    path, manifest = locate_predictor(uri)
+    assert path.is_relative_to(tmp_path / "labeller") and [a["attribute"] for a in manifest.attributes] == ["Smiling"]
+    with pytest.raises(ValueError, match="other settings"):
+        train(replace(cfg, epochs=3))
