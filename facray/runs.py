@@ -71,6 +71,12 @@ class RunFolder:
     def push(self) -> None:
         """Send a local copy back (nothing to do: this folder is where the run is)."""
 
+    def send_jobs(self, keys: list[str]) -> None:
+        """A Tune trial's finished jobs, to where the driver reads them (nothing to do here)."""
+
+    def fetch_jobs(self) -> None:
+        """The jobs trials sent (:meth:`send_jobs`), into this folder (nothing to do here)."""
+
     def ray_storage(self, name: str = "ray_results") -> tuple[str, object]:
         """(``storage_path``, ``storage_filesystem``) for Ray Train's or Tune's ``RunConfig``:
         ``<run>/<name>``, which every node must reach."""

@@ -18,15 +18,18 @@ every file facray writes is written whole.
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
 
 from facray import storage
 from facray.runs import RunFolder
 
-# On the object storage only (never copied to the local copy): Ray Train's and Tune's storage,
-# which Ray reads and writes there itself, and a sweep's trials, which their trials push.
-_REMOTE_ONLY = frozenset({"ray_results", "tune"})
+# On the object storage only, never in the local copy (so a push, which makes the bucket the
+# copy's, leaves them): what Ray and the workers write there themselves while a command runs (Ray
+# Train's and Tune's storage, failure notes, the --fail-at-epoch marker)...
+_REMOTE_ONLY = frozenset({"ray_results", "tune", "failure*.txt", ".injected_failure"})
+# ...and a sweep's trials, run folders of their own that each trial pulls and pushes.
 _NOT_MIRRORED = _REMOTE_ONLY | {"trials"}
 
 
@@ -57,14 +60,23 @@ class StagedRunFolder(RunFolder):
 
     def pull(self) -> None:
         """Make the local copy the bucket's: files the bucket lacks are removed from it, so a copy
-        never mixes two runs (``trials/``, ``ray_results/`` and ``tune/`` are not copied)."""
+        never mixes two runs (what only the bucket holds, and ``trials/``, are not copied)."""
         self.root.mkdir(parents=True, exist_ok=True)
         storage.mirror(self.uri, str(self.root), skip=_NOT_MIRRORED)
 
     def push(self) -> None:
-        """Make the bucket the local copy's (leaving ``ray_results/``, ``tune/`` and ``trials/``)."""
+        """Make the bucket the local copy's (leaving what only the bucket holds, and ``trials/``)."""
         if self.root.is_dir():
             storage.mirror(str(self.root), self.uri, skip=_NOT_MIRRORED)
+
+    def send_jobs(self, keys: list[str]) -> None:
+        """From a ``train-binary --mode separate`` trial, on any node: its jobs straight to the bucket
+        (a push from there would make the bucket that node's partial copy)."""
+        for key in keys:
+            storage.mirror(str(self.job_dir(key)), storage.join(self.uri, "jobs", key))
+
+    def fetch_jobs(self) -> None:
+        storage.mirror(storage.join(self.uri, "jobs"), str(self.jobs_dir))
 
     def ray_storage(self, name: str = "ray_results") -> tuple[str, object]:
         fs, path = storage.filesystem(storage.join(self.uri, name))
@@ -77,8 +89,9 @@ class StagedRunFolder(RunFolder):
     def claim(self, settings: dict, digest: str, overwrite: bool = False) -> None:
         super().claim(settings, digest, overwrite)
         if overwrite:  # the parts only the bucket holds; push() replaces the rest
-            for name in _REMOTE_ONLY:
+            for name in ("ray_results", "tune"):
                 storage.delete_dir(storage.join(self.uri, name))
             for note in storage.list_files(self.uri):
-                if note.rsplit("/", 1)[-1].startswith("failure"):
+                name = note.rsplit("/", 1)[-1]
+                if name == self.failure_marker.name or fnmatch.fnmatchcase(name, "failure*.txt"):
                     storage.delete_file(note)

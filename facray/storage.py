@@ -11,6 +11,7 @@ variables or files.
 """
 from __future__ import annotations
 
+import fnmatch
 import functools
 import os
 from urllib.parse import urlparse
@@ -141,8 +142,9 @@ def list_files(location: str, suffixes: tuple[str, ...] = ()) -> list[str]:
 def mirror(source: str, target: str, skip: frozenset[str] = frozenset()) -> int:
     """Make the files under ``target`` those under ``source`` (paths or URIs, either way round):
     copy each file ``target`` lacks, holds with another size, or holds older than ``source``'s,
-    and delete the files ``source`` lacks. Paths with a folder or file named in ``skip`` (at any
-    depth) are neither copied nor deleted. Returns the number of files copied.
+    and delete the files ``source`` lacks. Paths with a folder or file whose name matches a pattern
+    in ``skip`` (``fnmatch``, at any depth) are neither copied nor deleted. Returns the number of
+    files copied.
 
     Size and modification time decide what changed (no checksums: a run folder's files are
     written whole and re-read in full anyway); a copy's time is when it was made, so it is never
@@ -172,6 +174,7 @@ def _tree(fs: pafs.FileSystem, root: str, skip: frozenset[str]) -> dict[str, paf
     found = {}
     for entry in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
         rel = entry.path[len(root):].lstrip("/")
-        if entry.type == pafs.FileType.File and not skip.intersection(rel.split("/")):
+        if entry.type == pafs.FileType.File and not any(fnmatch.fnmatchcase(part, pattern)
+                                                         for part in rel.split("/") for pattern in skip):
             found[rel] = entry
     return found

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from facray import storage
 from facray.attributes import ATTRIBUTES
 from facray.data.pipeline import PrepareConfig
 from facray.data.synth import write_synthetic_celeba, write_unlabelled_faces
@@ -21,6 +22,7 @@ from facray.predictors.networks import write_predictor
 from facray.runners.prepare import prepare
 from facray.runners.train import train
 from facray.runs import RunFolder
+from facray.staged_runs import staging_root
 from facray.training.configs import (BinaryConfig, CombineConfig, DistillConfig, EnsembleConfig, EvaluateConfig,
                                      MultitaskConfig, SweepConfig)
 
@@ -64,7 +66,7 @@ def smoke_settings(cfg) -> dict:
     if isinstance(cfg, PrepareConfig):
         settings["root"] = str(Path(cfg.out).resolve() / "smoke_data")
     elif isinstance(cfg, (BinaryConfig, MultitaskConfig)):
-        settings["prepared"] = str(Path(cfg.out).resolve() / "smoke_prepared")
+        settings["prepared"] = str(local_base(cfg.out) / "smoke_prepared")
         if isinstance(cfg, DistillConfig):  # the teacher's data: a smoke train run beside the output
             base = Path(cfg.out).resolve().parent
             settings.update(teacher=str(base / "smoke_multitask"), prepared=str(base / "smoke_prepared"))
@@ -81,9 +83,18 @@ def smoke_settings(cfg) -> dict:
     return settings
 
 
+def local_base(out: str) -> Path:
+    """Where the smoke inputs of a command writing ``out`` go: ``out`` itself, or for a URI
+    (``s3://...``) a folder under the staging root, never inside a run's local copy (which a
+    pull makes the bucket's again)."""
+    if storage.is_uri(out):
+        return staging_root() / "smoke-inputs" / storage.staging_name(out)
+    return Path(out).resolve()
+
+
 def smoke_trial(sweep: SweepConfig) -> dict:
     """A smoke sweep's settings for every trial: a tiny model on a tiny prepared set."""
-    prepared = smoke_prepared(Path(sweep.out).resolve().parent / "smoke_prepared")
+    prepared = smoke_prepared(local_base(sweep.out).parent / "smoke_prepared")
     return {**SweepConfig.SMOKE_TRIAL, "prepared": str(prepared)}
 
 

@@ -11,6 +11,7 @@ Cluster``); separate ``ray start`` processes are what ``ray up`` runs.
 from __future__ import annotations
 
 import os
+import json
 import re
 import shutil
 import signal
@@ -158,12 +159,14 @@ class LocalCluster:
         node.alive = False
         return kill_processes_of(node.temp_dir, *node.marks)
 
-    def submit(self, *entrypoint: str, attempts: int = 20) -> str:
-        """``ray job submit --working-dir . -- entrypoint``; the job id."""
+    def submit(self, *entrypoint: str, attempts: int = 20, env_vars: dict | None = None) -> str:
+        """``ray job submit --working-dir . -- entrypoint``; the job id. ``env_vars``: the job's
+        runtime environment variables (its driver's and every worker's, on every node)."""
         found = None
+        runtime_env = ["--runtime-env-json", json.dumps({"env_vars": env_vars})] if env_vars else []
         for _ in range(attempts):  # the job agent needs a few seconds after `ray start`
             submitted = ray_cli("job", "submit", "--address", self.address, "--working-dir", ".", "--no-wait",
-                                "--", *entrypoint, env=self.env, check=False)
+                                *runtime_env, "--", *entrypoint, env=self.env, check=False)
             found = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr)
             if submitted.returncode == 0 and found:
                 break
@@ -200,8 +203,8 @@ class LocalCluster:
             time.sleep(2)
         return status, self.logs(job_id)
 
-    def run(self, *entrypoint: str, seconds: float = 300) -> str:
+    def run(self, *entrypoint: str, seconds: float = 300, env_vars: dict | None = None) -> str:
         """Submit, wait, and assert it succeeded; its logs."""
-        status, logs = self.wait(self.submit(*entrypoint), seconds)
+        status, logs = self.wait(self.submit(*entrypoint, env_vars=env_vars), seconds)
         assert re.search(r"succeeded", status, re.IGNORECASE), f"{' '.join(entrypoint)}: {status}\n{logs[-4000:]}"
         return logs

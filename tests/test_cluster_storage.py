@@ -7,81 +7,33 @@ through `models:/...@newest`. It runs in a subprocess so the Ray it starts sees 
 """
 from __future__ import annotations
 
-import io
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.servers import mlflow_server as mlflow_server_at
+from tests.servers import moto_s3, s3_listing, s3_read
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]  # ~90 s: S3 + MLflow server
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "facray-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, proc: subprocess.Popen, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{what} did not answer {url} within {seconds:.0f}s")
-
-
 @pytest.fixture
-def s3_env(tmp_path):
-    """A moto S3 server on 127.0.0.1 with one bucket; the AWS variables that point at it."""
-    pytest.importorskip("moto.server")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true"}
-    try:
-        _wait_for(f"http://127.0.0.1:{port}/moto-api/", proc, 60, "moto server")
-        import pyarrow.fs as pafs
-        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key="testing",
-                          secret_key="testing", region="us-east-1", allow_bucket_creation=True).create_dir(BUCKET)
+def s3_env():
+    with moto_s3(BUCKET) as env:
         yield env
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    """`mlflow server` on 127.0.0.1: SQLite backend, artifacts in a folder of its own."""
-    port = _free_port()
-    root = tmp_path / "mlflow_server"
-    root.mkdir()
-    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
-    proc = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                             "--artifacts-destination", str(root / "artifacts")],
-                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(f"http://127.0.0.1:{port}/health", proc, 120, "mlflow server")
-        yield f"http://127.0.0.1:{port}", root
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with mlflow_server_at(tmp_path / "mlflow_server") as uri:
+        yield uri, tmp_path / "mlflow_server"
 
 
 DRIVER = textwrap.dedent('''
@@ -136,16 +88,11 @@ def test_prepare_train_register_label_through_s3_and_an_mlflow_server(s3_env, ml
     assert "labelled 4 new image(s)" in done.stdout
 
     # What landed where: shards and metadata on S3, the model in the server's artifact folder.
-    import pyarrow.fs as pafs
-    port = s3_env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]
-    fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key="testing",
-                           secret_key="testing", region="us-east-1")
-    listing = [i.path for i in fs.get_file_info(pafs.FileSelector(BUCKET, recursive=True))]
+    listing = s3_listing(s3_env, BUCKET)
     assert f"{BUCKET}/prepared/prepared.json" in listing
     assert any(p.startswith(f"{BUCKET}/prepared/shards-") and p.endswith(".parquet") for p in listing)
     assert list((server_root / "artifacts").rglob("manifest.json")), "model artifacts not on the server"
-    with fs.open_input_stream(f"{BUCKET}/out/labels.csv") as f:
-        rows = pd.read_csv(io.BytesIO(f.read()), keep_default_na=False, na_values=[""])
+    rows = pd.read_csv(s3_read(s3_env, f"{BUCKET}/out/labels.csv"), keep_default_na=False, na_values=[""])
     assert len(rows) == 4 and rows.path.str.startswith(f"s3://{BUCKET}/images/").all()
     broken = rows[rows.path.str.endswith("broken.jpg")].iloc[0]
     assert "not an image" in broken.error and pd.isna(broken.Smiling_prob)

@@ -24,6 +24,7 @@ import pytest
 
 from facray.data.synth import write_synthetic_celeba, write_unlabelled_faces
 from tests.ray_cluster import LocalCluster, cluster_env, ray_cli
+from tests.servers import mlflow_server, moto_s3, s3_listing, s3_read
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -169,6 +170,52 @@ def _listed(cluster, what: str) -> list[dict]:
     out = ray_cli("list", what, "--address", cluster.c.address, "--detail", "--format", "json", "--limit", "10000",
                   env=cluster.c.env).stdout
     return json.loads(out[out.index("["):])
+
+
+def test_runs_on_object_storage_with_no_folder_the_nodes_share(cluster):
+    """The cloud setup: the nodes share only a bucket (an S3 server here). Data, runs, checkpoints
+    and labels live there; each command's driver works in a local copy of its own (another
+    FACRAY_STAGING per command, as if on another machine), so a command finds a run only
+    through the bucket. The multi-task run loses a worker at epoch 2 and resumes from the
+    checkpoint on the bucket; the sweep's trials, on any node, write their run folders there."""
+    bucket, work = "facray-runs", cluster.work / "object_storage"
+    with moto_s3(bucket) as s3, mlflow_server(work / "mlflow") as tracking:
+        def run(staging: str, *command: str) -> str:
+            return cluster.c.run(*command, env_vars={**s3, "FACRAY_STAGING": str(work / staging)})
+
+        root = write_synthetic_celeba(work / "celeba", n=120, seed=4)
+        prepared = f"s3://{bucket}/prepared"
+        run("driver-1", "python", "jobs/prepare.py", "--root", str(root), "--out", prepared, "--size", "32",
+            "--augment", "1", "--num-actors", "1", "--cpus-per-actor", "0.5")
+        logs = run("driver-1", "python", "jobs/train.py", *TRAIN, "--prepared", prepared, "--epochs", "3",
+                   "--batch-size", "8", "--num-workers", "2", "--placement", "spread", "--fail-at-epoch", "2",
+                   "--out", f"s3://{bucket}/runs/mt")
+        assert "resuming from the checkpoint after epoch 1" in logs and _epoch_lines(logs)[-1] == 3, logs[-3000:]
+        listing = s3_listing(s3, bucket)
+        for name in ("run.json", "metrics.json", "model/manifest.json", "mlflow.db", ".injected_failure"):
+            assert f"{bucket}/runs/mt/{name}" in listing, name
+        assert any("/runs/mt/ray_results/" in p and "/checkpoint_" in p for p in listing)
+        assert not list(work.rglob("checkpoint_*")), "checkpoints go to the bucket, never a local copy"
+
+        run("driver-1", "python", "jobs/train_binary.py", *BINARY, "--prepared", prepared, "--epochs", "1",
+            "--num-workers", "2", "--placement", "spread", "--out", f"s3://{bucket}/runs/abm")
+        run("driver-2", "python", "jobs/combine.py", "--run", f"s3://{bucket}/runs/abm")
+        faces = write_unlabelled_faces(work / "faces", n=12, seed=6, sizes=(96,), formats=("png",))
+        run("driver-3", "python", "jobs/label.py", "--images", str(work / "faces"), "--model",
+            f"s3://{bucket}/runs/abm", "--out", f"s3://{bucket}/labels.csv", "--batch-size", "8")
+        rows = pd.read_csv(s3_read(s3, f"{bucket}/labels.csv"))
+        assert len(rows) == len(faces) and rows.Smiling_prob.between(0, 1).all() and rows.Male_prob.notna().all()
+        assert f"{bucket}/runs/abm/combined/manifest.json" in s3_listing(s3, bucket)
+
+        logs = run("driver-1", "python", "jobs/sweep.py", "--space", "tune_spaces.smoke_multitask", "--cpus-per-trial",
+                   "0.5", "--max-concurrent", "2", "--out", f"s3://{bucket}/runs/sweep", "--tracking-uri", tracking,
+                   f"prepared={prepared}", "model=abm-trunk-tiny", "image_size=32", "batch_size=16")
+        listing = s3_listing(s3, f"{bucket}/runs/sweep")
+        trials = {p.split("/trials/")[1].split("/")[0] for p in listing if "/trials/" in p}
+        results = pd.read_csv(s3_read(s3, f"{bucket}/runs/sweep/sweep_results.csv"))
+        assert len(results) == len(trials) >= 2 and "best trial" in logs, logs[-3000:]
+        assert results.run_folder.str.startswith(f"s3://{bucket}/runs/sweep/trials/").all()
+        assert any("/runs/sweep/tune/" in p for p in listing)
 
 
 def _lose_a_node_while(cluster, job: str, until: str, replace: bool = True):

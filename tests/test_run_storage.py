@@ -58,8 +58,10 @@ def test_a_uri_run_folder_is_a_local_copy_with_shared_parts_on_the_storage(tmp_p
 
     run.claim({"a": 1}, "h1")
     _write(run.jobs_dir / "Smiling__real/metrics.json", "{}")
+    run.write_failure("a worker's note", "train-y")
     run.push()
     assert json.loads((remote / "run.json").read_text())["settings"] == {"a": 1}
+    assert run.failure("train-y") == "a worker's note"  # a push leaves what only the bucket holds
     _write(remote / "ray_results/train-x/checkpoint", "on the storage only")
     _write(remote / "trials/t1/run.json", "a trial pushes its own")
 
@@ -75,6 +77,7 @@ def test_a_uri_run_folder_is_a_local_copy_with_shared_parts_on_the_storage(tmp_p
     other.claim({"a": 2}, "h2", overwrite=True)
     other.push()
     assert not (remote / "ray_results").exists() and not [p for p in (remote / "jobs").rglob("*") if p.is_file()]
+    assert other.failure("train-y") is None
     assert (remote / "trials/t1/run.json").is_file()  # never the sweep driver's to delete
 
 
@@ -120,3 +123,22 @@ def test_train_binary_combine_and_label_a_run_on_object_storage(ray_session, pre
     assert path.is_relative_to(tmp_path / "labeller") and [a["attribute"] for a in manifest.attributes] == ["Smiling"]
     with pytest.raises(ValueError, match="other settings"):
         train(replace(cfg, epochs=3))
+
+    # --mode separate: each job a Tune trial on any node, which sends its job folder to the bucket.
+    separate = replace(cfg, out=f"file://{tmp_path}/bucket/runs/separate", mode="separate", epochs=1)
+    assert list(train(separate).job) == ["Smiling__real"]
+    assert (tmp_path / "bucket/runs/separate/jobs/Smiling__real/model.pt").is_file()
+
+
+def test_a_sweep_on_object_storage_needs_a_tracking_server_and_says_so_before_ray_starts(tmp_path, monkeypatch):
+    """Its trials log to MLflow from any node: the default SQLite store in the driver's local copy
+    is not reachable from them."""
+    from conftest import forbid_ray_start
+    from facray.runners.sweep import run_sweep
+    from facray.training.configs import SweepConfig
+
+    forbid_ray_start(monkeypatch)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = SweepConfig(space="tune_spaces.smoke_multitask", out=f"file://{tmp_path}/runs/sweep")
+    with pytest.raises(ValueError, match=r"^--out file://.*/runs/sweep: a sweep on object storage .* --tracking-uri"):
+        run_sweep(cfg, {"prepared": str(tmp_path)})

@@ -86,8 +86,8 @@ def run_sweep(cfg: SweepConfig, overrides: dict | None = None) -> dict:
     space = load_space(cfg.space)
     base = trial_config(space, cfg, overrides)
     sweep = run_folder(cfg.out)
-    if sweep.shared and not (cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
-        raise ValueError(f"--out {sweep.shared}: a sweep on object storage runs its trials on any node, and each "
+    if storage.is_uri(cfg.out) and not (cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise ValueError(f"--out {cfg.out}: a sweep on object storage runs its trials on any node, and each "
                          "logs to MLflow from there; pass --tracking-uri (an MLflow server every node reaches)")
     sweep.pull()
     try:

@@ -207,6 +207,7 @@ def run_separate(task: Task, cfg: TrainCommon, plan: Plan) -> None:
         run_config=tune.RunConfig(name=f"separate-{int(time.time())}", storage_path=storage_path,
                                   storage_filesystem=storage_filesystem, verbose=0))
     grid = fit_in_thread(tuner)  # Ctrl-C reaches facray's one handler (see facray.runners.runtime)
+    plan.run.fetch_jobs()  # a run on object storage: what the trials sent from their nodes
     errors = [str(r.error) for r in grid if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} separate job(s) failed: {errors[:3]}")
@@ -222,4 +223,4 @@ def _separate_trial(config: dict) -> None:
     plan = replace(config["plan"], ranks=[[job]], train_run=name)
     result = fit_on_ray(task, cfg, plan, (TuneReportCallback(),))
     with result.checkpoint.as_directory() as d:
-        task.collect(RunFolder(d), plan.run)
+        plan.run.send_jobs(task.collect(RunFolder(d), plan.run))

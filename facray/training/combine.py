@@ -92,7 +92,7 @@ def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
                         "sketch_val_accuracy": _num(row.sketch_val_accuracy)})
     crop = prepared_crop(prepared_meta)
     write_predictor(dest, choices, weights, crop, image_size, prepared_meta["sketch_channels"],
-                    extra={"source_run": str(run.root), "thresholds": "0.5",
+                    extra={"source_run": run.location, "thresholds": "0.5",
                            "training_data": training_data(splits, splits["prepared_version"])})
     temperatures, thresholds = validation_decisions(load_predictor(dest), SplitSpec.of(splits))
     if cfg.thresholds != "validation":

@@ -80,7 +80,8 @@ class BinaryConfig(TrainCommon):
     # --smoke-test: 2 attributes x 2 modalities at 32 px on 60 generated faces (facray.testing).
     SMOKE: ClassVar[dict] = {"attributes": "Eyeglasses,Smiling", "epochs": 2, "image_size": 32, "batch_size": 16,
                              "cpus_per_worker": 0.5}
-    out: str = option("runs/abm", "output folder (jobs, checkpoints, MLflow store)", path=True)
+    out: str = option("runs/abm", "run folder (jobs, checkpoints, MLflow store): a path, or a URI such "
+                                   "as s3://bucket/runs/abm", path=True)
     modalities: tuple[str, ...] = option(MODALITIES, "real,sketch")
     paper_epochs: bool = option(False, "use Table 1's per-attribute epochs where reported")
     batch_size: int = option(32, "images per step (paper: 32)")
@@ -102,7 +103,8 @@ class MultitaskConfig(TrainCommon):
     SMOKE: ClassVar[dict] = {"model": "abm-trunk-tiny", "epochs": 2, "batch_size": 16, "image_size": 32,
                              "cpus_per_worker": 0.5}
     model: str = option("abm-trunk", "registered model (facray train --list-models)")
-    out: str = option("runs/multitask", "run folder (model, checkpoints, report, MLflow store)", path=True)
+    out: str = option("runs/multitask", "run folder (model, checkpoints, report, MLflow store): a path, or a "
+                                         "URI such as s3://bucket/runs/x", path=True)
     image_size: int = option(0, "model input side; 0 = the model's default")
     pretrained: str | None = option(None, "torchvision weights name (DEFAULT, IMAGENET1K_V1; downloads once)")
     weights: str | None = option(None, "local state dict to start from (torchvision backbone or facray model)", path=True)
@@ -165,7 +167,8 @@ class SweepConfig:
     SMOKE: ClassVar[dict] = {"space": "tune_spaces.smoke_multitask", "cpus_per_trial": 0.5, "max_concurrent": 2}
     SMOKE_TRIAL: ClassVar[dict] = {"model": "abm-trunk-tiny", "image_size": 32, "batch_size": 16}
     space: str = option("tune_spaces/abm_lr_epochs.py", "search space: a .py file or a module name")
-    out: str = option("runs/sweep", "sweep folder: a run folder per trial, results.csv, the plot, MLflow store", path=True)
+    out: str = option("runs/sweep", "sweep folder: a run folder per trial, results.csv, the plot, MLflow store; "
+                                     "a path, or a URI (s3://...: needs --tracking-uri)", path=True)
     trial_config: str | None = option(None, "YAML of the trainer config every trial starts from", path=True)
     num_samples: int = option(1, "Tune num_samples: repeats of the grid, or the trials of a random space")
     scheduler: Literal["space", "fifo", "asha"] = option("space", "space (its SCHEDULER, else fifo) | fifo (every "
@@ -207,7 +210,7 @@ class CombineConfig:
     # --smoke-test: a one-epoch smoke train-binary run first (facray.testing), then combine it.
     SMOKE: ClassVar[dict] = {}
 
-    run: str = option("runs/abm", "the train-binary output folder", path=True)
+    run: str = option("runs/abm", "the train-binary run folder (a path or a URI)", path=True)
     out: str = option("", "predictor folder (default <run>/combined)", path=True)
     prepared: str | None = option(None, "the prepared data the run trained on, if it moved (default: as "
                                         "recorded in the run; its version is checked either way)", path=True)

@@ -35,6 +35,7 @@ from facray.predictors.networks import load_predictor, read_predictor, write_ens
 from facray.prepared_eval import PREDICT_ROWS, evaluate_on_prepared
 from facray.preflight import check_tracking_store
 from facray.runs import RunFolder, RunFolderError
+from facray.staged_runs import run_folder
 from facray.tracking import register_predictor, resolve_tracking_uri, setup_mlflow
 from facray.training.configs import EnsembleConfig
 from facray.training.metrics import attribute_metrics, fit_decisions
@@ -61,7 +62,7 @@ def read_member(source: str) -> Member:
     for run in (source, manifest.extra.get("source_run")):
         if training is None and run and not str(run).startswith(("models:/", "runs:/")):
             try:
-                settings = RunFolder(run).settings()
+                settings = run_folder(run).settings()  # a URI's: pulled by read_predictor
                 training = training_data(settings, settings["prepared_version"])
             except (RunFolderError, KeyError):
                 pass
@@ -150,7 +151,8 @@ def build_ensemble(cfg: EnsembleConfig) -> tuple[Path, str | None, pd.DataFrame,
     reconcile_inputs([m.manifest for m in members], [m.source for m in members])
     spec = validation_spec(cfg, members)
     check_not_trained_on(spec, members)
-    run = RunFolder(cfg.out)
+    run = run_folder(cfg.out)  # a URI (s3://...): built in a local copy, pushed at the end
+    run.pull()
     if cfg.register:
         check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, run.root), cfg.experiment)
     covered = [a for a in ATTRIBUTES if any(a in m.manifest.attribute_names for m in members)]
@@ -184,6 +186,7 @@ def build_ensemble(cfg: EnsembleConfig) -> tuple[Path, str | None, pd.DataFrame,
     if cfg.test_split:
         line = evaluate_on_prepared(load_predictor(run.model_dir), spec.prepared, cfg.test_split, run.report_dir)[1]
     uri = _register(cfg, run, run.model_dir, table) if cfg.register else None
+    run.push()
     return run.model_dir, uri, table, line
 
 
