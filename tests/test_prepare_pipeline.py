@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from facray.attributes import ATTRIBUTES
@@ -48,7 +49,9 @@ def _write_bad_images(folder):
     return bad, ok_but_odd
 
 
-def test_prepare_writes_every_row_with_splits_columns_and_errors(ray_session, synth_copy, tmp_path, capsys):
+def test_prepare_writes_every_row_with_splits_columns_and_errors(ray_session, synth_copy, tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.setattr("facray.runners.prepare.ROW_GROUP_ROWS", 8)  # readers hold one row group at a time
     bad, odd = _write_bad_images(synth_copy / "img_align_celeba")
     out = tmp_path / "prepared"
     assert main(["prepare", "--root", str(synth_copy), "--out", str(out), "--size", "48",
@@ -73,6 +76,9 @@ def test_prepare_writes_every_row_with_splits_columns_and_errors(ray_session, sy
     assert odd_rows.sum() == len(odd) and (rows["error"][odd_rows] == "").all()
     summary = read_metadata(out)
     assert summary["size"] == 48 and summary["mask_size"] == 12
+    groups = [pq.ParquetFile(f).metadata for f in sorted((out / summary["shards"]).glob("*.parquet"))]
+    assert max(m.row_group(i).num_rows for m in groups for i in range(m.num_row_groups)) <= 8
+    assert sum(m.num_rows for m in groups) == len(rows["image_id"]) and max(m.num_row_groups for m in groups) > 1
     clean = read_prepared(out, splits=("train",))
     assert (clean["error"] == "").all() and (clean["split"] == "train").all()
 

@@ -37,6 +37,11 @@ from facray.data import ops
 LANDMARK_FIELDS = tuple(f"lm_{i}" for i in range(10))
 META_FILE = "prepared.json"
 CONFIG_FILE = "config.yaml"  # the resolved PrepareConfig the folder was written with
+# Rows per Parquet row group in the shards. A reader holds a whole row group's column chunks while
+# it decodes (Ray Data's read tasks in stream mode, pyarrow's ``to_batches`` in memory mode), so
+# this bounds their memory: about 33 MB at 180 px with sketches (raw), where one group per Ray
+# block (~2,300 rows, ~300 MB) got a stream-mode worker under a 3 GiB cap OOM-killed (bench/RESULTS.md).
+ROW_GROUP_ROWS = 256
 # Encoded formats: OpenCV extension and parameters. Quality 95: at 128 px the crops differ from raw
 # by about 1 grey level on average, far below the camera JPEG's own noise the images came with.
 ENCODINGS = {"png": (".png", []), "jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95])}

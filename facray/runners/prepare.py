@@ -15,6 +15,7 @@ import ray
 from facray import storage
 from facray.config import absolute_paths
 from facray.data.pipeline import PrepareConfig, PrepareSummary, commit, detector_name, new_shards_name, preprocessing_chain, previous_shards, read_table, summarise
+from facray.data.prepared import ROW_GROUP_ROWS
 from facray.preflight import check_writable
 from facray.runners.datasets import metadata_dataset, rows_per_block
 from facray.runners.runtime import init_ray
@@ -56,7 +57,7 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
     previous, shards, detector = previous_shards(out), new_shards_name(), detector_name(cfg)
     init_ray()
     fs, shard_path = storage.filesystem(storage.join(out, shards))
-    build_prepare_dataset(cfg, table).write_parquet(shard_path, filesystem=fs)
+    build_prepare_dataset(cfg, table).write_parquet(shard_path, filesystem=fs, row_group_size=ROW_GROUP_ROWS)
     summary = summarise(out, storage.join(out, shards), len(table), time.perf_counter() - start, detector)
     commit(cfg, out, shards, previous, table.attrs.get("image_kind", "wild"), detector)
     return summary
