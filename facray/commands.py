@@ -139,11 +139,13 @@ def run_combine(args: argparse.Namespace) -> int:
     from facray.training.combine import combine
     from facray.training.configs import CombineConfig
 
+    from facray import storage
     cfg = _resolve(CombineConfig, args)
     dest, uri = combine(cfg)
     import pandas as pd
     _print_table(pd.read_csv(dest / "choices.csv"), "attribute", "modality", "real_val_accuracy", "sketch_val_accuracy")
-    print(f"combined predictor: {dest}" + (f"\nregistered: {uri}" if uri else ""))
+    where = f"{dest}" + (f" (local copy of {storage.join(cfg.run, dest.name)})" if storage.is_uri(cfg.run) else "")
+    print(f"combined predictor: {where}" + (f"\nregistered: {uri}" if uri else ""))
     return 0
 
 

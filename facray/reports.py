@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from facray import storage
 from facray.attributes import ATTRIBUTES, ATTRIBUTE_INDEX
 from facray.data.prepared import read_prepared
 from facray.models.cam import cam_grid
@@ -149,12 +150,15 @@ def evaluate_run(cfg: EvaluateConfig) -> tuple[pd.DataFrame, Path]:
     """A training run's report (``facray evaluate --run RUN``) in ``RUN/report`` (or ``cfg.out``):
     the table and where it is. A run on object storage is read from its local copy (pulled now),
     and its report pushed back."""
+    if storage.is_uri(cfg.out):
+        raise ValueError(f"--out {cfg.out}: a local folder (by default the report goes into the run folder, "
+                         "on object storage too)")
     run = run_folder(cfg.run)
     run.pull()
     out = Path(cfg.out).resolve() if cfg.out else run.report_dir
     splits = split_settings(run, cfg.prepared)  # checks the data is the version the run trained on
     if cfg.log_mlflow:  # before the report is computed: the store answers, the experiment is usable
-        check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, run.root),
+        check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, run.location),
                              cfg.experiment or ("facray-multitask" if run.is_multitask else "facray-abm"))
     out.mkdir(parents=True, exist_ok=True)
     multitask = run.is_multitask

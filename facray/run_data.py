@@ -3,10 +3,13 @@ one given explicitly, e.g. the same data at another path), checked against the s
 run recorded, so a report is never computed on data re-prepared since. Pure Python."""
 from __future__ import annotations
 
+import json
 from shlex import quote
 
+from facray import storage
 from facray.data.prepared import read_metadata
 from facray.runs import RunFolder, RunFolderError
+from facray.staged_runs import run_folder
 
 
 def trained_on(run: RunFolder, override: str | None = None) -> str:
@@ -22,6 +25,18 @@ def trained_on(run: RunFolder, override: str | None = None) -> str:
     if version != settings["prepared_version"]:
         raise RunFolderError(_other_data(run, location, settings))
     return location
+
+
+def recorded_settings(location: str) -> dict:
+    """The settings the run at ``location`` was trained with, read where it is (for a URI, from
+    the object storage: no local copy is made). Raises :class:`RunFolderError` when it has none."""
+    run = run_folder(location)
+    if not storage.is_uri(str(location)):
+        return run.settings()
+    try:
+        return json.loads(storage.read_text(storage.join(run.location, run.record_file.name)))["settings"]
+    except FileNotFoundError:
+        raise RunFolderError(f"{location}: no {run.record_file.name}; not a run folder written by facray") from None
 
 
 def split_settings(run: RunFolder, prepared: str | None = None) -> dict:

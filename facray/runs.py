@@ -45,7 +45,7 @@ class RunFolderError(ValueError):
 
 
 # What --overwrite removes: every trained output, never the MLflow store (its history stays).
-_TRAINED_OUTPUTS = ("jobs", "ray_results", "combined", "model", "metrics.json", "report", "mlflow_run_id", "parent_run_id",
+TRAINED_OUTPUTS = ("jobs", "ray_results", "combined", "model", "metrics.json", "report", "mlflow_run_id", "parent_run_id",
                     "mlflow_logged.json", "jobs_summary.csv", ".injected_failure", "failure.txt", "run.json", "tune", "trials",
                     "sweep_results.csv", "sweep_metric.png", "sweep_summary.json")
 
@@ -71,11 +71,13 @@ class RunFolder:
     def push(self) -> None:
         """Send a local copy back (nothing to do: this folder is where the run is)."""
 
-    def send_jobs(self, keys: list[str]) -> None:
-        """A Tune trial's finished jobs, to where the driver reads them (nothing to do here)."""
+    def send_jobs_from(self, checkpoint: "RunFolder") -> list[str]:
+        """A ``train-binary --mode separate`` trial's finished jobs (its last checkpoint), to where
+        the driver reads them: here, this folder; returns their keys."""
+        return self.take_jobs_from(checkpoint)
 
-    def fetch_jobs(self) -> None:
-        """The jobs trials sent (:meth:`send_jobs`), into this folder (nothing to do here)."""
+    def fetch_jobs(self, keys: list[str]) -> None:
+        """The jobs trials sent (:meth:`send_jobs_from`), into this folder (nothing to do here)."""
 
     def ray_storage(self, name: str = "ray_results") -> tuple[str, object]:
         """(``storage_path``, ``storage_filesystem``) for Ray Train's or Tune's ``RunConfig``:
@@ -130,10 +132,10 @@ class RunFolder:
             diff = differing_keys(json.loads(self.record_file.read_text())["settings"], settings)
             if diff:
                 raise RunFolderError(
-                    f"{self.root} holds a run trained with other settings ({self.record_file}):\n  "
+                    f"{self.location} holds a run trained with other settings ({self.record_file.name}):\n  "
                     + "\n  ".join(diff) + "\nuse another --out, or --overwrite to discard that run and start afresh")
         elif overwrite:
-            for name in _TRAINED_OUTPUTS:
+            for name in TRAINED_OUTPUTS:
                 target = self.root / name
                 if target.is_dir():
                     shutil.rmtree(target)
@@ -147,7 +149,7 @@ class RunFolder:
     def settings(self) -> dict:
         """The settings the run was trained with (``run.json``)."""
         if not self.record_file.is_file():
-            raise RunFolderError(f"{self.root}: no {self.record_file.name}; not a run folder written by "
+            raise RunFolderError(f"{self.location}: no {self.record_file.name}; not a run folder written by "
                                  "`facray train-binary` or `facray train`")
         return json.loads(self.record_file.read_text())["settings"]
 
@@ -276,7 +278,7 @@ class RunFolder:
         for d in (self.model_dir, self.combined_dir):
             if _is_predictor(d):
                 return d
-        raise RunFolderError(f"{self.root}: no predictor yet (run `facray combine` on a binary run)")
+        raise RunFolderError(f"{self.location}: no predictor yet (run `facray combine` on a binary run)")
 
 
 def write_json_atomically(path: Path, record: dict) -> None:

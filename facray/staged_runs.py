@@ -19,18 +19,23 @@ every file facray writes is written whole.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 from pathlib import Path
 
 from facray import storage
-from facray.runs import RunFolder
+from facray.runs import TRAINED_OUTPUTS, RunFolder
 
 # On the object storage only, never in the local copy (so a push, which makes the bucket the
 # copy's, leaves them): what Ray and the workers write there themselves while a command runs (Ray
 # Train's and Tune's storage, failure notes, the --fail-at-epoch marker)...
 _REMOTE_ONLY = frozenset({"ray_results", "tune", "failure*.txt", ".injected_failure"})
-# ...and a sweep's trials, run folders of their own that each trial pulls and pushes.
-_NOT_MIRRORED = _REMOTE_ONLY | {"trials"}
+# ...a sweep's trials, run folders of their own that each trial pulls and pushes; and, in the
+# local copy only, what the copy and the bucket held when last in step (storage.mirror's record).
+_SYNCED_FILE = ".facray-synced.json"
+_NOT_MIRRORED = _REMOTE_ONLY | {"trials", _SYNCED_FILE}
+# Copied last: the files that say a run, or a predictor in it, is there and finished.
+_MARKERS = ("manifest.json", "metrics.json", "run.json")
 
 
 def staging_root() -> Path:
@@ -43,8 +48,15 @@ def staging_root() -> Path:
 def run_folder(location: str | Path) -> RunFolder:
     """The run folder at ``location``: a path (a :class:`RunFolder`), or a URI on object storage
     (``s3://``, ``gs://``, ``file://``...: a :class:`StagedRunFolder`). Touches nothing, so
-    workers call it too."""
-    return StagedRunFolder(str(location)) if storage.is_uri(str(location)) else RunFolder(location)
+    workers call it too. Raises ValueError for a URI with ``?options`` (an S3-compatible server
+    is named by ``AWS_ENDPOINT_URL``: a run's parts are joined onto its URI)."""
+    text = str(location)
+    if not storage.is_uri(text):
+        return RunFolder(location)
+    if "?" in text:
+        raise ValueError(f"{text}: a run folder's URI takes no ?options; for an S3-compatible server set "
+                         "AWS_ENDPOINT_URL (and the AWS credentials) in the environment")
+    return StagedRunFolder(text)
 
 
 class StagedRunFolder(RunFolder):
@@ -59,24 +71,42 @@ class StagedRunFolder(RunFolder):
         return self.uri
 
     def pull(self) -> None:
-        """Make the local copy the bucket's: files the bucket lacks are removed from it, so a copy
-        never mixes two runs (what only the bucket holds, and ``trials/``, are not copied)."""
+        """Make the local copy the bucket's: what changed there since the copy was last in step,
+        and files the bucket lacks are removed, so a copy never mixes two runs (what only the
+        bucket holds, and ``trials/``, are not copied)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        storage.mirror(self.uri, str(self.root), skip=_NOT_MIRRORED)
+        self._mirror(self.uri, str(self.root), "remote", "local")
 
     def push(self) -> None:
-        """Make the bucket the local copy's (leaving what only the bucket holds, and ``trials/``)."""
+        """Make the bucket the local copy's: what changed here since they were last in step, the
+        markers of a finished run last (leaving what only the bucket holds, and ``trials/``)."""
         if self.root.is_dir():
-            storage.mirror(str(self.root), self.uri, skip=_NOT_MIRRORED)
+            self._mirror(str(self.root), self.uri, "local", "remote")
 
-    def send_jobs(self, keys: list[str]) -> None:
-        """From a ``train-binary --mode separate`` trial, on any node: its jobs straight to the bucket
-        (a push from there would make the bucket that node's partial copy)."""
+    def _mirror(self, source: str, target: str, source_side: str, target_side: str) -> None:
+        record = self.root / _SYNCED_FILE
+        state = json.loads(record.read_text()) if record.is_file() else {}
+        pairs = {rel: [sides[source_side], sides[target_side]] for rel, sides in state.items()}
+        storage.mirror(source, target, pairs, skip=_NOT_MIRRORED, last=_MARKERS)
+        record.write_text(json.dumps({rel: {source_side: a, target_side: b} for rel, (a, b) in pairs.items()}))
+
+    def default_tracking_uri(self) -> str:
+        raise ValueError(f"{self.uri}: a run on object storage logs to an MLflow store every machine reaches: pass "
+                         "--tracking-uri (an MLflow server) or set MLFLOW_TRACKING_URI; the default SQLite store "
+                         "would live in one machine's local copy of the run")
+
+    def send_jobs_from(self, checkpoint: RunFolder) -> list[str]:
+        """From a ``train-binary --mode separate`` trial, on any node: the checkpoint's jobs
+        straight to the bucket (this node's copy of the run, if any, is not the driver's)."""
+        keys = []
+        for job_dir in sorted(checkpoint.jobs_dir.glob("*")):
+            storage.mirror(str(job_dir), storage.join(self.uri, "jobs", job_dir.name), last=_MARKERS)
+            keys.append(job_dir.name)
+        return keys
+
+    def fetch_jobs(self, keys: list[str]) -> None:
         for key in keys:
-            storage.mirror(str(self.job_dir(key)), storage.join(self.uri, "jobs", key))
-
-    def fetch_jobs(self) -> None:
-        storage.mirror(storage.join(self.uri, "jobs"), str(self.jobs_dir))
+            storage.mirror(storage.join(self.uri, "jobs", key), str(self.job_dir(key)))
 
     def ray_storage(self, name: str = "ray_results") -> tuple[str, object]:
         fs, path = storage.filesystem(storage.join(self.uri, name))
@@ -87,11 +117,11 @@ class StagedRunFolder(RunFolder):
         return StagedRunFolder(storage.join(self.uri, "trials", name))
 
     def claim(self, settings: dict, digest: str, overwrite: bool = False) -> None:
-        super().claim(settings, digest, overwrite)
-        if overwrite:  # the parts only the bucket holds; push() replaces the rest
-            for name in ("ray_results", "tune"):
-                storage.delete_dir(storage.join(self.uri, name))
+        if overwrite:  # on the bucket too, at once: nothing of the old run may come back
+            for name in TRAINED_OUTPUTS:
+                storage.delete(storage.join(self.uri, name))
             for note in storage.list_files(self.uri):
                 name = note.rsplit("/", 1)[-1]
-                if name == self.failure_marker.name or fnmatch.fnmatchcase(name, "failure*.txt"):
+                if fnmatch.fnmatchcase(name, "failure*.txt"):
                     storage.delete_file(note)
+        super().claim(settings, digest, overwrite)

@@ -115,6 +115,16 @@ def delete_file(location: str) -> None:
         fs.delete_file(path)
 
 
+def delete(location: str) -> None:
+    """Remove a file, or a folder and everything under it; nothing to do when neither is there."""
+    fs, path = filesystem(location)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif kind == pafs.FileType.File:
+        fs.delete_file(path)
+
+
 def delete_dir(location: str) -> None:
     """Remove a folder and everything under it; nothing to do when it does not exist."""
     fs, path = filesystem(location)
@@ -139,32 +149,41 @@ def list_files(location: str, suffixes: tuple[str, ...] = ()) -> list[str]:
     return sorted(found)
 
 
-def mirror(source: str, target: str, skip: frozenset[str] = frozenset()) -> int:
+def mirror(source: str, target: str, synced: dict | None = None, skip: frozenset[str] = frozenset(),
+           last: tuple[str, ...] = ()) -> int:
     """Make the files under ``target`` those under ``source`` (paths or URIs, either way round):
-    copy each file ``target`` lacks, holds with another size, or holds older than ``source``'s,
-    and delete the files ``source`` lacks. Paths with a folder or file whose name matches a pattern
-    in ``skip`` (``fnmatch``, at any depth) are neither copied nor deleted. Returns the number of
-    files copied.
+    copy each file that changed since the two were last in step, delete the files ``source``
+    lacks. Returns the number of files copied.
 
-    Size and modification time decide what changed (no checksums: a run folder's files are
-    written whole and re-read in full anyway); a copy's time is when it was made, so it is never
-    older than its source and an unchanged file is not copied again."""
+    ``synced``: what was in step, ``{relative path: [source signature, target signature]}`` (a
+    signature is ``[size, mtime_ns]`` as that side lists it), kept by the caller between calls and
+    updated here; a file is copied unless both sides still list what it records, so neither a
+    copy made in the other direction nor a same-size rewrite is mistaken for unchanged. Empty or
+    None: everything is copied. ``skip``: ``fnmatch`` patterns; paths with a folder or file that
+    matches one (at any depth) are neither copied nor deleted. ``last``: file names copied after
+    all others (a folder's "finished" markers: an interrupted copy never shows them without what
+    they describe)."""
+    synced = {} if synced is None else synced
     src_fs, src_root = filesystem(source)
     dst_fs, dst_root = filesystem(target)
     wanted, present = _tree(src_fs, src_root, skip), _tree(dst_fs, dst_root, skip)
-    copied = 0
-    for rel, info in wanted.items():
-        have = present.get(rel)
-        if have is not None and have.size == info.size and (have.mtime is None or info.mtime is None
-                                                            or have.mtime >= info.mtime):
-            continue
+    changed = [rel for rel, info in wanted.items()
+               if rel not in present or synced.get(rel) != [_signature(info), _signature(present[rel])]]
+    for rel in sorted(changed, key=lambda r: (r.rsplit("/", 1)[-1] in last, r)):
         dst = f"{dst_root}/{rel}"
         dst_fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
         pafs.copy_files(f"{src_root}/{rel}", dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
-        copied += 1
+        synced[rel] = [_signature(wanted[rel]), _signature(dst_fs.get_file_info(dst))]
     for rel in present.keys() - wanted.keys():
         dst_fs.delete_file(f"{dst_root}/{rel}")
-    return copied
+    for rel in list(synced):
+        if rel not in wanted:
+            del synced[rel]
+    return len(changed)
+
+
+def _signature(info: pafs.FileInfo) -> list:
+    return [info.size, info.mtime_ns]
 
 
 def _tree(fs: pafs.FileSystem, root: str, skip: frozenset[str]) -> dict[str, pafs.FileInfo]:

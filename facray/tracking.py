@@ -45,7 +45,7 @@ def check_training_run(cfg) -> None:
 def setup_mlflow(tracking_uri: str | None, run: RunFolder, experiment: str) -> str:
     """Point MLflow at the store (``tracking_uri``, else the user's, else ``run``'s own) and the
     experiment (created with a local artifact root if new). Returns the tracking URI in use."""
-    uri = resolve_tracking_uri(tracking_uri, run.root)
+    uri = resolve_tracking_uri(tracking_uri, run.location)
     check_tracking_store(uri, experiment)  # one line within seconds, not MLflow's retries or traceback
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:

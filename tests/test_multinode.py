@@ -176,7 +176,7 @@ def test_runs_on_object_storage_with_no_folder_the_nodes_share(cluster):
     """The cloud setup: the nodes share only a bucket (an S3 server here). Data, runs, checkpoints
     and labels live there; each command's driver works in a local copy of its own (another
     FACRAY_STAGING per command, as if on another machine), so a command finds a run only
-    through the bucket. The multi-task run loses a worker at epoch 2 and resumes from the
+    through the bucket, and MLflow is a server. The multi-task run loses a worker at epoch 2 and resumes from the
     checkpoint on the bucket; the sweep's trials, on any node, write their run folders there."""
     bucket, work = "facray-runs", cluster.work / "object_storage"
     with moto_s3(bucket) as s3, mlflow_server(work / "mlflow") as tracking:
@@ -189,17 +189,17 @@ def test_runs_on_object_storage_with_no_folder_the_nodes_share(cluster):
             "--augment", "1", "--num-actors", "1", "--cpus-per-actor", "0.5")
         logs = run("driver-1", "python", "jobs/train.py", *TRAIN, "--prepared", prepared, "--epochs", "3",
                    "--batch-size", "8", "--num-workers", "2", "--placement", "spread", "--fail-at-epoch", "2",
-                   "--out", f"s3://{bucket}/runs/mt")
+                   "--out", f"s3://{bucket}/runs/mt", "--tracking-uri", tracking)
         assert "resuming from the checkpoint after epoch 1" in logs and _epoch_lines(logs)[-1] == 3, logs[-3000:]
         listing = s3_listing(s3, bucket)
-        for name in ("run.json", "metrics.json", "model/manifest.json", "mlflow.db", ".injected_failure"):
+        for name in ("run.json", "metrics.json", "model/manifest.json", "mlflow_run_id", ".injected_failure"):
             assert f"{bucket}/runs/mt/{name}" in listing, name
         assert any("/runs/mt/ray_results/" in p and "/checkpoint_" in p for p in listing)
         assert not list(work.rglob("checkpoint_*")), "checkpoints go to the bucket, never a local copy"
 
         run("driver-1", "python", "jobs/train_binary.py", *BINARY, "--prepared", prepared, "--epochs", "1",
-            "--num-workers", "2", "--placement", "spread", "--out", f"s3://{bucket}/runs/abm")
-        run("driver-2", "python", "jobs/combine.py", "--run", f"s3://{bucket}/runs/abm")
+            "--num-workers", "2", "--placement", "spread", "--out", f"s3://{bucket}/runs/abm", "--tracking-uri", tracking)
+        run("driver-2", "python", "jobs/combine.py", "--run", f"s3://{bucket}/runs/abm", "--tracking-uri", tracking)
         faces = write_unlabelled_faces(work / "faces", n=12, seed=6, sizes=(96,), formats=("png",))
         run("driver-3", "python", "jobs/label.py", "--images", str(work / "faces"), "--model",
             f"s3://{bucket}/runs/abm", "--out", f"s3://{bucket}/labels.csv", "--batch-size", "8")

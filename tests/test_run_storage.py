@@ -19,21 +19,29 @@ def _write(path, text="x"):
     path.write_text(text)
 
 
-def test_mirror_copies_what_changed_deletes_what_is_gone_and_leaves_skipped_paths(tmp_path):
+def test_mirror_copies_what_changed_since_last_in_step_in_either_direction(tmp_path, monkeypatch):
     src, dst = tmp_path / "src", tmp_path / "dst"
     _write(src / "run.json", "{}")
     _write(src / "jobs/a/model.pt", "weights")
     _write(src / "jobs/a/ray_results/ckpt", "skipped at any depth")
     _write(dst / "stale.txt")
     _write(dst / "ray_results/keep", "not ours to delete")
-    assert storage.mirror(str(src), f"file://{dst}", skip=frozenset({"ray_results"})) == 2
+    synced, skip = {}, frozenset({"ray_results"})
+    order = []
+    copy = storage.pafs.copy_files
+    monkeypatch.setattr(storage.pafs, "copy_files", lambda a, b, **kw: (order.append(a), copy(a, b, **kw)))
+    assert storage.mirror(str(src), f"file://{dst}", synced, skip=skip, last=("run.json",)) == 2
+    assert order[-1].endswith("/run.json")  # a folder's marker goes last
     assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()) == [
         "jobs/a/model.pt", "ray_results/keep", "run.json"]
-    assert storage.mirror(str(src), str(dst), skip=frozenset({"ray_results"})) == 0  # nothing changed
-    _write(src / "run.json", '{"changed": 1}')
-    os.utime(src / "run.json", (2e9, 2e9))  # newer than the copy
-    assert storage.mirror(str(src), str(dst)) >= 1 and (dst / "run.json").read_text() == '{"changed": 1}'
-    assert storage.mirror(str(tmp_path / "missing"), str(dst)) == 0 and not list(dst.rglob("*.*"))
+    assert storage.mirror(str(src), str(dst), synced, skip=skip) == 0  # nothing changed
+    back = {rel: [b, a] for rel, (a, b) in synced.items()}
+    assert storage.mirror(str(dst), str(src), back, skip=skip) == 0  # nor the other way: the copies are in step
+    (src / "run.json").write_text("[]")  # the same size, rewritten
+    assert storage.mirror(str(src), str(dst), synced, skip=skip) == 1 and (dst / "run.json").read_text() == "[]"
+    assert storage.mirror(str(src), str(dst), skip=skip) == 2  # with nothing recorded, everything is copied
+    assert storage.mirror(str(tmp_path / "missing"), str(dst), synced, skip=skip) == 0
+    assert [p.name for p in dst.rglob("*") if p.is_file()] == ["keep"] and synced == {}
 
 
 def test_a_uri_run_folder_is_a_local_copy_with_shared_parts_on_the_storage(tmp_path, monkeypatch):
@@ -62,23 +70,32 @@ def test_a_uri_run_folder_is_a_local_copy_with_shared_parts_on_the_storage(tmp_p
     run.push()
     assert json.loads((remote / "run.json").read_text())["settings"] == {"a": 1}
     assert run.failure("train-y") == "a worker's note"  # a push leaves what only the bucket holds
+    copied = (run.jobs_dir / "Smiling__real/metrics.json").stat().st_mtime_ns
+    run.pull()  # in step: nothing comes back down
+    assert (run.jobs_dir / "Smiling__real/metrics.json").stat().st_mtime_ns == copied
     _write(remote / "ray_results/train-x/checkpoint", "on the storage only")
     _write(remote / "trials/t1/run.json", "a trial pushes its own")
 
     # Another driver (or this one after its copy was lost) sees the same run; a re-claim with
-    # other settings is refused, --overwrite clears the storage's checkpoints too.
+    # other settings is refused, --overwrite clears everything of the old run on the storage.
     other = run_folder(f"file://{remote}/")
     other.root.joinpath("leftover.txt").write_text("not on the storage")
     other.pull()
     assert (other.jobs_dir / "Smiling__real/metrics.json").is_file() and not other.ray_results_dir.exists()
     assert not (other.root / "leftover.txt").exists() and not (other.root / "trials").exists()
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=f"file://{remote} holds a run trained with other settings"):
         other.claim({"a": 2}, "h2")
     other.claim({"a": 2}, "h2", overwrite=True)
+    assert not (remote / "ray_results").exists() and not (remote / "trials").exists()
+    assert not [p for p in (remote / "jobs").rglob("*") if p.is_file()] and other.failure("train-y") is None
     other.push()
-    assert not (remote / "ray_results").exists() and not [p for p in (remote / "jobs").rglob("*") if p.is_file()]
-    assert other.failure("train-y") is None
-    assert (remote / "trials/t1/run.json").is_file()  # never the sweep driver's to delete
+    assert json.loads((remote / "run.json").read_text())["settings"] == {"a": 2}
+
+    # Its MLflow store must be one every machine reaches: the default SQLite file would be one copy's.
+    with pytest.raises(ValueError, match="pass --tracking-uri"):
+        other.default_tracking_uri()
+    with pytest.raises(ValueError, match=r"takes no \?options"):
+        run_folder("s3://bucket/runs/x?endpoint_override=localhost:9000")
 
 
 def test_staging_name_is_readable_and_stays_inside_the_staging_root():
@@ -100,27 +117,32 @@ def test_train_binary_combine_and_label_a_run_on_object_storage(ray_session, pre
 
     monkeypatch.setenv("FACRAY_STAGING", str(tmp_path / "driver1"))
     remote = tmp_path / "bucket/runs/abm"
-    uri = f"file://{remote}"
+    uri, tracking = f"file://{remote}", f"sqlite:///{tmp_path / 'mlflow.db'}"  # a store every "machine" reaches
     cfg = BinaryConfig(prepared=str(prepared_small), out=uri, attributes="Smiling", modalities=("real",), epochs=2,
-                       batch_size=16, image_size=32, cpus_per_worker=0.5, num_workers=1)
+                       batch_size=16, image_size=32, cpus_per_worker=0.5, num_workers=1, tracking_uri=tracking)
+    with pytest.raises(ValueError, match="pass --tracking-uri"):  # before anything is written
+        train(replace(cfg, tracking_uri=None))
+    assert not remote.exists()
     table = train(cfg)
     assert list(table.job) == ["Smiling__real"]
-    assert (remote / "run.json").is_file() and (remote / "jobs/Smiling__real/model.pt").is_file()
-    assert (remote / "mlflow.db").is_file()  # the default MLflow store travels with the run
+    weights = remote / "jobs/Smiling__real/model.pt"
+    assert (remote / "run.json").is_file() and weights.is_file() and (remote / "mlflow_run_id").is_file()
     checkpoints = [p for p in (remote / "ray_results").rglob("checkpoint_*") if p.is_dir()]
     assert checkpoints, "Ray Train's checkpoints are on the storage"
     assert not any((tmp_path / "driver1").rglob("checkpoint_*"))
 
     monkeypatch.setenv("FACRAY_STAGING", str(tmp_path / "driver2"))
-    assert train(cfg).equals(table)  # already trained: found on the storage, nothing retrained
+    trained = weights.stat().st_mtime_ns
+    assert train(cfg).equals(table) and weights.stat().st_mtime_ns == trained  # found there, nothing retrained
     dest, _ = combine(CombineConfig(run=uri, register=False))
     assert (remote / "combined/manifest.json").is_file() and dest.is_relative_to(tmp_path / "driver2")
-    report, _ = evaluate_run(EvaluateConfig(run=uri))
+    report, _ = evaluate_run(EvaluateConfig(run=uri, tracking_uri=tracking))
     assert (remote / "report/report.csv").is_file() and report.attribute.iloc[0] == "Smiling"
 
     monkeypatch.setenv("FACRAY_STAGING", str(tmp_path / "labeller"))
-    path, manifest = locate_predictor(uri)
-    assert path.is_relative_to(tmp_path / "labeller") and [a["attribute"] for a in manifest.attributes] == ["Smiling"]
+    path, manifest = locate_predictor(uri)  # the predictor alone, in a private folder
+    assert path.name.startswith("facray-model-") and manifest.attribute_names == ["Smiling"]
+    assert not (tmp_path / "labeller").exists()
     with pytest.raises(ValueError, match="other settings"):
         train(replace(cfg, epochs=3))
 
@@ -138,7 +160,8 @@ def test_a_sweep_on_object_storage_needs_a_tracking_server_and_says_so_before_ra
     from facray.training.configs import SweepConfig
 
     forbid_ray_start(monkeypatch)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr("facray.tracking._USER_TRACKING_URI", None)
     cfg = SweepConfig(space="tune_spaces.smoke_multitask", out=f"file://{tmp_path}/runs/sweep")
-    with pytest.raises(ValueError, match=r"^--out file://.*/runs/sweep: a sweep on object storage .* --tracking-uri"):
+    with pytest.raises(ValueError, match=r"^file://.*/runs/sweep: a run on object storage .* --tracking-uri"):
         run_sweep(cfg, {"prepared": str(tmp_path)})
+    assert not (tmp_path / "runs").exists()

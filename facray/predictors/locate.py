@@ -1,6 +1,6 @@
 """Find a predictor, without torch: a predictor folder, a run folder (its ``facray train`` or
-``facray combine`` output), either on object storage (``s3://...``), or an MLflow model URI (``models:/name@alias``, ``models:/name/3``,
-``runs:/<id>/model``) -> the local folder and its checked :class:`~facray.predictors.format.Manifest`."""
+``facray combine`` output), either on object storage too (``s3://...``), or an MLflow model URI
+(``models:/name@alias``, ``models:/name/3``, ``runs:/<id>/model``) -> the local folder and its checked :class:`~facray.predictors.format.Manifest`."""
 from __future__ import annotations
 
 import atexit
@@ -11,25 +11,27 @@ from pathlib import Path
 from facray import storage
 from facray.predictors.format import MANIFEST, WEIGHTS, Manifest, PredictorError
 from facray.runs import RunFolder, RunFolderError
-from facray.staged_runs import run_folder
 
 
 def from_object_storage(uri: str) -> Path | None:
-    """A predictor folder or run folder on object storage (``s3://``, ``gs://``, ``file://``...):
-    its local copy (a run folder: :meth:`RunFolder.at`'s copy, refreshed; a predictor folder: a
-    private temporary copy). None when ``uri`` is neither (an MLflow URI, or nothing there)."""
+    """The predictor at ``uri`` on object storage (``s3://``, ``gs://``, ``file://``...): a
+    predictor folder, or a run folder's ``model/`` or ``combined/``, copied alone into a private
+    temporary folder (never the whole run, nor a run's local copy another command may be working
+    in). None when ``uri`` is no such URI (``models:/``, ``runs:/`` are MLflow's). Raises
+    :class:`PredictorError` when no predictor is there."""
     if "://" not in uri or not storage.is_uri(uri):
         return None
-    if storage.is_file(storage.join(uri, MANIFEST)):
-        dest = Path(tempfile.mkdtemp(prefix="facray-model-"))
-        atexit.register(shutil.rmtree, dest, ignore_errors=True)
-        storage.mirror(uri, str(dest))
-        return dest
-    run = run_folder(uri)
-    if storage.is_file(storage.join(uri, run.record_file.name)):
-        run.pull()
-        return run.root
-    return None
+    layout = RunFolder(tempfile.gettempdir())  # the run folder layout's names only
+    for folder in (uri, storage.join(uri, layout.model_dir.name), storage.join(uri, layout.combined_dir.name)):
+        if storage.is_file(storage.join(folder, MANIFEST)):
+            dest = Path(tempfile.mkdtemp(prefix="facray-model-"))
+            atexit.register(shutil.rmtree, dest, ignore_errors=True)
+            storage.mirror(folder, str(dest))
+            return dest
+    if storage.is_file(storage.join(uri, layout.record_file.name)):
+        raise PredictorError(f"{uri}: no predictor yet (run `facray combine --run {uri}` on a binary run)")
+    raise PredictorError(f"{uri}: no {MANIFEST} there, nor a run folder's {layout.record_file.name} (expected a "
+                         "predictor or run folder written by facray)")
 
 
 def is_model_uri(text: str) -> bool:

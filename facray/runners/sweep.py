@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +26,7 @@ from facray.runners.runtime import fit_in_thread, init_ray
 from facray.runners.train import train, with_data_mode
 from facray.runs import RunFolder
 from facray.staged_runs import run_folder
-from facray.tracking import flat_params, register_predictor, setup_mlflow
+from facray.tracking import flat_params, register_predictor, resolve_tracking_uri, setup_mlflow
 from facray.training.combine import combine
 from facray.training.configs import CombineConfig, SweepConfig
 from facray.training.data_mode import check_streamable
@@ -82,13 +81,11 @@ def run_sweep(cfg: SweepConfig, overrides: dict | None = None) -> dict:
 
     ``cfg.out`` on object storage (a URI): the Tune experiment and every trial's run folder live
     there, so the trials may run on any node; their MLflow runs then need a store every node
-    reaches (``--tracking-uri``), checked here before Ray starts."""
+    reaches (``--tracking-uri``), checked here before Ray starts (ValueError)."""
     space = load_space(cfg.space)
     base = trial_config(space, cfg, overrides)
     sweep = run_folder(cfg.out)
-    if storage.is_uri(cfg.out) and not (cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
-        raise ValueError(f"--out {cfg.out}: a sweep on object storage runs its trials on any node, and each "
-                         "logs to MLflow from there; pass --tracking-uri (an MLflow server every node reaches)")
+    resolve_tracking_uri(cfg.tracking_uri, sweep.location)  # on object storage: a shared MLflow store, or one line
     sweep.pull()
     try:
         return _run_sweep(sweep, space, base, cfg)
@@ -175,7 +172,7 @@ def finish_sweep(sweep: RunFolder, space: SearchSpace, cfg: SweepConfig, table: 
     plot_metric(table, space, sweep.sweep_plot_file)
     finished = table[table.status == "finished"]
     if finished.empty:
-        raise RuntimeError(f"no trial finished; see {sweep.sweep_results_file} and "
+        raise RuntimeError(f"no trial finished; see {storage.join(sweep.location, sweep.sweep_results_file.name)} and "
                            f"{storage.join(sweep.location, 'tune')}")
     best = finished.iloc[0]
     predictor = _best_predictor(run_folder(best.run_folder), space, uri)

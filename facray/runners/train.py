@@ -32,7 +32,7 @@ from facray.runners.streaming import split_datasets
 from facray.runners.worker import train_per_worker
 from facray.data.prepared import read_metadata
 from facray.runs import RunFolder
-from facray.tracking import check_training_run, end_training_run, start_training_run
+from facray.tracking import check_training_run, end_training_run, resolve_tracking_uri, start_training_run
 from facray.training.binary_jobs import BinaryJob
 from facray.training.binary_task import train_run_name
 from facray.training.configs import TrainCommon
@@ -63,6 +63,7 @@ def train(cfg: TrainCommon, callbacks: tuple = (), parent_run_id: str | None = N
     cfg = absolute_paths(cfg)
     check_streamable(cfg.data, task.memory_only(cfg))
     check_node_wait(cfg.node_wait)
+    resolve_tracking_uri(cfg.tracking_uri, cfg.out)  # --out on object storage needs a shared MLflow store
     plan = task.plan(cfg)
     try:
         return _train_planned(task, cfg, plan, callbacks, parent_run_id, register, trial)
@@ -87,6 +88,7 @@ def _train_planned(task: Task, cfg: TrainCommon, plan: Plan, callbacks: tuple, p
     tracking_uri, mlflow_run_id = start_training_run(cfg.tracking_uri, plan.run, cfg.experiment,
                                                      task.mlflow_run_name(cfg), config_to_dict(cfg), parent_run_id)
     plan.run.set_mlflow_run_id(mlflow_run_id)  # combine and evaluate log under it
+    plan.run.push()  # on object storage: the run's identity there before training starts
     collected = None
     try:
         if plan.ranks and separate:
@@ -183,7 +185,7 @@ def fit_on_ray(task: Task, cfg: TrainCommon, plan: Plan, callbacks: tuple = (),
             f"Ray Train waited {node_wait:g} s (--node-wait) for {need.num_workers} worker(s) of "
             f"{need.resources_per_worker} ({need.placement_strategy}) and no node offered them "
             f"({e.controller_failure}); {describe_nodes()}. Add a node (or let the autoscaler), then re-run the "
-            f"same command: it resumes from the last checkpoint in {plan.run.root}") from None
+            f"same command: it resumes from the last checkpoint in {plan.run.location}") from None
     failure = plan.run.failure(plan.train_run)
     if failure:
         raise TrainingFailed(failure)
@@ -206,8 +208,10 @@ def run_separate(task: Task, cfg: TrainCommon, plan: Plan) -> None:
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent),
         run_config=tune.RunConfig(name=f"separate-{int(time.time())}", storage_path=storage_path,
                                   storage_filesystem=storage_filesystem, verbose=0))
-    grid = fit_in_thread(tuner)  # Ctrl-C reaches facray's one handler (see facray.runners.runtime)
-    plan.run.fetch_jobs()  # a run on object storage: what the trials sent from their nodes
+    try:
+        grid = fit_in_thread(tuner)  # Ctrl-C reaches facray's one handler (see facray.runners.runtime)
+    finally:  # a run on object storage: what the trials sent from their nodes, before any push
+        plan.run.fetch_jobs([BinaryJob(**job).key for job in jobs])
     errors = [str(r.error) for r in grid if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} separate job(s) failed: {errors[:3]}")
@@ -222,5 +226,5 @@ def _separate_trial(config: dict) -> None:
     name = train_run_name(f"job-{job['attribute']}__{job['modality']}", cfg, [BinaryJob(**job)])
     plan = replace(config["plan"], ranks=[[job]], train_run=name)
     result = fit_on_ray(task, cfg, plan, (TuneReportCallback(),))
-    with result.checkpoint.as_directory() as d:
-        plan.run.send_jobs(task.collect(RunFolder(d), plan.run))
+    with result.checkpoint.as_directory() as d:  # this node may not be the driver's
+        plan.run.send_jobs_from(RunFolder(d))

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from facray import storage
 from facray.attributes import ATTRIBUTES
 from facray.data.prepared import prepared_crop, read_metadata
 from facray.predictors.calibration import calibration_record
@@ -70,10 +71,13 @@ def choose_modalities(records: list[dict]) -> pd.DataFrame:
 def combine(cfg: CombineConfig) -> tuple[Path, str | None]:
     """Write the combined predictor; register it when asked. Returns (folder, model URI or None).
     A run on object storage (``--run s3://...``) is combined in its local copy, then pushed back."""
+    if storage.is_uri(cfg.out):
+        raise ValueError(f"--out {cfg.out}: a local folder (by default the predictor goes into the run folder, "
+                         "on object storage too)")
     run = run_folder(cfg.run)
     run.pull()
     if cfg.register:  # before any work: the store answers and the experiment is usable
-        check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, run.root), cfg.experiment)
+        check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, run.location), cfg.experiment)
     dest = Path(cfg.out).resolve() if cfg.out else run.combined_dir
     table = choose_modalities(run.job_records())
     for line in run.diverged_jobs():  # no weights: the other modality (if any) is the choice

@@ -34,6 +34,7 @@ from facray.predictors.format import ENSEMBLE_FORMAT, Manifest
 from facray.predictors.networks import load_predictor, read_predictor, write_ensemble
 from facray.prepared_eval import PREDICT_ROWS, evaluate_on_prepared
 from facray.preflight import check_tracking_store
+from facray.run_data import recorded_settings
 from facray.runs import RunFolder, RunFolderError
 from facray.staged_runs import run_folder
 from facray.tracking import register_predictor, resolve_tracking_uri, setup_mlflow
@@ -62,7 +63,7 @@ def read_member(source: str) -> Member:
     for run in (source, manifest.extra.get("source_run")):
         if training is None and run and not str(run).startswith(("models:/", "runs:/")):
             try:
-                settings = run_folder(run).settings()  # a URI's: pulled by read_predictor
+                settings = recorded_settings(run)
                 training = training_data(settings, settings["prepared_version"])
             except (RunFolderError, KeyError):
                 pass
@@ -154,7 +155,7 @@ def build_ensemble(cfg: EnsembleConfig) -> tuple[Path, str | None, pd.DataFrame,
     run = run_folder(cfg.out)  # a URI (s3://...): built in a local copy, pushed at the end
     run.pull()
     if cfg.register:
-        check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, run.root), cfg.experiment)
+        check_tracking_store(resolve_tracking_uri(cfg.tracking_uri, run.location), cfg.experiment)
     covered = [a for a in ATTRIBUTES if any(a in m.manifest.attribute_names for m in members)]
     validation = {**spec.__dict__, "prepared_version": read_metadata(spec.prepared)["shards"]}
     building = run.root / ".model.partial"

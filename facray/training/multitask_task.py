@@ -68,7 +68,7 @@ class MultitaskTask:
         plan.train_run = self.train_run_name(cfg, plan)
         if run.is_multitask and run.metrics().get("settings_hash") == digest:
             plan.ranks, plan.done = [], run.metrics()
-            plan.summary = f"{run.root}: already trained with these settings (model in {run.model_dir})"
+            plan.summary = f"{run.location}: already trained with these settings (model in {run.model_dir})"
         return plan
 
     def run_inputs(self, cfg: MultitaskConfig) -> dict:

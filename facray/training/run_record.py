@@ -77,7 +77,8 @@ def claim_run(cfg, inputs: dict | None = None) -> tuple[RunFolder, str]:
     folder and the settings hash (see :meth:`facray.runs.RunFolder.claim`). ``inputs``: more
     that decides the weights beyond the config (a distillation teacher's weights and calibration
     digests: the same path may hold another teacher later). A run on object storage is pulled into
-    its local copy first (:meth:`RunFolder.at`); :func:`facray.runners.train.train` pushes it back."""
+    its local copy first (:func:`facray.staged_runs.run_folder`); :func:`facray.runners.train.train`
+    pushes it back."""
     run = run_folder(cfg.out)
     run.pull()
     settings = {**run_settings(cfg, read_metadata(cfg.prepared)["shards"]), **(inputs or {})}
