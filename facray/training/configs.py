@@ -71,7 +71,8 @@ class TrainCommon:
     node_wait: float = node_wait_option()
     fail_at_epoch: int = option(0, "testing: raise once at the start of this epoch")
     overwrite: bool = option(False, "discard a run in --out trained with other settings and start afresh")
-    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)", path=True)
+    tracking_uri: str | None = option(None, "MLflow URI (default: SQLite in the out folder; a URI --out needs "
+                                                     "one every machine reaches, e.g. a server)", path=True)
 
 
 @dataclass
@@ -167,7 +168,7 @@ class SweepConfig:
     SMOKE: ClassVar[dict] = {"space": "tune_spaces.smoke_multitask", "cpus_per_trial": 0.5, "max_concurrent": 2}
     SMOKE_TRIAL: ClassVar[dict] = {"model": "abm-trunk-tiny", "image_size": 32, "batch_size": 16}
     space: str = option("tune_spaces/abm_lr_epochs.py", "search space: a .py file or a module name")
-    out: str = option("runs/sweep", "sweep folder: a run folder per trial, results.csv, the plot, MLflow store; "
+    out: str = option("runs/sweep", "sweep folder: a run folder per trial, sweep_results.csv, the plot, MLflow store; "
                                      "a path, or a URI (s3://...: needs --tracking-uri)", path=True)
     trial_config: str | None = option(None, "YAML of the trainer config every trial starts from", path=True)
     num_samples: int = option(1, "Tune num_samples: repeats of the grid, or the trials of a random space")
@@ -178,7 +179,8 @@ class SweepConfig:
     cpus_per_trial: float = option(1.0, "CPUs of each trial's training worker")
     gpus_per_trial: float = option(0.0, "GPUs of each trial's worker; a fraction puts several trials on one GPU")
     experiment: str = option("facray-sweep", "MLflow experiment")
-    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)", path=True)
+    tracking_uri: str | None = option(None, "MLflow URI (default: SQLite in the out folder; a URI --out needs "
+                                                     "one every machine reaches, e.g. a server)", path=True)
     registered_name: str = option("", "MLflow name of the best trial's model (default facray-sweep-<space>)")
     overwrite: bool = option(False, "discard a sweep in --out run with other settings and start afresh")
 
@@ -218,7 +220,8 @@ class CombineConfig:
     registered_name: str = option(REGISTERED_NAME, "MLflow registered model name")
     thresholds: Literal["validation", "0.5"] = option("validation", "per-attribute decision thresholds chosen "
                                                       "on the validation rows, or 0.5 for all")
-    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)", path=True)
+    tracking_uri: str | None = option(None, "MLflow URI (default: SQLite in the run folder; a URI run needs "
+                                                     "the server it trained with)", path=True)
     experiment: str = option("facray-abm", "MLflow experiment")
 
 
@@ -227,7 +230,8 @@ class EvaluateConfig:
     # --smoke-test: a one-epoch smoke `facray train` run first (facray.testing), then its report.
     SMOKE: ClassVar[dict] = {}
 
-    run: str = option("runs/abm", "the run folder (train-binary + combine, or train)", path=True)
+    run: str = option("runs/abm", "the run folder (train-binary + combine, or train): a path or a URI",
+                      path=True)
     out: str = option("", "report folder (default <run>/report; with --dataset <model>/eval-<dataset name>; with "
                           "--prepared ./eval-<prepared name>-<split>)",
                       path=True)
@@ -247,7 +251,8 @@ class EvaluateConfig:
                                         "score the model on this prepared data's --split (no face detection, "
                                         "calibration report and reliability plot)", path=True)
     log_mlflow: bool = option(True, "log the report to MLflow")
-    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under run)", path=True)
+    tracking_uri: str | None = option(None, "MLflow URI (default: SQLite in the run folder; a URI run needs "
+                                                     "the server it trained with)", path=True)
     experiment: str | None = option(None, "MLflow experiment (default: facray-abm or facray-multitask, "
                                           "by the run's kind)")
 
@@ -260,7 +265,7 @@ class EnsembleConfig:
 
     members: tuple[str, ...] = option((), "the members: run folders (train, train-binary + combine, distill, sweep "
                                           "trials), predictor folders or models:/ URIs (also as positional arguments)")
-    out: str = option("runs/ensemble", "ensemble folder: the predictor in model/, members.csv, report/, MLflow "
+    out: str = option("runs/ensemble", "ensemble folder (a path or a URI): the predictor in model/, members.csv, report/, MLflow "
                                        "store", path=True)
     weights: tuple[float, ...] = option((), "each member's weight in the mean, in order (default: equal)")
     flip: bool = option(False, "average each member over the image and its mirror image (2x the compute)")
@@ -275,7 +280,8 @@ class EnsembleConfig:
                                  "the report into <out>/report")
     register: bool = option(True, "log to MLflow and register the model")
     registered_name: str = option("facray-ensemble", "MLflow registered model name")
-    tracking_uri: str | None = option(None, "MLflow URI (default sqlite under out)", path=True)
+    tracking_uri: str | None = option(None, "MLflow URI (default: SQLite in the out folder; a URI --out needs "
+                                                     "one every machine reaches, e.g. a server)", path=True)
     experiment: str = option("facray-ensemble", "MLflow experiment")
 
 
