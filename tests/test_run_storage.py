@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import replace
 
+import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
@@ -165,3 +166,36 @@ def test_a_sweep_on_object_storage_needs_a_tracking_server_and_says_so_before_ra
     with pytest.raises(ValueError, match=r"^file://.*/runs/sweep: a run on object storage .* --tracking-uri"):
         run_sweep(cfg, {"prepared": str(tmp_path)})
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow  # ~2 min: a 4-trial Tune sweep, then the same command again
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_a_sweep_on_object_storage_keeps_its_trials_there_and_resumes_from_there(ray_session, prepared_small,
+                                                                                 tmp_path, monkeypatch, capsys):
+    """The Tune experiment (restored through a pyarrow filesystem) and every trial's run folder are
+    on the storage; the same command from a fresh local copy restores the experiment, runs no trial
+    again and registers the same best trial."""
+    from facray.runners.sweep import run_sweep
+    from facray.training.configs import SweepConfig
+
+    remote = tmp_path / "bucket/runs/sweep"
+    cfg = SweepConfig(space="tune_spaces.smoke_multitask", out=f"file://{remote}", cpus_per_trial=0.5,
+                      max_concurrent=2, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    trial_keys = {"prepared": str(prepared_small), "model": "abm-trunk-tiny", "image_size": 32, "batch_size": 16}
+    monkeypatch.setenv("FACRAY_STAGING", str(tmp_path / "driver1"))
+    first = run_sweep(cfg, trial_keys)
+    results = pd.read_csv(remote / "sweep_results.csv")
+    assert len(results) == 4 and (results.status == "finished").all()
+    assert results.run_folder.str.startswith(f"file://{remote}/trials/").all()
+    assert all((remote / "trials" / f.rsplit("/", 1)[1] / "model/manifest.json").is_file() for f in results.run_folder)
+    assert list((remote / "tune").rglob("experiment_state*.json")) and first["run_folder"] in set(results.run_folder)
+    weights = sorted(remote.glob("trials/*/model/*.pt")) or sorted(remote.glob("trials/*/model/*"))
+    stamps = {p: p.stat().st_mtime_ns for p in weights}
+
+    monkeypatch.setenv("FACRAY_STAGING", str(tmp_path / "driver2"))
+    capsys.readouterr()
+    again = run_sweep(cfg, trial_keys)
+    assert f"resuming the sweep in file://{remote}/tune/sweep" in capsys.readouterr().out
+    assert again["best_trial"] == first["best_trial"] and again["run_folder"] == first["run_folder"]
+    assert {p: p.stat().st_mtime_ns for p in weights} == stamps  # no trial trained again
