@@ -136,10 +136,10 @@ def _tracking_hint(uri: str | None, out) -> str:
 
 
 def run_combine(args: argparse.Namespace) -> int:
+    from facray import storage
     from facray.training.combine import combine
     from facray.training.configs import CombineConfig
 
-    from facray import storage
     cfg = _resolve(CombineConfig, args)
     dest, uri = combine(cfg)
     import pandas as pd

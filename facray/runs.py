@@ -44,9 +44,13 @@ class RunFolderError(ValueError):
     """A run folder is missing, incomplete, or does not match what is asked of it."""
 
 
+# What the workers write into a run folder themselves: failure notes (failure.txt, and
+# failure-<Ray Train run>.txt: :meth:`RunFolder.write_failure`) and --fail-at-epoch's marker.
+FAILURE_NOTES = "failure*.txt"
+INJECTED_FAILURE = ".injected_failure"
 # What --overwrite removes: every trained output, never the MLflow store (its history stays).
 TRAINED_OUTPUTS = ("jobs", "ray_results", "combined", "model", "metrics.json", "report", "mlflow_run_id", "parent_run_id",
-                    "mlflow_logged.json", "jobs_summary.csv", ".injected_failure", "failure.txt", "run.json", "tune", "trials",
+                    "mlflow_logged.json", "jobs_summary.csv", INJECTED_FAILURE, "failure.txt", "run.json", "tune", "trials",
                     "sweep_results.csv", "sweep_metric.png", "sweep_summary.json")
 
 
@@ -98,7 +102,7 @@ class RunFolder:
     model_dir = property(lambda self: self.root / "model")
     metrics_file = property(lambda self: self.root / "metrics.json")
     report_dir = property(lambda self: self.root / "report")
-    failure_marker = property(lambda self: self.root / ".injected_failure")
+    failure_marker = property(lambda self: self.root / INJECTED_FAILURE)
     failure_file = property(lambda self: self.root / "failure.txt")  # why the last attempt failed for good
     tune_dir = property(lambda self: self.root / "tune")
     trials_dir = property(lambda self: self.root / "trials")
@@ -141,7 +145,7 @@ class RunFolder:
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-            for stale in self.root.glob("failure-*.txt"):
+            for stale in self.root.glob(FAILURE_NOTES):
                 stale.unlink()
         self.record_file.write_text(json.dumps({"settings_hash": digest, "settings": settings}, indent=1,
                                                default=str))

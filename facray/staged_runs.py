@@ -24,12 +24,12 @@ import os
 from pathlib import Path
 
 from facray import storage
-from facray.runs import TRAINED_OUTPUTS, RunFolder
+from facray.runs import FAILURE_NOTES, INJECTED_FAILURE, TRAINED_OUTPUTS, RunFolder
 
 # On the object storage only, never in the local copy (so a push, which makes the bucket the
 # copy's, leaves them): what Ray and the workers write there themselves while a command runs (Ray
 # Train's and Tune's storage, failure notes, the --fail-at-epoch marker)...
-_REMOTE_ONLY = frozenset({"ray_results", "tune", "failure*.txt", ".injected_failure"})
+_REMOTE_ONLY = frozenset({"ray_results", "tune", FAILURE_NOTES, INJECTED_FAILURE})
 # ...a sweep's trials, run folders of their own that each trial pulls and pushes; and, in the
 # local copy only, what the copy and the bucket held when last in step (storage.mirror's record).
 _SYNCED_FILE = ".facray-synced.json"
@@ -122,6 +122,6 @@ class StagedRunFolder(RunFolder):
                 storage.delete(storage.join(self.uri, name))
             for note in storage.list_files(self.uri):
                 name = note.rsplit("/", 1)[-1]
-                if fnmatch.fnmatchcase(name, "failure*.txt"):
+                if fnmatch.fnmatchcase(name, FAILURE_NOTES):
                     storage.delete_file(note)
         super().claim(settings, digest, overwrite)

@@ -19,7 +19,7 @@ def from_object_storage(uri: str) -> Path | None:
     temporary folder (never the whole run, nor a run's local copy another command may be working
     in). None when ``uri`` is no such URI (``models:/``, ``runs:/`` are MLflow's). Raises
     :class:`PredictorError` when no predictor is there."""
-    if "://" not in uri or not storage.is_uri(uri):
+    if not storage.is_uri(uri):
         return None
     layout = RunFolder(tempfile.gettempdir())  # the run folder layout's names only
     for folder in (uri, storage.join(uri, layout.model_dir.name), storage.join(uri, layout.combined_dir.name)):
