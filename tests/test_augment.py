@@ -1,10 +1,15 @@
-"""Online augmentation of the multi-task trainer: the targets move exactly as the images do."""
+"""Online augmentation: the multi-task trainer's targets move exactly as the images do; the binary
+chain's online variants are prepare's offline ones."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from facray.training.augment import Jitter, flip_targets, random_affine, warp, warp_targets
+from facray.data.transforms.augment import (OFFLINE_AUGMENTATIONS, PHOTOMETRIC_AUGMENTATIONS, apply_augmentation,
+                                            photometric_draw, variant_homography)
+from facray.training.augment import (Jitter, VariantDraw, apply_abm_variants, draw_abm_variants, flip_targets,
+                                     random_affine, warp, warp_targets)
 
 
 def _dots(size: int, points: np.ndarray) -> torch.Tensor:
@@ -57,3 +62,44 @@ def test_flip_then_jitter_keeps_left_and_right_landmarks_apart():
     _, both = warp_targets(None, flipped, theta)
     shift = (both - flipped).view(5, 2)
     assert torch.allclose(shift, shift[:1].expand(5, 2), atol=1e-6)  # a pure shift moves every point alike
+
+
+# ---- the binary chain: ABM-CNN's variants online, the same transforms as prepare --augment 9 ----
+
+def _face(size: int = 64) -> np.ndarray:
+    """A smooth colour image (no sharp edges, so resampling differences stay small)."""
+    import cv2
+    noise = np.random.default_rng(0).integers(0, 256, (size, size, 3)).astype(np.uint8)
+    return cv2.GaussianBlur(noise, (0, 0), 3)
+
+
+@pytest.mark.parametrize("name", OFFLINE_AUGMENTATIONS)
+def test_each_online_variant_is_the_offline_one_on_the_device(name):
+    """The same strength drawn, the torch warp + photometric change gives prepare's cv2 pixels to
+    within resampling rounding (at most ~1 grey level of 255 here; borders excepted: reflect 101 vs reflect)."""
+    image = _face()
+    offline, _, _ = apply_augmentation(image, name, np.random.default_rng(5))
+    rng = np.random.default_rng(5)  # the same draws, in the same order
+    H = variant_homography(name, (64, 64), rng)
+    gain, offset = photometric_draw(rng) if name in PHOTOMETRIC_AUGMENTATIONS else (1.0, 0.0)
+    draw = VariantDraw(torch.tensor(np.linalg.inv(H))[None].float(), torch.tensor([gain]), torch.tensor([offset / 255]))
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    online = apply_abm_variants(x, draw, photometric=True)[0].permute(1, 2, 0).numpy() * 255
+    diff = np.abs(online - offline.astype(np.float64))
+    assert diff[6:-6, 6:-6].max() <= 2.0, (name, diff[6:-6, 6:-6].max())
+    assert diff.mean() <= 1.0
+
+
+def test_online_variants_draw_all_nine_reproducibly_and_sketches_keep_their_values():
+    draw = draw_abm_variants(400, 32, torch.Generator().manual_seed(0))
+    again = draw_abm_variants(400, 32, torch.Generator().manual_seed(0))
+    assert torch.equal(draw.inverse, again.inverse) and torch.equal(draw.gain, again.gain)
+    identity = torch.isclose(draw.inverse, torch.eye(3)).flatten(1).all(1)
+    photometric = draw.gain != 1
+    # original and brightness_contrast keep the geometry (2/9 of the rows); 3 of 9 change the pixel values.
+    assert 0.12 < identity.float().mean() < 0.33 and 0.22 < photometric.float().mean() < 0.45
+    assert (identity & photometric).any() and (identity & ~photometric).any()
+    assert 0.75 <= draw.gain.min() and draw.gain.max() <= 1.25 and draw.offset.abs().max() <= 30 / 255
+    x = torch.rand(400, 1, 32, 32)
+    sketch = apply_abm_variants(x, draw, photometric=False)
+    torch.testing.assert_close(sketch[identity], x[identity], atol=1e-5, rtol=0)  # geometry only

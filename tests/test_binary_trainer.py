@@ -92,11 +92,14 @@ def test_early_stopping_restores_the_best_epoch():
     assert history == losses and {"accuracy", "loss", "val_accuracy", "val_precision", "f1"} <= set(st.history[0])
 
 
-def test_checkpoint_round_trip_continues_identically():
+@pytest.mark.parametrize("online_augment", [False, True])
+def test_checkpoint_round_trip_continues_identically(online_augment):
     data, val = _data(), _data(seed=1)
     jobs = [BinaryJob(A, "real", 3), BinaryJob(B, "sketch", 3)]
-    straight = _train(jobs, data, val, 3, kind="grouped")
-    cfg = TrainerConfig(batch_size=8, image_size=16, patience=5, stack="grouped", seed=1)
+    cfg = TrainerConfig(batch_size=8, image_size=16, patience=5, stack="grouped", seed=1, online_augment=online_augment)
+    straight = FusedBinaryTrainer(jobs, cfg)
+    for e in range(3):
+        straight.fit_epoch(array_batches(data, 8, True, 1, e), array_batches(val, 32))
     first = FusedBinaryTrainer(jobs, cfg)
     first.fit_epoch(array_batches(data, 8, True, 1, 0), array_batches(val, 32))
     resumed = FusedBinaryTrainer(jobs, cfg)
@@ -139,9 +142,9 @@ def test_stopping_the_first_of_many_keeps_every_others_adam_state(kind):
             torch.testing.assert_close(together.best[job.key][name], w, atol=2e-5, rtol=1e-4)
 
 
-def test_online_flips_do_not_depend_on_the_other_modality():
+def test_online_augmentation_does_not_depend_on_the_other_modality():
     data, val = _data(), _data(seed=1)
-    cfg = TrainerConfig(batch_size=8, image_size=16, patience=5, seed=1, online_flip=True)
+    cfg = TrainerConfig(batch_size=8, image_size=16, patience=5, seed=1, online_flip=True, online_augment=True)
     both = FusedBinaryTrainer([BinaryJob(A, "real", 2), BinaryJob(A, "sketch", 2)], cfg)
     alone = FusedBinaryTrainer([BinaryJob(A, "real", 2)], cfg)
     for t in (both, alone):
@@ -152,6 +155,11 @@ def test_online_flips_do_not_depend_on_the_other_modality():
     restored = FusedBinaryTrainer([BinaryJob(A, "real", 2)], cfg)
     restored.load_state_dict(alone.state_dict())
     assert torch.equal(restored.flip_generator.get_state(), alone.flip_generator.get_state())
+    assert torch.equal(restored.augment_generator.get_state(), alone.augment_generator.get_state())
+    plain = FusedBinaryTrainer([BinaryJob(A, "real", 2)], TrainerConfig(**{**vars(cfg), "online_augment": False}))
+    for e in range(2):
+        plain.fit_epoch(array_batches(data, 8, True, 1, e), array_batches(val, 32))
+    assert any(not torch.equal(plain.best[f"{A}__real"][n], w) for n, w in alone.best[f"{A}__real"].items())
 
 
 def test_class_balance_lifts_a_rare_attribute_off_its_majority_class():

@@ -11,10 +11,21 @@ from facray.training.run_record import run_settings, settings_hash
 def test_run_json_hashes_are_pinned():
     """Existing run folders resume only while these hashes hold: a renamed field or a changed
     default makes every earlier run look like another one (re-training, or a refusal)."""
-    binary = run_settings(BinaryConfig(prepared="/data/p", out="/runs/a"), "shards-1")
+    # train-binary hashes what --online-augment auto decided; "off" (data prepared with the variants)
+    # is how every run before the option trained, so those runs keep their hash.
+    binary = run_settings(BinaryConfig(prepared="/data/p", out="/runs/a", online_augment="off"), "shards-1")
     multitask = run_settings(MultitaskConfig(prepared="/data/p", out="/runs/b", model="resnet18", lr=3e-4), "shards-1")
     assert (settings_hash(binary), len(binary)) == ("8135881b0e52bf75", 20)
     assert (settings_hash(multitask), len(multitask)) == ("8599a303aea28eb2", 34)
+    online = run_settings(BinaryConfig(prepared="/data/p", out="/runs/a", online_augment="on"), "shards-1")
+    assert online["online_augment"] == "on" and settings_hash(online) != settings_hash(binary)
+
+
+def test_online_augment_auto_follows_the_prepared_variants():
+    assert BinaryConfig().augments_online({"augment": 1})
+    assert not BinaryConfig().augments_online({"augment": 9})
+    assert BinaryConfig(online_augment="on").augments_online({"augment": 9})
+    assert not BinaryConfig(online_augment="off").augments_online({"augment": 1})
 
 
 def test_operational_keys_leave_the_hash_alone():
@@ -47,6 +58,7 @@ def test_the_pure_trainers_take_the_commands_defaults():
     from facray.training.binary import TrainerConfig
     from facray.training.multitask import MultiTaskTrainerConfig
     for pure, command in ((TrainerConfig, BinaryConfig), (MultiTaskTrainerConfig, MultitaskConfig)):
-        # image_size: the resolved input side there; epochs: the span of a cosine schedule (0 = none)
-        shared = (_defaults(pure).keys() & _defaults(command).keys()) - {"image_size", "epochs"}
+        # image_size: the resolved input side there; epochs: the span of a cosine schedule (0 = none);
+        # online_augment: what the command's "auto" decided from the prepared data
+        shared = (_defaults(pure).keys() & _defaults(command).keys()) - {"image_size", "epochs", "online_augment"}
         assert shared and {k: _defaults(pure)[k] for k in shared} == {k: _defaults(command)[k] for k in shared}

@@ -106,3 +106,17 @@ def test_the_data_path_never_renames_a_binary_train_run(prepared_small, tmp_path
     names = {task.train_run_name(replace(cfg, data=d), plan) for d in ("auto", "memory", "stream")}
     assert len(names) == 1
     assert task.train_run_name(replace(cfg, num_workers=1), plan) not in names
+
+
+def test_train_binary_draws_the_variants_online_on_data_prepared_without_them(prepared_small, tmp_path):
+    """prepared_small holds one variant per image: --online-augment auto turns ABM-CNN's variants on,
+    says so before training, and records what it decided, so the same command with them off is
+    another run (its own settings hash), not a resume of this one."""
+    from facray.training.binary_task import BinaryTask
+    base = dict(prepared=str(prepared_small), attributes="Smiling", modalities=("real",), image_size=32)
+    auto = BinaryTask().plan(BinaryConfig(out=str(tmp_path / "auto"), **base))
+    off = BinaryTask().plan(BinaryConfig(out=str(tmp_path / "off"), online_augment="off", **base))
+    assert "online augmentation: ABM-CNN's 9 variants drawn per image and step" in auto.summary
+    assert "online augmentation: off" in off.summary
+    assert auto.run.settings()["online_augment"] == "on" and "online_augment" not in off.run.settings()
+    assert auto.digest != off.digest

@@ -1,6 +1,9 @@
-"""The multi-task trainer's online augmentation, pure torch, on the device the batch is on:
-horizontal flips and a small random affine jitter (shift, zoom, rotation), with the weak masks and
-the landmark targets moved exactly as their images were.
+"""Online augmentation, pure torch, on the device the batch is on.
+
+- The multi-task trainer's: horizontal flips and a small random affine jitter (shift, zoom,
+  rotation), with the weak masks and the landmark targets moved exactly as their images were.
+- The binary trainer's: ABM-CNN's 9 variants (:func:`draw_abm_variants`), the transforms of
+  ``prepare --augment 9`` drawn afresh per image and step, so the prepared data stays 1x.
 
 Why jitter: a few thousand training faces are memorised within a few epochs; crops that never
 repeat pixel for pixel keep validation loss falling for longer. It runs after the crop (the face
@@ -12,11 +15,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from facray.attributes import MIRRORED_LANDMARKS
-
+from facray.data.transforms.augment import (OFFLINE_AUGMENTATIONS, PHOTOMETRIC_AUGMENTATIONS, photometric_draw,
+                                            variant_homography)
 
 
 @dataclass(frozen=True)
@@ -93,3 +98,57 @@ def augment_targets(masks: torch.Tensor | None, landmarks: torch.Tensor | None, 
     """Masks and landmarks moved as :func:`augment_images` moved their images."""
     masks, landmarks = flip_targets(masks, landmarks, flip)
     return warp_targets(masks, landmarks, theta) if theta is not None else (masks, landmarks)
+
+
+# ---- the binary chain: ABM-CNN's variants online ----
+
+@dataclass(frozen=True)
+class VariantDraw:
+    """One batch's draw of ABM-CNN variants (CPU tensors)."""
+    inverse: torch.Tensor  # (B, 3, 3) homography, output pixel -> input pixel
+    gain: torch.Tensor  # (B,) contrast gain, 1 where the variant is geometric only
+    offset: torch.Tensor  # (B,) brightness offset in [0, 1] units (offline: 0-255)
+
+
+def draw_abm_variants(n: int, size: int, generator: torch.Generator) -> VariantDraw:
+    """ABM-CNN's augmentation for ``n`` images of side ``size`` px: each image gets one of the 9
+    variants of :data:`~facray.data.transforms.augment.OFFLINE_AUGMENTATIONS` (the original
+    included), uniformly, with its own strength, drawn by the very code and ranges of ``prepare
+    --augment 9`` (:func:`~facray.data.transforms.augment.variant_homography`,
+    :func:`~facray.data.transforms.augment.photometric_draw`). An epoch shows each image once as one
+    variant; nine epochs show about what one epoch of 9x prepared data shows, each time at a fresh
+    strength. Seeded from ``generator`` (CPU), so a run repeats on any device and resumes exactly."""
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    inverse, gain, offset = np.empty((n, 3, 3)), np.ones(n), np.zeros(n)
+    for i, k in enumerate(rng.integers(len(OFFLINE_AUGMENTATIONS), size=n)):
+        name = OFFLINE_AUGMENTATIONS[k]
+        inverse[i] = np.linalg.inv(variant_homography(name, (size, size), rng))
+        if name in PHOTOMETRIC_AUGMENTATIONS:
+            gain[i], offset[i] = photometric_draw(rng)
+    return VariantDraw(*(torch.from_numpy(a).float() for a in (inverse, gain, offset / 255)))
+
+
+def warp_homography(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """Resample (B, C, H, W) ``x`` so output pixel p reads input point ``inverse @ p`` (pixel
+    coordinates, centres at integers: ``cv2.warpPerspective``'s convention), bilinear. Outside the
+    image it reflects about the border (OpenCV's BORDER_REFLECT; ``prepare`` uses BORDER_REFLECT_101,
+    which differs by half a pixel there)."""
+    b, _, h, w = x.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
+    points = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(1, -1, 3).to(x.dtype)  # (1, HW, 3)
+    source = points @ inverse.to(x.device, x.dtype).transpose(1, 2)  # (B, HW, 3)
+    source = source[..., :2] / source[..., 2:]
+    scale = torch.tensor([w, h], device=x.device, dtype=x.dtype)
+    grid = ((2 * source + 1) / scale - 1).view(b, h, w, 2)  # align_corners=False normalisation
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def apply_abm_variants(x: torch.Tensor, draw: VariantDraw, photometric: bool) -> torch.Tensor:
+    """(B, C, S, S) float in [0, 1] -> the same, each image as its drawn variant. ``photometric``
+    False for pencil sketches: ``prepare`` sketches the augmented photo, and a colour-dodge sketch
+    (grey / blurred grey) cancels a contrast gain, so the sketch takes the geometry only."""
+    x = warp_homography(x, draw.inverse)
+    if photometric:
+        gain, offset = (t.to(x.device, x.dtype).view(-1, 1, 1, 1) for t in (draw.gain, draw.offset))
+        x = (x * gain + offset).abs().clamp(max=1)  # cv2.convertScaleAbs, in [0, 1]
+    return x

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from facray.attributes import ATTRIBUTE_INDEX, MODALITIES
 from facray.models.abm import build_stack, default_stack_kind, make_generators
 from facray.models.inputs import to_input
+from facray.training.augment import VariantDraw, apply_abm_variants, draw_abm_variants
 from facray.training.configs import BinaryConfig
 from facray.training.binary_jobs import BinaryJob, JobState, job_seed
 from facray.training.metrics import PassStats
@@ -48,6 +49,8 @@ class TrainerConfig:
     stack: str = BinaryConfig.stack  # auto | loop | grouped
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     online_flip: bool = BinaryConfig.online_flip  # random horizontal flips at train time
+    # ABM-CNN's 9 variants drawn per image and step (facray.training.augment.draw_abm_variants).
+    online_augment: bool = False
     # Class balance: per attribute (official order) the weight of positive samples in the training
     # loss, e.g. negatives/positives capped (facray.training.metrics.positive_weights); None = off.
     # Validation loss stays unweighted, so early stopping compares like with like.
@@ -60,6 +63,7 @@ class TrainerConfig:
         return cls(batch_size=cfg.batch_size, lr=cfg.lr, dropout=cfg.dropout, patience=cfg.patience,
                    image_size=cfg.image_size or prepared_meta["size"], sketch_channels=prepared_meta["sketch_channels"],
                    seed=cfg.seed, stack=cfg.stack, online_flip=cfg.online_flip,
+                   online_augment=cfg.augments_online(prepared_meta),
                    positive_weights=tuple(positive_weights) if positive_weights is not None else None)
 
 
@@ -73,6 +77,7 @@ class FusedBinaryTrainer:
         self.best: dict[str, dict[str, torch.Tensor]] = {}
         self.epoch = 0
         self.flip_generator = torch.Generator().manual_seed(cfg.seed + 17)
+        self.augment_generator = torch.Generator().manual_seed(cfg.seed + 29)
         # Per modality: the stack of active models, their job keys (stack order), their optimiser.
         self.active: dict[str, list[str]] = {}
         self.stacks: dict[str, torch.nn.Module] = {}
@@ -116,14 +121,17 @@ class FusedBinaryTrainer:
                                else labels[:, cols]).to(self.device).long()
 
     def _step(self, modality: str, stack: torch.nn.Module, keys: list[str], batch: dict,
-              flip: torch.Tensor | None, stats: PassStats) -> None:
+              flip: torch.Tensor | None, variants: VariantDraw | None, stats: PassStats) -> None:
         """One batch through one modality's stack; trains it when the stack is in train mode.
-        ``flip`` (B,) mirrors those images horizontally (online augmentation)."""
+        Online augmentation: ``flip`` (B,) mirrors those images horizontally, ``variants`` makes
+        each image its drawn ABM-CNN variant (the sketch takes the geometry only)."""
         pixels = batch["image"] if modality == "real" else batch["sketch"]
         cuda = self.device.type == "cuda"
         x = to_input(pixels, self.cfg.image_size, self.device, channels_last=cuda)
         if flip is not None:
             x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+        if variants is not None:
+            x = apply_abm_variants(x, variants, photometric=modality == "real")
         train = stack.training
         y = self._targets(batch["labels"], keys)  # (B, K), -1 = unknown
         valid = y >= 0
@@ -153,13 +161,15 @@ class FusedBinaryTrainer:
             stack.train(train)
         with torch.set_grad_enabled(train):
             for batch in batches:
-                flip = None
+                # One draw per batch, shared by both modalities: a model's augmentation does not
+                # depend on which other models train beside it.
+                flip = variants = None
                 if train and self.cfg.online_flip:
-                    # One draw per batch, shared by both modalities: a model's flips do not
-                    # depend on which other models train beside it.
                     flip = torch.rand(len(batch["labels"]), generator=self.flip_generator) < 0.5
+                if train and self.cfg.online_augment:
+                    variants = draw_abm_variants(len(batch["labels"]), self.cfg.image_size, self.augment_generator)
                 for modality in stats:
-                    self._step(modality, stacks[modality], active[modality], batch, flip, stats[modality])
+                    self._step(modality, stacks[modality], active[modality], batch, flip, variants, stats[modality])
         return stats
 
     def run_pass(self, batches: Iterable[dict], train: bool) -> dict[str, PassStats]:
@@ -257,11 +267,13 @@ class FusedBinaryTrainer:
             "generators": {m: [g.get_state() for g in (s.generators or [])] for m, s in self.stacks.items()},
             "dropout_seeds": {m: list(s.dropout_seeds) for m, s in self.stacks.items()},
             "flip_generator": self.flip_generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
         }
 
     def load_state_dict(self, sd: dict) -> None:
         self.epoch, self.kind, self.best = sd["epoch"], sd["kind"], sd["best"]
         self.flip_generator.set_state(sd["flip_generator"])
+        self.augment_generator.set_state(sd["augment_generator"])
         for k, s in sd["states"].items():
             s = dict(s)
             self.states[k] = JobState(BinaryJob(**s.pop("job")), **s)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
@@ -65,12 +65,15 @@ class BinaryTask:
         labels = train_labels(SplitSpec.of(cfg))  # once, here: stream-mode workers never hold them all
         trainable = trainable_attributes(labels, list(dict.fromkeys(j.attribute for j in jobs)), cfg.prepared)
         jobs = [j for j in jobs if j.attribute in trainable]
-        run, digest = claim_run(cfg)
+        # The run's settings hold what auto decided: the same command on 1x and on 9x data trains differently.
+        online = cfg.augments_online(read_metadata(cfg.prepared))
+        run, digest = claim_run(replace(cfg, online_augment="on" if online else "off"))
         done = run.finished_job_keys(digest)
         todo = [j for j in jobs if j.key not in done]
         pos_weights = positive_weights(labels, cfg.max_pos_weight).tolist() if cfg.class_balance else None
         summary = (f"{len(jobs)} jobs: {len(done & {j.key for j in jobs})} already finished, {len(todo)} to run "
-                   f"({cfg.mode} mode, {cfg.num_workers} worker(s)); rows: "
+                   f"({cfg.mode} mode, {cfg.num_workers} worker(s)); online augmentation: "
+                   + ("ABM-CNN's 9 variants drawn per image and step" if online else "off") + "; rows: "
                    + ", ".join(f"{k} {v}" for k, v in counts.items()))
         plan = Plan(run, digest, assign([asdict(j) for j in todo], cfg.num_workers) if todo else [],
                     {"settings_hash": digest, "positive_weights": pos_weights, "all_jobs": [j.key for j in jobs]},

@@ -94,7 +94,19 @@ class BinaryConfig(TrainCommon):
     max_concurrent: int = option(2, "separate mode: runs at once")
     stack: Literal["auto", "grouped", "loop"] = option("auto", "auto (grouped on GPU, loop on CPU) | grouped | loop")
     online_flip: bool = option(False, "random horizontal flips while training")
+    online_augment: Literal["auto", "on", "off"] = option(
+        "auto", "ABM-CNN's 9 variants (prepare --augment's transforms) drawn afresh per image and step, on the "
+                "device, so the prepared data stays 1x: auto = on for data prepared with --augment 1, off for "
+                "data that holds the variants already")
     experiment: str = option("facray-abm", "MLflow experiment")
+
+    def augments_online(self, prepared_meta: dict) -> bool:
+        """``online_augment`` decided for data with ``prepared_meta``: ``auto`` is on when the data
+        holds one variant per train image (``prepare --augment 1``), off when it holds ABM-CNN's
+        variants already (drawing them again on those would be another recipe than the paper's)."""
+        if self.online_augment == "auto":
+            return int(prepared_meta.get("augment", 1)) <= 1
+        return self.online_augment == "on"
 
 
 @dataclass

@@ -57,7 +57,7 @@ def inject_failure_once(out: str | Path, fail_at_epoch: int, epoch: int) -> None
 
 # Keys added after runs were trained without them, left out of the settings while at these values (what
 # those runs did), so the runs still resume and keep their hash.
-LATER_KEYS = {"holdout_seed": None}
+LATER_KEYS = {"holdout_seed": None, "online_augment": "off"}
 
 
 def run_settings(cfg, prepared_version: str) -> dict:

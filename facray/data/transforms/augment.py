@@ -12,9 +12,14 @@ from facray.data.transforms.face import transform_points
 # these 8, each with its own seeded random strength.
 OFFLINE_AUGMENTATIONS = ("original", "flip", "rotate_left", "rotate_right", "shift", "zoom",
                          "perspective", "brightness_contrast", "flip_rotate")
+# The variants that also change brightness and contrast, on top of their geometry.
+PHOTOMETRIC_AUGMENTATIONS = ("brightness_contrast", "perspective", "zoom")
 
 
-def _homography(name: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def variant_homography(name: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """The 3x3 homography of variant ``name`` for a (width, height) image, in pixel coordinates
+    (input -> output, as ``cv2.warpPerspective`` takes it), its strength drawn from ``rng``.
+    Shared with the binary trainer's online augmentation (:mod:`facray.training.augment`)."""
     w, h = size
     c = (w / 2, h / 2)
 
@@ -48,6 +53,12 @@ def _homography(name: str, size: tuple[int, int], rng: np.random.Generator) -> n
     raise ValueError(f"unknown augmentation {name!r}; expected one of {OFFLINE_AUGMENTATIONS}")
 
 
+def photometric_draw(rng: np.random.Generator) -> tuple[float, float]:
+    """(gain, offset) of a brightness/contrast change: ``|gain * pixel + offset|`` saturated to
+    0-255 (``cv2.convertScaleAbs``), offset in 0-255 units."""
+    return rng.uniform(0.75, 1.25), rng.uniform(-30, 30)
+
+
 def apply_augmentation(image: np.ndarray, name: str, rng: np.random.Generator,
                        masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Apply one named augmentation. Masks (C, H, W) follow the same geometry (nearest).
@@ -55,7 +66,7 @@ def apply_augmentation(image: np.ndarray, name: str, rng: np.random.Generator,
     Returns (image, masks, 3x3 homography applied).
     """
     h, w = image.shape[:2]
-    H = _homography(name, (w, h), rng)
+    H = variant_homography(name, (w, h), rng)
     out = image
     if not np.allclose(H, np.eye(3)):
         out = cv2.warpPerspective(image, H, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
@@ -65,9 +76,9 @@ def apply_augmentation(image: np.ndarray, name: str, rng: np.random.Generator,
             Hm = S @ H @ np.linalg.inv(S)
             masks = np.stack([cv2.warpPerspective(m, Hm, (mw, mh), flags=cv2.INTER_NEAREST,
                                                   borderMode=cv2.BORDER_CONSTANT) for m in masks])
-    if name in ("brightness_contrast", "perspective", "zoom"):
+    if name in PHOTOMETRIC_AUGMENTATIONS:
         # Photometric change on top; the pure geometric ones keep the pixels' values.
-        alpha, beta = rng.uniform(0.75, 1.25), rng.uniform(-30, 30)
+        alpha, beta = photometric_draw(rng)
         out = cv2.convertScaleAbs(out, alpha=alpha, beta=beta)
     return out, masks, H
 
