@@ -6,6 +6,10 @@ of the driver and every Ray worker (sampled RSS of the whole process tree).
 
     python bench/prepare.py                         # ../shared/data/celebahq_dev, else generated
     python bench/prepare.py --root DIR --n 5000 --repeat 1
+    python bench/prepare.py --scale 5000,50000      # written Parquet only: memory flat, time linear?
+
+``--scale``: the write path alone (what ``facray prepare`` runs) at each size, in one run: img/s,
+seconds and the memory growth of the process tree, with each size's ratio to the first.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from common import SHARED_DATA, TreeMemory
 from facray.data.pipeline import PrepareConfig, preprocessing_chain, read_table
+from facray.data.prepared import ROW_GROUP_ROWS
 
 SHARED = SHARED_DATA / "celebahq_dev"
 
@@ -42,7 +47,7 @@ def ray_pipeline(table, cfg: PrepareConfig, write_to: str | None) -> float:
     start = time.perf_counter()
     ds = build_prepare_dataset(cfg, table)
     if write_to:
-        ds.write_parquet(write_to)
+        ds.write_parquet(write_to, row_group_size=ROW_GROUP_ROWS)  # as facray prepare writes
     else:
         for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             pass
@@ -57,7 +62,10 @@ def main():
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--num-actors", type=int, default=2)
     p.add_argument("--cpus-per-actor", type=float, default=0.5)
+    p.add_argument("--scale", default="", help="comma-separated image counts: the write path at each size only")
     args = p.parse_args()
+    sizes = [int(n) for n in args.scale.split(",") if n]
+    args.n = max(sizes, default=args.n)
 
     tmp = Path(tempfile.mkdtemp(prefix="facray-bench-"))
     if args.root is None:
@@ -74,6 +82,9 @@ def main():
     table["image_id"] = [f"{i:07d}_{x}" for i, x in enumerate(table.image_id)]
     table.attrs["image_kind"] = image_kind
     cores = os.cpu_count()
+    if sizes:
+        scale(table, cfg, sizes, tmp)
+        return
     print(f"{len(table)} images from {args.root} ({image_kind}), crop {args.size}px, "
           f"batch {args.batch_size}, {args.num_actors} actors x {args.cpus_per_actor} CPU, {cores} cores")
 
@@ -92,6 +103,27 @@ def main():
     for name, v in (("iterate", ray_iter), ("write", ray_write)):
         print(f"ratio {name}: {v / plain:.2f}x the plain loop overall, "
               f"{v / cores / plain:.2f}x per core ({cores} cores vs 1)")
+
+
+def scale(table, cfg: PrepareConfig, sizes: list[int], tmp: Path) -> None:
+    """The write path at each size: does prepare's memory stay flat and its time grow linearly?"""
+    import shutil
+
+    from facray.runners.runtime import init_ray
+    init_ray()
+    ray_pipeline(table.iloc[:256], cfg, None)  # warm the workers' imports once
+    print(f"{'images':>8} {'seconds':>8} {'img/s':>7} {'peak growth GB (pss / rss)':>27} {'time / first':>12} "
+          f"{'images / first':>14}")
+    first = None
+    for n in sizes:
+        out = tmp / f"shards-{n}"
+        with TreeMemory() as mem:
+            rate = ray_pipeline(table.iloc[:n], cfg, str(out))
+        shutil.rmtree(out)
+        seconds = n / rate
+        first = first or (n, seconds)
+        growth = f"{mem.growth('pss'):.2f} / {mem.growth('rss'):.2f}"
+        print(f"{n:8d} {seconds:8.1f} {rate:7.1f} {growth:>27} {seconds / first[1]:12.2f} {n / first[0]:14.2f}")
 
 
 if __name__ == "__main__":

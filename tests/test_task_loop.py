@@ -120,3 +120,10 @@ def test_train_binary_draws_the_variants_online_on_data_prepared_without_them(pr
     assert "online augmentation: off" in off.summary
     assert auto.run.settings()["online_augment"] == "on" and "online_augment" not in off.run.settings()
     assert auto.digest != off.digest
+    # Table 1's epochs went over 9 variants per image: drawn online, each is 9 epochs over the 1x rows.
+    from facray.training.binary_jobs import paper_epochs
+    paper = {**base, "paper_epochs": True}
+    online = BinaryTask().plan(BinaryConfig(out=str(tmp_path / "paper-auto"), **paper))
+    offline = BinaryTask().plan(BinaryConfig(out=str(tmp_path / "paper-off"), online_augment="off", **paper))
+    epochs = [plan.ranks[0][0]["max_epochs"] for plan in (online, offline)]
+    assert epochs == [9 * paper_epochs()[("Smiling", "real")], paper_epochs()[("Smiling", "real")]]

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from facray.config import config_to_dict
 from facray.data.prepared import read_metadata
+from facray.data.transforms.augment import OFFLINE_AUGMENTATIONS
 from facray.runs import RunFolder
 from facray.tracking import log_binary_jobs
 from facray.training.binary import FusedBinaryTrainer, TrainerConfig
@@ -57,7 +58,9 @@ class BinaryTask:
     def plan(self, cfg: BinaryConfig) -> Plan:
         """The jobs not already finished under ``cfg.out`` (checked against its settings, see
         :mod:`facray.training.run_record`), after every check that can fail before Ray starts."""
-        jobs = make_jobs(cfg.attributes, cfg.modalities, cfg.epochs, cfg.paper_epochs, cfg.lrs)
+        online = cfg.augments_online(read_metadata(cfg.prepared))
+        jobs = make_jobs(cfg.attributes, cfg.modalities, cfg.epochs, cfg.paper_epochs, cfg.lrs,
+                         epochs_per_paper_epoch=len(OFFLINE_AUGMENTATIONS) if online else 1)
         if "sketch" in cfg.modalities and not read_metadata(cfg.prepared).get("sketch_channels"):
             raise ValueError(f"{cfg.prepared} was prepared without sketches (--sketch-channels 0): train with "
                              "--modalities real, or prepare again with sketches")
@@ -66,7 +69,6 @@ class BinaryTask:
         trainable = trainable_attributes(labels, list(dict.fromkeys(j.attribute for j in jobs)), cfg.prepared)
         jobs = [j for j in jobs if j.attribute in trainable]
         # The run's settings hold what auto decided: the same command on 1x and on 9x data trains differently.
-        online = cfg.augments_online(read_metadata(cfg.prepared))
         run, digest = claim_run(replace(cfg, online_augment="on" if online else "off"))
         done = run.finished_job_keys(digest)
         todo = [j for j in jobs if j.key not in done]

@@ -84,7 +84,8 @@ class BinaryConfig(TrainCommon):
     out: str = option("runs/abm", "run folder (jobs, checkpoints, MLflow store): a path, or a URI such "
                                    "as s3://bucket/runs/abm", path=True)
     modalities: tuple[str, ...] = option(MODALITIES, "real,sketch")
-    paper_epochs: bool = option(False, "use Table 1's per-attribute epochs where reported")
+    paper_epochs: bool = option(False, "use Table 1's per-attribute epochs where reported (x9 with the variants "
+                                       "drawn online: the paper's epochs went over 9 variants of each image)")
     batch_size: int = option(32, "images per step (paper: 32)")
     lrs: tuple[float, ...] = option((), "in-stack lr sweep: every job once per learning rate in the same data "
                                         "pass (e.g. 1e-3,1e-4,1e-5); combine keeps each attribute's best")
