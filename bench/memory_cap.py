@@ -6,7 +6,7 @@ command with ``--data memory`` and no cap runs beside it for the img/s ratio.
 
     facray data synth --out /tmp/scale/celeba --n 50000 --size 178x218
     facray prepare --root /tmp/scale/celeba --out /tmp/scale/p --size 128 --augment 1
-    sudo python bench/memory_cap.py --prepared /tmp/scale/p --cap-gib 3
+    sudo .venv/bin/python bench/memory_cap.py --prepared /tmp/scale/p --cap-gib 3   # root, facray's venv
 
 Prints per command: what facray chose (its ``data:`` line), the exit code, wall seconds, training
 img/s (from the run's MLflow epoch seconds), the group's peak (``memory.max_usage_in_bytes``: page
@@ -33,7 +33,9 @@ from facray.training.splits import SplitSpec, check_splits
 
 CGROUPS = Path("/sys/fs/cgroup/memory")
 COMMANDS = {
-    "train-binary": ["train-binary", "--attributes", "Smiling", "--modalities", "real,sketch", "--image-size", "32"],
+    # --online-augment off: an epoch of one pass (on, an epoch of 1x data is 9 passes: 9x the time, the same memory)
+    "train-binary": ["train-binary", "--attributes", "Smiling", "--modalities", "real,sketch", "--image-size", "32",
+                     "--online-augment", "off"],
     "train": ["train", "--model", "abm-trunk-tiny", "--image-size", "32", "--test-split", "val"],
 }
 
@@ -71,7 +73,10 @@ def run(command: list[str], out: str, cap: int | None) -> dict:
               "unreclaimable": peak_unreclaimable[0], "oom_kills": oom,
               "choice": next((line for line in proc.stdout.splitlines() if line.startswith("data: ")), ""),
               "tail": (proc.stdout + proc.stderr).strip().splitlines()[-1:] if proc.returncode else []}
-    time.sleep(1)  # Ray's last processes leave the group
+    for _ in range(60):  # Ray's last processes leave the group
+        if not (group / "cgroup.procs").read_text().strip():
+            break
+        time.sleep(1)
     group.rmdir()
     if proc.returncode == 0:
         run_folder = RunFolder(out)

@@ -3,10 +3,11 @@ variants drawn while training (``train-binary --online-augment on`` on ``--augme
 no augmentation, in one run: test accuracy per attribute, disk, what a memory-mode worker holds,
 training seconds.
 
-The same image budget for both augmentations: offline ``E`` epochs over 9x rows, online ``9E``
-epochs over 1x rows, patience ``P`` and ``9P``. No augmentation: up to ``9E`` epochs, patience
-``P`` (it stops when it stops improving). Validation: a holdout of the train images (all their
-variants), early stopping and nothing else; test: ``--test-split``.
+The same settings for both augmentations: ``E`` epochs, patience ``P`` (an online epoch is 9
+passes over the 1x rows, as many images as an epoch of the 9x rows). No augmentation: the same
+image budget, up to ``9E`` epochs over the 1x rows, patience ``P`` (it stops when it stops
+improving). Validation: a holdout of the train images (all their variants), early stopping and
+nothing else; test: ``--test-split``.
 
     facray prepare --root ../shared/data/celebahq_dev --out /tmp/aug/p1 --size 64 --augment 1
     facray prepare --root ../shared/data/celebahq_dev --out /tmp/aug/p9 --size 64 --augment 9
@@ -27,6 +28,7 @@ import pandas as pd
 from facray.data.prepared import read_metadata, shard_dir
 from facray.runners.train import train
 from facray.runs import RunFolder
+from facray.training.augment import PASSES_PER_EPOCH
 from facray.training.configs import BinaryConfig
 from facray.training.data_mode import bytes_per_worker
 from facray.training.splits import SplitSpec, check_splits
@@ -52,7 +54,7 @@ def main() -> None:
     e, p = args.epochs, args.patience
     runs = {"none (1x)": (args.prepared_1x, "off", 9 * e, p, "A"),
             "offline (9x rows)": (args.prepared_9x, "off", e, p, "C"),
-            "online (1x rows)": (args.prepared_1x, "on", 9 * e, 9 * p, "B")}
+            "online (1x rows)": (args.prepared_1x, "on", e, p, "B")}
     rows, accuracy = [], {}
     for name, (prepared, online, epochs, patience, folder) in runs.items():
         cfg = BinaryConfig(prepared=prepared, out=f"{work}/{folder}", online_augment=online, epochs=epochs,
@@ -62,7 +64,8 @@ def main() -> None:
         client = mlflow.MlflowClient(run.default_tracking_uri())
         seconds = sum(m.value for m in client.get_metric_history(run.mlflow_run_id(), "epoch_seconds"))
         epochs_run = [len(r["history"]) for r in run.job_records()]
-        train_rows = check_splits(SplitSpec.of(cfg))["train"]
+        # rows trained on per epoch: an online epoch is PASSES_PER_EPOCH passes over the 1x rows
+        train_rows = check_splits(SplitSpec.of(cfg))["train"] * (PASSES_PER_EPOCH if online == "on" else 1)
         table = pd.read_csv(run.jobs_summary_file).set_index("attribute")
         accuracy[name] = table["test_accuracy"]
         rows.append({"augmentation": name, "disk MB": disk_bytes(prepared) / 1e6,
@@ -70,7 +73,7 @@ def main() -> None:
                                                           ("image",)) / 1e6,
                      "epochs (budget)": f"{min(epochs_run)}-{max(epochs_run)} ({epochs})",
                      # epoch seconds include each epoch's validation pass
-                     "epoch s (sum)": seconds, "train rows/s": train_rows * max(epochs_run) / seconds,
+                     "epoch s (sum)": seconds, "trained img/s": train_rows * max(epochs_run) / seconds,
                      "mean test acc": table["test_accuracy"].mean()})
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print("\ntest accuracy per attribute")

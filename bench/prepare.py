@@ -22,7 +22,6 @@ from pathlib import Path
 
 from common import SHARED_DATA, TreeMemory
 from facray.data.pipeline import PrepareConfig, preprocessing_chain, read_table
-from facray.data.prepared import ROW_GROUP_ROWS
 
 SHARED = SHARED_DATA / "celebahq_dev"
 
@@ -42,12 +41,12 @@ def plain_loop(table, cfg: PrepareConfig, image_kind: str, batch_size: int = 128
 def ray_pipeline(table, cfg: PrepareConfig, write_to: str | None) -> float:
     """facray's pipeline on Ray Data (start-up of the actors included): the dataset ``facray
     prepare`` builds. Returns images/s."""
-    from facray.runners.prepare import build_prepare_dataset
+    from facray.runners.prepare import build_prepare_dataset, write_shards
 
     start = time.perf_counter()
     ds = build_prepare_dataset(cfg, table)
     if write_to:
-        ds.write_parquet(write_to, row_group_size=ROW_GROUP_ROWS)  # as facray prepare writes
+        write_shards(ds, write_to)
     else:
         for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             pass

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from facray.data.transforms.augment import (OFFLINE_AUGMENTATIONS, PHOTOMETRIC_AUGMENTATIONS, apply_augmentation,
-                                            photometric_draw, variant_homography)
+                                            draw_homography, draw_photometric)
 from facray.training.augment import (Jitter, VariantDraw, apply_abm_variants, draw_abm_variants, flip_targets,
                                      random_affine, warp, warp_targets)
 
@@ -74,31 +74,32 @@ def _face(size: int = 64) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", OFFLINE_AUGMENTATIONS)
-def test_each_online_variant_is_the_offline_one_on_the_device(name):
-    """The same strength drawn, the torch warp + photometric change gives prepare's cv2 pixels to
-    within resampling rounding (at most ~1 grey level of 255 here; borders excepted: reflect 101 vs reflect)."""
+def test_each_online_variant_gives_the_offline_variants_pixels(name):
+    """The same strength drawn, the torch warp + photometric change gives prepare's cv2 pixels,
+    borders included (both reflect about the border pixels), to within cv2's 8-bit rounding."""
     image = _face()
     offline, _, _ = apply_augmentation(image, name, np.random.default_rng(5))
     rng = np.random.default_rng(5)  # the same draws, in the same order
-    H = variant_homography(name, (64, 64), rng)
-    gain, offset = photometric_draw(rng) if name in PHOTOMETRIC_AUGMENTATIONS else (1.0, 0.0)
-    draw = VariantDraw(torch.tensor(np.linalg.inv(H))[None].float(), torch.tensor([gain]), torch.tensor([offset / 255]))
+    H = draw_homography(name, (64, 64), rng)
+    gain, offset = draw_photometric(rng) if name in PHOTOMETRIC_AUGMENTATIONS else (1.0, 0.0)
+    draw = VariantDraw(torch.tensor([OFFLINE_AUGMENTATIONS.index(name)]), torch.tensor(np.linalg.inv(H))[None].float(),
+                       torch.tensor([gain]), torch.tensor([offset / 255]))
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
     online = apply_abm_variants(x, draw, photometric=True)[0].permute(1, 2, 0).numpy() * 255
     diff = np.abs(online - offline.astype(np.float64))
-    assert diff[6:-6, 6:-6].max() <= 2.0, (name, diff[6:-6, 6:-6].max())
-    assert diff.mean() <= 1.0
+    assert diff.max() <= 1.5 and diff.mean() <= 0.5, (name, diff.max(), diff.mean())
 
 
 def test_online_variants_draw_all_nine_reproducibly_and_sketches_keep_their_values():
     draw = draw_abm_variants(400, 32, torch.Generator().manual_seed(0))
     again = draw_abm_variants(400, 32, torch.Generator().manual_seed(0))
-    assert torch.equal(draw.inverse, again.inverse) and torch.equal(draw.gain, again.gain)
+    for a, b in zip(vars(draw).values(), vars(again).values()):
+        assert torch.equal(a, b)
+    names = [OFFLINE_AUGMENTATIONS[k] for k in draw.variant]
+    assert set(names) == set(OFFLINE_AUGMENTATIONS) and max(map(names.count, names)) < 80  # uniform: ~44 each
     identity = torch.isclose(draw.inverse, torch.eye(3)).flatten(1).all(1)
-    photometric = draw.gain != 1
-    # original and brightness_contrast keep the geometry (2/9 of the rows); 3 of 9 change the pixel values.
-    assert 0.12 < identity.float().mean() < 0.33 and 0.22 < photometric.float().mean() < 0.45
-    assert (identity & photometric).any() and (identity & ~photometric).any()
+    assert identity.tolist() == [n in ("original", "brightness_contrast") for n in names]
+    assert (draw.gain != 1).tolist() == [n in PHOTOMETRIC_AUGMENTATIONS for n in names]
     assert 0.75 <= draw.gain.min() and draw.gain.max() <= 1.25 and draw.offset.abs().max() <= 30 / 255
     x = torch.rand(400, 1, 32, 32)
     sketch = apply_abm_variants(x, draw, photometric=False)

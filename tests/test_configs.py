@@ -21,6 +21,16 @@ def test_run_json_hashes_are_pinned():
     assert online["online_augment"] == "on" and settings_hash(online) != settings_hash(binary)
 
 
+def test_train_run_names_are_pinned():
+    """A re-run resumes the Ray Train run of this name (its checkpoints): 9x-data runs from before
+    --online-augment keep theirs."""
+    from facray.training.binary_jobs import BinaryJob
+    from facray.training.binary_task import train_run_name
+    jobs = [BinaryJob("Smiling", "real", 20)]
+    for online, name in (("off", "fused-a064ecf6"), ("on", "fused-eb6e6a01")):
+        assert train_run_name("fused", BinaryConfig(prepared="/data/p", out="/runs/a", online_augment=online), jobs) == name
+
+
 def test_online_augment_auto_follows_the_prepared_variants():
     assert BinaryConfig().augments_online({"augment": 1})
     assert not BinaryConfig().augments_online({"augment": 9})

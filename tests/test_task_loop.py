@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,19 +112,25 @@ def test_the_data_path_never_renames_a_binary_train_run(prepared_small, tmp_path
 def test_train_binary_draws_the_variants_online_on_data_prepared_without_them(prepared_small, tmp_path):
     """prepared_small holds one variant per image: --online-augment auto turns ABM-CNN's variants on,
     says so before training, and records what it decided, so the same command with them off is
-    another run (its own settings hash), not a resume of this one."""
+    another run (its own settings hash and Ray Train run), not a resume of this one. An epoch is 9
+    passes over the rows, as many images as an epoch of the 9x data, each pass shuffled its own way."""
     from facray.training.binary_task import BinaryTask
+    task = BinaryTask()
     base = dict(prepared=str(prepared_small), attributes="Smiling", modalities=("real",), image_size=32)
-    auto = BinaryTask().plan(BinaryConfig(out=str(tmp_path / "auto"), **base))
-    off = BinaryTask().plan(BinaryConfig(out=str(tmp_path / "off"), online_augment="off", **base))
-    assert "online augmentation: ABM-CNN's 9 variants drawn per image and step" in auto.summary
+    plans, epochs = {}, {}
+    for setting in ("auto", "on", "off"):
+        cfg = BinaryConfig(out=str(tmp_path / setting), online_augment=setting, **base)
+        plans[setting] = plan = task.plan(cfg)
+        work = task.setup(task.resolve(cfg), plan, 0, 1, CPU, None)
+        epochs[setting] = [b["labels"] for b in work.train_batches(0)]
+        assert task.train_run_name(task.resolve(cfg), plan) == plan.train_run
+    auto, on, off = plans["auto"], plans["on"], plans["off"]
+    assert "online augmentation: 9 passes per epoch, each image a fresh ABM-CNN variant" in auto.summary
     assert "online augmentation: off" in off.summary
     assert auto.run.settings()["online_augment"] == "on" and "online_augment" not in off.run.settings()
-    assert auto.digest != off.digest
-    # Table 1's epochs went over 9 variants per image: drawn online, each is 9 epochs over the 1x rows.
-    from facray.training.binary_jobs import paper_epochs
-    paper = {**base, "paper_epochs": True}
-    online = BinaryTask().plan(BinaryConfig(out=str(tmp_path / "paper-auto"), **paper))
-    offline = BinaryTask().plan(BinaryConfig(out=str(tmp_path / "paper-off"), online_augment="off", **paper))
-    epochs = [plan.ranks[0][0]["max_epochs"] for plan in (online, offline)]
-    assert epochs == [9 * paper_epochs()[("Smiling", "real")], paper_epochs()[("Smiling", "real")]]
+    assert auto.digest == on.digest != off.digest and auto.train_run == on.train_run != off.train_run
+    train_rows = auto.rows["train"]
+    assert sum(map(len, epochs["off"])) == train_rows and sum(map(len, epochs["auto"])) == 9 * train_rows
+    labels = np.concatenate(epochs["auto"])
+    passes = labels.reshape(9, train_rows, -1)
+    assert not np.array_equal(passes[0], passes[1])  # each pass its own shuffle

@@ -43,6 +43,12 @@ def build_prepare_dataset(cfg: PrepareConfig, table: pd.DataFrame) -> ray.data.D
         batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors))
 
 
+def write_shards(ds: ray.data.Dataset, shard_path: str, filesystem=None) -> None:
+    """Write prepared rows as Parquet shards in row groups of :data:`ROW_GROUP_ROWS` (what a
+    reader holds at once)."""
+    ds.write_parquet(shard_path, filesystem=filesystem, row_group_size=ROW_GROUP_ROWS)
+
+
 def prepare(cfg: PrepareConfig) -> PrepareSummary:
     """Run the preprocessing pipeline on Ray Data and write ``cfg.out`` (a path or URI).
 
@@ -57,7 +63,7 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
     previous, shards, detector = previous_shards(out), new_shards_name(), detector_name(cfg)
     init_ray()
     fs, shard_path = storage.filesystem(storage.join(out, shards))
-    build_prepare_dataset(cfg, table).write_parquet(shard_path, filesystem=fs, row_group_size=ROW_GROUP_ROWS)
+    write_shards(build_prepare_dataset(cfg, table), shard_path, fs)
     summary = summarise(out, storage.join(out, shards), len(table), time.perf_counter() - start, detector)
     commit(cfg, out, shards, previous, table.attrs.get("image_kind", "wild"), detector)
     return summary

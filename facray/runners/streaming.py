@@ -4,17 +4,34 @@ decoded in the workers by the pure :func:`facray.training.splits.stream_batches`
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from facray import storage
 from facray.attributes import ATTRIBUTES
-from facray.data.prepared import LANDMARK_FIELDS, ROW_GROUP_ROWS, shard_dir
+from facray.data.prepared import LANDMARK_FIELDS, shard_dir
 from facray.training.splits import SplitSpec
 
-# Stream mode's read side, kept small: with Ray Data's defaults (128 MiB blocks, a Parquet read
-# batch sized to fill one) a read task held 0.6-1.1 GB at 180 px (bench/RESULTS.md, "Under a
-# memory cap"). Reading one row group at a time into blocks of at most 16 MiB (~120 rows at 180
-# px with sketches, several training batches) bounds what a read task and the queue between it
-# and the Train workers hold, whatever the dataset's size.
+# Stream mode's read side, kept small: with Ray Data's default 128 MiB target a read task held
+# 0.6-1.1 GB at 180 px (bench/RESULTS.md, "Under a memory cap"). Ray sizes each Parquet read batch
+# and each block from this target (~120 rows at 180 px with sketches, several training batches),
+# so it bounds what a read task and the queue between it and the Train workers hold.
 STREAM_BLOCK_BYTES = 16 * 2**20
+
+
+@contextmanager
+def _target_block_size(nbytes: int):
+    """Ray Data's ``target_max_block_size`` while a read is set up. Ray 2.60's Parquet reader takes
+    it from the driver's global context when ``read_parquet`` is called (the read batch, the file
+    buckets), and the Dataset keeps a copy for its execution (its blocks); the global value is
+    restored for whatever else this driver reads."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    previous, context.target_max_block_size = context.target_max_block_size, nbytes
+    try:
+        yield
+    finally:
+        context.target_max_block_size = previous
 
 
 def split_datasets(spec: SplitSpec, columns: tuple[str, ...] = ("image", "sketch")) -> dict:
@@ -26,8 +43,8 @@ def split_datasets(spec: SplitSpec, columns: tuple[str, ...] = ("image", "sketch
         raise ValueError("--val-split holdout needs --data memory (the holdout is chosen by image id "
                          "in memory); give the prepared data a val split for stream mode")
     fs, path = storage.filesystem(shard_dir(spec.prepared))
-    ds = ray.data.read_parquet(path, filesystem=fs, batch_size=ROW_GROUP_ROWS)
-    ds.context.target_max_block_size = STREAM_BLOCK_BYTES  # this dataset's own (a copy of the driver's)
+    with _target_block_size(STREAM_BLOCK_BYTES):
+        ds = ray.data.read_parquet(path, filesystem=fs)
     keep = [c for c in ("image_id", "split", "variant", "error", *ATTRIBUTES, *LANDMARK_FIELDS, *columns)
             if c in ds.schema().names]
     ds = ds.select_columns(keep)

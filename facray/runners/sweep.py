@@ -30,7 +30,7 @@ from facray.tracking import flat_params, register_predictor, resolve_tracking_ur
 from facray.training.combine import combine
 from facray.training.configs import CombineConfig, SweepConfig
 from facray.training.data_mode import check_streamable
-from facray.training.run_record import settings_hash
+from facray.training.run_record import LATER_CONFIG_KEYS, later_keys_dropped, settings_hash
 from facray.training.sweep_report import plot_metric
 from facray.training.splits import SplitSpec, check_splits
 from facray.training.sweep_space import SearchSpace, load_space
@@ -97,6 +97,7 @@ def _run_sweep(sweep: RunFolder, space: SearchSpace, base, cfg: SweepConfig) -> 
     import ray.tune as tune
 
     task = task_for(base)
+    base = task.resolve(base)
     check_streamable(base.data, task.memory_only(base))
     rows = check_splits(SplitSpec.of(base))
     init_ray()
@@ -104,7 +105,8 @@ def _run_sweep(sweep: RunFolder, space: SearchSpace, base, cfg: SweepConfig) -> 
     # sweep is claimed, so its settings record the mode its trials run in.
     base = with_data_mode(task, base, rows, base.num_workers * cfg.max_concurrent)
     settings = {"space": space.name, "space_values": repr(space.space), "metric": space.metric,
-                "base": config_to_dict(base), "num_samples": cfg.num_samples, "scheduler": cfg.scheduler}
+                "base": later_keys_dropped(config_to_dict(base), LATER_CONFIG_KEYS), "num_samples": cfg.num_samples,
+                "scheduler": cfg.scheduler}
     sweep.claim(settings, settings_hash(settings), cfg.overwrite)
     uri = setup_mlflow(cfg.tracking_uri, sweep, cfg.experiment)
     parent = sweep.mlflow_run_id() or _open_parent(uri, cfg.experiment, f"sweep-{space.name}", settings)

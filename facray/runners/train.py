@@ -60,7 +60,7 @@ def train(cfg: TrainCommon, callbacks: tuple = (), parent_run_id: str | None = N
     :class:`TrainingFailed` for a failure the workers reported; :class:`ClusterTooSmall` when no
     node offers the workers' resources within ``cfg.node_wait`` seconds."""
     task = task_for(cfg)
-    cfg = absolute_paths(cfg)
+    cfg = task.resolve(absolute_paths(cfg))
     check_streamable(cfg.data, task.memory_only(cfg))
     check_node_wait(cfg.node_wait)
     resolve_tracking_uri(cfg.tracking_uri, cfg.out)  # --out on object storage needs a shared MLflow store

@@ -1,4 +1,5 @@
-"""Online augmentation, pure torch, on the device the batch is on.
+"""Online augmentation, on the device the batch is on (torch; numpy draws the binary chain's
+strengths on the CPU, with ``prepare``'s own code).
 
 - The multi-task trainer's: horizontal flips and a small random affine jitter (shift, zoom,
   rotation), with the weak masks and the landmark targets moved exactly as their images were.
@@ -20,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from facray.attributes import MIRRORED_LANDMARKS
-from facray.data.transforms.augment import (OFFLINE_AUGMENTATIONS, PHOTOMETRIC_AUGMENTATIONS, photometric_draw,
-                                            variant_homography)
+from facray.data.transforms.augment import (OFFLINE_AUGMENTATIONS, PHOTOMETRIC_AUGMENTATIONS, draw_homography,
+                                            draw_photometric)
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,14 @@ def augment_targets(masks: torch.Tensor | None, landmarks: torch.Tensor | None, 
 
 # ---- the binary chain: ABM-CNN's variants online ----
 
+# Passes over the 1x rows per epoch with the variants drawn online: as many as the 9x data holds
+# rows per image, so an epoch trains on as many images as an epoch of ``prepare --augment 9``.
+PASSES_PER_EPOCH = len(OFFLINE_AUGMENTATIONS)
+
 @dataclass(frozen=True)
 class VariantDraw:
     """One batch's draw of ABM-CNN variants (CPU tensors)."""
+    variant: torch.Tensor  # (B,) index into OFFLINE_AUGMENTATIONS
     inverse: torch.Tensor  # (B, 3, 3) homography, output pixel -> input pixel
     gain: torch.Tensor  # (B,) contrast gain, 1 where the variant is geometric only
     offset: torch.Tensor  # (B,) brightness offset in [0, 1] units (offline: 0-255)
@@ -114,33 +120,34 @@ def draw_abm_variants(n: int, size: int, generator: torch.Generator) -> VariantD
     """ABM-CNN's augmentation for ``n`` images of side ``size`` px: each image gets one of the 9
     variants of :data:`~facray.data.transforms.augment.OFFLINE_AUGMENTATIONS` (the original
     included), uniformly, with its own strength, drawn by the very code and ranges of ``prepare
-    --augment 9`` (:func:`~facray.data.transforms.augment.variant_homography`,
-    :func:`~facray.data.transforms.augment.photometric_draw`). An epoch shows each image once as one
-    variant; nine epochs show about what one epoch of 9x prepared data shows, each time at a fresh
-    strength. Seeded from ``generator`` (CPU), so a run repeats on any device and resumes exactly."""
+    --augment 9`` (:func:`~facray.data.transforms.augment.draw_homography`,
+    :func:`~facray.data.transforms.augment.draw_photometric`). Over :data:`PASSES_PER_EPOCH` passes
+    an image is seen as often as the 9x data holds it, each time a fresh variant and strength.
+    Seeded from ``generator`` (CPU), so a run repeats on any device and resumes exactly."""
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    variant = rng.integers(len(OFFLINE_AUGMENTATIONS), size=n)
     inverse, gain, offset = np.empty((n, 3, 3)), np.ones(n), np.zeros(n)
-    for i, k in enumerate(rng.integers(len(OFFLINE_AUGMENTATIONS), size=n)):
+    for i, k in enumerate(variant):
         name = OFFLINE_AUGMENTATIONS[k]
-        inverse[i] = np.linalg.inv(variant_homography(name, (size, size), rng))
+        inverse[i] = np.linalg.inv(draw_homography(name, (size, size), rng))
         if name in PHOTOMETRIC_AUGMENTATIONS:
-            gain[i], offset[i] = photometric_draw(rng)
-    return VariantDraw(*(torch.from_numpy(a).float() for a in (inverse, gain, offset / 255)))
+            gain[i], offset[i] = draw_photometric(rng)
+    return VariantDraw(torch.from_numpy(variant), *(torch.from_numpy(a).float() for a in (inverse, gain, offset / 255)))
 
 
 def warp_homography(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
     """Resample (B, C, H, W) ``x`` so output pixel p reads input point ``inverse @ p`` (pixel
     coordinates, centres at integers: ``cv2.warpPerspective``'s convention), bilinear. Outside the
-    image it reflects about the border (OpenCV's BORDER_REFLECT; ``prepare`` uses BORDER_REFLECT_101,
-    which differs by half a pixel there)."""
+    image it reflects about the border pixels' centres: OpenCV's BORDER_REFLECT_101, as ``prepare``."""
     b, _, h, w = x.shape
     ys, xs = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
     points = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(1, -1, 3).to(x.dtype)  # (1, HW, 3)
     source = points @ inverse.to(x.device, x.dtype).transpose(1, 2)  # (B, HW, 3)
     source = source[..., :2] / source[..., 2:]
-    scale = torch.tensor([w, h], device=x.device, dtype=x.dtype)
-    grid = ((2 * source + 1) / scale - 1).view(b, h, w, 2)  # align_corners=False normalisation
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # align_corners=True: -1 and 1 are the border pixels' centres, so reflection mirrors about them
+    last = torch.tensor([w - 1, h - 1], device=x.device, dtype=x.dtype)
+    grid = (2 * source / last - 1).view(b, h, w, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
 
 
 def apply_abm_variants(x: torch.Tensor, draw: VariantDraw, photometric: bool) -> torch.Tensor:

@@ -132,6 +132,8 @@ class FusedBinaryTrainer:
             x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
         if variants is not None:
             x = apply_abm_variants(x, variants, photometric=modality == "real")
+            if cuda:  # grid_sample answers in the default layout
+                x = x.contiguous(memory_format=torch.channels_last)
         train = stack.training
         y = self._targets(batch["labels"], keys)  # (B, K), -1 = unknown
         valid = y >= 0
@@ -273,7 +275,8 @@ class FusedBinaryTrainer:
     def load_state_dict(self, sd: dict) -> None:
         self.epoch, self.kind, self.best = sd["epoch"], sd["kind"], sd["best"]
         self.flip_generator.set_state(sd["flip_generator"])
-        self.augment_generator.set_state(sd["augment_generator"])
+        if "augment_generator" in sd:  # checkpoints written before online augmentation have none
+            self.augment_generator.set_state(sd["augment_generator"])
         for k, s in sd["states"].items():
             s = dict(s)
             self.states[k] = JobState(BinaryJob(**s.pop("job")), **s)

@@ -83,17 +83,14 @@ def paper_epochs() -> dict[tuple[str, str], int]:
 
 
 def make_jobs(attributes: str, modalities: tuple[str, ...], epochs: int, use_paper_epochs: bool = False,
-              lrs: tuple[float, ...] = (), epochs_per_paper_epoch: int = 1) -> list[BinaryJob]:
-    """One job per attribute x modality (x learning rate, for an in-stack sweep over ``lrs``).
-    ``epochs_per_paper_epoch``: Table 1's epochs went over 9 variants of each image; with the
-    variants drawn online (one per image and epoch) each is that many epochs over the 1x rows."""
+              lrs: tuple[float, ...] = ()) -> list[BinaryJob]:
+    """One job per attribute x modality (x learning rate, for an in-stack sweep over ``lrs``)."""
     for m in modalities:
         if m not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {m!r}")
     if any(lr <= 0 for lr in lrs) or len(set(lrs)) != len(lrs):
         raise ValueError(f"lrs must be distinct positive learning rates, got {lrs}")
     table = paper_epochs() if use_paper_epochs else {}
-    table = {k: v * epochs_per_paper_epoch for k, v in table.items()}
     return [BinaryJob(a, m, table.get((a, m), epochs), lr) for a in resolve_attributes(attributes)
             for m in modalities for lr in (lrs or (None,))]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from itertools import chain
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -19,15 +20,15 @@ import torch.distributed as dist
 
 from facray.config import config_to_dict
 from facray.data.prepared import read_metadata
-from facray.data.transforms.augment import OFFLINE_AUGMENTATIONS
 from facray.runs import RunFolder
 from facray.tracking import log_binary_jobs
+from facray.training.augment import PASSES_PER_EPOCH
 from facray.training.binary import FusedBinaryTrainer, TrainerConfig
 from facray.training.binary_jobs import BinaryJob, make_jobs, write_job_output
 from facray.training.configs import CHECKPOINT_NEUTRAL_KEYS, BinaryConfig
 from facray.training.metrics import positive_weights, trainable_attributes
 from facray.training.progress import with_progress
-from facray.training.run_record import TrainingDiverged, claim_run
+from facray.training.run_record import LATER_CONFIG_KEYS, TrainingDiverged, claim_run, later_keys_dropped
 from facray.training.splits import (SplitSpec, array_batches, check_splits, load_split_arrays, stream_sources,
                                     train_labels)
 from facray.training.task import Plan, WrapModel
@@ -36,7 +37,8 @@ from facray.training.task import Plan, WrapModel
 def train_run_name(prefix: str, cfg: BinaryConfig, jobs: list[BinaryJob]) -> str:
     """A Ray Train run name fixed by the jobs and the training config: re-running an interrupted
     command finds the same Ray Train run folder and resumes from its latest checkpoint."""
-    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in CHECKPOINT_NEUTRAL_KEYS}
+    settings = {k: v for k, v in later_keys_dropped(config_to_dict(cfg), LATER_CONFIG_KEYS).items()
+                if k not in CHECKPOINT_NEUTRAL_KEYS}
     # Memory or stream changes nothing a checkpoint holds, and --data auto may choose otherwise on a
     # re-run: named as under the old default (memory), so runs named before auto keep their names.
     settings["data"] = "memory"
@@ -55,12 +57,18 @@ class BinaryTask:
     config_class = BinaryConfig
     split_train_stream = False  # every worker reads the whole dataset: jobs differ, data not
 
+    def resolve(self, cfg: BinaryConfig) -> BinaryConfig:
+        """``cfg`` with ``--online-augment auto`` decided from the prepared data (on / off), once, on
+        the driver: the settings hash, the Ray Train run's name, MLflow and the workers all see the
+        decision, so the same command on 1x and on 9x data are two runs, not one resumed."""
+        online = cfg.augments_online(read_metadata(cfg.prepared))
+        return replace(cfg, online_augment="on" if online else "off")
+
     def plan(self, cfg: BinaryConfig) -> Plan:
         """The jobs not already finished under ``cfg.out`` (checked against its settings, see
         :mod:`facray.training.run_record`), after every check that can fail before Ray starts."""
-        online = cfg.augments_online(read_metadata(cfg.prepared))
-        jobs = make_jobs(cfg.attributes, cfg.modalities, cfg.epochs, cfg.paper_epochs, cfg.lrs,
-                         epochs_per_paper_epoch=len(OFFLINE_AUGMENTATIONS) if online else 1)
+        cfg = self.resolve(cfg)
+        jobs = make_jobs(cfg.attributes, cfg.modalities, cfg.epochs, cfg.paper_epochs, cfg.lrs)
         if "sketch" in cfg.modalities and not read_metadata(cfg.prepared).get("sketch_channels"):
             raise ValueError(f"{cfg.prepared} was prepared without sketches (--sketch-channels 0): train with "
                              "--modalities real, or prepare again with sketches")
@@ -68,14 +76,14 @@ class BinaryTask:
         labels = train_labels(SplitSpec.of(cfg))  # once, here: stream-mode workers never hold them all
         trainable = trainable_attributes(labels, list(dict.fromkeys(j.attribute for j in jobs)), cfg.prepared)
         jobs = [j for j in jobs if j.attribute in trainable]
-        # The run's settings hold what auto decided: the same command on 1x and on 9x data trains differently.
-        run, digest = claim_run(replace(cfg, online_augment="on" if online else "off"))
+        run, digest = claim_run(cfg)
         done = run.finished_job_keys(digest)
         todo = [j for j in jobs if j.key not in done]
         pos_weights = positive_weights(labels, cfg.max_pos_weight).tolist() if cfg.class_balance else None
         summary = (f"{len(jobs)} jobs: {len(done & {j.key for j in jobs})} already finished, {len(todo)} to run "
                    f"({cfg.mode} mode, {cfg.num_workers} worker(s)); online augmentation: "
-                   + ("ABM-CNN's 9 variants drawn per image and step" if online else "off") + "; rows: "
+                   + (f"{PASSES_PER_EPOCH} passes per epoch, each image a fresh ABM-CNN variant"
+                      if cfg.online_augment == "on" else "off") + "; rows: "
                    + ", ".join(f"{k} {v}" for k, v in counts.items()))
         plan = Plan(run, digest, assign([asdict(j) for j in todo], cfg.num_workers) if todo else [],
                     {"settings_hash": digest, "positive_weights": pos_weights, "all_jobs": [j.key for j in jobs]},
@@ -189,11 +197,21 @@ class BinaryRank:
         def progress(batches, epoch: int, total: int | None):
             return with_progress(batches, epoch + 1, self.total_epochs, total) if self.rank == 0 else batches
 
+        # With the variants drawn online an epoch shows each image as often as the 9x data holds
+        # rows of it (PASSES_PER_EPOCH), so --epochs, --patience, --paper-epochs and the cadence of
+        # validation and checkpoints mean what they mean on the 9x data.
+        passes = PASSES_PER_EPOCH if self.trainer.cfg.online_augment else 1
         if shards is not None:
-            return stream_sources(shards, cfg.batch_size, meta, cfg.seed, progress)
+            return stream_sources(shards, cfg.batch_size, meta, cfg.seed, progress, passes)
         data = load_split_arrays(SplitSpec.of(cfg), BinaryTask.stream_columns(cfg))
-        total = -(-len(data["train"]["labels"]) // cfg.batch_size)
-        return (lambda e: progress(array_batches(data["train"], cfg.batch_size, True, cfg.seed, e), e, total),
+        total = -(-len(data["train"]["labels"]) // cfg.batch_size) * passes
+
+        def train(epoch: int):
+            # The shuffle of pass k of epoch e is the one a 1-pass run gives epoch e * passes + k.
+            return chain.from_iterable(array_batches(data["train"], cfg.batch_size, True, cfg.seed, epoch * passes + k)
+                                       for k in range(passes))
+
+        return (lambda e: progress(train(e), e, total),
                 lambda: array_batches(data["val"], 256),
                 lambda: array_batches(data["test"], 256))
 

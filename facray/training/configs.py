@@ -84,8 +84,7 @@ class BinaryConfig(TrainCommon):
     out: str = option("runs/abm", "run folder (jobs, checkpoints, MLflow store): a path, or a URI such "
                                    "as s3://bucket/runs/abm", path=True)
     modalities: tuple[str, ...] = option(MODALITIES, "real,sketch")
-    paper_epochs: bool = option(False, "use Table 1's per-attribute epochs where reported (x9 with the variants "
-                                       "drawn online: the paper's epochs went over 9 variants of each image)")
+    paper_epochs: bool = option(False, "use Table 1's per-attribute epochs where reported")
     batch_size: int = option(32, "images per step (paper: 32)")
     lrs: tuple[float, ...] = option((), "in-stack lr sweep: every job once per learning rate in the same data "
                                         "pass (e.g. 1e-3,1e-4,1e-5); combine keeps each attribute's best")
@@ -96,15 +95,15 @@ class BinaryConfig(TrainCommon):
     stack: Literal["auto", "grouped", "loop"] = option("auto", "auto (grouped on GPU, loop on CPU) | grouped | loop")
     online_flip: bool = option(False, "random horizontal flips while training")
     online_augment: Literal["auto", "on", "off"] = option(
-        "auto", "ABM-CNN's 9 variants (prepare --augment's transforms) drawn afresh per image and step, on the "
-                "device, so the prepared data stays 1x: auto = on for data prepared with --augment 1, off for "
-                "data that holds the variants already")
+        "auto", "ABM-CNN's 9 variants (prepare --augment's transforms) drawn afresh on the device, so the "
+                "prepared data stays 1x; an epoch is 9 passes, each image a fresh variant each time: auto = on "
+                "for data prepared with --augment 1, off for data that holds the variants already")
     experiment: str = option("facray-abm", "MLflow experiment")
 
     def augments_online(self, prepared_meta: dict) -> bool:
         """``online_augment`` decided for data with ``prepared_meta``: ``auto`` is on when the data
-        holds one variant per train image (``prepare --augment 1``), off when it holds ABM-CNN's
-        variants already (drawing them again on those would be another recipe than the paper's)."""
+        holds one variant per train image (``prepare --augment 1``), off when it holds variants
+        already (drawing them again on those would be another recipe than the paper's)."""
         if self.online_augment == "auto":
             return int(prepared_meta.get("augment", 1)) <= 1
         return self.online_augment == "on"

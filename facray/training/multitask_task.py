@@ -37,6 +37,9 @@ class MultitaskTask:
     config_class = MultitaskConfig
     split_train_stream = True
 
+    def resolve(self, cfg: MultitaskConfig) -> MultitaskConfig:
+        return cfg  # nothing decided from the data
+
     def plan(self, cfg: MultitaskConfig) -> Plan:
         """Every check that can fail before Ray starts; what the workers share (settings hash,
         class-balance weights, the attributes the data labels, an identity model's classes)."""

@@ -58,12 +58,19 @@ def inject_failure_once(out: str | Path, fail_at_epoch: int, epoch: int) -> None
 # Keys added after runs were trained without them, left out of the settings while at these values (what
 # those runs did), so the runs still resume and keep their hash.
 LATER_KEYS = {"holdout_seed": None, "online_augment": "off"}
+# The same for what hashes a whole config (a sweep's base, a Ray Train run's name), which has held
+# holdout_seed since before those hashes were kept.
+LATER_CONFIG_KEYS = {"online_augment": "off"}
+
+
+def later_keys_dropped(settings: dict, later: dict = LATER_KEYS) -> dict:
+    """``settings`` without the ``later`` keys at the values runs had before those keys existed."""
+    return {k: v for k, v in settings.items() if not (k in later and v == later[k])}
 
 
 def run_settings(cfg, prepared_version: str) -> dict:
     """The settings that decide a run's weights (JSON-friendly, sorted)."""
-    settings = {k: v for k, v in config_to_dict(cfg).items()
-                if k not in NON_WEIGHT_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])}
+    settings = {k: v for k, v in later_keys_dropped(config_to_dict(cfg)).items() if k not in NON_WEIGHT_KEYS}
     settings["prepared_version"] = prepared_version
     return dict(sorted(settings.items()))
 

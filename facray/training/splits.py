@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from itertools import chain
 from typing import Iterator
 
 import numpy as np
@@ -161,10 +162,15 @@ def stream_batches(shard, batch_size: int, meta: dict, shuffle_seed: int | None)
         yield batch_arrays(b, meta)
 
 
-def stream_sources(shards: dict, batch_size: int, meta: dict, seed: int, progress):
+def stream_sources(shards: dict, batch_size: int, meta: dict, seed: int, progress, passes: int = 1):
     """``(train(epoch), val(), test())`` batch iterators over a Train worker's Ray Data
     ``shards`` (``train``/``val``/``test``, stream mode): training batches shuffled in a buffer,
-    seeded per epoch; ``progress(batches, epoch, total)`` wraps them (total unknown: None)."""
-    return (lambda e: progress(stream_batches(shards["train"], batch_size, meta, seed * 1000 + e), e, None),
+    seeded per pass; an epoch is ``passes`` passes over the train shard; ``progress(batches,
+    epoch, total)`` wraps them (total unknown: None)."""
+    def train(epoch: int):
+        return chain.from_iterable(stream_batches(shards["train"], batch_size, meta, seed * 1000 + epoch * passes + k)
+                                   for k in range(passes))
+
+    return (lambda e: progress(train(e), e, None),
             lambda: stream_batches(shards["val"], 256, meta, None),
             lambda: stream_batches(shards["test"], 256, meta, None))

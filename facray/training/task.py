@@ -75,6 +75,7 @@ class Task(Protocol):
     config_class: type[TrainCommon]
     split_train_stream: bool         # stream mode: Ray Train splits the train dataset between workers
 
+    def resolve(self, cfg): ...                         # options decided from the data ("auto"), once
     def plan(self, cfg) -> Plan: ...
     def train_run_name(self, cfg, plan: Plan) -> str: ...  # fixed by the settings: a re-run resumes
     def mlflow_run_name(self, cfg) -> str: ...

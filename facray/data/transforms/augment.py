@@ -16,7 +16,7 @@ OFFLINE_AUGMENTATIONS = ("original", "flip", "rotate_left", "rotate_right", "shi
 PHOTOMETRIC_AUGMENTATIONS = ("brightness_contrast", "perspective", "zoom")
 
 
-def variant_homography(name: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def draw_homography(name: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """The 3x3 homography of variant ``name`` for a (width, height) image, in pixel coordinates
     (input -> output, as ``cv2.warpPerspective`` takes it), its strength drawn from ``rng``.
     Shared with the binary trainer's online augmentation (:mod:`facray.training.augment`)."""
@@ -53,7 +53,7 @@ def variant_homography(name: str, size: tuple[int, int], rng: np.random.Generato
     raise ValueError(f"unknown augmentation {name!r}; expected one of {OFFLINE_AUGMENTATIONS}")
 
 
-def photometric_draw(rng: np.random.Generator) -> tuple[float, float]:
+def draw_photometric(rng: np.random.Generator) -> tuple[float, float]:
     """(gain, offset) of a brightness/contrast change: ``|gain * pixel + offset|`` saturated to
     0-255 (``cv2.convertScaleAbs``), offset in 0-255 units."""
     return rng.uniform(0.75, 1.25), rng.uniform(-30, 30)
@@ -66,7 +66,7 @@ def apply_augmentation(image: np.ndarray, name: str, rng: np.random.Generator,
     Returns (image, masks, 3x3 homography applied).
     """
     h, w = image.shape[:2]
-    H = variant_homography(name, (w, h), rng)
+    H = draw_homography(name, (w, h), rng)
     out = image
     if not np.allclose(H, np.eye(3)):
         out = cv2.warpPerspective(image, H, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
@@ -78,7 +78,7 @@ def apply_augmentation(image: np.ndarray, name: str, rng: np.random.Generator,
                                                   borderMode=cv2.BORDER_CONSTANT) for m in masks])
     if name in PHOTOMETRIC_AUGMENTATIONS:
         # Photometric change on top; the pure geometric ones keep the pixels' values.
-        alpha, beta = photometric_draw(rng)
+        alpha, beta = draw_photometric(rng)
         out = cv2.convertScaleAbs(out, alpha=alpha, beta=beta)
     return out, masks, H
 
