@@ -44,18 +44,34 @@ def stat(group: Path) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split() for line in (group / "memory.stat").read_text().splitlines())}
 
 
+def processes(group: Path) -> list[tuple[int, str]]:
+    """(RSS bytes, title) of the group's processes, largest first (Ray titles its workers ``ray::...``)."""
+    found = []
+    for pid in (group / "cgroup.procs").read_text().split():
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        rss = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        found.append((rss, title.strip()[:48]))
+    return sorted(found, reverse=True)
+
+
 def run(command: list[str], out: str, cap: int | None) -> dict:
     """``facray <command> --out out``, in a fresh cgroup capped at ``cap`` bytes (None: uncapped)."""
     group = CGROUPS / f"facray_cap_{os.getpid()}_{int(time.time())}"
     group.mkdir()
     if cap:
         (group / "memory.limit_in_bytes").write_text(str(cap))
-    peak_unreclaimable, stop = [0], threading.Event()
+    peak_unreclaimable, at_peak, stop = [0], [[]], threading.Event()
 
     def sample():
         while not stop.wait(0.5):
             s = stat(group)
-            peak_unreclaimable[0] = max(peak_unreclaimable[0], s["total_rss"] + s.get("total_shmem", 0))
+            now = s["total_rss"] + s.get("total_shmem", 0)
+            if now > peak_unreclaimable[0]:
+                peak_unreclaimable[0], at_peak[0] = now, processes(group)[:6]
 
     facray = str(Path(sys.executable).with_name("facray"))
     shell = f'echo $$ > {group}/cgroup.procs; exec "$@"'
@@ -70,7 +86,7 @@ def run(command: list[str], out: str, cap: int | None) -> dict:
     oom = next((int(line.split()[1]) for line in (group / "memory.oom_control").read_text().splitlines()
                 if line.startswith("oom_kill ")), 0)
     result = {"rc": proc.returncode, "wall": wall, "peak": int((group / "memory.max_usage_in_bytes").read_text()),
-              "unreclaimable": peak_unreclaimable[0], "oom_kills": oom,
+              "unreclaimable": peak_unreclaimable[0], "oom_kills": oom, "at_peak": at_peak[0],
               "choice": next((line for line in proc.stdout.splitlines() if line.startswith("data: ")), ""),
               "tail": (proc.stdout + proc.stderr).strip().splitlines()[-1:] if proc.returncode else []}
     for _ in range(60):  # Ray's last processes leave the group
@@ -114,6 +130,7 @@ def main() -> None:
                   f"{r['peak'] / 1e9:.2f} GB, rss + shmem peak {r['unreclaimable'] / 1e9:.2f} GB, "
                   f"OOM kills {r['oom_kills']}")
             print(f"    {r['choice'] or ''} {' '.join(r['tail'])}".rstrip())
+            print("    largest processes at the peak: " + "; ".join(f"{t} {b / 1e9:.2f} GB" for b, t in r["at_peak"]))
         if all("epoch_seconds" in r for r in runs.values()) and len(runs) == 2:
             capped, memory = runs["auto, capped"], runs["memory, uncapped"]
             print(f"    stream (capped) / memory: {memory['epoch_seconds'] / capped['epoch_seconds']:.2f}x img/s")

@@ -128,6 +128,22 @@ def test_auto_streams_data_too_large_for_the_node_and_memory_is_refused(ray_sess
     assert list(table.job) == ["Smiling__real", "Smiling__sketch"] and table.test_accuracy.notna().all()
 
 
+def test_stream_reads_are_sized_by_facrays_block_target_and_leave_the_drivers_alone(ray_session, prepared_small):
+    """Ray 2.60's Parquet reader sizes its read batches and file buckets from the driver's global
+    DataContext when read_parquet is called, and the Dataset keeps a copy for its blocks: both
+    must be STREAM_BLOCK_BYTES, and the driver's own setting must be back afterwards."""
+    import ray
+
+    from facray.runners.streaming import STREAM_BLOCK_BYTES, split_datasets
+    from facray.training.splits import SplitSpec, check_splits
+    context = ray.data.DataContext.get_current()
+    before = context.target_max_block_size
+    datasets = split_datasets(SplitSpec(str(prepared_small)), ("image",))
+    assert context.target_max_block_size == before != STREAM_BLOCK_BYTES
+    assert {d.context.target_max_block_size for d in datasets.values()} == {STREAM_BLOCK_BYTES}
+    assert datasets["train"].count() == check_splits(SplitSpec(str(prepared_small)))["train"]
+
+
 def test_choose_modalities_prefers_better_validation_then_real():
     def rec(a, m, val):
         return {"attribute": a, "modality": m, "best": {"val_accuracy": val}, "test": {"test_accuracy": 0.5}, "dir": ""}
