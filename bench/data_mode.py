@@ -70,6 +70,7 @@ def throughput(prepared: str, attributes: str, epochs: int, image_size: int, bat
     with tempfile.TemporaryDirectory() as work:
         for mode in ("memory", "stream"):
             cfg = BinaryConfig(prepared=prepared, out=f"{work}/{mode}", attributes=attributes, modalities=("real",),
+                               online_augment="off",  # one pass per epoch: the rows counted below
                                epochs=epochs, image_size=image_size, batch_size=batch_size, patience=epochs + 1,
                                data=mode, cpus_per_worker=1, torch_threads=2)  # a CPU left for Ray Data
             start = time.perf_counter()

@@ -56,7 +56,7 @@ def trained_predictor(work: Path, size: int, epochs: int) -> Path:
     for cmd in (["data", "synth", "--out", str(root), "--n", "400", "--seed", "0"],
                 ["prepare", "--root", str(root), "--out", str(work / "prepared"), "--size", str(size), "--augment", "1"],
                 ["train-binary", "--prepared", str(work / "prepared"), "--out", str(work / "abm"), "--epochs", str(epochs),
-                 "--image-size", str(size), "--cpus-per-worker", "1", "--batch-size", "64"],
+                 "--image-size", str(size), "--cpus-per-worker", "1", "--batch-size", "64", "--online-augment", "off"],
                 ["combine", "--run", str(work / "abm"), "--no-register"]):
         print("training the benchmark's predictor:", " ".join(cmd[:1] + cmd[3:]), flush=True)
         subprocess.run(facray + cmd, check=True, stdout=subprocess.DEVNULL)

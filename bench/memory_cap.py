@@ -5,7 +5,7 @@ reads that limit, so ``--data auto`` must choose streaming by itself and finish 
 command with ``--data memory`` and no cap runs beside it for the img/s ratio.
 
     facray data synth --out /tmp/scale/celeba --n 50000 --size 178x218
-    facray prepare --root /tmp/scale/celeba --out /tmp/scale/p --size 128 --augment 1
+    facray prepare --root /tmp/scale/celeba --out /tmp/scale/p --size 180 --augment 1
     sudo .venv/bin/python bench/memory_cap.py --prepared /tmp/scale/p --cap-gib 3   # root, facray's venv
 
 Prints per command: what facray chose (its ``data:`` line), the exit code, wall seconds, training

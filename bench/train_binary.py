@@ -84,6 +84,7 @@ def ray_section(args) -> None:
     for mode in ("fused", "separate"):
         cfg = BinaryConfig(prepared=str(tmp / "prepared"), out=str(tmp / mode), attributes=attrs,
                                 epochs=args.epochs, patience=10 ** 6, batch_size=args.batch_size,
+                                online_augment="off",  # one pass per epoch: the work counted below
                                 image_size=args.size, mode=mode, num_workers=1, max_concurrent=2,
                                 cpus_per_worker=1.0 if mode == "fused" else 0.5,
                                 torch_threads=2 if mode == "fused" else 1)

@@ -88,6 +88,8 @@ def coerce(value: Any, tp, key: str) -> Any:
     origin = typing.get_origin(base)
     if origin is typing.Literal:
         allowed = typing.get_args(base)
+        if isinstance(value, bool) and {"on", "off"} <= set(allowed):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on / off as a boolean
         if value not in allowed and str(value) not in map(str, allowed):
             raise ValueError(f"{key}: {value!r} is not one of: {', '.join(map(str, allowed))}")
         return next(a for a in allowed if a == value or str(a) == str(value))

@@ -72,3 +72,12 @@ def test_the_pure_trainers_take_the_commands_defaults():
         # online_augment: what the command's "auto" decided from the prepared data
         shared = (_defaults(pure).keys() & _defaults(command).keys()) - {"image_size", "epochs", "online_augment"}
         assert shared and {k: _defaults(pure)[k] for k in shared} == {k: _defaults(command)[k] for k in shared}
+
+
+def test_a_yaml_config_may_write_online_augment_on_and_off_bare():
+    """YAML 1.1 reads a bare ``on`` / ``off`` as a boolean: they still mean the option's values."""
+    import yaml
+
+    from facray.config import resolve_config
+    for text, value in (("online_augment: on", "on"), ("online_augment: off", "off"), ("online_augment: auto", "auto")):
+        assert resolve_config(BinaryConfig, overrides=yaml.safe_load(text)).online_augment == value

@@ -107,6 +107,7 @@ def augment_targets(masks: torch.Tensor | None, landmarks: torch.Tensor | None, 
 # rows per image, so an epoch trains on as many images as an epoch of ``prepare --augment 9``.
 PASSES_PER_EPOCH = len(OFFLINE_AUGMENTATIONS)
 
+
 @dataclass(frozen=True)
 class VariantDraw:
     """One batch's draw of ABM-CNN variants (CPU tensors)."""
@@ -132,7 +133,8 @@ def draw_abm_variants(n: int, size: int, generator: torch.Generator) -> VariantD
         inverse[i] = np.linalg.inv(draw_homography(name, (size, size), rng))
         if name in PHOTOMETRIC_AUGMENTATIONS:
             gain[i], offset[i] = draw_photometric(rng)
-    return VariantDraw(torch.from_numpy(variant), *(torch.from_numpy(a).float() for a in (inverse, gain, offset / 255)))
+    return VariantDraw(torch.from_numpy(variant),
+                       *(torch.from_numpy(a).float() for a in (inverse, gain, offset / 255)))
 
 
 def warp_homography(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
@@ -153,7 +155,8 @@ def warp_homography(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
 def apply_abm_variants(x: torch.Tensor, draw: VariantDraw, photometric: bool) -> torch.Tensor:
     """(B, C, S, S) float in [0, 1] -> the same, each image as its drawn variant. ``photometric``
     False for pencil sketches: ``prepare`` sketches the augmented photo, and a colour-dodge sketch
-    (grey / blurred grey) cancels a contrast gain, so the sketch takes the geometry only."""
+    (grey / blurred grey) cancels the contrast gain, so the sketch takes the geometry only (the
+    part of the brightness offset such a sketch keeps is not reproduced)."""
     x = warp_homography(x, draw.inverse)
     if photometric:
         gain, offset = (t.to(x.device, x.dtype).view(-1, 1, 1, 1) for t in (draw.gain, draw.offset))

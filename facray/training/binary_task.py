@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import zlib
-from itertools import chain
 from dataclasses import asdict, replace
+from itertools import chain
 
 import numpy as np
 import pandas as pd

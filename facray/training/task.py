@@ -4,7 +4,8 @@ worker runs (:mod:`facray.runners.train` is the one driver). Pure: no Ray here; 
 the loop its rank, a ``report`` function and the saved state, so the loop runs (and is tested)
 without Ray too.
 
-Per run, the driver calls ``task.plan(cfg)`` (pre-flight checks and what every worker shares,
+Per run, the driver calls ``task.resolve(cfg)`` (options decided from the data, once), then
+``task.plan(cfg)`` (pre-flight checks and what every worker shares,
 before Ray starts), trains ``plan.ranks`` on Ray Train, then ``task.collect`` (the last
 checkpoint into the run folder) and ``task.finish`` (MLflow, the result). Per worker, the runner
 calls ``task.setup`` (what a missing file or bad setting breaks), ``work.distribute`` (DDP), then
