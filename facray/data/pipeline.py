@@ -40,7 +40,8 @@ class PrepareConfig:
                 "aligned | template | detect | full")
     centre: Literal["face", "nose"] = option("face", "crop centre: face | nose (the KTH paper's nose-centred "
                                                      "crops; needs landmarks: a landmark file or YuNet)")
-    augment: int = option(9, "variants per train image (ABM-CNN: 9; 1 = none)")
+    augment: int = option(9, "variants per train image (ABM-CNN: 9; 1 = none written: train-binary then draws "
+                             "the 9 variants online)")
     masks: bool = option(False, "also write AttParseNet weak masks")
     mask_size: int = option(48, "side of the weak masks")
     sketch_channels: Literal[0, 1, 3] = option(1, "pencil sketch channels: 1 or 3; 0 = none (multi-task models "

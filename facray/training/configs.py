@@ -95,9 +95,10 @@ class BinaryConfig(TrainCommon):
     stack: Literal["auto", "grouped", "loop"] = option("auto", "auto (grouped on GPU, loop on CPU) | grouped | loop")
     online_flip: bool = option(False, "random horizontal flips while training")
     online_augment: Literal["auto", "on", "off"] = option(
-        "auto", "ABM-CNN's 9 variants (prepare --augment's transforms) drawn afresh on the device, so the "
-                "prepared data stays 1x; an epoch is 9 passes, each image a fresh variant each time: auto = on "
-                "for data prepared with --augment 1, off for data that holds the variants already")
+        "auto", "auto | on | off: ABM-CNN's 9 variants (prepare --augment's transforms) applied while training, "
+                "so the prepared data stays 1x; an epoch is then 9 passes over the train rows, a fresh variant "
+                "per image each time (as many images as an epoch of --augment 9 data): auto = on for --augment "
+                "1 data, off for --augment 2 or more")
     experiment: str = option("facray-abm", "MLflow experiment")
 
     def augments_online(self, prepared_meta: dict) -> bool:
