@@ -134,3 +134,44 @@ def test_train_binary_draws_the_variants_online_on_data_prepared_without_them(pr
     labels = np.concatenate(epochs["auto"])
     passes = labels.reshape(9, train_rows, -1)
     assert not np.array_equal(passes[0], passes[1])  # each pass its own shuffle
+
+
+class _RecordingShard:
+    """A Train worker's Ray Data shard stand-in (``iter_batches`` over prepared rows), recording the
+    shuffle seed of every pass it is asked for."""
+
+    def __init__(self, prepared, split: str):
+        import pyarrow.dataset as pads
+
+        from facray.data.prepared import shard_dir
+        table = pads.dataset(shard_dir(prepared)).to_table()
+        self.rows = {c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}
+        keep = (self.rows["split"] == split) & (self.rows["error"] == "")
+        self.rows = {c: v[keep] for c, v in self.rows.items()}
+        self.seeds = []
+
+    def iter_batches(self, batch_size, batch_format, local_shuffle_buffer_size=None, local_shuffle_seed=None):
+        self.seeds.append(local_shuffle_seed)
+        n = len(self.rows["split"])
+        for i in range(0, n, batch_size):
+            yield {c: v[i:i + batch_size] for c, v in self.rows.items()}
+
+
+def test_stream_mode_epoch_with_online_augmentation_is_nine_passes_each_shuffled_anew(prepared_small, tmp_path):
+    """Stream mode's epoch with the variants drawn online: 9 passes over the worker's train shard,
+    pass k of epoch e read with the shuffle seed a one-pass run gives its epoch e * 9 + k (as memory
+    mode), so every pass of every epoch is shuffled differently."""
+    from facray.training.augment import PASSES_PER_EPOCH
+    from facray.training.binary_task import BinaryTask
+    task = BinaryTask()
+    cfg = task.resolve(BinaryConfig(prepared=str(prepared_small), out=str(tmp_path / "run"), attributes="Smiling",
+                                    modalities=("real",), image_size=32, data="stream", seed=3))
+    assert cfg.online_augment == "on"
+    plan = task.plan(cfg)
+    shards = {s: _RecordingShard(prepared_small, s) for s in ("train", "val", "test")}
+    work = task.setup(cfg, plan, 0, 1, CPU, shards)
+    train_rows = len(shards["train"].rows["split"])
+    for epoch in range(2):
+        rows = sum(len(b["labels"]) for b in work.train_batches(epoch))
+        assert rows == PASSES_PER_EPOCH * train_rows
+    assert shards["train"].seeds == [3 * 1000 + k for k in range(2 * PASSES_PER_EPOCH)]

@@ -137,27 +137,37 @@ def draw_abm_variants(n: int, size: int, generator: torch.Generator) -> VariantD
                        *(torch.from_numpy(a).float() for a in (inverse, gain, offset / 255)))
 
 
-def warp_homography(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-    """Resample (B, C, H, W) ``x`` so output pixel p reads input point ``inverse @ p`` (pixel
-    coordinates, centres at integers: ``cv2.warpPerspective``'s convention), bilinear. Outside the
-    image it reflects about the border pixels' centres: OpenCV's BORDER_REFLECT_101, as ``prepare``."""
-    b, _, h, w = x.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
-    points = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(1, -1, 3).to(x.dtype)  # (1, HW, 3)
-    source = points @ inverse.to(x.device, x.dtype).transpose(1, 2)  # (B, HW, 3)
+def homography_grid(inverse: torch.Tensor, height: int, width: int, device: torch.device | str = "cpu"
+                    ) -> torch.Tensor:
+    """(B, H, W, 2) float32 ``grid_sample`` grid (``align_corners=True``) for (B, 3, 3) homographies
+    ``inverse``: output pixel p reads input point ``inverse @ p`` (pixel coordinates, centres at
+    integers: ``cv2.warpPerspective``'s convention). Built once per batch and shared by every
+    image stack of that size (the photo and its sketch)."""
+    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
+    points = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(1, -1, 3).float()  # (1, HW, 3)
+    source = points @ inverse.to(device, torch.float32).transpose(1, 2)  # (B, HW, 3)
     source = source[..., :2] / source[..., 2:]
     # align_corners=True: -1 and 1 are the border pixels' centres, so reflection mirrors about them
-    last = torch.tensor([w - 1, h - 1], device=x.device, dtype=x.dtype)
-    grid = (2 * source / last - 1).view(b, h, w, 2)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+    last = torch.tensor([width - 1, height - 1], device=device, dtype=torch.float32)
+    return (2 * source / last - 1).view(-1, height, width, 2)
 
 
-def apply_abm_variants(x: torch.Tensor, draw: VariantDraw, photometric: bool) -> torch.Tensor:
+def warp_homography(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Resample (B, C, H, W) ``x`` along a :func:`homography_grid`, bilinear. Outside the image it
+    reflects about the border pixels' centres: OpenCV's BORDER_REFLECT_101, as ``prepare``."""
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=True)
+
+
+def apply_abm_variants(x: torch.Tensor, draw: VariantDraw, photometric: bool, grid: torch.Tensor | None = None
+                       ) -> torch.Tensor:
     """(B, C, S, S) float in [0, 1] -> the same, each image as its drawn variant. ``photometric``
     False for pencil sketches: ``prepare`` sketches the augmented photo, and a colour-dodge sketch
     (grey / blurred grey) cancels the contrast gain, so the sketch takes the geometry only (the
-    part of the brightness offset such a sketch keeps is not reproduced)."""
-    x = warp_homography(x, draw.inverse)
+    part of the brightness offset such a sketch keeps is not reproduced). ``grid``: the draw's
+    :func:`homography_grid` at this size and device, when the caller already built it."""
+    if grid is None:
+        grid = homography_grid(draw.inverse, x.shape[-2], x.shape[-1], x.device)
+    x = warp_homography(x, grid)
     if photometric:
         gain, offset = (t.to(x.device, x.dtype).view(-1, 1, 1, 1) for t in (draw.gain, draw.offset))
         x = (x * gain + offset).abs().clamp(max=1)  # cv2.convertScaleAbs, in [0, 1]

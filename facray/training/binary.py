@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from facray.attributes import ATTRIBUTE_INDEX, MODALITIES
 from facray.models.abm import build_stack, default_stack_kind, make_generators
 from facray.models.inputs import to_input
-from facray.training.augment import VariantDraw, apply_abm_variants, draw_abm_variants
+from facray.training.augment import VariantDraw, apply_abm_variants, draw_abm_variants, homography_grid
 from facray.training.configs import BinaryConfig
 from facray.training.binary_jobs import BinaryJob, JobState, job_seed
 from facray.training.metrics import PassStats
@@ -121,17 +121,20 @@ class FusedBinaryTrainer:
                                else labels[:, cols]).to(self.device).long()
 
     def _step(self, modality: str, stack: torch.nn.Module, keys: list[str], batch: dict,
-              flip: torch.Tensor | None, variants: VariantDraw | None, stats: PassStats) -> None:
+              flip: torch.Tensor | None, variants: tuple[VariantDraw, torch.Tensor] | None,
+              stats: PassStats) -> None:
         """One batch through one modality's stack; trains it when the stack is in train mode.
-        Online augmentation: ``flip`` (B,) mirrors those images horizontally, ``variants`` makes
-        each image its drawn ABM-CNN variant (the sketch takes the geometry only)."""
+        Online augmentation: ``flip`` (B,) mirrors those images horizontally, ``variants`` (the
+        draw and its sampling grid) makes each image its drawn ABM-CNN variant (the sketch takes
+        the geometry only)."""
         pixels = batch["image"] if modality == "real" else batch["sketch"]
         cuda = self.device.type == "cuda"
         x = to_input(pixels, self.cfg.image_size, self.device, channels_last=cuda)
         if flip is not None:
             x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
         if variants is not None:
-            x = apply_abm_variants(x, variants, photometric=modality == "real")
+            draw, grid = variants
+            x = apply_abm_variants(x, draw, photometric=modality == "real", grid=grid)
             if cuda:  # grid_sample answers in the default layout
                 x = x.contiguous(memory_format=torch.channels_last)
         train = stack.training
@@ -169,7 +172,9 @@ class FusedBinaryTrainer:
                 if train and self.cfg.online_flip:
                     flip = torch.rand(len(batch["labels"]), generator=self.flip_generator) < 0.5
                 if train and self.cfg.online_augment:
-                    variants = draw_abm_variants(len(batch["labels"]), self.cfg.image_size, self.augment_generator)
+                    size = self.cfg.image_size
+                    draw = draw_abm_variants(len(batch["labels"]), size, self.augment_generator)
+                    variants = draw, homography_grid(draw.inverse, size, size, self.device)
                 for modality in stats:
                     self._step(modality, stacks[modality], active[modality], batch, flip, variants, stats[modality])
         return stats

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import asdict, replace
-from itertools import chain
 
 import numpy as np
 import pandas as pd
@@ -29,8 +28,8 @@ from facray.training.configs import CHECKPOINT_NEUTRAL_KEYS, BinaryConfig
 from facray.training.metrics import positive_weights, trainable_attributes
 from facray.training.progress import with_progress
 from facray.training.run_record import LATER_CONFIG_KEYS, TrainingDiverged, claim_run, later_keys_dropped
-from facray.training.splits import (SplitSpec, array_batches, check_splits, load_split_arrays, stream_sources,
-                                    train_labels)
+from facray.training.splits import (SplitSpec, array_batches, check_splits, epoch_of_passes, load_split_arrays,
+                                    stream_sources, train_labels)
 from facray.training.task import Plan, WrapModel
 
 
@@ -61,6 +60,8 @@ class BinaryTask:
         """``cfg`` with ``--online-augment auto`` decided from the prepared data (on / off), once, on
         the driver: the settings hash, the Ray Train run's name, MLflow and the workers all see the
         decision, so the same command on 1x and on 9x data are two runs, not one resumed."""
+        if cfg.online_augment != "auto":  # decided already (train() resolves before plan): no read
+            return cfg
         online = cfg.augments_online(read_metadata(cfg.prepared))
         return replace(cfg, online_augment="on" if online else "off")
 
@@ -207,9 +208,8 @@ class BinaryRank:
         total = -(-len(data["train"]["labels"]) // cfg.batch_size) * passes
 
         def train(epoch: int):
-            # The shuffle of pass k of epoch e is the one a 1-pass run gives epoch e * passes + k.
-            return chain.from_iterable(array_batches(data["train"], cfg.batch_size, True, cfg.seed, epoch * passes + k)
-                                       for k in range(passes))
+            return epoch_of_passes(lambda s: array_batches(data["train"], cfg.batch_size, True, cfg.seed, s),
+                                   epoch, passes)
 
         return (lambda e: progress(train(e), e, total),
                 lambda: array_batches(data["val"], 256),

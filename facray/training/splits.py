@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from itertools import chain
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -152,6 +152,14 @@ def array_batches(data: dict[str, np.ndarray], batch_size: int, shuffle: bool = 
         yield {k: data[k][idx] for k in keys}
 
 
+def epoch_of_passes(pass_batches: Callable[[int], Iterable[dict]], epoch: int, passes: int) -> Iterator[dict]:
+    """The batches of an epoch made of ``passes`` passes over the train rows (online augmentation:
+    each pass a fresh variant of every image), lazily. ``pass_batches(s)`` gives one pass shuffled
+    with seed offset ``s``; pass k of epoch e takes ``e * passes + k``, the shuffle a one-pass run
+    gives its epoch ``e * passes + k``, so every pass of every epoch is shuffled differently."""
+    return chain.from_iterable(pass_batches(epoch * passes + k) for k in range(passes))
+
+
 def stream_batches(shard, batch_size: int, meta: dict, shuffle_seed: int | None):
     """Batches of a Train worker's Ray Data shard (``--data stream``; anything with Ray Data's
     ``iter_batches``) as the arrays the trainers take, decoded here (:func:`batch_arrays`);
@@ -168,8 +176,8 @@ def stream_sources(shards: dict, batch_size: int, meta: dict, seed: int, progres
     seeded per pass; an epoch is ``passes`` passes over the train shard; ``progress(batches,
     epoch, total)`` wraps them (total unknown: None)."""
     def train(epoch: int):
-        return chain.from_iterable(stream_batches(shards["train"], batch_size, meta, seed * 1000 + epoch * passes + k)
-                                   for k in range(passes))
+        return epoch_of_passes(lambda s: stream_batches(shards["train"], batch_size, meta, seed * 1000 + s),
+                               epoch, passes)
 
     return (lambda e: progress(train(e), e, None),
             lambda: stream_batches(shards["val"], 256, meta, None),
