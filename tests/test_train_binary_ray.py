@@ -144,6 +144,21 @@ def test_stream_reads_are_sized_by_facrays_block_target_and_leave_the_drivers_al
     assert datasets["train"].count() == check_splits(SplitSpec(str(prepared_small)))["train"]
 
 
+def test_stream_ingest_runs_in_order_and_splits_train_only_for_data_parallel_tasks():
+    """Ray Train applies its DataConfig's execution options to every stream dataset (they replace
+    the Dataset's own): in order, so a read task reads its Parquet fragments one at a time
+    (bench/stream_read.py), whatever the driver's context says; ``train`` split between the
+    workers only when they train one model (multi-task), whole for the binary jobs."""
+    import ray
+
+    from facray.runners.streaming import stream_data_config
+    assert not ray.data.DataContext.get_current().execution_options.preserve_order
+    for split_train in (True, False):
+        config = stream_data_config(split_train)
+        assert all(config._resolve_execution_options(name).preserve_order for name in ("train", "val", "test"))
+        assert config._datasets_to_split == (["train"] if split_train else [])
+
+
 def test_choose_modalities_prefers_better_validation_then_real():
     def rec(a, m, val):
         return {"attribute": a, "modality": m, "best": {"val_accuracy": val}, "test": {"test_accuracy": 0.5}, "dir": ""}

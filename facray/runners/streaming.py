@@ -17,6 +17,14 @@ from facray.training.splits import SplitSpec
 # so it bounds what a read task and the queue between it and the Train workers hold.
 STREAM_BLOCK_BYTES = 16 * 2**20
 
+# Arrow's allocator in stream mode's read tasks. Arrow allocates with mimalloc, which by default
+# keeps freed pages for reuse; a read task decoding 180 px rows then held up to 1.5 GB RSS that
+# nothing used any more (bench/RESULTS.md, "Stream mode's read memory"). Purging at once hands
+# them back to the OS, at no measured cost in rows/s. Set as the read tasks' runtime environment:
+# mimalloc reads it when the process starts, and Ray keeps such workers apart from the others.
+# (Set on the Train workers too it did not change their memory: theirs is not Arrow's.)
+ARROW_ALLOCATOR_ENV = {"MIMALLOC_PURGE_DELAY": "0"}
+
 
 @contextmanager
 def _target_block_size(nbytes: int):
@@ -34,6 +42,19 @@ def _target_block_size(nbytes: int):
         context.target_max_block_size = previous
 
 
+def stream_data_config(split_train: bool):
+    """Ray Train's ``DataConfig`` for the stream datasets: ``train`` split between the workers
+    when ``split_train``; execution in order. Ray Data reads the Parquet fragments of a read task
+    one at a time then (out of order, all at once: each read task held several fragments'
+    read-ahead), which halved a read task's memory with the same rows/s (bench/RESULTS.md), and
+    every run reads its rows in the same order before the seeded shuffle buffer."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return DataConfig(datasets_to_split=["train"] if split_train else [], execution_options=options)
+
+
 def split_datasets(spec: SplitSpec, columns: tuple[str, ...] = ("image", "sketch")) -> dict:
     """``{"train", "val", "test"}`` Ray Datasets of the usable rows; validation and test keep each
     image's original only. ``columns``: the pixel columns to read (labels always come along)."""
@@ -44,7 +65,7 @@ def split_datasets(spec: SplitSpec, columns: tuple[str, ...] = ("image", "sketch
                          "in memory); give the prepared data a val split for stream mode")
     fs, path = storage.filesystem(shard_dir(spec.prepared))
     with _target_block_size(STREAM_BLOCK_BYTES):
-        ds = ray.data.read_parquet(path, filesystem=fs)
+        ds = ray.data.read_parquet(path, filesystem=fs, runtime_env={"env_vars": ARROW_ALLOCATOR_ENV})
     keep = [c for c in ("image_id", "split", "variant", "error", *ATTRIBUTES, *LANDMARK_FIELDS, *columns)
             if c in ds.schema().names]
     ds = ds.select_columns(keep)

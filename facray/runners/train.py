@@ -28,7 +28,7 @@ from facray.runners.node_wait import exceeded as node_wait_exceeded
 from facray.runners.node_wait import start_timeout
 from facray.runners.runtime import (ClusterTooSmall, Terminated, describe_nodes, fit_in_thread, init_ray,
                                     started_local_ray, train_logging_config, verbose)
-from facray.runners.streaming import split_datasets
+from facray.runners.streaming import split_datasets, stream_data_config
 from facray.runners.worker import train_per_worker
 from facray.data.prepared import read_metadata
 from facray.runs import RunFolder
@@ -160,8 +160,7 @@ def fit_on_ray(task: Task, cfg: TrainCommon, plan: Plan, callbacks: tuple = (),
     datasets = {}
     if cfg.data == "stream":
         datasets = {"datasets": split_datasets(SplitSpec.of(cfg), task.stream_columns(cfg)),
-                    "dataset_config": ray.train.DataConfig(
-                        datasets_to_split=["train"] if task.split_train_stream else [])}
+                    "dataset_config": stream_data_config(task.split_train_stream)}
     storage_path, storage_filesystem = plan.run.ray_storage()  # on object storage for a run there
     trainer = TorchTrainer(
         train_per_worker,

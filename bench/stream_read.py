@@ -1,0 +1,98 @@
+"""Benchmark: what stream mode's Ray Data read side holds, facray's read settings against Ray's
+defaults, on the same prepared data. Each variant reads the train split's pixel columns from
+start to end in a fresh local Ray (2 CPUs, no dashboard), as a Train worker would pull it, while
+a sampler records every Ray worker process's anonymous RSS (``RssAnon``: what the kernel cannot
+reclaim under a memory cap; shared libraries and the object store left out).
+
+- ``ray-defaults``: ``ray.data.read_parquet`` with facray's block target only (what stream mode
+  did before): mimalloc keeps freed pages, a read task reads its fragments all at once.
+- ``facray``: :func:`facray.runners.streaming.split_datasets` run with
+  :func:`facray.runners.streaming.stream_data_config`'s execution options, as ``train`` sets
+  them: the allocator purges at once (``ARROW_ALLOCATOR_ENV``), fragments read in order.
+
+    python bench/stream_read.py --prepared PREP [--repeats 2]
+
+Prints per variant the largest read process's peak, the sum over Ray's workers at the sampled
+peak, rows/s, and the ratios to ``ray-defaults``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+CHILD = r"""
+import glob, json, os, re, sys, threading, time
+import ray
+from facray.runners.streaming import STREAM_BLOCK_BYTES, split_datasets, stream_data_config
+from facray.training.splits import SplitSpec
+
+variant, prepared = sys.argv[1], sys.argv[2]
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+ray.data.DataContext.get_current().enable_progress_bars = False
+samples, done = [], False
+
+def sample():
+    while not done:
+        now = {}
+        for status in glob.glob("/proc/[0-9]*/status"):
+            try:
+                text = open(status).read()
+                title = open(status.replace("status", "cmdline")).read()
+            except OSError:
+                continue
+            anon = re.search(r"RssAnon:\s+(\d+)", text)
+            if anon and ("ray::" in title or "default_worker" in title):
+                now[status] = int(anon.group(1)) * 1024
+        samples.append(now)
+        time.sleep(0.5)
+
+threading.Thread(target=sample, daemon=True).start()
+spec = SplitSpec(prepared)
+if variant == "facray":
+    ds = split_datasets(spec, ("image", "sketch"))["train"]
+    options = stream_data_config(False)._resolve_execution_options("train")  # what Ray Train applies
+    ds.context.execution_options = options
+else:
+    ctx = ray.data.DataContext.get_current()
+    ctx.target_max_block_size = STREAM_BLOCK_BYTES
+    from facray.data.prepared import shard_dir
+    ds = ray.data.read_parquet(shard_dir(prepared)).filter(expr="split == 'train' and error == ''")
+    ds = ds.select_columns(["image", "sketch", "split"])
+start, rows = time.perf_counter(), 0
+for batch in ds.iter_batches(batch_size=128, batch_format="numpy"):
+    rows += len(batch["image"])
+seconds = time.perf_counter() - start
+done = True
+time.sleep(1)
+print(json.dumps({"rows": rows, "seconds": seconds,
+                  "largest": max((max(s.values(), default=0) for s in samples), default=0),
+                  "sum": max((sum(s.values()) for s in samples), default=0)}))
+"""
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prepared", required=True)
+    p.add_argument("--repeats", type=int, default=1, help="runs per variant, alternating; the figures are means")
+    args = p.parse_args()
+    results: dict[str, list[dict]] = {"ray-defaults": [], "facray": []}
+    for _ in range(args.repeats):
+        for variant in results:
+            out = subprocess.run([sys.executable, "-c", CHILD, variant, args.prepared], check=True,
+                                 capture_output=True, text=True).stdout
+            results[variant].append(json.loads(out.strip().splitlines()[-1]))
+    mean = {v: {k: sum(r[k] for r in rs) / len(rs) for k in ("largest", "sum", "rows", "seconds")}
+            for v, rs in results.items()}
+    base = mean["ray-defaults"]
+    print(f"train rows read per run: {int(base['rows'])}; {args.repeats} run(s) per variant")
+    print(f"{'variant':14s} {'largest read process':>21s} {'all Ray workers':>16s} {'rows/s':>8s}   ratios (largest, all, rows/s)")
+    for v, m in mean.items():
+        rate, base_rate = m["rows"] / m["seconds"], base["rows"] / base["seconds"]
+        print(f"{v:14s} {m['largest'] / 1e9:19.2f} GB {m['sum'] / 1e9:14.2f} GB {rate:8.0f}   "
+              f"{m['largest'] / base['largest']:.2f}x, {m['sum'] / base['sum']:.2f}x, {rate / base_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
