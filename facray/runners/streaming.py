@@ -42,6 +42,19 @@ def _target_block_size(nbytes: int):
         context.target_max_block_size = previous
 
 
+def _read_task_env() -> dict:
+    """``read_parquet``'s keyword for the read tasks' runtime environment: ``runtime_env`` where
+    this Ray names it (2.60 deprecates ``ray_remote_args``), else ``ray_remote_args`` (older Ray)."""
+    import inspect
+
+    import ray
+
+    env = {"env_vars": ARROW_ALLOCATOR_ENV}
+    if "runtime_env" in inspect.signature(ray.data.read_parquet).parameters:
+        return {"runtime_env": env}
+    return {"ray_remote_args": {"runtime_env": env}}
+
+
 def stream_data_config(split_train: bool):
     """Ray Train's ``DataConfig`` for the stream datasets: ``train`` split between the workers
     when ``split_train``; execution in order. Ray Data reads the Parquet fragments of a read task
@@ -65,7 +78,7 @@ def split_datasets(spec: SplitSpec, columns: tuple[str, ...] = ("image", "sketch
                          "in memory); give the prepared data a val split for stream mode")
     fs, path = storage.filesystem(shard_dir(spec.prepared))
     with _target_block_size(STREAM_BLOCK_BYTES):
-        ds = ray.data.read_parquet(path, filesystem=fs, runtime_env={"env_vars": ARROW_ALLOCATOR_ENV})
+        ds = ray.data.read_parquet(path, filesystem=fs, **_read_task_env())
     keep = [c for c in ("image_id", "split", "variant", "error", *ATTRIBUTES, *LANDMARK_FIELDS, *columns)
             if c in ds.schema().names]
     ds = ds.select_columns(keep)
