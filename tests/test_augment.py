@@ -104,3 +104,16 @@ def test_online_variants_draw_all_nine_reproducibly_and_sketches_keep_their_valu
     x = torch.rand(400, 1, 32, 32)
     sketch = apply_abm_variants(x, draw, photometric=False)
     torch.testing.assert_close(sketch[identity], x[identity], atol=1e-5, rtol=0)  # geometry only
+
+
+def test_a_shared_sampling_grid_warps_as_the_draw_alone_and_a_wrong_sized_one_is_refused():
+    """The binary trainer builds one grid per batch for the photo and its sketch: the same pixels as
+    each modality building its own; a grid of another size would be answered at its own size."""
+    from facray.training.augment import homography_grid
+    draw = draw_abm_variants(16, 24, torch.Generator().manual_seed(1))
+    grid = homography_grid(draw.inverse, 24, 24)
+    for channels, photometric in ((3, True), (1, False)):
+        x = torch.rand(16, channels, 24, 24)
+        assert torch.equal(apply_abm_variants(x, draw, photometric, grid=grid), apply_abm_variants(x, draw, photometric))
+    with pytest.raises(ValueError, match="does not match"):
+        apply_abm_variants(torch.rand(16, 3, 32, 32), draw, True, grid=grid)

@@ -144,6 +144,26 @@ def test_stream_reads_are_sized_by_facrays_block_target_and_leave_the_drivers_al
     assert datasets["train"].count() == check_splits(SplitSpec(str(prepared_small)))["train"]
 
 
+def test_stream_read_tasks_run_with_arrows_allocator_purging(prepared_small, monkeypatch):
+    """split_datasets asks Ray Data to start its read tasks with ARROW_ALLOCATOR_ENV as their
+    runtime environment (bench/stream_read.py: the read process's memory)."""
+    import ray
+
+    from facray.runners.streaming import ARROW_ALLOCATOR_ENV, split_datasets
+    from facray.training.splits import SplitSpec
+    asked = {}
+
+    def read_parquet(path, **kwargs):
+        asked.update(kwargs)
+        raise KeyboardInterrupt  # stop before anything reads
+
+    monkeypatch.setattr(ray.data, "read_parquet", read_parquet)
+    with pytest.raises(KeyboardInterrupt):
+        split_datasets(SplitSpec(str(prepared_small)), ("image",))
+    env = asked.get("runtime_env") or asked["ray_remote_args"]["runtime_env"]
+    assert env == {"env_vars": ARROW_ALLOCATOR_ENV} and ARROW_ALLOCATOR_ENV == {"MIMALLOC_PURGE_DELAY": "0"}
+
+
 def test_stream_ingest_runs_in_order_and_splits_train_only_for_data_parallel_tasks():
     """Ray Train applies its DataConfig's execution options to every stream dataset (they replace
     the Dataset's own): in order, so a read task reads its Parquet fragments one at a time

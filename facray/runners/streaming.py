@@ -18,11 +18,13 @@ from facray.training.splits import SplitSpec
 STREAM_BLOCK_BYTES = 16 * 2**20
 
 # Arrow's allocator in stream mode's read tasks. Arrow allocates with mimalloc, which by default
-# keeps freed pages for reuse; a read task decoding 180 px rows then held up to 1.5 GB RSS that
-# nothing used any more (bench/RESULTS.md, "Stream mode's read memory"). Purging at once hands
-# them back to the OS, at no measured cost in rows/s. Set as the read tasks' runtime environment:
-# mimalloc reads it when the process starts, and Ray keeps such workers apart from the others.
-# (Set on the Train workers too it did not change their memory: theirs is not Arrow's.)
+# keeps freed pages for reuse: a plain pyarrow scan of these rows ended holding 416 MB, 115 MB
+# with this setting (bench/RESULTS.md, "Stream mode's read memory"). Set as the read tasks' runtime
+# environment: mimalloc reads it when the process starts, and Ray keeps such workers apart from
+# the others. (Set on the Train workers too it did not change their memory: theirs is not Arrow's.)
+# Ray Data fuses no later map step into a read task with another runtime environment: a
+# ``map_batches`` added to the stream datasets would run in workers without it. Ray's
+# ``RAY_DATA_ISOLATE_READ_WORKERS=1`` replaces these env vars with its own (Ray 2.60).
 ARROW_ALLOCATOR_ENV = {"MIMALLOC_PURGE_DELAY": "0"}
 
 
@@ -49,7 +51,7 @@ def _read_task_env() -> dict:
 
     import ray
 
-    env = {"env_vars": ARROW_ALLOCATOR_ENV}
+    env = {"env_vars": dict(ARROW_ALLOCATOR_ENV)}
     if "runtime_env" in inspect.signature(ray.data.read_parquet).parameters:
         return {"runtime_env": env}
     return {"ray_remote_args": {"runtime_env": env}}
@@ -57,10 +59,15 @@ def _read_task_env() -> dict:
 
 def stream_data_config(split_train: bool):
     """Ray Train's ``DataConfig`` for the stream datasets: ``train`` split between the workers
-    when ``split_train``; execution in order. Ray Data reads the Parquet fragments of a read task
-    one at a time then (out of order, all at once: each read task held several fragments'
-    read-ahead), which halved a read task's memory with the same rows/s (bench/RESULTS.md), and
-    every run reads its rows in the same order before the seeded shuffle buffer."""
+    when ``split_train``; execution in order (Ray Train replaces a Dataset's own execution options
+    with these). In order, Ray 2.60's Parquet reader (datasource V2) reads a read task's fragments
+    one at a time, not all at once each with its own read-ahead; with the allocator setting above
+    a read process held 0.72x the memory of Ray's defaults at 1.30x the rows/s on one 2-CPU node
+    (bench/RESULTS.md; the two not measured apart). Costs: multi-node ``train`` (``train`` split
+    between workers) loses Ray Data's locality hints, a slow read task holds back the blocks after
+    it, and each pass reads the rows in the same order before the seeded shuffle buffer
+    (``4 * batch_size`` rows), so a stream-mode pass is less shuffled than memory mode's full
+    permutation."""
     from ray.train import DataConfig
 
     options = DataConfig.default_ingest_options()

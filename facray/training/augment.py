@@ -167,6 +167,8 @@ def apply_abm_variants(x: torch.Tensor, draw: VariantDraw, photometric: bool, gr
     :func:`homography_grid` at this size and device, when the caller already built it."""
     if grid is None:
         grid = homography_grid(draw.inverse, x.shape[-2], x.shape[-1], x.device)
+    elif grid.shape[1:3] != x.shape[-2:]:  # grid_sample would answer at the grid's size, silently
+        raise ValueError(f"sampling grid {tuple(grid.shape[1:3])} does not match the images {tuple(x.shape[-2:])}")
     x = warp_homography(x, grid)
     if photometric:
         gain, offset = (t.to(x.device, x.dtype).view(-1, 1, 1, 1) for t in (draw.gain, draw.offset))
