@@ -1,14 +1,17 @@
-"""Benchmark: what stream mode's Ray Data read side holds, facray's read settings against Ray's
-defaults, on the same prepared data. Each variant reads the train split's pixel columns from
-start to end in a fresh local Ray (2 CPUs, no dashboard), as a Train worker would pull it, while
-a sampler records every Ray worker process's anonymous RSS (``RssAnon``: what the kernel cannot
-reclaim under a memory cap; shared libraries and the object store left out).
+"""Benchmark: what stream mode's Ray Data read side holds, with facray's two read settings on and
+off, on the same prepared data. Every variant reads the train split's pixel columns from start to
+end through :func:`facray.runners.streaming.split_datasets` (as ``train`` builds it, file order
+seeded) in a fresh local Ray (2 CPUs, no dashboard), as a Train worker pulls it, while a sampler
+records every Ray worker process's anonymous RSS (``RssAnon``: what the kernel cannot reclaim
+under a memory cap; shared libraries and the object store left out).
 
-- ``ray-defaults``: ``ray.data.read_parquet`` with facray's block target only (what stream mode
-  did before): mimalloc keeps freed pages, a read task reads its fragments all at once.
-- ``facray``: :func:`facray.runners.streaming.split_datasets` run with
-  :func:`facray.runners.streaming.stream_data_config`'s execution options, as ``train`` sets
-  them: the allocator purges at once (``ARROW_ALLOCATOR_ENV``), fragments read in order.
+- ``ray-defaults``: Ray Train's default ingest options, no runtime env: mimalloc keeps freed
+  pages, a read task reads its fragments all at once.
+- ``allocator``: the job's runtime env :func:`facray.runners.runtime.job_runtime_env` only
+  (``MIMALLOC_PURGE_DELAY=0``).
+- ``in-order``: :func:`facray.runners.streaming.stream_data_config`'s execution options only
+  (``preserve_order``: fragments read one at a time).
+- ``facray``: both, as ``train`` runs.
 
     python bench/stream_read.py --prepared PREP [--repeats 2]
 
@@ -25,11 +28,14 @@ import sys
 CHILD = r"""
 import glob, json, os, re, sys, threading, time
 import ray
-from facray.runners.streaming import STREAM_BLOCK_BYTES, split_datasets, stream_data_config
+from facray.runners.runtime import job_runtime_env
+from facray.runners.streaming import split_datasets, stream_data_config
 from facray.training.splits import SplitSpec
 
 variant, prepared = sys.argv[1], sys.argv[2]
-ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+allocator, in_order = variant in ("allocator", "facray"), variant in ("in-order", "facray")
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+         runtime_env=job_runtime_env() if allocator else None)
 ray.data.DataContext.get_current().enable_progress_bars = False
 samples, done = [], False
 
@@ -49,17 +55,10 @@ def sample():
         time.sleep(0.5)
 
 threading.Thread(target=sample, daemon=True).start()
-spec = SplitSpec(prepared)
-if variant == "facray":
-    ds = split_datasets(spec, ("image", "sketch"))["train"]
-    options = stream_data_config(False)._resolve_execution_options("train")  # what Ray Train applies
-    ds.context.execution_options = options
-else:
-    ctx = ray.data.DataContext.get_current()
-    ctx.target_max_block_size = STREAM_BLOCK_BYTES
-    from facray.data.prepared import shard_dir
-    ds = ray.data.read_parquet(shard_dir(prepared)).filter(expr="split == 'train' and error == ''")
-    ds = ds.select_columns(["image", "sketch", "split"])
+ds = split_datasets(SplitSpec(prepared), ("image", "sketch"), shuffle_seed=0)["train"]
+options = stream_data_config(False)._resolve_execution_options("train")  # what Ray Train applies
+options.preserve_order = in_order
+ds.context.execution_options = options
 start, rows = time.perf_counter(), 0
 for batch in ds.iter_batches(batch_size=128, batch_format="numpy"):
     rows += len(batch["image"])
@@ -77,7 +76,7 @@ def main() -> None:
     p.add_argument("--prepared", required=True)
     p.add_argument("--repeats", type=int, default=1, help="runs per variant, alternating; the figures are means")
     args = p.parse_args()
-    results: dict[str, list[dict]] = {"ray-defaults": [], "facray": []}
+    results: dict[str, list[dict]] = {"ray-defaults": [], "allocator": [], "in-order": [], "facray": []}
     for _ in range(args.repeats):
         for variant in results:
             out = subprocess.run([sys.executable, "-c", CHILD, variant, args.prepared], check=True,

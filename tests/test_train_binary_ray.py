@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -144,24 +145,69 @@ def test_stream_reads_are_sized_by_facrays_block_target_and_leave_the_drivers_al
     assert datasets["train"].count() == check_splits(SplitSpec(str(prepared_small)))["train"]
 
 
-def test_stream_read_tasks_run_with_arrows_allocator_purging(prepared_small, monkeypatch):
-    """split_datasets asks Ray Data to start its read tasks with ARROW_ALLOCATOR_ENV as their
-    runtime environment (bench/stream_read.py: the read process's memory)."""
+def test_rays_facray_starts_or_joins_run_arrows_allocator_purging_unless_the_submitted_job_sets_it(monkeypatch):
+    """init_ray gives ray.init ARROW_ALLOCATOR_ENV as the job's runtime env (bench/stream_read.py:
+    the read process's memory), once per job rather than per read task (a fresh worker for each
+    pass); a variable the submitted job sets itself is left to it (Ray refuses it from both)."""
     import ray
 
-    from facray.runners.streaming import ARROW_ALLOCATOR_ENV, split_datasets
-    from facray.training.splits import SplitSpec
+    from facray.runners import runtime
     asked = {}
 
-    def read_parquet(path, **kwargs):
+    def init(**kwargs):
         asked.update(kwargs)
-        raise KeyboardInterrupt  # stop before anything reads
+        raise KeyboardInterrupt  # stop before anything starts
 
-    monkeypatch.setattr(ray.data, "read_parquet", read_parquet)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(runtime, "_started_here", False)  # restored: a later stop_ray leaves the session's Ray
+    from ray._private import auto_init_hook
+    monkeypatch.setattr(auto_init_hook, "enable_auto_connect", auto_init_hook.enable_auto_connect)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
     with pytest.raises(KeyboardInterrupt):
-        split_datasets(SplitSpec(str(prepared_small)), ("image",))
-    env = asked.get("runtime_env") or asked["ray_remote_args"]["runtime_env"]
-    assert env == {"env_vars": ARROW_ALLOCATOR_ENV} and ARROW_ALLOCATOR_ENV == {"MIMALLOC_PURGE_DELAY": "0"}
+        runtime.init_ray(address="ray://cluster:10001")
+    assert asked["address"] == "ray://cluster:10001"
+    assert asked["runtime_env"] == {"env_vars": {"MIMALLOC_PURGE_DELAY": "0"}} == {"env_vars": runtime.ARROW_ALLOCATOR_ENV}
+
+    submitted = {"runtime_env": {"working_dir": "s3://b/code.zip", "env_vars": {"MIMALLOC_PURGE_DELAY": "10"}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(submitted))
+    assert runtime.job_runtime_env() == {}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"pip": ["timm"]}}))
+    assert runtime.job_runtime_env() == {"env_vars": {"MIMALLOC_PURGE_DELAY": "0"}}
+
+
+def test_stream_train_reads_its_files_in_a_new_seeded_order_each_pass(ray_session, prepared_small, tmp_path):
+    """Stream mode's ``train`` reads its Parquet files in a seeded order, a new one each execution
+    (each pass), the same sequence for the same seed; validation keeps file order."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from facray.data.prepared import shard_dir
+    from facray.runners.streaming import split_datasets, stream_data_config
+    from facray.training.splits import SplitSpec
+    prepared = tmp_path / "p"
+    shutil.copytree(prepared_small, prepared)
+    shards = Path(shard_dir(prepared))
+    table = pq.read_table(shards)
+    for f in shards.glob("*.parquet"):
+        f.unlink()
+    for i in range(8):  # 8 files of 10 rows: enough orders to tell apart
+        pq.write_table(table.slice(10 * i, 10), shards / f"part-{i}.parquet")
+
+    def passes(seed, split, n=3):
+        ds = split_datasets(SplitSpec(str(prepared)), ("image",), shuffle_seed=seed)[split]
+        ds.context.execution_options = stream_data_config(False)._resolve_execution_options(split)
+        return [[i for b in ds.iter_batches(batch_format="numpy") for i in b["image_id"]] for _ in range(n)]
+
+    first = passes(3, "train")
+    assert sorted(first[0]) == sorted(first[1]) == sorted(first[2]) and len(first[0]) > 10
+    assert first[0] != first[1] != first[2]  # a new file order every pass
+    assert passes(3, "train", 2) == first[:2]  # seeded: a re-run repeats the sequence
+    assert passes(4, "train", 1)[0] != first[0]
+    val = passes(3, "val", 2)
+    file_order = [i for i in table["image_id"].to_pylist() if i in set(val[0])]
+    assert val[0] == val[1] == file_order
 
 
 def test_stream_ingest_runs_in_order_and_splits_train_only_for_data_parallel_tasks():

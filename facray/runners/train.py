@@ -159,7 +159,7 @@ def fit_on_ray(task: Task, cfg: TrainCommon, plan: Plan, callbacks: tuple = (),
     queues for the resources other trials hold)."""
     datasets = {}
     if cfg.data == "stream":
-        datasets = {"datasets": split_datasets(SplitSpec.of(cfg), task.stream_columns(cfg)),
+        datasets = {"datasets": split_datasets(SplitSpec.of(cfg), task.stream_columns(cfg), shuffle_seed=cfg.seed),
                     "dataset_config": stream_data_config(task.split_train_stream)}
     storage_path, storage_filesystem = plan.run.ray_storage()  # on object storage for a run there
     trainer = TorchTrainer(
