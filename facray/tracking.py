@@ -177,7 +177,7 @@ def log_binary_jobs(tracking_uri: str, run: RunFolder, mlflow_run_id: str, keys:
         table = pd.DataFrame(rows)
         table.to_csv(run.jobs_summary_file, index=False)
         mlflow.log_artifact(str(run.jobs_summary_file))
-        if "test_accuracy" in table:
+        if "test_accuracy" in table and table["test_accuracy"].notna().any():  # NaN: no test rows
             mlflow.log_metric("mean_test_accuracy", float(table["test_accuracy"].mean()))
 
 

@@ -120,6 +120,14 @@ def test_evaluate_best_gives_test_metrics_and_confusion():
     assert res["test_accuracy"] == pytest.approx((tp + tn) / 48)
 
 
+def test_a_job_with_no_test_rows_scores_nan_not_zero():
+    data, val = _data(), _data(seed=1)
+    t = _train([BinaryJob(A, "real", 2)], data, val, 1)
+    res = t.evaluate_best(iter(()))[f"{A}__real"]
+    assert res["test_count"] == 0 and res["confusion"] == [[0, 0], [0, 0]]
+    assert all(np.isnan(res[n]) for n in ("test_accuracy", "test_balanced_accuracy", "test_loss"))
+
+
 def test_confusion_metrics_handle_empty_classes():
     m = confusion_metrics([0, 5], [0, 5], [0, 0], [10, 0])
     assert m["precision"].tolist() == [0.0, 0.5] and m["recall"].tolist() == [0.0, 1.0]

@@ -93,6 +93,9 @@ def test_thresholds_maximise_validation_accuracy_and_never_lose_to_half():
     tuned, half = attribute_metrics(probs, labels, t)["accuracy"], attribute_metrics(probs, labels, 0.5)["accuracy"]
     assert (tuned[:3] >= half[:3]).all() and tuned[:3].mean() > half[:3].mean() + 0.05
     assert t[3] == 0.5  # no labels: the default stays
+    unscored = attribute_metrics(probs, labels, t)
+    assert unscored["count"][3] == 0 and np.isnan([unscored[k][3] for k in ("accuracy", "balanced_accuracy", "f1")]).all()
+    assert np.isfinite(unscored["accuracy"][:3]).all()  # no labels: NaN, not a 0% that reads as a score
     for j in range(3):  # no other threshold does better on this data
         grid = np.linspace(0, 1, 201)
         best = max(((probs[:, j] >= g) == labels[:, j]).mean() for g in grid)

@@ -230,7 +230,9 @@ class FusedBinaryTrainer:
 
     @torch.no_grad()
     def evaluate_best(self, batches: Iterable[dict], keys: list[str] | None = None) -> dict[str, dict]:
-        """Test metrics of every job's best weights (one pass, all models; a diverged job has none)."""
+        """Test metrics of every job's best weights (one pass, all models; a diverged job has none).
+        A job with no labelled test rows (no test split, or every label unknown) scores NaN, not 0:
+        nothing was scored (``test_count`` 0)."""
         keys = [k for k in (keys or self.states) if k in self.best]
         by_mod = {m: [k for k in keys if self.states[k].job.modality == m] for m in MODALITIES}
         stacks = {}
@@ -246,9 +248,9 @@ class FusedBinaryTrainer:
         for m, ks in by_mod.items():
             if not ks:
                 continue
-            summ = stats[m].summary("test_")
+            summ, scored = stats[m].summary("test_"), stats[m].count > 0
             for i, k in enumerate(ks):
-                out[k] = {n: float(v[i]) for n, v in summ.items()}
+                out[k] = {n: float(v[i]) if scored[i] else float("nan") for n, v in summ.items()}
                 out[k]["confusion"] = [[int(stats[m].tn[i]), int(stats[m].fp[i])],
                                        [int(stats[m].fn[i]), int(stats[m].tp[i])]]
                 out[k]["test_count"] = int(stats[m].count[i])

@@ -58,11 +58,9 @@ def finalize(run: RunFolder, trainer: MultiTaskTrainer, val_batches, test_batche
     record = {"model": cfg.model, "settings_hash": digest, "status": "finished", "best_epoch": trainer.best_epoch,
               "epochs_run": trainer.epoch, "stopped_early": trainer.stopped, "resumed_from_epoch": resumed_from,
               "history": trainer.history, "attributes": per_attr,
-              "mean_test_accuracy": float(np.mean([r["test_accuracy"] for r in per_attr])),
-              "mean_test_accuracy_at_0.5": float(np.mean([r["test_accuracy_at_0.5"] for r in per_attr])),
-              "mean_test_balanced_accuracy": float(np.mean([r["test_balanced_accuracy"] for r in per_attr])),
-              "mean_test_ece": float(np.nanmean([r["test_ece"] for r in per_attr])),
-              "mean_test_ece_raw": float(np.nanmean([r["test_ece_raw"] for r in per_attr]))}
+              **{f"mean_{k}": _mean_of_scored([r[k] for r in per_attr])
+                 for k in ("test_accuracy", "test_accuracy_at_0.5", "test_balanced_accuracy", "test_ece",
+                           "test_ece_raw")}}
     if "identity" in test:  # closed-set identification of the test photos among the training identities
         record["identity"] = {"test_top1": test["identity"]["top1"], "test_top5": test["identity"]["top5"],
                               "test_cmc": test["identity"]["cmc"], "test_count": test["identity"]["count"],
@@ -70,3 +68,8 @@ def finalize(run: RunFolder, trainer: MultiTaskTrainer, val_batches, test_batche
     run.write_metrics(record)
     return record
 
+
+def _mean_of_scored(values: list[float]) -> float:
+    """The mean over the attributes that had labelled test rows (NaN for the others); NaN if none had."""
+    scored = [v for v in values if not np.isnan(v)]
+    return float(np.mean(scored)) if scored else float("nan")

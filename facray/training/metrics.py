@@ -157,7 +157,9 @@ def fit_decisions(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
 
 def attribute_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | float = 0.5
                       ) -> dict[str, np.ndarray]:
-    """Per attribute: accuracy, precision, recall, F1, confusion counts (tp, fp, fn, tn), count."""
+    """Per attribute: accuracy, balanced accuracy, precision, recall, F1, confusion counts (tp, fp,
+    fn, tn), count. An attribute with no labelled rows (no test split, a label the dataset lacks)
+    scores NaN, not 0: nothing was scored."""
     known = labels >= 0
     pred = probs >= np.asarray(thresholds)
     y = labels == 1
@@ -165,8 +167,9 @@ def attribute_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndar
     fp = (pred & ~y & known).sum(0)
     fn = (~pred & y & known).sum(0)
     tn = (~pred & ~y & known).sum(0)
-    m = confusion_metrics(tp, fp, fn, tn)
-    m.update(tp=tp, fp=fp, fn=fn, tn=tn, count=known.sum(0))
+    count = known.sum(0)
+    m = {k: np.where(count > 0, v, np.nan) for k, v in confusion_metrics(tp, fp, fn, tn).items()}
+    m.update(tp=tp, fp=fp, fn=fn, tn=tn, count=count)
     return m
 
 
