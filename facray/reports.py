@@ -97,15 +97,19 @@ def build_multitask_report(run: RunFolder, splits: dict) -> pd.DataFrame:
 
 def balanced_accuracy(confusion_json: str) -> float:
     """Balanced accuracy of a [[tn, fp], [fn, tp]] confusion
-    (:func:`facray.training.metrics.confusion_metrics`: 0.5 at most on a one-class split)."""
+    (:func:`facray.training.metrics.confusion_metrics`: 0.5 at most on a one-class split); NaN
+    for an empty one (no labelled test rows: nothing scored)."""
     (tn, fp), (fn, tp) = json.loads(confusion_json)
+    if tn + fp + fn + tp == 0:
+        return float("nan")
     return float(confusion_metrics([tp], [fp], [fn], [tn])["balanced_accuracy"][0])
 
 
 def one_class_only(confusion_json: str) -> bool:
-    """True when a [[tn, fp], [fn, tp]] confusion shows only one predicted class."""
+    """True when a [[tn, fp], [fn, tp]] confusion shows only one predicted class (an empty one,
+    nothing scored, shows none)."""
     (tn, fp), (fn, tp) = json.loads(confusion_json)
-    return tp + fp == 0 or tn + fn == 0
+    return tn + fp + fn + tp > 0 and (tp + fp == 0 or tn + fn == 0)
 
 
 def mean_rows(table: pd.DataFrame) -> pd.DataFrame:

@@ -9,6 +9,7 @@ SQLite also gives the model registry), artifacts next to it. ``--tracking-uri`` 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -125,7 +126,6 @@ def end_training_run(tracking_uri: str, run_id: str, status: str) -> None:
 
 def log_epoch(tracking_uri: str, run_id: str, record: dict) -> None:
     """One epoch's numeric metrics at step = epoch (called from the Train controller)."""
-    import math
     import time
     client = mlflow.MlflowClient(tracking_uri)
     step = int(record.get("epoch", 0))
@@ -140,8 +140,9 @@ def finish_training_run(tracking_uri: str, run_id: str, run: RunFolder, record: 
     ``registered_name`` (none: not registered). Returns the model URI or None."""
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({k: float(record[k]) for k in ("mean_test_accuracy", "mean_test_accuracy_at_0.5")})
-        mlflow.log_metrics({f"test_accuracy/{r['attribute']}": float(r["test_accuracy"]) for r in record["attributes"]})
+        scores = {**{k: float(record[k]) for k in ("mean_test_accuracy", "mean_test_accuracy_at_0.5")},
+                  **{f"test_accuracy/{r['attribute']}": float(r["test_accuracy"]) for r in record["attributes"]}}
+        mlflow.log_metrics({k: v for k, v in scores.items() if math.isfinite(v)})  # NaN: no labelled test rows
         mlflow.log_dict(record, "metrics.json")  # the run folder's copy is written after this
         return register_predictor(run.model_dir, registered_name) if registered_name else None
 

@@ -91,11 +91,13 @@ def learnable():
 def ray_session():
     """One local Ray for the whole test session: 2 CPUs, no dashboard (tests ask for fractions),
     and one declared GPU that does not exist, so the GPU-mode labelling pipeline runs here with
-    its predict actor on the CPU (nothing else asks for GPUs)."""
+    its predict actor on the CPU (nothing else asks for GPUs). The job's runtime env is facray's
+    own (:func:`facray.runners.runtime.job_runtime_env`), so the workers run as in a facray command."""
     ray = pytest.importorskip("ray")
+    from facray.runners.runtime import job_runtime_env
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, runtime_env=job_runtime_env())
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

@@ -128,6 +128,12 @@ def test_a_job_with_no_test_rows_scores_nan_not_zero():
     assert all(np.isnan(res[n]) for n in ("test_accuracy", "test_balanced_accuracy", "test_loss"))
 
 
+def test_reports_leave_an_empty_confusion_out_of_balanced_accuracy_and_one_class():
+    from facray.reports import balanced_accuracy, one_class_only
+    assert np.isnan(balanced_accuracy("[[0, 0], [0, 0]]")) and not one_class_only("[[0, 0], [0, 0]]")
+    assert balanced_accuracy("[[5, 0], [3, 0]]") == 0.5 and one_class_only("[[5, 0], [3, 0]]")
+
+
 def test_confusion_metrics_handle_empty_classes():
     m = confusion_metrics([0, 5], [0, 5], [0, 0], [10, 0])
     assert m["precision"].tolist() == [0.0, 0.5] and m["recall"].tolist() == [0.0, 1.0]

@@ -107,3 +107,15 @@ def test_a_manifest_with_a_bad_calibration_is_refused():
         Manifest.from_json({**record, "calibration": {"method": "temperature", "temperature": {"Smiling": -1}}})
     with pytest.raises(PredictorError, match="not known"):
         Manifest.from_json({**record, "calibration": {"method": "isotonic"}})
+
+
+def test_a_manifest_writes_a_figure_nobody_scored_as_json_null(tmp_path):
+    """A NaN (an attribute without labelled test rows) is written as null: JSON has no NaN."""
+    import json
+    record = {"format": "facray-multitask", "attributes": [{"attribute": "Smiling", "threshold": 0.5,
+                                                            "test_accuracy": float("nan"), "val_accuracy": 0.9}],
+              "image_size": 8, "crop": {"size": 8}, "sketch_channels": 0, "weights_sha256": "x", "tensor_shapes": {}}
+    Manifest.from_json(record).write(tmp_path)
+    text = (tmp_path / "manifest.json").read_text()
+    choice = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the manifest"))["attributes"][0]
+    assert choice["test_accuracy"] is None and choice["val_accuracy"] == 0.9

@@ -132,7 +132,7 @@ def test_auto_streams_data_too_large_for_the_node_and_memory_is_refused(ray_sess
 def test_stream_reads_are_sized_by_facrays_block_target_and_leave_the_drivers_alone(ray_session, prepared_small):
     """Ray 2.60's Parquet reader sizes its read batches and file buckets from the driver's global
     DataContext when read_parquet is called, and the Dataset keeps a copy for its blocks: both
-    must be STREAM_BLOCK_BYTES, and the driver's own setting must be back afterwards."""
+    must be STREAM_BLOCK_BYTES (and no per-execution log lines), and the driver's own settings must be back afterwards."""
     import ray
 
     from facray.runners.streaming import STREAM_BLOCK_BYTES, split_datasets
@@ -142,6 +142,7 @@ def test_stream_reads_are_sized_by_facrays_block_target_and_leave_the_drivers_al
     datasets = split_datasets(SplitSpec(str(prepared_small)), ("image",))
     assert context.target_max_block_size == before != STREAM_BLOCK_BYTES
     assert {d.context.target_max_block_size for d in datasets.values()} == {STREAM_BLOCK_BYTES}
+    assert context.print_on_execution_start and not any(d.context.print_on_execution_start for d in datasets.values())
     assert datasets["train"].count() == check_splits(SplitSpec(str(prepared_small)))["train"]
 
 
@@ -202,7 +203,7 @@ def test_stream_train_reads_its_files_in_a_new_seeded_order_each_pass(ray_sessio
 
     first = passes(3, "train")
     assert sorted(first[0]) == sorted(first[1]) == sorted(first[2]) and len(first[0]) > 10
-    assert first[0] != first[1] != first[2]  # a new file order every pass
+    assert first[0] != first[1] and first[1] != first[2] and first[0] != first[2]  # a new file order every pass
     assert passes(3, "train", 2) == first[:2]  # seeded: a re-run repeats the sequence
     assert passes(4, "train", 1)[0] != first[0]
     val = passes(3, "val", 2)

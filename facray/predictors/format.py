@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -102,7 +103,7 @@ class Manifest:
         return {**record, **self.extra}
 
     def write(self, folder: Path) -> None:
-        (Path(folder) / MANIFEST).write_text(json.dumps(self.to_json(), indent=1))
+        (Path(folder) / MANIFEST).write_text(json.dumps(_json_numbers(self.to_json()), indent=1, allow_nan=False))
 
     @property
     def attribute_names(self) -> list[str]:
@@ -164,3 +165,16 @@ def set_thresholds(dest: str | Path, thresholds: dict[str, float], how: str, cal
     if calibration is not None:
         manifest = replace(manifest, calibration=calibration)
     manifest.write(Path(dest))
+
+
+def _json_numbers(value):
+    """``value`` with every non-finite float as None: JSON has no NaN, and a manifest is read by
+    more than Python (a figure nobody could score, e.g. the accuracy of an attribute without
+    labelled test rows, is NaN in facray's records)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_numbers(v) for v in value]
+    return value

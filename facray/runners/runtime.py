@@ -38,8 +38,9 @@ def _local_only() -> None:
 # "Stream mode's read memory"). mimalloc reads it when a process starts, so it is the job's runtime
 # environment, not the read tasks' own: as theirs, Ray started fresh read workers for every Ray Data
 # execution (each pass of an epoch): 68 of a test's 120 s on 80 faces. The Train workers get it too;
-# it does not change their memory (theirs is not Arrow's). A Ray you start yourself (a notebook)
-# gets it only if you pass ``runtime_env=job_runtime_env()`` to ``ray.init``.
+# it does not change their memory (theirs is not Arrow's); its effect on the speed of prepare's and
+# label's actors was not measured. A Ray you start yourself (a notebook) gets it only if you pass
+# ``runtime_env=job_runtime_env()`` to ``ray.init``.
 ARROW_ALLOCATOR_ENV = {"MIMALLOC_PURGE_DELAY": "0"}
 
 

@@ -19,19 +19,23 @@ STREAM_BLOCK_BYTES = 16 * 2**20
 
 
 @contextmanager
-def _target_block_size(nbytes: int):
-    """Ray Data's ``target_max_block_size`` while a read is set up. Ray 2.60's Parquet reader takes
-    it from the driver's global context when ``read_parquet`` is called (the read batch, the file
-    buckets), and the Dataset keeps a copy for its execution (its blocks); the global value is
-    restored for whatever else this driver reads."""
+def _stream_read_context():
+    """Ray Data's settings for the stream datasets while their read is set up: the block target
+    :data:`STREAM_BLOCK_BYTES`, and no "Starting execution of Dataset ..." lines (two per
+    execution: with online augmentation 9 passes per epoch, each printed by every Train worker).
+    Ray 2.60's Parquet reader takes the block target from the driver's global context when
+    ``read_parquet`` is called (the read batch, the file buckets), and each Dataset keeps a copy of
+    the context for its execution (its blocks, the logging); the global values are restored for
+    whatever else this driver reads."""
     import ray
 
     context = ray.data.DataContext.get_current()
-    previous, context.target_max_block_size = context.target_max_block_size, nbytes
+    previous = context.target_max_block_size, context.print_on_execution_start
+    context.target_max_block_size, context.print_on_execution_start = STREAM_BLOCK_BYTES, False
     try:
         yield
     finally:
-        context.target_max_block_size = previous
+        context.target_max_block_size, context.print_on_execution_start = previous
 
 
 def stream_data_config(split_train: bool):
@@ -46,9 +50,15 @@ def stream_data_config(split_train: bool):
     a slow read task holds back the blocks after it, and a pass is shuffled by file order and a
     ``4 * batch_size``-row buffer only (see :func:`split_datasets`), less than memory mode's full
     permutation."""
+    import warnings
+
     from ray.train import DataConfig
 
-    options = DataConfig.default_ingest_options()
+    with warnings.catch_warnings():
+        # Ray 2.60's own default_ingest_options passes the deprecated exclude_resources on, and
+        # the warning about it would reach the user's console from a call that is Ray Train's.
+        warnings.filterwarnings("ignore", message=".*exclude_resources.*")
+        options = DataConfig.default_ingest_options()
     options.preserve_order = True
     return DataConfig(datasets_to_split=["train"] if split_train else [], execution_options=options)
 
@@ -59,10 +69,10 @@ def split_datasets(spec: SplitSpec, columns: tuple[str, ...] = ("image", "sketch
     image's original only. ``columns``: the pixel columns to read (labels always come along).
 
     ``shuffle_seed``: ``train`` reads its Parquet files in a seeded random order, a new one for
-    each execution (each pass of an epoch: Ray Data's ``FileShuffleConfig``, reseeded per execution
-    in Ray 2.60; Ray releases older than December 2025 keep one order for every pass). A Train worker counts its
-    executions from 0 when it starts, so a run resumed from a checkpoint repeats the first passes'
-    orders. Validation and test are read in file order."""
+    each execution (each pass of an epoch) where Ray Data's ``FileShuffleConfig`` can reseed per
+    execution (``reseed_after_execution``: Ray 2.60 has it), one order for every pass on a Ray
+    without it. A Train worker counts its executions from 0 when it starts, so a run resumed from
+    a checkpoint repeats the first passes' orders. Validation and test are read in file order."""
     import ray
 
     if spec.val_split == "holdout":
@@ -71,7 +81,7 @@ def split_datasets(spec: SplitSpec, columns: tuple[str, ...] = ("image", "sketch
     fs, path = storage.filesystem(shard_dir(spec.prepared))
 
     def read(shuffle):
-        with _target_block_size(STREAM_BLOCK_BYTES):
+        with _stream_read_context():
             ds = ray.data.read_parquet(path, filesystem=fs, shuffle=shuffle)
         keep = [c for c in ("image_id", "split", "variant", "error", *ATTRIBUTES, *LANDMARK_FIELDS, *columns)
                 if c in ds.schema().names]
@@ -82,6 +92,19 @@ def split_datasets(spec: SplitSpec, columns: tuple[str, ...] = ("image", "sketch
         return ds.filter(expr=expr)  # an Arrow expression: no Python call per row
 
     in_order = read(None)
-    train = read(ray.data.FileShuffleConfig(seed=shuffle_seed)) if shuffle_seed is not None else in_order
+    train = read(_file_shuffle(shuffle_seed)) if shuffle_seed is not None else in_order
     return {"train": pick(train, spec.train_split, False), "val": pick(in_order, spec.val_split, True),
             "test": pick(in_order, spec.test_split, True)}
+
+
+def _file_shuffle(seed: int):
+    """Ray Data's seeded file order, reseeded per execution where this Ray can (the
+    ``reseed_after_execution`` field of ``FileShuffleConfig``; without it, one order for every
+    execution)."""
+    import inspect
+
+    import ray
+
+    config = ray.data.FileShuffleConfig
+    reseed = "reseed_after_execution" in inspect.signature(config).parameters
+    return config(seed=seed, **({"reseed_after_execution": True} if reseed else {}))
