@@ -119,3 +119,6 @@ def test_a_manifest_writes_a_figure_nobody_scored_as_json_null(tmp_path):
     text = (tmp_path / "manifest.json").read_text()
     choice = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the manifest"))["attributes"][0]
     assert choice["test_accuracy"] is None and choice["val_accuracy"] == 0.9
+    record["attributes"][0]["threshold"] = float("nan")  # a decision field is never written as null
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        Manifest.from_json(record).write(tmp_path)

@@ -167,14 +167,21 @@ def set_thresholds(dest: str | Path, thresholds: dict[str, float], how: str, cal
     manifest.write(Path(dest))
 
 
-def _json_numbers(value):
-    """``value`` with every non-finite float as None: JSON has no NaN, and a manifest is read by
-    more than Python (a figure nobody could score, e.g. the accuracy of an attribute without
-    labelled test rows, is NaN in facray's records)."""
+# Fields a predictor decides with: never written as null (a NaN there is refused by json.dumps).
+_DECISION_FIELDS = ("threshold", "calibration")
+
+
+def _json_numbers(value, key: str | None = None):
+    """``value`` with every non-finite float outside :data:`_DECISION_FIELDS` as None: JSON has
+    no NaN, and a manifest is read by more than Python (a figure nobody could score, e.g. the
+    accuracy of an attribute without labelled test rows, is NaN in facray's records). A
+    non-finite threshold or temperature stays, for ``json.dumps(allow_nan=False)`` to refuse."""
+    if key in _DECISION_FIELDS:
+        return value
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_numbers(v) for k, v in value.items()}
+        return {k: _json_numbers(v, k) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_numbers(v) for v in value]
     return value

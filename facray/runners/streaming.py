@@ -22,7 +22,8 @@ STREAM_BLOCK_BYTES = 16 * 2**20
 def _stream_read_context():
     """Ray Data's settings for the stream datasets while their read is set up: the block target
     :data:`STREAM_BLOCK_BYTES`, and no "Starting execution of Dataset ..." lines (two per
-    execution: with online augmentation 9 passes per epoch, each printed by every Train worker).
+    execution: with online augmentation 9 passes per epoch, each printed by every Train worker;
+    Ray Data's one "execution finished" line per execution remains).
     Ray 2.60's Parquet reader takes the block target from the driver's global context when
     ``read_parquet`` is called (the read batch, the file buckets), and each Dataset keeps a copy of
     the context for its execution (its blocks, the logging); the global values are restored for
