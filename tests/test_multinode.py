@@ -218,10 +218,13 @@ def test_runs_on_object_storage_with_no_folder_the_nodes_share(cluster):
         assert any("/runs/sweep/tune/" in p for p in listing)
 
 
-def _lose_a_node_while(cluster, job: str, until: str, replace: bool = True):
-    """Wait for ``until`` in the job's logs, then kill the CPU worker node; start its replacement."""
+def _lose_a_node_while(cluster, job: str, until: str, replace: bool = True, checkpointed: Path | None = None):
+    """Wait for ``until`` in the job's logs (and, given the run folder ``checkpointed``, for a
+    checkpoint Ray Train has registered), then kill the CPU worker node; start its replacement."""
     status, logs = cluster.c.wait(job, 300, until=until)
     assert re.search(until, logs, re.MULTILINE), f"{status}\n{logs[-3000:]}"
+    if checkpointed is not None:
+        _wait_for_a_registered_checkpoint(checkpointed)
     assert not re.search(r"succeeded|failed|stopped", cluster.c.status(job), re.IGNORECASE), "ended before the kill"
     cluster.lost = cluster.cpu_node
     assert cluster.c.kill(cluster.lost) > 0
@@ -231,11 +234,29 @@ def _lose_a_node_while(cluster, job: str, until: str, replace: bool = True):
     return logs
 
 
+def _wait_for_a_registered_checkpoint(run: Path, timeout: float = 120) -> None:
+    """Until Ray Train's controller lists a checkpoint of the run (its snapshot file). A worker
+    writes its checkpoint before the controller registers it, once every rank has reported; a
+    node lost in between restarts the run from scratch, so a test that expects a resume waits.
+    (Measured: train-binary's epochs of 0.6 s, the node killed at the "epoch 2/8" line, restarted
+    from epoch 0 with epochs 1-2's checkpoints written but not registered.)"""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for snapshot in (run / "ray_results").glob("*/checkpoint_manager_snapshot.json"):
+            try:
+                if json.loads(snapshot.read_text()).get("checkpoint_results"):
+                    return
+            except ValueError:  # being written
+                pass
+        time.sleep(0.2)
+    pytest.fail(f"{run}: no checkpoint registered after {timeout:.0f} s")
+
+
 def test_train_survives_a_lost_node(cluster):
     out = cluster.work / "train_lost"
     job = cluster.c.submit("python", "jobs/train.py", *TRAIN, "--prepared", str(cluster.prepared), "--epochs", "8",
                            "--batch-size", "2", "--num-workers", "2", "--placement", "spread", "--out", str(out))
-    _lose_a_node_while(cluster, job, r"epoch 2/8: loss")
+    _lose_a_node_while(cluster, job, r"epoch 2/8: loss", checkpointed=out)
     status, logs = cluster.c.wait(job, 600)
     assert re.search("succeeded", status, re.IGNORECASE), f"{status}\n{logs[-4000:]}"
     resumed = [int(e) for e in re.findall(r"resuming from the checkpoint after epoch (\d+)", logs)]
@@ -252,8 +273,8 @@ def test_train_survives_a_lost_node(cluster):
 def test_train_binary_survives_a_lost_node(cluster):
     out = cluster.work / "binary_lost"
     job = cluster.c.submit("python", "jobs/train_binary.py", *BINARY, "--prepared", str(cluster.prepared),
-                           "--epochs", "8", "--num-workers", "2", "--placement", "spread", "--out", str(out))
-    _lose_a_node_while(cluster, job, r"epoch 2/8")
+                           "--epochs", "20", "--num-workers", "2", "--placement", "spread", "--out", str(out))
+    _lose_a_node_while(cluster, job, r"epoch 2/20", checkpointed=out)  # 20 epochs of ~0.6 s: time to kill
     status, logs = cluster.c.wait(job, 600)
     assert re.search("succeeded", status, re.IGNORECASE), f"{status}\n{logs[-4000:]}"
     assert "resuming from the checkpoint after epoch" in logs
