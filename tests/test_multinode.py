@@ -238,8 +238,8 @@ def _wait_for_a_registered_checkpoint(run: Path, timeout: float = 120) -> None:
     """Until Ray Train's controller lists a checkpoint of the run (its snapshot file). A worker
     writes its checkpoint before the controller registers it, once every rank has reported; a
     node lost in between restarts the run from scratch, so a test that expects a resume waits.
-    (Measured: train-binary's epochs of 0.6 s, the node killed at the "epoch 2/8" line, restarted
-    from epoch 0 with epochs 1-2's checkpoints written but not registered.)"""
+    (Seen once: train-binary's epochs of 0.6 s, the node killed at the "epoch 2/8" line; the run
+    restarted from epoch 0, two checkpoint folders of the first try on disk but not registered.)"""
     deadline = time.time() + timeout
     while time.time() < deadline:
         for snapshot in (run / "ray_results").glob("*/checkpoint_manager_snapshot.json"):
