@@ -83,17 +83,17 @@ def split_datasets(spec: SplitSpec, columns: tuple[str, ...] = ("image", "sketch
 
     def read(shuffle):
         with _stream_read_context():
-            ds = ray.data.read_parquet(path, filesystem=fs, shuffle=shuffle)
-        keep = [c for c in ("image_id", "split", "variant", "error", *ATTRIBUTES, *LANDMARK_FIELDS, *columns)
-                if c in ds.schema().names]
-        return ds.select_columns(keep)
+            return ray.data.read_parquet(path, filesystem=fs, shuffle=shuffle)
 
     def pick(ds, split: str, originals: bool):
         expr = f"split == '{split}' and error == ''" + (" and variant == 'original'" if originals else "")
         return ds.filter(expr=expr)  # an Arrow expression: no Python call per row
 
     in_order = read(None)
-    train = read(_file_shuffle(shuffle_seed)) if shuffle_seed is not None else in_order
+    keep = [c for c in ("image_id", "split", "variant", "error", *ATTRIBUTES, *LANDMARK_FIELDS, *columns)
+            if c in in_order.schema().names]  # once: the shuffled read has the same files
+    in_order = in_order.select_columns(keep)
+    train = read(_file_shuffle(shuffle_seed)).select_columns(keep) if shuffle_seed is not None else in_order
     return {"train": pick(train, spec.train_split, False), "val": pick(in_order, spec.val_split, True),
             "test": pick(in_order, spec.test_split, True)}
 
