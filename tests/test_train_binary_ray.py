@@ -146,9 +146,9 @@ def test_stream_reads_are_sized_by_facrays_block_target_and_leave_the_drivers_al
     assert datasets["train"].count() == check_splits(SplitSpec(str(prepared_small)))["train"]
 
 
-def test_rays_facray_starts_or_joins_run_arrows_allocator_purging_unless_the_submitted_job_sets_it(monkeypatch):
-    """init_ray gives ray.init ARROW_ALLOCATOR_ENV as the job's runtime env (bench/stream_read.py:
-    the read process's memory), once per job rather than per read task (a fresh worker for each
+def test_rays_facray_starts_or_joins_run_the_allocator_settings_unless_the_submitted_job_sets_them(monkeypatch):
+    """init_ray gives ray.init ALLOCATOR_ENV as the job's runtime env (bench/stream_read.py: the
+    read process's memory; bench/stream_worker_memory.py: the Train worker's), once per job rather than per read task (a fresh worker for each
     pass); a variable the submitted job sets itself is left to it (Ray refuses it from both)."""
     import ray
 
@@ -168,13 +168,17 @@ def test_rays_facray_starts_or_joins_run_arrows_allocator_purging_unless_the_sub
     with pytest.raises(KeyboardInterrupt):
         runtime.init_ray(address="ray://cluster:10001")
     assert asked["address"] == "ray://cluster:10001"
-    assert asked["runtime_env"] == {"env_vars": {"MIMALLOC_PURGE_DELAY": "0"}} == {"env_vars": runtime.ARROW_ALLOCATOR_ENV}
+    assert asked["runtime_env"] == {"env_vars": {"MIMALLOC_PURGE_DELAY": "0", "MALLOC_ARENA_MAX": "2"}}
+    assert asked["runtime_env"] == {"env_vars": runtime.ALLOCATOR_ENV}
 
     submitted = {"runtime_env": {"working_dir": "s3://b/code.zip", "env_vars": {"MIMALLOC_PURGE_DELAY": "10"}}}
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(submitted))
+    assert runtime.job_runtime_env() == {"env_vars": {"MALLOC_ARENA_MAX": "2"}}
+    submitted["runtime_env"]["env_vars"]["MALLOC_ARENA_MAX"] = "8"
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(submitted))
     assert runtime.job_runtime_env() == {}
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"pip": ["timm"]}}))
-    assert runtime.job_runtime_env() == {"env_vars": {"MIMALLOC_PURGE_DELAY": "0"}}
+    assert runtime.job_runtime_env() == {"env_vars": runtime.ALLOCATOR_ENV}
 
 
 def test_stream_train_reads_its_files_in_a_new_seeded_order_each_pass(ray_session, prepared_small, tmp_path):

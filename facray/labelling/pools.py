@@ -33,10 +33,3 @@ def pool_sizes(cfg: LabelConfig, resources: dict) -> tuple[int, int, int]:
     by_memory = int((memory - predict * ACTOR_MEMORY) // PREPROCESS_ACTOR_MEMORY)
     return predict, cfg.preprocess_actors or max(1, min(spare, by_memory)), threads
 
-
-# glibc gives each thread of a process its own malloc arena; the decode, detect and forward buffers
-# of changing sizes spread over them and are not given back, so an actor grew by ~85 MB from 3,000
-# to 20,000 images (2 cores, bench/label.py: actors' PSS 1.45 -> 1.62 GB). Two arenas keep it flat
-# (1.45 -> 1.48 GB) at the same speed. Env vars in an actor's runtime_env add to the job's own.
-ACTOR_RUNTIME_ENV = {"env_vars": {"MALLOC_ARENA_MAX": "2"}}
-

@@ -41,7 +41,7 @@ from facray.labelling.merge import Source, earlier_sources, previous_rows
 from facray.labelling.write import write_output
 from facray.labelling.output import PartWriter, errors_path, parts_dir
 from facray.labelling.plan import LabelSummary, choose_sources, reusable
-from facray.labelling.pools import ACTOR_RUNTIME_ENV, pool_sizes
+from facray.labelling.pools import pool_sizes
 from facray.predictors.format import Manifest, PredictorError, read_weights_file
 from facray.predictors.locate import locate_predictor
 from facray.predictors.thresholds import PredictorInfo
@@ -257,7 +257,7 @@ def run_pipeline(todo: pd.DataFrame, manifest: Manifest, weights_ref, cfg: Label
         ds = metadata_dataset(todo[["path", "size", "mtime_ns"]], block)
         # The weights in a list: the actors that predict fetch them themselves with ray.get.
         actors = dict(fn_constructor_args=(manifest, [weights_ref], cfg), batch_format="numpy",
-                      batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, runtime_env=ACTOR_RUNTIME_ENV)
+                      batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor)
         if split:
             ds = ds.map_batches(PreprocessForLabelActor, compute=ray.data.ActorPoolStrategy(size=cfg.preprocess_actors),
                                 **actors)

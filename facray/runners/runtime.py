@@ -32,20 +32,25 @@ def _local_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False  # this process may have imported Ray already
 
 
-# Arrow's allocator in every worker of the Ray facray starts or joins. Arrow allocates with mimalloc,
-# which by default keeps freed pages for reuse: stream mode's Parquet read tasks grew to 1.3-2.0 GB;
-# a plain pyarrow scan of those rows ended holding 416 MB, 115 MB with this setting (bench/RESULTS.md,
-# "Stream mode's read memory"). mimalloc reads it when a process starts, so it is the job's runtime
-# environment, not the read tasks' own: as theirs, Ray started fresh read workers for every Ray Data
-# execution (each pass of an epoch): 68 of a test's 120 s on 80 faces. The Train workers get it too;
-# it does not change their memory (theirs is not Arrow's); its effect on the speed of prepare's and
-# label's actors was not measured. A Ray you start yourself (a notebook) gets it only if you pass
-# ``runtime_env=job_runtime_env()`` to ``ray.init``.
-ARROW_ALLOCATOR_ENV = {"MIMALLOC_PURGE_DELAY": "0"}
+# The allocators' settings in every worker of the Ray facray starts or joins. Both are read when a
+# process starts, so they are the job's runtime environment, not a task's or an actor's own: as the
+# read tasks' own, Ray started fresh read workers for every Ray Data execution (each pass of an
+# epoch): 68 of a test's 120 s on 80 faces. A Ray you start yourself (a notebook) gets them only if
+# you pass ``runtime_env=job_runtime_env()`` to ``ray.init``.
+# - MIMALLOC_PURGE_DELAY=0: Arrow allocates with mimalloc, which by default keeps freed pages for
+#   reuse: stream mode's Parquet read tasks grew to 1.3-2.0 GB; a plain pyarrow scan of those rows
+#   ended holding 416 MB, 115 MB with this setting (bench/RESULTS.md, "Stream mode's read memory").
+# - MALLOC_ARENA_MAX=2: glibc gives each thread of a process its own malloc arena; buffers of
+#   changing sizes (decode, detect, forward) spread over them and are not given back. A label actor
+#   grew by ~85 MB from 3,000 to 20,000 images (2 cores, bench/label.py: actors' PSS 1.45 -> 1.62
+#   GB), flat with two arenas (1.45 -> 1.48 GB); a stream-mode Train worker peaked at 0.92-0.96 GB
+#   against 1.06-1.08 GB (bench/stream_worker_memory.py, 20,000 faces, 2 runs each); the same speed
+#   in both.
+ALLOCATOR_ENV = {"MIMALLOC_PURGE_DELAY": "0", "MALLOC_ARENA_MAX": "2"}
 
 
 def job_runtime_env() -> dict:
-    """The runtime environment facray gives ``ray.init``: :data:`ARROW_ALLOCATOR_ENV` as env vars,
+    """The runtime environment facray gives ``ray.init``: :data:`ALLOCATOR_ENV` as env vars,
     less those a submitted job (``ray job submit --runtime-env``) sets itself. Ray merges the two
     env var by env var and refuses a variable set in both; the job's own value is kept."""
     try:
@@ -53,7 +58,7 @@ def job_runtime_env() -> dict:
         taken = set((submitted.get("runtime_env") or {}).get("env_vars") or {})
     except (ValueError, AttributeError):  # not Ray's JSON: Ray's own parse will say so
         taken = set()
-    env_vars = {k: v for k, v in ARROW_ALLOCATOR_ENV.items() if k not in taken}
+    env_vars = {k: v for k, v in ALLOCATOR_ENV.items() if k not in taken}
     return {"env_vars": env_vars} if env_vars else {}
 
 

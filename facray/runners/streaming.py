@@ -46,7 +46,7 @@ def stream_data_config(split_train: bool):
     one at a time, not all at once each with its own read-ahead. On 20,000 faces at 180 px
     (bench/stream_read.py, one 2-CPU node) the largest read process held 0.88x Ray's defaults with
     this alone, 0.62x with the job's allocator setting alone
-    (:data:`facray.runners.runtime.ARROW_ALLOCATOR_ENV`), 0.49x with both, at 1.6-2.0x the rows/s.
+    (``MIMALLOC_PURGE_DELAY``, :data:`facray.runners.runtime.ALLOCATOR_ENV`), 0.49x with both, at 1.6-2.0x the rows/s.
     Costs: multi-node ``train`` (``train`` split between workers) loses Ray Data's locality hints,
     a slow read task holds back the blocks after it, and a pass is shuffled by file order and a
     ``4 * batch_size``-row buffer only (see :func:`split_datasets`), less than memory mode's full
