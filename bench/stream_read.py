@@ -7,11 +7,12 @@ under a memory cap; shared libraries and the object store left out).
 
 - ``ray-defaults``: Ray Train's default ingest options, no runtime env: mimalloc keeps freed
   pages, a read task reads its fragments all at once.
-- ``allocator``: the job's runtime env :func:`facray.runners.runtime.job_runtime_env` only
-  (``MIMALLOC_PURGE_DELAY=0``).
+- ``allocator``: Arrow's allocator setting only (``MIMALLOC_PURGE_DELAY=0`` as the job's env).
 - ``in-order``: :func:`facray.runners.streaming.stream_data_config`'s execution options only
   (``preserve_order``: fragments read one at a time).
-- ``facray``: both, as ``train`` runs.
+- ``facray``: both, as ``train`` runs: the job's runtime env
+  :func:`facray.runners.runtime.job_runtime_env` (since 2026-12-02 also ``MALLOC_ARENA_MAX=2``;
+  the figures in bench/RESULTS.md were taken before) and the in-order options.
 
     python bench/stream_read.py --prepared PREP [--repeats 2]
 
@@ -33,9 +34,9 @@ from facray.runners.streaming import split_datasets, stream_data_config
 from facray.training.splits import SplitSpec
 
 variant, prepared = sys.argv[1], sys.argv[2]
-allocator, in_order = variant in ("allocator", "facray"), variant in ("in-order", "facray")
-ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-         runtime_env=job_runtime_env() if allocator else None)
+in_order = variant in ("in-order", "facray")
+env = {"allocator": {"env_vars": {"MIMALLOC_PURGE_DELAY": "0"}}, "facray": job_runtime_env()}.get(variant)
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", runtime_env=env)
 ray.data.DataContext.get_current().enable_progress_bars = False
 samples, done = [], False
 

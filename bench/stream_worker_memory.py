@@ -10,11 +10,17 @@ process. Printed per run: the worker's peak in each sixth of its life, its overa
 Ray processes' largest and summed peaks; then each run's peak over the first run's, beside its rows
 over the first run's.
 
+``--malloc-arena-max N`` runs with N glibc malloc arenas per Ray worker instead of facray's 2
+(:data:`facray.runners.runtime.ALLOCATOR_ENV`; the driver's value is passed on): glibc's own limit
+is 8 per core, so 16 on 2 cores is the same as not setting it.
+
     python bench/stream_worker_memory.py --prepared SMALL --prepared LARGE [--epochs 3] [--image-size 64]
+        [--malloc-arena-max 16]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -40,14 +46,15 @@ def ray_processes() -> dict[int, tuple[str, int]]:
     return out
 
 
-def run(prepared: str, epochs: int, image_size: int, work: str) -> dict:
+def run(prepared: str, epochs: int, image_size: int, work: str, arena_max: int | None) -> dict:
     cmd = [str(BIN / "facray"), "train-binary", "--prepared", prepared, "--out", f"{work}/run",
            "--attributes", "Smiling", "--modalities", "real", "--data", "stream", "--epochs", str(epochs),
            "--patience", str(epochs + 1), "--image-size", str(image_size), "--online-augment", "off",
            "--cpus-per-worker", "1", "--torch-threads", "2"]
     samples: list[tuple[int, int, int]] = []  # (worker, largest other, sum of others) per second
     with open(f"{work}/log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        env = {**os.environ, **({"MALLOC_ARENA_MAX": str(arena_max)} if arena_max else {})}
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         start = time.perf_counter()
         while proc.poll() is None:
             now = ray_processes().values()
@@ -56,11 +63,14 @@ def run(prepared: str, epochs: int, image_size: int, work: str) -> dict:
             if worker:
                 samples.append((worker, max(others, default=0), sum(others)))
             time.sleep(1)
-    if proc.returncode:
-        raise SystemExit(f"{prepared}: train-binary failed (rc {proc.returncode}); see {work}/log")
+        seconds = time.perf_counter() - start
+    if proc.returncode or not samples:
+        tail = Path(f"{work}/log").read_text().splitlines()[-20:]  # the folder goes with the run
+        raise SystemExit("\n".join([f"{prepared}: train-binary failed (rc {proc.returncode}) or no Ray Train "
+                                     "worker was seen; the end of its log:", *tail]))
     n = len(samples)
     sixths = [max(s[0] for s in samples[i * n // 6:(i + 1) * n // 6] or [(0,)]) for i in range(6)]
-    return {"rows": check_splits(SplitSpec(prepared))["train"], "seconds": time.perf_counter() - start,
+    return {"rows": check_splits(SplitSpec(prepared))["train"], "seconds": seconds,
             "sixths": sixths, "peak": max(sixths), "other_largest": max(s[1] for s in samples),
             "other_sum": max(s[2] for s in samples)}
 
@@ -70,14 +80,17 @@ def main() -> None:
     ap.add_argument("--prepared", action="append", required=True, help="prepared folder (repeat: smallest first)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--malloc-arena-max", type=int, help="glibc malloc arenas per worker (default: facray's 2)")
     args = ap.parse_args()
     figures = {}
     for prepared in args.prepared:
         with tempfile.TemporaryDirectory() as work:
-            figures[prepared] = run(prepared, args.epochs, args.image_size, work)
+            figures[prepared] = run(prepared, args.epochs, args.image_size, work, args.malloc_arena_max)
     gb = 1e9
     first = figures[args.prepared[0]]
-    print(f"train-binary --data stream, {args.epochs} epochs at {args.image_size} px; RssAnon in GB")
+    arenas = args.malloc_arena_max or int(os.environ.get("MALLOC_ARENA_MAX", 0)) or "2 (facray's)"
+    print(f"train-binary --data stream, {args.epochs} epochs at {args.image_size} px, MALLOC_ARENA_MAX {arenas}; "
+          "RssAnon in GB")
     for prepared, f in figures.items():
         print(f"{prepared}: {f['rows']:,} train rows, {f['seconds']:.0f} s; Train worker by sixth of its life "
               f"{' '.join(f'{s / gb:.2f}' for s in f['sixths'])}, peak {f['peak'] / gb:.2f}; other ray:: "

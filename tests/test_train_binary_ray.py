@@ -146,10 +146,11 @@ def test_stream_reads_are_sized_by_facrays_block_target_and_leave_the_drivers_al
     assert datasets["train"].count() == check_splits(SplitSpec(str(prepared_small)))["train"]
 
 
-def test_rays_facray_starts_or_joins_run_the_allocator_settings_unless_the_submitted_job_sets_them(monkeypatch):
+def test_facrays_ray_runs_the_allocator_settings_unless_the_job_or_driver_sets_them(monkeypatch):
     """init_ray gives ray.init ALLOCATOR_ENV as the job's runtime env (bench/stream_read.py: the
-    read process's memory; bench/stream_worker_memory.py: the Train worker's), once per job rather than per read task (a fresh worker for each
-    pass); a variable the submitted job sets itself is left to it (Ray refuses it from both)."""
+    read process's memory; bench/stream_worker_memory.py: the Train worker's), once per job rather
+    than per read task (a fresh worker for each pass); a variable the submitted job sets itself is
+    left to it (Ray refuses it from both), and one the driver's environment sets keeps its value."""
     import ray
 
     from facray.runners import runtime
@@ -164,7 +165,8 @@ def test_rays_facray_starts_or_joins_run_the_allocator_settings_unless_the_submi
     monkeypatch.setattr(runtime, "_started_here", False)  # restored: a later stop_ray leaves the session's Ray
     from ray._private import auto_init_hook
     monkeypatch.setattr(auto_init_hook, "enable_auto_connect", auto_init_hook.enable_auto_connect)
-    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    for name in ("RAY_JOB_CONFIG_JSON_ENV_VAR", *runtime.ALLOCATOR_ENV):
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(KeyboardInterrupt):
         runtime.init_ray(address="ray://cluster:10001")
     assert asked["address"] == "ray://cluster:10001"
@@ -179,6 +181,8 @@ def test_rays_facray_starts_or_joins_run_the_allocator_settings_unless_the_submi
     assert runtime.job_runtime_env() == {}
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"pip": ["timm"]}}))
     assert runtime.job_runtime_env() == {"env_vars": runtime.ALLOCATOR_ENV}
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "16")  # the driver's own value goes to the workers instead
+    assert runtime.job_runtime_env() == {"env_vars": {"MIMALLOC_PURGE_DELAY": "0", "MALLOC_ARENA_MAX": "16"}}
 
 
 def test_stream_train_reads_its_files_in_a_new_seeded_order_each_pass(ray_session, prepared_small, tmp_path):

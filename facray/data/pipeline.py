@@ -87,6 +87,21 @@ def read_table(cfg: PrepareConfig) -> pd.DataFrame:
     return table
 
 
+def grouped_by_split(table: pd.DataFrame) -> pd.DataFrame:
+    """``table``'s rows grouped by ``split`` in the order Parquet statistics compare them (as
+    strings: test, train, val), each split keeping the table's own order (a stable sort); attrs
+    kept. A table without a ``split`` column comes back as is. ``prepare`` writes its rows in this
+    order, so each row group holds one split but at a seam and a reader that filters on one split
+    (stream mode's passes) skips the others' row groups by their min/max statistics. Generated
+    data and ``--split abm``/``identity`` mix the splits in every row group otherwise; CelebA's
+    official partition is already in split order."""
+    if "split" not in table:
+        return table
+    grouped = table.iloc[table["split"].astype(str).argsort(kind="stable")].reset_index(drop=True)
+    grouped.attrs = table.attrs
+    return grouped
+
+
 def preprocessing_chain(cfg: PrepareConfig, image_kind: str, serialize: bool = True) -> ops.Chain:
     """The stages in order; the same chain (minus augmentation) serves the labelling job."""
     stages = [ops.ImageDecoder(cfg.max_pixels),

@@ -17,9 +17,10 @@ Layout: ``OUT/prepared.json`` names the shard folder of the current version (``O
 and is written last, so it is the commit point: a prepare that is interrupted, or runs beside
 another, never leaves new shards beside old metadata; readers see the old set or the new one.
 This works alike on local disk and on object stores (which cannot rename a folder). ``OUT`` may
-be a local path or a URI (:mod:`facray.storage`). Rows are written grouped by ``split`` (since
-2026-12-02; :func:`facray.runners.prepare.build_prepare_dataset`), so a reader that filters on
-one split skips the other splits' row groups by their Parquet statistics; readers never rely on it.
+be a local path or a URI (:mod:`facray.storage`). Rows are written grouped by ``split``
+(:func:`facray.data.pipeline.grouped_by_split`, since 2026-12-02; shards written before mix them),
+so a reader that filters on one split skips the other splits' row groups by their Parquet
+statistics; no reader relies on it.
 """
 from __future__ import annotations
 

@@ -32,4 +32,3 @@ def pool_sizes(cfg: LabelConfig, resources: dict) -> tuple[int, int, int]:
         threads, spare = cfg.torch_threads or max(1, min(4, cpus // predict)), cpus
     by_memory = int((memory - predict * ACTOR_MEMORY) // PREPROCESS_ACTOR_MEMORY)
     return predict, cfg.preprocess_actors or max(1, min(spare, by_memory)), threads
-

@@ -14,7 +14,8 @@ import ray
 
 from facray import storage
 from facray.config import absolute_paths
-from facray.data.pipeline import PrepareConfig, PrepareSummary, commit, detector_name, new_shards_name, preprocessing_chain, previous_shards, read_table, summarise
+from facray.data.pipeline import (PrepareConfig, PrepareSummary, commit, detector_name, grouped_by_split, new_shards_name,
+                                  preprocessing_chain, previous_shards, read_table, summarise)
 from facray.data.prepared import ROW_GROUP_ROWS
 from facray.preflight import check_writable
 from facray.runners.datasets import metadata_dataset, rows_per_block
@@ -36,17 +37,10 @@ class PreprocessActor:
 def build_prepare_dataset(cfg: PrepareConfig, table: pd.DataFrame) -> ray.data.Dataset:
     """The lazy Ray Dataset of prepared rows for ``table`` (:func:`facray.data.pipeline.read_table`):
     metadata blocks -> a pool of ``cfg.num_actors`` :class:`PreprocessActor`. Nothing runs until it
-    is consumed (written, counted, iterated).
-
-    The rows go in grouped by split (a stable sort: each split keeps the dataset's order), so each
-    Parquet row group holds one split but at the seams and a reader that asks for one split (stream
-    mode's validation and test, and its train passes) skips the others' row groups by their
-    statistics. Generated data and ``--split abm``/``identity`` mix the splits in every row group
-    otherwise; CelebA's official partition is already in split order."""
-    by_split = table.sort_values("split", kind="stable", ignore_index=True) if "split" in table else table
-    by_split.attrs = table.attrs
+    is consumed (written, counted, iterated). The rows go in :func:`grouped_by_split`, so the
+    shards' row groups each hold one split but at a seam."""
     block = rows_per_block(len(table), cfg.num_actors, most=cfg.rows_per_block)
-    return metadata_dataset(by_split, block).map_batches(
+    return metadata_dataset(grouped_by_split(table), block).map_batches(
         PreprocessActor, fn_constructor_args=(cfg, table.attrs.get("image_kind", "wild")), batch_format="numpy",
         batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors))
 

@@ -45,20 +45,24 @@ def _local_only() -> None:
 #   grew by ~85 MB from 3,000 to 20,000 images (2 cores, bench/label.py: actors' PSS 1.45 -> 1.62
 #   GB), flat with two arenas (1.45 -> 1.48 GB); a stream-mode Train worker peaked at 0.92-0.96 GB
 #   against 1.06-1.08 GB (bench/stream_worker_memory.py, 20,000 faces, 2 runs each); the same speed
-#   in both.
+#   in both (2 cores). Its effect on the speed of prepare's actors, Ray Data's read tasks and
+#   workers with many threads (GPU nodes, --torch-threads > 2) is not measured: set
+#   MALLOC_ARENA_MAX yourself (below) to compare.
 ALLOCATOR_ENV = {"MIMALLOC_PURGE_DELAY": "0", "MALLOC_ARENA_MAX": "2"}
 
 
 def job_runtime_env() -> dict:
     """The runtime environment facray gives ``ray.init``: :data:`ALLOCATOR_ENV` as env vars,
-    less those a submitted job (``ray job submit --runtime-env``) sets itself. Ray merges the two
-    env var by env var and refuses a variable set in both; the job's own value is kept."""
+    less those a submitted job (``ray job submit --runtime-env``) sets itself (Ray merges the two
+    env var by env var and refuses a variable set in both; the job's own value is kept). A variable
+    set in this process's own environment is passed on with its value instead of facray's (e.g.
+    ``MALLOC_ARENA_MAX=16 facray train ...`` to measure without facray's two arenas)."""
     try:
         submitted = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
         taken = set((submitted.get("runtime_env") or {}).get("env_vars") or {})
     except (ValueError, AttributeError):  # not Ray's JSON: Ray's own parse will say so
         taken = set()
-    env_vars = {k: v for k, v in ALLOCATOR_ENV.items() if k not in taken}
+    env_vars = {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items() if k not in taken}
     return {"env_vars": env_vars} if env_vars else {}
 
 
