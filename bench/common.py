@@ -3,9 +3,29 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def resident_memory(pids: Iterable[int] | None = None, field: str = "RssAnon") -> dict[int, tuple[str, int]]:
+    """``{pid: (command line, bytes)}`` for ``pids`` (default: every process): one field of
+    ``/proc/PID/status`` in bytes and the command line, arguments joined by spaces (Ray titles its
+    workers ``ray::RayTrainWorker...``, ``ray::LabelActor...``). ``RssAnon`` (the default) is the
+    anonymous resident memory: no shared libraries, no object-store pages, what a memory cap cannot
+    reclaim; ``VmRSS`` is all of it. A process that ends while being read is left out."""
+    found = {}
+    for pid in pids if pids is not None else (int(e) for e in os.listdir("/proc") if e.isdigit()):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        value = next((line.split()[1] for line in status.splitlines() if line.startswith(field + ":")), None)
+        if value is not None:
+            found[int(pid)] = (title.strip(), int(value) * 1024)
+    return found
 
 
 class TreeMemory:

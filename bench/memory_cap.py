@@ -26,6 +26,7 @@ from pathlib import Path
 
 import mlflow
 
+from common import resident_memory
 from facray.data.prepared import read_metadata, shard_dir
 from facray.runs import RunFolder
 from facray.training.data_mode import bytes_per_worker
@@ -46,16 +47,8 @@ def stat(group: Path) -> dict[str, int]:
 
 def processes(group: Path) -> list[tuple[int, str]]:
     """(RSS bytes, title) of the group's processes, largest first (Ray titles its workers ``ray::...``)."""
-    found = []
-    for pid in (group / "cgroup.procs").read_text().split():
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        rss = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-        found.append((rss, title.strip()[:48]))
-    return sorted(found, reverse=True)
+    pids = (group / "cgroup.procs").read_text().split()
+    return sorted(((rss, title[:48]) for title, rss in resident_memory(pids, "VmRSS").values()), reverse=True)
 
 
 def run(command: list[str], out: str, cap: int | None) -> dict:

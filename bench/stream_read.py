@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 CHILD = r"""
-import glob, json, os, re, sys, threading, time
+import json, sys, threading, time
 import ray
+from common import resident_memory
 from facray.runners.runtime import job_runtime_env
 from facray.runners.streaming import split_datasets, stream_data_config
 from facray.training.splits import SplitSpec
@@ -42,17 +45,8 @@ samples, done = [], False
 
 def sample():
     while not done:
-        now = {}
-        for status in glob.glob("/proc/[0-9]*/status"):
-            try:
-                text = open(status).read()
-                title = open(status.replace("status", "cmdline")).read()
-            except OSError:
-                continue
-            anon = re.search(r"RssAnon:\s+(\d+)", text)
-            if anon and ("ray::" in title or "default_worker" in title):
-                now[status] = int(anon.group(1)) * 1024
-        samples.append(now)
+        samples.append({pid: anon for pid, (title, anon) in resident_memory().items()
+                        if "ray::" in title or "default_worker" in title})
         time.sleep(0.5)
 
 threading.Thread(target=sample, daemon=True).start()
@@ -70,6 +64,9 @@ print(json.dumps({"rows": rows, "seconds": seconds,
                   "largest": max((max(s.values(), default=0) for s in samples), default=0),
                   "sum": max((sum(s.values()) for s in samples), default=0)}))
 """
+# The child imports bench/common.py as this script does (its folder first on the path).
+CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")]))}
 
 
 def main() -> None:
@@ -81,7 +78,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for variant in results:
             out = subprocess.run([sys.executable, "-c", CHILD, variant, args.prepared], check=True,
-                                 capture_output=True, text=True).stdout
+                                 capture_output=True, text=True, env=CHILD_ENV).stdout
             results[variant].append(json.loads(out.strip().splitlines()[-1]))
     mean = {v: {k: sum(r[k] for r in rs) / len(rs) for k in ("largest", "sum", "rows", "seconds")}
             for v, rs in results.items()}

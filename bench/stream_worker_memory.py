@@ -27,23 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import resident_memory
 from facray.training.splits import SplitSpec, check_splits
 
 BIN = Path(sys.executable).parent
-
-
-def ray_processes() -> dict[int, tuple[str, int]]:
-    """{pid: (title, RssAnon bytes)} of every process whose title starts with ``ray::``."""
-    out = {}
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            title = (status.parent / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            anon = next(line for line in status.read_text().splitlines() if line.startswith("RssAnon:"))
-        except (OSError, StopIteration):
-            continue
-        if title.startswith("ray::"):
-            out[int(status.parent.name)] = (title, int(anon.split()[1]) * 1024)
-    return out
 
 
 def run(prepared: str, epochs: int, image_size: int, work: str, arena_max: int | None) -> dict:
@@ -57,7 +44,7 @@ def run(prepared: str, epochs: int, image_size: int, work: str, arena_max: int |
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         start = time.perf_counter()
         while proc.poll() is None:
-            now = ray_processes().values()
+            now = [(title, anon) for title, anon in resident_memory().values() if title.startswith("ray::")]
             worker = max((anon for title, anon in now if "RayTrainWorker" in title), default=0)
             others = [anon for title, anon in now if "RayTrainWorker" not in title]
             if worker:
