@@ -92,6 +92,21 @@ def test_early_stopping_restores_the_best_epoch():
     assert history == losses and {"accuracy", "loss", "val_accuracy", "val_precision", "f1"} <= set(st.history[0])
 
 
+def test_a_job_with_no_labelled_validation_rows_trains_every_epoch_and_keeps_the_last():
+    """Regression: its NaN validation loss counted as a bad epoch, so such a job stopped after
+    ``patience`` epochs and kept its first epoch's weights, with a validation accuracy of 0."""
+    data, val = _data(), _data(seed=1)
+    val["labels"][:, ATTRIBUTE_INDEX[A]] = -1  # A unlabelled in validation, B labelled
+    t = _train([BinaryJob(A, "real", 5), BinaryJob(B, "real", 5)], data, val, 4, patience=1)
+    st = t.states[f"{A}__real"]
+    assert (st.stopped, st.epochs_done, st.best_epoch, st.bad_epochs) == ("", 4, 4, 0)
+    assert all(np.isnan(h["val_loss"]) and np.isnan(h["val_accuracy"]) for h in st.history)
+    assert all(np.isfinite(h["accuracy"]) for h in st.history)
+    latest = t.stacks["real"].export(t.active["real"].index(f"{A}__real"))
+    assert all(torch.equal(t.best[f"{A}__real"][n], w) for n, w in latest.items())
+    assert all(np.isfinite(h["val_accuracy"]) for h in t.states[f"{B}__real"].history)
+
+
 @pytest.mark.parametrize("online_augment", [False, True])
 def test_checkpoint_round_trip_continues_identically(online_augment):
     data, val = _data(), _data(seed=1)

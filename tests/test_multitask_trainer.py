@@ -247,6 +247,20 @@ def test_a_threshold_that_wins_by_chance_on_validation_stays_at_half():
     assert choose_thresholds(np.clip(probs + 0.3, 0, 1), labels)[0] > 0.7
 
 
+def test_validation_with_no_labels_trains_every_epoch_and_keeps_the_last():
+    """Nothing labelled to validate on: a NaN validation loss that is neither divergence nor a bad
+    epoch (it used to score 0.0, so the first epoch stayed best and patience stopped the run)."""
+    torch.manual_seed(0)
+    data = _data(n=32, size=32)
+    val = {**data, "labels": np.full_like(data["labels"], -1)}
+    trainer = MultiTaskTrainer(build_model("abm-trunk-tiny", 32),
+                               MultiTaskTrainerConfig(image_size=32, patience=1, epochs=3), "cpu")
+    records = [trainer.fit_epoch(array_batches(data, 16, shuffle=True), array_batches(val, 16)) for _ in range(3)]
+    assert [r["best_epoch"] for r in records] == [1, 2, 3] and not trainer.exhausted(1)
+    assert all(np.isnan(r["val_loss"]) and np.isnan(r["val_accuracy"]) for r in records)
+    assert all(torch.equal(trainer.best_state[k], v) for k, v in trainer.module.state_dict().items())
+
+
 def test_a_diverging_run_stops_at_the_first_non_finite_epoch_naming_loss_and_lr():
     from facray.training.run_record import TrainingDiverged
     torch.manual_seed(0)

@@ -79,6 +79,35 @@ def test_binary_ranks_split_the_jobs_and_a_resumed_rank_ends_like_an_uninterrupt
             assert all(torch.equal(a[k], b[k]) for k in a), job_dir.name
 
 
+def test_an_attribute_unlabelled_in_validation_is_warned_and_its_job_trains_every_epoch(prepared_small, tmp_path,
+                                                                                        capsys):
+    """Smiling's validation labels all unknown (-1): the plan says so before training; its job trains
+    its 3 epochs (not ``patience``), keeps the last, and reports NaN validation metrics (not 0),
+    while Male's job validates as usual."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    prepared = tmp_path / "prepared"
+    shutil.copytree(prepared_small, prepared)
+    for shard in prepared.glob("shards-*/*.parquet"):
+        table = pq.read_table(shard)
+        smiling = table.schema.get_field_index("Smiling")
+        blank = pc.if_else(pc.equal(table["split"], "val"), -1, table["Smiling"]).cast(table.schema.field(smiling).type)
+        pq.write_table(table.set_column(smiling, "Smiling", blank), shard)
+    cfg = BinaryConfig(prepared=str(prepared), out=str(tmp_path / "run"), attributes="Smiling,Male",
+                       modalities=("real",), epochs=3, patience=1, image_size=32, batch_size=16, online_augment="off")
+    task, plan, checkpoints, _ = _train(cfg)
+    assert (f"warning: {prepared}: Smiling has no labelled rows in the validation split ('val'): its validation "
+            "metrics are NaN and its threshold stays 0.5; its jobs train every epoch and keep the last") \
+        in capsys.readouterr().out
+    task.collect(RunFolder(checkpoints[-1]), plan.run)
+    records = {r["attribute"]: r for r in plan.run.job_records()}
+    smiling, male = records["Smiling"], records["Male"]
+    assert (smiling["epochs"], smiling["best_epoch"], smiling["stopped"]) == (3, 3, "max_epochs")
+    assert all(np.isnan(h["val_accuracy"]) and np.isnan(h["val_loss"]) for h in smiling["history"])
+    assert np.isfinite(smiling["test"]["test_accuracy"])
+    assert all(np.isfinite(h["val_accuracy"]) for h in male["history"])
+
+
 def test_a_diverged_run_leaves_its_reason_and_ends_without_raising(prepared_small, tmp_path):
     cfg = MultitaskConfig(prepared=str(prepared_small), out=str(tmp_path / "nan"), model="abm-trunk-tiny",
                           image_size=32, epochs=3, batch_size=16, lr=1e12)

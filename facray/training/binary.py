@@ -206,8 +206,7 @@ class FusedBinaryTrainer:
                     self.best.pop(key, None)
                     stopped.setdefault(modality, []).append(i)
                     continue
-                if st.record_epoch(rec, self.cfg.patience) or key not in self.best:
-                    # (no labelled validation data: keep the latest)
+                if st.record_epoch(rec, self.cfg.patience):  # (no labelled validation rows: every epoch)
                     self.best[key] = self.stacks[modality].export(i)
                 if st.stopped:
                     stopped.setdefault(modality, []).append(i)
@@ -248,9 +247,9 @@ class FusedBinaryTrainer:
         for m, ks in by_mod.items():
             if not ks:
                 continue
-            summ, scored = stats[m].summary("test_"), stats[m].count > 0
+            summ = stats[m].summary("test_")
             for i, k in enumerate(ks):
-                out[k] = {n: float(v[i]) if scored[i] else float("nan") for n, v in summ.items()}
+                out[k] = {n: float(v[i]) for n, v in summ.items()}
                 out[k]["confusion"] = [[int(stats[m].tn[i]), int(stats[m].fp[i])],
                                        [int(stats[m].fn[i]), int(stats[m].tp[i])]]
                 out[k]["test_count"] = int(stats[m].count[i])

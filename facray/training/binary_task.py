@@ -9,6 +9,7 @@ counted); after training, one child run per job with its curves and test metrics
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from dataclasses import asdict, replace
 
@@ -25,11 +26,11 @@ from facray.training.augment import PASSES_PER_EPOCH
 from facray.training.binary import FusedBinaryTrainer, TrainerConfig
 from facray.training.binary_jobs import BinaryJob, make_jobs, write_job_output
 from facray.training.configs import CHECKPOINT_NEUTRAL_KEYS, BinaryConfig
-from facray.training.metrics import positive_weights, trainable_attributes
+from facray.training.metrics import positive_weights, trainable_attributes, unvalidated_attributes
 from facray.training.progress import with_progress
 from facray.training.run_record import LATER_CONFIG_KEYS, TrainingDiverged, claim_run, later_keys_dropped
 from facray.training.splits import (SplitSpec, array_batches, check_splits, epoch_of_passes, load_split_arrays,
-                                    stream_sources, train_labels)
+                                    load_validation, stream_sources, train_labels)
 from facray.training.task import Plan, WrapModel
 
 
@@ -76,6 +77,8 @@ class BinaryTask:
         counts = check_splits(SplitSpec.of(cfg))
         labels = train_labels(SplitSpec.of(cfg))  # once, here: stream-mode workers never hold them all
         trainable = trainable_attributes(labels, list(dict.fromkeys(j.attribute for j in jobs)), cfg.prepared)
+        unvalidated_attributes(load_validation(SplitSpec.of(cfg), columns=())["labels"], trainable, cfg.prepared,
+                               cfg.val_split, also="; its jobs train every epoch and keep the last (no early stopping)")
         jobs = [j for j in jobs if j.attribute in trainable]
         run, digest = claim_run(cfg)
         done = run.finished_job_keys(digest)
@@ -159,13 +162,14 @@ class BinaryRank:
         records = self.trainer.fit_epoch(self.train_batches(epoch - 1), self.val_batches()) \
             if self.trainer.running else {}
         self.trainer.epoch = epoch
-        accuracies = [r["val_accuracy"] for r in records.values()]
-        running, trained, accuracy = _sum_over_ranks([len(self.trainer.running), len(accuracies), sum(accuracies)],
-                                                     self.device)
+        # (a job with no labelled validation rows has a NaN accuracy: left out of the mean)
+        accuracies = [r["val_accuracy"] for r in records.values() if not math.isnan(r["val_accuracy"])]
+        running, trained, validated, accuracy = _sum_over_ranks(
+            [len(self.trainer.running), len(records), len(accuracies), sum(accuracies)], self.device)
         self._running = running
         metrics = {"epoch": epoch, "running": int(running), "jobs_trained": int(trained)}
-        if trained:  # every rank's jobs this epoch
-            metrics["mean_val_accuracy"] = accuracy / trained
+        if validated:  # every rank's jobs this epoch
+            metrics["mean_val_accuracy"] = accuracy / validated
         self._rank_line = (f"epoch {epoch}/{self.total_epochs}: {len(records)} job(s) trained, "
                            f"{len(self.trainer.running)} still running, mean val accuracy "
                            f"{np.mean(accuracies) if accuracies else float('nan'):.4f}")

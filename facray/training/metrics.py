@@ -32,6 +32,20 @@ def trainable_attributes(labels: np.ndarray, selected: list[str], prepared: str)
     return trainable
 
 
+def unvalidated_attributes(val_labels: np.ndarray, attributes: list[str], prepared: str, split: str,
+                           also: str = "") -> list[str]:
+    """Of ``attributes``, those with no labelled row in ``val_labels`` (the validation rows' (N, 40)
+    labels, -1 unknown), a warning line printed for each before training starts: nothing scores
+    them on validation, so their validation metrics are NaN (never 0) and their decision
+    threshold stays 0.5. ``also``: what else that means for the trainer (a binary job, whose early
+    stopping then keeps every latest epoch, :mod:`facray.training.early_stopping`)."""
+    missing = [a for a in attributes if not (val_labels[:, ATTRIBUTES.index(a)] >= 0).any()]
+    for a in missing:
+        print(f"warning: {prepared}: {a} has no labelled rows in the validation split ({split!r}): its validation "
+              f"metrics are NaN and its threshold stays 0.5{also}", flush=True)
+    return missing
+
+
 def confusion_metrics(tp, fp, fn, tn) -> dict[str, np.ndarray]:
     """Accuracy, balanced accuracy, precision, recall and F1 from confusion counts (arrays of K;
     0 where undefined).
@@ -105,9 +119,11 @@ class PassStats:
             self.tn += ((predicted == 0) & neg).sum(0).cpu().numpy()
 
     def summary(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """Per model: the mean loss and :func:`confusion_metrics`, NaN for a model with no labelled
+        rows in the pass (nothing was scored; 0 would read as every answer wrong)."""
         m = confusion_metrics(self.tp, self.fp, self.fn, self.tn)
-        m["loss"] = np.where(self.count > 0, self.loss / np.maximum(self.count, 1), np.nan)
-        return {prefix + k: v for k, v in m.items()}
+        m["loss"] = self.loss / np.maximum(self.count, 1)
+        return {prefix + k: np.where(self.count > 0, v, np.nan) for k, v in m.items()}
 
 
 def choose_thresholds(probs: np.ndarray, labels: np.ndarray, default: float = 0.5, min_z: float = 2.0

@@ -238,9 +238,10 @@ class MultiTaskTrainer(EarlyStopping):
         val = self.evaluate(val_batches)
         self.epoch += 1
         loss = _mean_over_ranks(total, seen)
-        check_finite(self.epoch, loss, val["loss"], lr)
+        scored = val["metrics"]["count"] > 0  # (none: a NaN validation loss that says nothing, not divergence)
+        check_finite(self.epoch, loss, val["loss"] if scored.any() else 0.0, lr)
         record = {"epoch": self.epoch, "lr": lr, "loss": loss, "val_loss": val["loss"],
-                  "val_accuracy": float(np.nanmean(val["metrics"]["accuracy"][val["metrics"]["count"] > 0]))}
+                  "val_accuracy": float(val["metrics"]["accuracy"][scored].mean()) if scored.any() else math.nan}
         if "identity" in val:
             record.update(val_identity_top1=val["identity"]["top1"], val_identity_loss=val["identity"]["loss"])
         if segmenting:  # the attribute layer has not trained yet: no best epoch, no patience used
@@ -274,7 +275,8 @@ class MultiTaskTrainer(EarlyStopping):
         identities = {"scores": np.concatenate(scores), "targets": np.concatenate(targets)} if scores else None
         if not probs:
             return np.zeros((0, len(ATTRIBUTES)), np.float32), np.zeros((0, len(ATTRIBUTES)), np.int8), math.nan, None
-        return np.concatenate(probs), np.concatenate(labels), loss_sum / max(count, 1), identities
+        # (no labelled rows: NaN, nothing scored; early stopping then keeps the latest epoch)
+        return np.concatenate(probs), np.concatenate(labels), loss_sum / count if count else math.nan, identities
 
     def evaluate(self, batches, thresholds: np.ndarray | float = 0.5) -> dict:
         """Attribute metrics, and identification for identity models. ``loss``: what early

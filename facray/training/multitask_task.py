@@ -23,12 +23,12 @@ from facray.tracking import finish_training_run
 from facray.training.configs import (REGISTERED_PREFIX, MultitaskConfig, input_size, model_kwargs, uses_identities,
                                      uses_masks)
 from facray.training.finalize import finalize
-from facray.training.metrics import positive_weights, trainable_attributes
+from facray.training.metrics import positive_weights, trainable_attributes, unvalidated_attributes
 from facray.training.multitask import MultiTaskTrainer, MultiTaskTrainerConfig
 from facray.training.progress import with_progress
 from facray.training.run_record import claim_run
 from facray.training.splits import (SplitSpec, array_batches, check_splits, identity_indices, load_split_arrays,
-                                    stream_sources, train_identities, train_labels)
+                                    load_validation, stream_sources, train_identities, train_labels)
 from facray.training.task import Plan, WrapModel
 
 
@@ -60,6 +60,8 @@ class MultitaskTask:
         counts = check_splits(SplitSpec.of(cfg))
         labels = train_labels(SplitSpec.of(cfg))  # once, here: stream-mode workers never hold them all
         trainable = trainable_attributes(labels, [a for a in ATTRIBUTES if a in selected], cfg.prepared)
+        unvalidated_attributes(load_validation(SplitSpec.of(cfg), columns=())["labels"], trainable, cfg.prepared,
+                               cfg.val_split)
         run, digest = claim_run(cfg, self.run_inputs(cfg))
         builder = {**model_kwargs(cfg), **({"num_identities": len(identities)} if identities else {})}
         shared = {"settings_hash": digest, "model_kwargs": builder, "identities": identities,
