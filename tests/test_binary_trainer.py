@@ -247,6 +247,19 @@ def test_combine_keeps_per_attribute_the_lr_with_the_best_validation_accuracy():
     assert table.loc[B, ["modality", "lr"]].tolist() == ["sketch", 1e-4]
 
 
+def test_combine_ranks_a_job_without_validation_rows_below_a_validated_one_and_keeps_it_when_alone():
+    from facray.training.combine import choose_modalities
+
+    def rec(attribute, modality, val):
+        return {"attribute": attribute, "modality": modality, "dir": f"{attribute}{modality}",
+                "best": {"val_accuracy": val}, "test": {"test_accuracy": 0.5}}
+    nan = float("nan")
+    table = choose_modalities([rec(A, "real", nan), rec(A, "sketch", 0.6), rec(B, "real", 0.7), rec(B, "sketch", nan),
+                               rec(C, "sketch", nan)]).set_index("attribute")
+    assert table.modality.to_dict() == {A: "sketch", B: "real", C: "sketch"}
+    assert table.loc[C, "sketch_dir"] == f"{C}sketch"
+
+
 def test_a_diverging_model_stops_alone_and_keeps_no_weights():
     """lr 1e20 for one model of the stack: its first non-finite epoch stops it (status
     ``diverged``, the line names epoch, loss and lr), its weights are never kept or tested, and

@@ -108,6 +108,20 @@ def test_joint_training_learns_identities_and_reports_identification():
     assert "identity" not in alone.evaluate(array_batches(data, 16))
 
 
+def test_validation_without_attribute_labels_still_stops_on_the_identity_loss():
+    """Only the objectives with labelled rows make the validation loss: identities alone here, so
+    early stopping still watches them; with neither, the loss is NaN and not scored."""
+    data = _people()
+    val = {**data, "labels": np.full_like(data["labels"], -1)}
+    trainer = MultiTaskTrainer(build_model("joint-attr-id-tiny", 32, num_identities=6, fusion="all"),
+                               MultiTaskTrainerConfig(image_size=32), "cpu")
+    scored = trainer.evaluate(array_batches(val, 16))
+    assert scored["scored"] and np.isnan(scored["attribute_loss"])
+    assert scored["loss"] == pytest.approx(scored["identity"]["loss"]) and np.isfinite(scored["loss"])
+    nothing = trainer.evaluate(array_batches({**val, "identity_index": np.full_like(data["identity_index"], -1)}, 16))
+    assert not nothing["scored"] and np.isnan(nothing["loss"])
+
+
 @pytest.mark.slow  # ~55 s: prepare, train, evaluate and label on Ray (the math: the tests above)
 @pytest.mark.integration
 @pytest.mark.timeout(480)

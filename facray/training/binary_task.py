@@ -74,11 +74,12 @@ class BinaryTask:
         if "sketch" in cfg.modalities and not read_metadata(cfg.prepared).get("sketch_channels"):
             raise ValueError(f"{cfg.prepared} was prepared without sketches (--sketch-channels 0): train with "
                              "--modalities real, or prepare again with sketches")
-        counts = check_splits(SplitSpec.of(cfg))
-        labels = train_labels(SplitSpec.of(cfg))  # once, here: stream-mode workers never hold them all
+        spec = SplitSpec.of(cfg)
+        counts = check_splits(spec)
+        labels = train_labels(spec)  # once, here: stream-mode workers never hold them all
         trainable = trainable_attributes(labels, list(dict.fromkeys(j.attribute for j in jobs)), cfg.prepared)
-        unvalidated_attributes(load_validation(SplitSpec.of(cfg), columns=())["labels"], trainable, cfg.prepared,
-                               cfg.val_split, also="; its jobs train every epoch and keep the last (no early stopping)")
+        unvalidated_attributes(load_validation(spec, columns=())["labels"], trainable, cfg.prepared, cfg.val_split,
+                               also="; its jobs train every epoch and keep the last (no early stopping)")
         jobs = [j for j in jobs if j.attribute in trainable]
         run, digest = claim_run(cfg)
         done = run.finished_job_keys(digest)

@@ -59,7 +59,10 @@ def choose_modalities(records: list[dict]) -> pd.DataFrame:
         if f"{m}_val_accuracy" not in table:
             table[f"{m}_val_accuracy"] = float("nan")
             table[f"{m}_test_accuracy"] = float("nan")
-    sketch_better = table["sketch_val_accuracy"].fillna(-1) > table["real_val_accuracy"].fillna(-1)
+    # (a NaN accuracy: a job with no labelled validation rows, below any scored one; sketch where
+    # the attribute has no real job at all)
+    no_real = table["real_dir"].isna() if "real_dir" in table else pd.Series(True, index=table.index)
+    sketch_better = (table["sketch_val_accuracy"].fillna(-1) > table["real_val_accuracy"].fillna(-1)) | no_real
     table["modality"] = ["sketch" if s else "real" for s in sketch_better]
     table["val_accuracy"] = [r[f"{m}_val_accuracy"] for m, (_, r) in zip(table.modality, table.iterrows())]
     table["test_accuracy"] = [r[f"{m}_test_accuracy"] for m, (_, r) in zip(table.modality, table.iterrows())]

@@ -47,8 +47,9 @@ def unvalidated_attributes(val_labels: np.ndarray, attributes: list[str], prepar
 
 
 def confusion_metrics(tp, fp, fn, tn) -> dict[str, np.ndarray]:
-    """Accuracy, balanced accuracy, precision, recall and F1 from confusion counts (arrays of K;
-    0 where undefined).
+    """Accuracy, balanced accuracy, precision, recall and F1 from confusion counts (arrays of K): 0
+    where a ratio is undefined (no predicted positives: precision 0), NaN for every figure of a
+    column with no labelled rows at all (nothing was scored; 0 would read as every answer wrong).
 
     Balanced accuracy is the mean of the true-positive and true-negative rates, a class with no
     examples scoring 0: on a split holding one class it is at most 0.5, so a perfect score there
@@ -61,8 +62,9 @@ def confusion_metrics(tp, fp, fn, tn) -> dict[str, np.ndarray]:
         specificity = np.where(tn + fp > 0, tn / (tn + fp), 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
         accuracy = np.where(total > 0, (tp + tn) / total, 0.0)
-    return {"accuracy": accuracy, "balanced_accuracy": (recall + specificity) / 2, "precision": precision,
-            "recall": recall, "f1": f1}
+    m = {"accuracy": accuracy, "balanced_accuracy": (recall + specificity) / 2, "precision": precision,
+         "recall": recall, "f1": f1}
+    return {k: np.where(total > 0, v, np.nan) for k, v in m.items()}
 
 
 def class_counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,11 +121,11 @@ class PassStats:
             self.tn += ((predicted == 0) & neg).sum(0).cpu().numpy()
 
     def summary(self, prefix: str = "") -> dict[str, np.ndarray]:
-        """Per model: the mean loss and :func:`confusion_metrics`, NaN for a model with no labelled
-        rows in the pass (nothing was scored; 0 would read as every answer wrong)."""
+        """Per model: the mean loss and :func:`confusion_metrics`, all NaN for a model with no
+        labelled rows in the pass."""
         m = confusion_metrics(self.tp, self.fp, self.fn, self.tn)
-        m["loss"] = self.loss / np.maximum(self.count, 1)
-        return {prefix + k: np.where(self.count > 0, v, np.nan) for k, v in m.items()}
+        m["loss"] = np.where(self.count > 0, self.loss / np.maximum(self.count, 1), np.nan)
+        return {prefix + k: v for k, v in m.items()}
 
 
 def choose_thresholds(probs: np.ndarray, labels: np.ndarray, default: float = 0.5, min_z: float = 2.0
@@ -184,7 +186,7 @@ def attribute_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndar
     fn = (~pred & y & known).sum(0)
     tn = (~pred & ~y & known).sum(0)
     count = known.sum(0)
-    m = {k: np.where(count > 0, v, np.nan) for k, v in confusion_metrics(tp, fp, fn, tn).items()}
+    m = confusion_metrics(tp, fp, fn, tn)
     m.update(tp=tp, fp=fp, fn=fn, tn=tn, count=count)
     return m
 

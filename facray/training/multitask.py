@@ -238,8 +238,8 @@ class MultiTaskTrainer(EarlyStopping):
         val = self.evaluate(val_batches)
         self.epoch += 1
         loss = _mean_over_ranks(total, seen)
-        scored = val["metrics"]["count"] > 0  # (none: a NaN validation loss that says nothing, not divergence)
-        check_finite(self.epoch, loss, val["loss"] if scored.any() else 0.0, lr)
+        check_finite(self.epoch, loss, val["loss"] if val["scored"] else 0.0, lr)  # (not scored: NaN, not divergence)
+        scored = val["metrics"]["count"] > 0
         record = {"epoch": self.epoch, "lr": lr, "loss": loss, "val_loss": val["loss"],
                   "val_accuracy": float(val["metrics"]["accuracy"][scored].mean()) if scored.any() else math.nan}
         if "identity" in val:
@@ -280,17 +280,23 @@ class MultiTaskTrainer(EarlyStopping):
 
     def evaluate(self, batches, thresholds: np.ndarray | float = 0.5) -> dict:
         """Attribute metrics, and identification for identity models. ``loss``: what early
-        stopping watches (the weighted sum of the training objectives, see module docstring)."""
+        stopping watches (the weighted sum of the training objectives, see module docstring), over
+        the objectives that had labelled rows; NaN when none had (``scored`` False: nothing to
+        validate on, which is not divergence)."""
         probs, labels, bce, identities = self.predict(batches)
-        result = {"loss": bce, "attribute_loss": bce, "probs": probs, "labels": labels,
-                  "metrics": attribute_metrics(probs, labels, thresholds)}
+        metrics = attribute_metrics(probs, labels, thresholds)
+        terms = [(1.0, bce, bool(metrics["count"].sum()))]  # (weight, loss, scored)
+        result = {"attribute_loss": bce, "probs": probs, "labels": labels, "metrics": metrics}
         if identities is not None and self.cfg.identity_weight > 0:
             known = identities["targets"] >= 0
             ce = float(F.cross_entropy(torch.as_tensor(identities["scores"][known]),
                                        torch.as_tensor(identities["targets"][known]))) if known.any() else math.nan
             result["identity"] = {**identification_metrics(identities["scores"], identities["targets"]), "loss": ce}
-            result["loss"] = (self.cfg.attribute_weight * bce if self.cfg.attribute_weight > 0 else 0.0) \
-                + self.cfg.identity_weight * ce
+            terms = [(self.cfg.identity_weight, ce, bool(known.any()))]
+            if self.cfg.attribute_weight > 0:
+                terms.append((self.cfg.attribute_weight, bce, bool(metrics["count"].sum())))
+        scored = [w * loss for w, loss, s in terms if s]
+        result.update(loss=sum(scored) if scored else math.nan, scored=bool(scored))
         return result
 
     def restore_best(self) -> None:

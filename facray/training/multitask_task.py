@@ -57,11 +57,11 @@ class MultitaskTask:
                 raise ValueError(f"{cfg.prepared}: the training rows have {len(identities)} known identities; "
                                  f"{cfg.model} needs a dataset with identities (CelebA's identity_CelebA.txt; "
                                  f"prepare --split identity for closed-set identification), or --identity-weight 0")
-        counts = check_splits(SplitSpec.of(cfg))
-        labels = train_labels(SplitSpec.of(cfg))  # once, here: stream-mode workers never hold them all
+        spec = SplitSpec.of(cfg)
+        counts = check_splits(spec)
+        labels = train_labels(spec)  # once, here: stream-mode workers never hold them all
         trainable = trainable_attributes(labels, [a for a in ATTRIBUTES if a in selected], cfg.prepared)
-        unvalidated_attributes(load_validation(SplitSpec.of(cfg), columns=())["labels"], trainable, cfg.prepared,
-                               cfg.val_split)
+        unvalidated_attributes(load_validation(spec, columns=())["labels"], trainable, cfg.prepared, cfg.val_split)
         run, digest = claim_run(cfg, self.run_inputs(cfg))
         builder = {**model_kwargs(cfg), **({"num_identities": len(identities)} if identities else {})}
         shared = {"settings_hash": digest, "model_kwargs": builder, "identities": identities,
