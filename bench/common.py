@@ -9,7 +9,7 @@ from pathlib import Path
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def resident_memory(pids: Iterable[int] | None = None, field: str = "RssAnon") -> dict[int, tuple[str, int]]:
+def resident_memory(pids: Iterable[int | str] | None = None, field: str = "RssAnon") -> dict[int, tuple[str, int]]:
     """``{pid: (command line, bytes)}`` for ``pids`` (default: every process): one field of
     ``/proc/PID/status`` in bytes and the command line, arguments joined by spaces (Ray titles its
     workers ``ray::RayTrainWorker...``, ``ray::LabelActor...``). ``RssAnon`` (the default) is the

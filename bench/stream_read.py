@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 CHILD = r"""
-import json, sys, threading, time
+import json, os, sys, threading, time
 import ray
 from common import resident_memory
 from facray.runners.runtime import job_runtime_env
@@ -45,8 +45,9 @@ samples, done = [], False
 
 def sample():
     while not done:
+        # (not this driver: its own command line, this script, holds both words)
         samples.append({pid: anon for pid, (title, anon) in resident_memory().items()
-                        if "ray::" in title or "default_worker" in title})
+                        if pid != os.getpid() and (title.startswith("ray::") or "default_worker.py" in title)})
         time.sleep(0.5)
 
 threading.Thread(target=sample, daemon=True).start()
