@@ -285,17 +285,17 @@ class MultiTaskTrainer(EarlyStopping):
         validate on, which is not divergence)."""
         probs, labels, bce, identities = self.predict(batches)
         metrics = attribute_metrics(probs, labels, thresholds)
-        terms = [(1.0, bce, bool(metrics["count"].sum()))]  # (weight, loss, scored)
+        attributes_scored = bool(metrics["count"].sum())
+        terms = [(1.0, bce, attributes_scored)]  # (weight, loss, had labelled rows)
         result = {"attribute_loss": bce, "probs": probs, "labels": labels, "metrics": metrics}
         if identities is not None and self.cfg.identity_weight > 0:
             known = identities["targets"] >= 0
             ce = float(F.cross_entropy(torch.as_tensor(identities["scores"][known]),
                                        torch.as_tensor(identities["targets"][known]))) if known.any() else math.nan
             result["identity"] = {**identification_metrics(identities["scores"], identities["targets"]), "loss": ce}
-            terms = [(self.cfg.identity_weight, ce, bool(known.any()))]
-            if self.cfg.attribute_weight > 0:
-                terms.append((self.cfg.attribute_weight, bce, bool(metrics["count"].sum())))
-        scored = [w * loss for w, loss, s in terms if s]
+            terms = [(self.cfg.attribute_weight, bce, attributes_scored),
+                     (self.cfg.identity_weight, ce, bool(known.any()))]
+        scored = [w * loss for w, loss, s in terms if w > 0 and s]
         result.update(loss=sum(scored) if scored else math.nan, scored=bool(scored))
         return result
 
