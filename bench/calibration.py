@@ -67,6 +67,7 @@ def fit_methods(val_p: np.ndarray, val_y: np.ndarray, columns: np.ndarray) -> di
     gain = 2 * (val_y >= 0).sum(0) * (column_nll(val_p, val_y) - column_nll(apply_temperatures(val_p, temperatures),
                                                                              val_y))
     tested = np.where(gain > CHI2_1DF_95, temperatures, 1.0)
+    print(f"temperature, LR test: T kept for {int((tested[columns] != 1).sum())} of {len(columns)} attributes")
     platt, isotonic = {}, {}
     for j in columns:
         known = val_y[:, j] >= 0

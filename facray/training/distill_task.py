@@ -109,7 +109,6 @@ class DistillRank(MultitaskRank):
         return DistillTask.stream_columns(self.cfg)
 
     def add_training_targets(self, data: dict[str, dict[str, np.ndarray]]) -> None:
-
         train = data["train"]
         if self.cfg.unlabelled:  # their labels unknown (soft targets only), landmarks unknown (NaN)
             extra = read_prepared(self.cfg.unlabelled, None, self.columns())
