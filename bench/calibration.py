@@ -113,7 +113,10 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=200)
     args = ap.parse_args()
     predictor = load_predictor(args.model)
-    record = predictor.manifest.extra["training_data"]  # the splits the run trained and validated on
+    record = predictor.manifest.extra.get("training_data")  # the splits the run trained and validated on
+    if record is None:
+        raise SystemExit(f"{args.model}: its manifest has no training_data (which rows validated it), as an "
+                         "ensemble's has not: give a train, distill or combined run")
     spec = replace(SplitSpec(**{k: record[k] for k in SplitSpec.__dataclass_fields__}),
                    prepared=args.prepared or record["prepared"])
     pixels = ("image", "sketch") if predictor.needs_sketch else ("image",)
